@@ -1,0 +1,18 @@
+"""vit: a small, clear Vision Transformer package.
+
+    import vit, torch
+    model = vit.create_model("vit_tiny_patch4_32", num_classes=10)
+    logits = model(torch.randn(2, 3, 32, 32))  # (2, 10)
+"""
+
+from .errors import CheckpointError, ConfigError, DataError, InputError, OutputError, VitError
+from .model import ViTConfig, VisionTransformer, count_flops, resample_pos_embed
+from .preprocess import Preprocess
+from .registry import create_model, get_entry, list_models
+
+__all__ = [
+    "CheckpointError", "ConfigError", "DataError", "InputError", "OutputError", "VitError",
+    "ViTConfig", "VisionTransformer", "count_flops", "resample_pos_embed",
+    "Preprocess", "create_model", "get_entry", "list_models",
+]
+__version__ = "0.1.0"

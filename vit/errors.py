@@ -1,0 +1,30 @@
+"""The errors this package raises.
+
+One hierarchy rooted in `VitError`; each class also subclasses the built-in a caller would catch without
+knowing this package (`ValueError` for bad arguments and inputs, `OSError` for files), so both
+`except vit.VitError` and `except ValueError` work.
+"""
+
+
+class VitError(Exception):
+    """Root of every error raised on purpose by `vit`."""
+
+
+class ConfigError(VitError, ValueError):
+    """An unknown model name, an unknown option, or an option value that cannot work."""
+
+
+class InputError(VitError, ValueError):
+    """A tensor given to the model has the wrong shape, channel count or dtype."""
+
+
+class CheckpointError(VitError, ValueError):
+    """A checkpoint that is not one, is of another architecture, or has missing/unexpected/misshapen keys."""
+
+
+class DataError(VitError, ValueError):
+    """A dataset that cannot be used: corrupt or unreadable images, empty class folders, mismatched classes."""
+
+
+class OutputError(VitError, OSError):
+    """An output folder or file that cannot be written (unwritable, disk full, locked by another run)."""

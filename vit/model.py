@@ -1,0 +1,497 @@
+"""Vision Transformer (Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words").
+
+Pre-norm encoder, [CLS] token, learned absolute position embeddings. Parameter names match timm's
+`VisionTransformer`, so a timm state dict of the same configuration loads with `strict=True`.
+
+Pure: no I/O, no argparse. Ordered bottom-up: position-embedding helpers, patch embedding, attention, MLP,
+block, config, model. Shape letters: B batch, N tokens, C channels/width, H heads, D head dim,
+h/w patch-grid height/width, P prefix tokens ([CLS] + registers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from .errors import ConfigError, InputError
+
+
+def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    x = tuple(int(v) for v in x)
+    if len(x) != 2:
+        raise ConfigError(f"expected an int or a pair (height, width), got {x!r}")
+    return x
+
+
+# --------------------------------------------------------------------------------------------------------
+# Position embeddings
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_size: Sequence[int],
+    old_size: Sequence[int] | None = None,
+    num_prefix_tokens: int = 1,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resize a (1, P + h*w, C) position embedding to a new (h', w') patch grid.
+
+    The first `num_prefix_tokens` rows ([CLS], registers) are kept as they are; the grid part is resampled
+    as an image (bicubic with antialias, as timm does when fine-tuning at a new resolution). A square grid is
+    assumed when `old_size` is not given.
+    """
+    num_grid = pos_embed.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = math.isqrt(num_grid)
+        if side * side != num_grid:
+            raise ConfigError(
+                f"position embedding has {num_grid} grid tokens, which is not a square: pass old_size=(h, w)"
+            )
+        old_size = (side, side)
+    old_size, new_size = tuple(old_size), tuple(new_size)
+    if old_size[0] * old_size[1] != num_grid:
+        raise ConfigError(f"old_size {old_size} does not match the {num_grid} grid tokens of the position embedding")
+    if old_size == new_size:
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    grid = rearrange(grid.float(), "1 (h w) c -> 1 c h w", h=old_size[0], w=old_size[1])
+    grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
+    grid = rearrange(grid, "1 c h w -> 1 (h w) c").to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_pos_embed_2d(grid_size: Sequence[int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, (1, h*w, dim): MoCo v3 / big_vision `posemb_sincos_2d`."""
+    if dim % 4 != 0:
+        raise ConfigError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
+    h, w = grid_size
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    omega = torch.arange(dim // 4, dtype=torch.float32) / max(dim // 4 - 1, 1)
+    omega = 1.0 / temperature**omega
+    y = y.flatten()[:, None] * omega[None, :]  # (h*w, dim/4)
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]  # (1, h*w, dim)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens: a conv with kernel = stride = patch size. (B, C, H, W) -> (B, h, w, dim)."""
+
+    def __init__(self, img_size, patch_size, in_chans: int, embed_dim: int, strict_img_size: bool = True):
+        super().__init__()
+        self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(patch_size)
+        if any(s % p for s, p in zip(self.img_size, self.patch_size)):
+            raise ConfigError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_chans = in_chans
+        self.strict_img_size = strict_img_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise InputError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise InputError(f"expected a floating-point image tensor, got dtype {x.dtype}: convert with x.float()")
+        if x.shape[1] != self.in_chans:
+            raise InputError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        H, W = x.shape[-2:]
+        if self.strict_img_size:
+            if (H, W) != self.img_size:
+                raise InputError(
+                    f"expected image size {self.img_size[0]}x{self.img_size[1]}, got {H}x{W}: resize the input, "
+                    "or create the model with dynamic_img_size=True"
+                )
+        elif H % self.patch_size[0] or W % self.patch_size[1]:
+            raise InputError(f"image size {H}x{W} is not divisible by patch size {self.patch_size}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, dim)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection, computed by scaled_dot_product_attention."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, qk_norm=False, attn_drop=0.0, proj_drop=0.0, norm_eps=1e-6):
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v  # each (B, H, N, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = rearrange(x, "b h n d -> b n (h d)")
+        return self.proj_drop(self.proj(x))
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention weights (B, H, N, N), computed explicitly for visualisation (no dropout)."""
+        q, k, _ = self._qkv(x)
+        return ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale (CaiT, Touvron et al., 2021); `gamma` as timm names it."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016): drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: x + attn(norm1(x)), then x + mlp(norm2(x)). Disabled options are Identity."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, qk_norm=False, init_values=None,
+                 proj_drop=0.0, attn_drop=0.0, drop_path=0.0, norm_eps=1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop, norm_eps)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+# --------------------------------------------------------------------------------------------------------
+# Config and model
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Everything that defines the architecture. Field names are timm's `VisionTransformer` arguments."""
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    global_pool: str = "token"  # "token": read the [CLS] output; "avg": mean of the patch tokens
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    init_values: float | None = None  # layer scale; None disables it
+    class_token: bool = True
+    reg_tokens: int = 0  # register tokens (Darcet et al., 2024)
+    no_embed_class: bool = False  # position embeddings cover only the patch tokens, not [CLS]/registers
+    pos_embed: str = "learn"  # "learn" or "sincos" (fixed 2-D sin-cos)
+    fc_norm: bool | None = None  # norm after pooling instead of before; None: on exactly for global_pool="avg"
+    dynamic_img_size: bool = False  # interpolate position embeddings to the input's patch grid
+    drop_rate: float = 0.0  # head dropout
+    pos_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0  # attention output projection and MLP dropout
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth, rising linearly from 0 to this at the last block
+
+    def __post_init__(self):
+        if self.global_pool not in ("token", "avg"):
+            raise ConfigError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ConfigError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
+        if self.pos_embed not in ("learn", "sincos"):
+            raise ConfigError(f"pos_embed must be 'learn' or 'sincos', got {self.pos_embed!r}")
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ConfigError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
+        for name in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if isinstance(self.img_size, list):  # from JSON
+            object.__setattr__(self, "img_size", tuple(self.img_size))
+        to_2tuple(self.img_size)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config option(s) {unknown}; valid options: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(d["img_size"], tuple):
+            d["img_size"] = list(d["img_size"])
+        return d
+
+    def replace(self, **overrides) -> "ViTConfig":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown config option(s) {unknown}; valid options: {sorted(known)}")
+        return replace(self, **overrides)
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style)."""
+
+    preprocess = None  # a `vit.Preprocess` set by create_model / the weight loaders; data code reads it
+
+    def __init__(self, config: ViTConfig | None = None, **overrides):
+        super().__init__()
+        cfg = (config or ViTConfig()).replace(**overrides)
+        self.config = cfg
+        self.num_classes = cfg.num_classes
+        self.global_pool = cfg.global_pool
+        self.embed_dim = self.num_features = cfg.embed_dim
+        self.num_prefix_tokens = int(cfg.class_token) + cfg.reg_tokens
+        self.no_embed_class = cfg.no_embed_class
+        self.dynamic_img_size = cfg.dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim,
+                                      strict_img_size=not cfg.dynamic_img_size)
+        D = cfg.embed_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
+        embed_len = self.patch_embed.num_patches + (0 if cfg.no_embed_class else self.num_prefix_tokens)
+        # Fixed sin-cos embeddings stay a (frozen) parameter so state-dict names match the learned case.
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D), requires_grad=cfg.pos_embed == "learn")
+        self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear rule
+        self.blocks = nn.Sequential(*[
+            Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.qk_norm, cfg.init_values,
+                  cfg.proj_drop_rate, cfg.attn_drop_rate, dpr[i])
+            for i in range(cfg.depth)
+        ])
+        use_fc_norm = cfg.global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
+        self.norm = nn.LayerNorm(D, eps=1e-6) if not use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(D, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ---- initialisation and timm-style model API
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm's default ViT init: trunc-normal(0.02) linears and position embeddings, tiny [CLS]."""
+        if self.config.pos_embed == "sincos":
+            pe = sincos_pos_embed_2d(self.patch_embed.grid_size, self.embed_dim)
+            if not self.no_embed_class:
+                pe = torch.cat([torch.zeros(1, self.num_prefix_tokens, self.embed_dim), pe], dim=1)
+            self.pos_embed.copy_(pe)
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "reg_token"}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass: less memory, about a third more compute."""
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a freshly initialised one for `num_classes` (0: no head, features out)."""
+        global_pool = global_pool or self.global_pool
+        self.config = self.config.replace(num_classes=num_classes, global_pool=global_pool)
+        self.num_classes, self.global_pool = num_classes, global_pool
+        ref = self.pos_embed
+        self.head = nn.Linear(self.embed_dim, num_classes).to(ref.device, ref.dtype) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    # ---- forward
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B, h, w, C = x.shape
+        pos_embed = self.pos_embed
+        if (h, w) != self.patch_embed.grid_size:  # only reachable with dynamic_img_size
+            prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+            if self.config.pos_embed == "sincos":
+                grid = sincos_pos_embed_2d((h, w), C).to(pos_embed)
+                pos_embed = torch.cat([pos_embed[:, :prefix], grid], dim=1)
+            else:
+                pos_embed = resample_pos_embed(pos_embed, (h, w), self.patch_embed.grid_size, prefix)
+        x = x.reshape(B, h * w, C)
+        prefix_tokens = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:
+            x = x + pos_embed
+            return torch.cat(prefix_tokens + [x], dim=1)
+        return torch.cat(prefix_tokens + [x], dim=1) + pos_embed  # (B, P + h*w, C)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos_drop(self._pos_embed(self.patch_embed(x)))  # (B, N, C)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> all tokens after the final norm, (B, P + h*w, C)."""
+        x = self._embed(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for blk in self.blocks:
+                x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x[:, 0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, N, C) -> logits (B, num_classes), or the pooled, normed features with pre_logits."""
+        x = self.head_drop(self.fc_norm(self.pool(x)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        return_prefix_tokens: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Outputs of chosen blocks, as timm's method of the same name.
+
+        indices: an int n takes the last n blocks, a sequence takes those block indices (negative counts from
+        the end), None takes all. output_fmt "NCHW" gives (B, C, h, w) patch maps, "NLC" gives (B, h*w, C).
+        Returns the intermediates, or (final normed tokens, intermediates) unless intermediates_only.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ConfigError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        depth = len(self.blocks)
+        if indices is None:
+            take = list(range(depth))
+        elif isinstance(indices, int):
+            take = list(range(depth - indices, depth))
+        else:
+            take = [i % depth if -depth <= i < depth else i for i in indices]
+        bad = [i for i in take if not 0 <= i < depth]
+        if bad:
+            raise ConfigError(f"block indices {bad} out of range for a model of depth {depth}")
+        h, w = x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1]
+        x = self._embed(x)
+        intermediates = []
+        for i, blk in enumerate(self.blocks[: max(take) + 1] if intermediates_only else self.blocks):
+            x = blk(x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+        P = self.num_prefix_tokens
+        prefixes = [y[:, :P] for y in intermediates]
+        intermediates = [y[:, P:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [rearrange(y, "b (h w) c -> b c h w", h=h, w=w) for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefixes))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    @torch.no_grad()
+    def forward_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-block softmax attention weights, each (B, H, N, N), for visualisation.
+
+        Recomputed explicitly next to the normal blocks, so `forward` keeps the fused attention kernel.
+        """
+        x = self._embed(x)
+        maps = []
+        for blk in self.blocks:
+            maps.append(blk.attn.attention_map(blk.norm1(x)))
+            x = blk(x)
+        return maps
+
+
+def count_flops(config: ViTConfig, img_size: int | Sequence[int] | None = None) -> int:
+    """Forward FLOPs for one image (a multiply-add counts 2), matrix products only; norms etc. are noise.
+
+    Used for the README's model table and the benchmarks' model FLOP utilisation (training ~ 3x forward).
+    """
+    H, W = to_2tuple(img_size or config.img_size)
+    p, C = config.patch_size, config.embed_dim
+    n = (H // p) * (W // p)
+    N = n + int(config.class_token) + config.reg_tokens
+    hidden = int(C * config.mlp_ratio)
+    stem = 2 * n * C * config.in_chans * p * p
+    block = 2 * N * (3 * C * C + C * C + 2 * C * hidden) + 2 * 2 * N * N * C  # linears, then q@k^T and attn@v
+    head = 2 * C * config.num_classes
+    return stem + config.depth * block + head

@@ -1,0 +1,133 @@
+"""Named model variants, as data: one table from names to config fields, one `create_model`.
+
+ImageNet names are spelled as timm spells them and exist exactly where timm has that configuration.
+Sizes are the ViT paper's Table 1 (Base/Large/Huge) and DeiT's Tiny/Small.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .model import ViTConfig, VisionTransformer
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+# name: (embed_dim, depth, num_heads)
+SIZES = {
+    "nano": (64, 6, 4),
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+
+# (size, patch, resolution) wherever timm 1.0 registers vit_{size}_patch{patch}_{resolution}.
+IMAGENET_VARIANTS = [
+    ("tiny", 16, 224), ("tiny", 16, 384),
+    ("small", 8, 224), ("small", 16, 224), ("small", 16, 384), ("small", 32, 224), ("small", 32, 384),
+    ("base", 8, 224), ("base", 16, 224), ("base", 16, 384), ("base", 32, 224), ("base", 32, 384),
+    ("large", 14, 224), ("large", 16, 224), ("large", 16, 384), ("large", 32, 224), ("large", 32, 384),
+    ("huge", 14, 224),
+]
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+DIGITS_MEAN, DIGITS_STD = (0.3,), (0.38,)  # sklearn digits scaled from 0..16 to 0..1
+
+# Small-image variants: (name, size, patch, img_size, in_chans, num_classes, mean, std, reason).
+SMALL_IMAGE_VARIANTS = [
+    ("vit_nano_patch2_8", "nano", 2, 8, 1, 10, DIGITS_MEAN, DIGITS_STD,
+     "8x8 grayscale digits (sklearn): 2x2 patches give a 4x4 grid; 0.2M params train in a minute on CPU"),
+    ("vit_tiny_patch4_28", "tiny", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+     "28x28 grayscale Fashion-MNIST/MNIST: 4x4 patches give a 7x7 grid"),
+    ("vit_small_patch4_28", "small", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+     "28x28 grayscale Fashion-MNIST/MNIST, wider for GPUs"),
+    ("vit_tiny_patch4_32", "tiny", 4, 32, 3, 10, CIFAR_MEAN, CIFAR_STD,
+     "32x32 RGB CIFAR-10/100: 4x4 patches give an 8x8 grid (16x16 patches would leave 4 tokens)"),
+    ("vit_small_patch4_32", "small", 4, 32, 3, 10, CIFAR_MEAN, CIFAR_STD,
+     "32x32 RGB CIFAR-10/100, wider for GPUs"),
+]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: ViTConfig
+    preprocess: Preprocess
+    description: str
+    hf_hub_id: str | None = None  # where pretrained=True downloads from
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _imagenet_entries():
+    for size, patch, res in IMAGENET_VARIANTS:
+        dim, depth, heads = SIZES[size]
+        name = f"vit_{size}_patch{patch}_{res}"
+        # vit_small_patch8_224 is DINO's checkpoint (ImageNet mean/std); the rest are AugReg (mean/std 0.5).
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if name == "vit_small_patch8_224" else ((0.5,) * 3, (0.5,) * 3)
+        yield ModelEntry(
+            name=name,
+            config=ViTConfig(img_size=res, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads),
+            preprocess=Preprocess((3, res, res), mean, std, "bicubic", 0.9 if res == 224 else 1.0),
+            description=f"ViT-{size[0].upper()}/{patch} at {res}px, ImageNet-1k head (timm's configuration)",
+            hf_hub_id=f"timm/{name}",
+        )
+
+
+def _small_image_entries():
+    for name, size, patch, res, chans, classes, mean, std, reason in SMALL_IMAGE_VARIANTS:
+        dim, depth, heads = SIZES[size]
+        yield ModelEntry(
+            name=name,
+            config=ViTConfig(img_size=res, patch_size=patch, in_chans=chans, num_classes=classes,
+                             embed_dim=dim, depth=depth, num_heads=heads),
+            preprocess=Preprocess((chans, res, res), mean, std, "bilinear", 1.0),
+            description=reason,
+        )
+
+
+MODELS: dict[str, ModelEntry] = {e.name: e for e in [*_imagenet_entries(), *_small_image_entries()]}
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names, sorted; `pattern` is a shell-style wildcard such as 'vit_*_patch16_*'."""
+    return sorted(n for n in MODELS if pattern is None or fnmatch.fnmatch(n, pattern))
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=5, cutoff=0.6)
+        hint = f"closest: {', '.join(close)}" if close else f"valid names: {', '.join(list_models())}"
+        raise ConfigError(f"unknown model {name!r}; {hint}")
+    return MODELS[name]
+
+
+def create_model(name: str, pretrained: bool | str = False, **overrides) -> VisionTransformer:
+    """Build a registered model by name, with any `ViTConfig` field as an override.
+
+    pretrained: False for random init; True for the entry's hub weights; "hf-hub:ORG/REPO" or a file path
+    for other weights (loaded by `vit.weights`, with position embeddings and head adapted to the overrides).
+    """
+    entry = get_entry(name)
+    config = entry.config.replace(**overrides)
+    if pretrained:
+        from .weights import create_pretrained  # weight formats live in one module
+
+        return create_pretrained(entry, config, pretrained, overrides)
+    model = VisionTransformer(config)
+    model.preprocess = preprocess_for(entry, config)
+    return model
+
+
+def preprocess_for(entry: ModelEntry, config: ViTConfig) -> Preprocess:
+    """The entry's preprocessing, adjusted to an overridden image size or channel count."""
+    H, W = (config.img_size, config.img_size) if isinstance(config.img_size, int) else config.img_size
+    pre = entry.preprocess
+    mean, std = pre.mean, pre.std
+    if config.in_chans != len(mean):  # e.g. an RGB model made grayscale: average the statistics
+        mean = (sum(mean) / len(mean),) * config.in_chans
+        std = (sum(std) / len(std),) * config.in_chans
+    return Preprocess((config.in_chans, H, W), mean, std, pre.interpolation, pre.crop_pct)
