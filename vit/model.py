@@ -296,7 +296,9 @@ class ViTConfig:
 class VisionTransformer(nn.Module):
     """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style)."""
 
-    preprocess = None  # a `vit.Preprocess` set by create_model / the weight loaders; data code reads it
+    # Set by create_model and the weight loaders, saved with the weights; data and evaluation code read them.
+    preprocess = None  # a `vit.Preprocess`
+    class_names: list[str] | None = None
 
     def __init__(self, config: ViTConfig | None = None, **overrides):
         super().__init__()
