@@ -9,10 +9,12 @@ from .errors import CheckpointError, ConfigError, DataError, InputError, OutputE
 from .model import ViTConfig, VisionTransformer, count_flops, resample_pos_embed
 from .preprocess import Preprocess
 from .registry import create_model, get_entry, list_models
+from .weights import load_pretrained, read_metadata, save_pretrained
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "InputError", "OutputError", "VitError",
     "ViTConfig", "VisionTransformer", "count_flops", "resample_pos_embed",
     "Preprocess", "create_model", "get_entry", "list_models",
+    "load_pretrained", "read_metadata", "save_pretrained",
 ]
 __version__ = "0.1.0"

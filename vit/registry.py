@@ -105,18 +105,21 @@ def get_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def create_model(name: str, pretrained: bool | str = False, **overrides) -> VisionTransformer:
+def create_model(name: str | None = None, pretrained: bool | str = False, **overrides) -> VisionTransformer:
     """Build a registered model by name, with any `ViTConfig` field as an override.
 
     pretrained: False for random init; True for the entry's hub weights; "hf-hub:ORG/REPO" or a file path
     for other weights (loaded by `vit.weights`, with position embeddings and head adapted to the overrides).
+    With a file written by `vit.save_pretrained`, the name may be left out: the config comes from the file.
     """
-    entry = get_entry(name)
-    config = entry.config.replace(**overrides)
     if pretrained:
         from .weights import create_pretrained  # weight formats live in one module
 
-        return create_pretrained(entry, config, pretrained, overrides)
+        return create_pretrained(name, pretrained, **overrides)
+    if name is None:
+        raise ConfigError("create_model needs a model name (see vit.list_models()), or pretrained=PATH")
+    entry = get_entry(name)
+    config = entry.config.replace(**overrides)
     model = VisionTransformer(config)
     model.preprocess = preprocess_for(entry, config)
     return model
