@@ -1,0 +1,38 @@
+"""Exported models agree with PyTorch on a batch size other than the one they were traced with."""
+
+import json
+
+import pytest
+import torch
+
+import vit
+from vit.export import TOLERANCE, export_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = vit.create_model("vit_nano_patch2_8", depth=2)
+    m.class_names = [str(i) for i in range(10)]
+    return m.eval()
+
+
+def test_onnx_parity(model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    path, diff = export_model(model, "onnx", tmp_path)
+    assert diff <= TOLERANCE
+    proto = onnx.load(str(path), load_external_data=False)
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic: any batch size
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["vit"])
+    assert meta["class_names"] == model.class_names and meta["config"]["depth"] == 2
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_torch_formats_parity(model, fmt, tmp_path):
+    path, diff = export_model(model, fmt, tmp_path)
+    assert path.is_file() and diff <= TOLERANCE
+
+
+def test_unknown_format(model, tmp_path):
+    with pytest.raises(vit.ConfigError, match="onnx"):
+        export_model(model, "tflite", tmp_path)
