@@ -24,13 +24,21 @@ SIZES = {
     "huge": (1280, 32, 16),
 }
 
-# (size, patch, resolution) wherever timm 1.0 registers vit_{size}_patch{patch}_{resolution}.
+# (size, patch, resolution, timm's default pretrained tag, classes of that checkpoint's head) wherever timm
+# 1.0 registers vit_{size}_patch{patch}_{resolution}. Tags ending in "in21k" and DINO's are headless
+# backbones (num_classes 0), as in timm; ask for num_classes=K to get a fresh head.
 IMAGENET_VARIANTS = [
-    ("tiny", 16, 224), ("tiny", 16, 384),
-    ("small", 8, 224), ("small", 16, 224), ("small", 16, 384), ("small", 32, 224), ("small", 32, 384),
-    ("base", 8, 224), ("base", 16, 224), ("base", 16, 384), ("base", 32, 224), ("base", 32, 384),
-    ("large", 14, 224), ("large", 16, 224), ("large", 16, 384), ("large", 32, 224), ("large", 32, 384),
-    ("huge", 14, 224),
+    ("tiny", 16, 224, "augreg_in21k_ft_in1k", 1000), ("tiny", 16, 384, "augreg_in21k_ft_in1k", 1000),
+    ("small", 8, 224, "dino", 0),
+    ("small", 16, 224, "augreg_in21k_ft_in1k", 1000), ("small", 16, 384, "augreg_in21k_ft_in1k", 1000),
+    ("small", 32, 224, "augreg_in21k_ft_in1k", 1000), ("small", 32, 384, "augreg_in21k_ft_in1k", 1000),
+    ("base", 8, 224, "augreg2_in21k_ft_in1k", 1000),
+    ("base", 16, 224, "augreg2_in21k_ft_in1k", 1000), ("base", 16, 384, "augreg_in21k_ft_in1k", 1000),
+    ("base", 32, 224, "augreg_in21k_ft_in1k", 1000), ("base", 32, 384, "augreg_in21k_ft_in1k", 1000),
+    ("large", 14, 224, None, 1000),  # timm has the configuration but no weights for it
+    ("large", 16, 224, "augreg_in21k_ft_in1k", 1000), ("large", 16, 384, "augreg_in21k_ft_in1k", 1000),
+    ("large", 32, 224, "orig_in21k", 0), ("large", 32, 384, "orig_in21k_ft_in1k", 1000),
+    ("huge", 14, 224, "orig_in21k", 0),
 ]
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -41,6 +49,10 @@ DIGITS_MEAN, DIGITS_STD = (0.3,), (0.38,)  # sklearn digits scaled from 0..16 to
 SMALL_IMAGE_VARIANTS = [
     ("vit_nano_patch2_8", "nano", 2, 8, 1, 10, DIGITS_MEAN, DIGITS_STD,
      "8x8 grayscale digits (sklearn): 2x2 patches give a 4x4 grid; 0.2M params train in a minute on CPU"),
+    ("vit_nano_patch4_28", "nano", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+     "28x28 grayscale Fashion-MNIST/MNIST on a CPU budget: 7x7 grid, 0.3M params"),
+    ("vit_nano_patch4_32", "nano", 4, 32, 3, 10, CIFAR_MEAN, CIFAR_STD,
+     "32x32 RGB CIFAR-10/100 on a CPU budget: 8x8 grid, 0.3M params"),
     ("vit_tiny_patch4_28", "tiny", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
      "28x28 grayscale Fashion-MNIST/MNIST: 4x4 patches give a 7x7 grid"),
     ("vit_small_patch4_28", "small", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
@@ -63,17 +75,19 @@ class ModelEntry:
 
 
 def _imagenet_entries():
-    for size, patch, res in IMAGENET_VARIANTS:
+    for size, patch, res, tag, num_classes in IMAGENET_VARIANTS:
         dim, depth, heads = SIZES[size]
         name = f"vit_{size}_patch{patch}_{res}"
         # vit_small_patch8_224 is DINO's checkpoint (ImageNet mean/std); the rest are AugReg (mean/std 0.5).
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if name == "vit_small_patch8_224" else ((0.5,) * 3, (0.5,) * 3)
         yield ModelEntry(
             name=name,
-            config=ViTConfig(img_size=res, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads),
+            config=ViTConfig(img_size=res, patch_size=patch, num_classes=num_classes,
+                             embed_dim=dim, depth=depth, num_heads=heads),
             preprocess=Preprocess((3, res, res), mean, std, "bicubic", 0.9 if res == 224 else 1.0),
-            description=f"ViT-{size[0].upper()}/{patch} at {res}px, ImageNet-1k head (timm's configuration)",
-            hf_hub_id=f"timm/{name}",
+            description=f"ViT-{size[0].upper()}/{patch} at {res}px"
+            + (", ImageNet-1k head" if num_classes else ", headless backbone"),
+            hf_hub_id=f"timm/{name}.{tag}" if tag else None,
         )
 
 

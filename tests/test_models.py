@@ -1,0 +1,315 @@
+"""Model tests generated from the registry, plus parity with timm's VisionTransformer as the reference."""
+
+import math
+
+import pytest
+import timm
+import torch
+from einops import rearrange
+from timm.layers import resample_abs_pos_embed
+
+import vit
+from vit.model import sincos_pos_embed_2d
+
+torch.backends.mkldnn.deterministic = True
+
+MAX_DEPTH = 2  # the default suite caps depth; width, heads, patch size and head stay as registered
+ALL_MODELS = vit.list_models()
+TIMM_MODELS = [n for n in ALL_MODELS if n in timm.list_models()]
+
+
+def capped_overrides(name: str) -> dict:
+    """Small but representative: depth <= 2 and a patch grid of at most 4x4."""
+    cfg = vit.get_entry(name).config
+    img = cfg.img_size if isinstance(cfg.img_size, int) else cfg.img_size[0]
+    return dict(depth=min(cfg.depth, MAX_DEPTH), img_size=min(img, 4 * cfg.patch_size))
+
+
+def make_input(model, batch=2, size=None, seed=0):
+    cfg = model.config
+    H, W = size or ((cfg.img_size,) * 2 if isinstance(cfg.img_size, int) else cfg.img_size)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, cfg.in_chans, H, W, generator=g)
+
+
+def timm_twin(model, **extra):
+    """timm's VisionTransformer with exactly our configuration (the independent reference)."""
+    c = model.config
+    kw = dict(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
+              global_pool=c.global_pool, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
+              mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm, init_values=c.init_values,
+              class_token=c.class_token, reg_tokens=c.reg_tokens, no_embed_class=c.no_embed_class,
+              fc_norm=c.fc_norm, dynamic_img_size=c.dynamic_img_size)
+    kw.update(extra)
+    return timm.models.VisionTransformer(**kw).eval()
+
+
+# ---- generated from list_models()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_backward(name):
+    model = vit.create_model(name, **capped_overrides(name))
+    x = make_input(model)
+    out = model(x)
+    assert out.shape == (2, model.num_classes or model.embed_dim)  # 0 classes: a headless backbone
+    assert torch.isfinite(out).all()
+    out.logsumexp(-1).mean().backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{pname} received no gradient"
+            assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+            assert p.grad.abs().sum() > 0, f"{pname} received an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_reset_classifier_and_feature_widths(name):
+    model = vit.create_model(name, **capped_overrides(name)).eval()
+    x = make_input(model)
+    tokens = model.forward_features(x)
+    grid = model.patch_embed.num_patches
+    assert tokens.shape == (2, model.num_prefix_tokens + grid, model.embed_dim)
+    assert model.forward_head(tokens, pre_logits=True).shape == (2, model.num_features)
+    final, inter = model.forward_intermediates(x)
+    assert len(inter) == model.config.depth
+    gh, gw = model.patch_embed.grid_size
+    assert all(t.shape == (2, model.embed_dim, gh, gw) for t in inter)
+    torch.testing.assert_close(final, tokens)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7) and model.config.num_classes == 7
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.embed_dim)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_grad_checkpointing_matches(name):
+    torch.manual_seed(0)
+    model = vit.create_model(name, **capped_overrides(name))
+    x = make_input(model)
+    ref = model(x)
+    ref.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_dynamic_img_size(name):
+    overrides = capped_overrides(name)
+    model = vit.create_model(name, dynamic_img_size=True, **overrides).eval()
+    p = model.config.patch_size
+    out = model(make_input(model, size=(3 * p, 5 * p)))
+    assert out.shape == (2, model.num_classes or model.embed_dim) and torch.isfinite(out).all()
+
+
+# ---- parity with timm, both directions
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_parity(name):
+    overrides = capped_overrides(name)
+    ours = vit.create_model(name, **overrides).eval()
+    ref = timm.create_model(name, pretrained=False, **overrides).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)  # timm -> ours, no renaming
+    x = make_input(ours)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() <= 1e-5
+    torch.manual_seed(1)
+    ours2 = vit.create_model(name, **overrides).eval()
+    ref.load_state_dict(ours2.state_dict(), strict=True)  # ours -> timm
+    with torch.no_grad():
+        assert (ours2(x) - ref(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_MODELS if n not in TIMM_MODELS])
+def test_small_image_variant_parity(name):
+    ours = vit.create_model(name, depth=min(vit.get_entry(name).config.depth, 3)).eval()
+    ref = timm_twin(ours)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = make_input(ours)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_base_patch32_384", "vit_large_patch14_224"])
+def test_timm_parity_dynamic_img_size(name):
+    overrides = dict(depth=2, dynamic_img_size=True)
+    ours = vit.create_model(name, **overrides).eval()
+    ref = timm.create_model(name, pretrained=False, **overrides).eval()
+    ours.load_state_dict(ref.state_dict())
+    p = ours.config.patch_size
+    x = torch.randn(2, 3, 3 * p, 5 * p)  # a non-square grid different from the trained one
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() <= 1e-5
+
+
+OPTION_CASES = {
+    "qk_norm": dict(qk_norm=True),
+    "layer_scale": dict(init_values=1e-5),
+    "registers": dict(reg_tokens=4, no_embed_class=True),
+    "registers_embedded": dict(reg_tokens=2),
+    "avg_pool": dict(global_pool="avg"),
+    "avg_pool_no_cls": dict(global_pool="avg", class_token=False),
+    "no_qkv_bias": dict(qkv_bias=False),
+    "mlp_ratio_2": dict(mlp_ratio=2.0),
+    "non_square": dict(img_size=(32, 48)),
+}
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_option_parity_with_timm(case):
+    ours = vit.create_model("vit_tiny_patch4_32", depth=2, **OPTION_CASES[case]).eval()
+    ref = timm_twin(ours)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = make_input(ours)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() <= 1e-5
+        a = ours.forward_intermediates(x, indices=[0, -1], norm=True, intermediates_only=True)
+        b = ref.forward_intermediates(x, indices=[0, -1], norm=True, intermediates_only=True)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
+
+
+def test_resample_pos_embed_matches_timm():
+    pe = torch.randn(1, 1 + 7 * 7, 32)
+    for new in [(10, 10), (4, 6), (7, 7)]:
+        ours = vit.resample_pos_embed(pe, new, num_prefix_tokens=1)
+        ref = resample_abs_pos_embed(pe, new, num_prefix_tokens=1)
+        assert (ours - ref).abs().max() <= 1e-6
+
+
+def test_sincos_pos_embed():
+    pe = sincos_pos_embed_2d((4, 6), 32)[0]  # (24, 32)
+    assert pe.shape == (24, 32)
+    # Position (row 2, col 3): x features come first, then y; frequency 0 has omega = 1.
+    idx = 2 * 6 + 3
+    assert math.isclose(pe[idx, 0].item(), math.sin(3.0), abs_tol=1e-6)
+    assert math.isclose(pe[idx, 8].item(), math.cos(3.0), abs_tol=1e-6)
+    assert math.isclose(pe[idx, 16].item(), math.sin(2.0), abs_tol=1e-6)
+    model = vit.create_model("vit_tiny_patch4_32", depth=1, pos_embed="sincos")
+    assert not model.pos_embed.requires_grad
+    torch.testing.assert_close(model.pos_embed[0, 1:], sincos_pos_embed_2d((8, 8), 192)[0])
+    assert torch.isfinite(model(make_input(model))).all()
+
+
+def test_attention_maps_reproduce_the_fused_forward():
+    model = vit.create_model("vit_tiny_patch4_32", depth=2).eval()
+    x = make_input(model)
+    maps = model.forward_attention_maps(x)
+    assert len(maps) == 2 and maps[0].shape == (2, 3, 65, 65)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 3, 65))
+    # Attention weights times V, projected, equal the fused SDPA output of the same block.
+    with torch.no_grad():
+        tokens = model._embed(x)
+        attn = model.blocks[0].attn
+        h = model.blocks[0].norm1(tokens)
+        _, _, v = attn._qkv(h)
+        manual = attn.proj(rearrange(maps[0] @ v, "b h n d -> b n (h d)"))
+        torch.testing.assert_close(manual, attn(h), rtol=1e-5, atol=1e-5)
+
+
+def test_drop_path_rates_rise_linearly_and_train_mode_is_stochastic():
+    model = vit.create_model("vit_tiny_patch4_32", depth=4, drop_path_rate=0.3)
+    rates = [getattr(b.drop_path1, "p", 0.0) for b in model.blocks]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    x = make_input(model)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_no_weight_decay_names_real_parameters():
+    model = vit.create_model("vit_tiny_patch4_32", depth=1, reg_tokens=2)
+    names = dict(model.named_parameters())
+    assert {"pos_embed", "cls_token", "reg_token"} <= model.no_weight_decay()
+    assert all(n in names for n in model.no_weight_decay())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(dtype):
+    model = vit.create_model("vit_tiny_patch4_32", depth=2).eval()
+    x = make_input(model)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=dtype):
+            out = model(x)
+    assert out.dtype == dtype
+    assert (out.float() - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
+def test_config_round_trip_and_overrides():
+    cfg = vit.create_model("vit_tiny_patch4_32", img_size=(32, 48), num_classes=3).config
+    assert vit.ViTConfig.from_dict(cfg.to_dict()) == cfg
+    assert vit.create_model("vit_tiny_patch4_32", embed_dim=96, num_heads=2, depth=1).embed_dim == 96
+    with pytest.raises(vit.ConfigError, match="bogus"):
+        vit.ViTConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_list_models():
+    assert "vit_base_patch16_224" in vit.list_models()
+    assert vit.list_models("vit_*_patch4_32") == ["vit_small_patch4_32", "vit_tiny_patch4_32"]
+    assert len(vit.list_models("vit_*_224")) >= 10
+
+
+# ---- clear errors
+
+
+def test_unknown_model_name_lists_closest():
+    with pytest.raises(vit.ConfigError, match="vit_base_patch16_224") as e:
+        vit.create_model("vit_base_patch16_244")
+    assert isinstance(e.value, ValueError)
+
+
+def test_unknown_override_is_named():
+    with pytest.raises(vit.ConfigError, match="embed_dimm"):
+        vit.create_model("vit_tiny_patch4_32", embed_dimm=10)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(embed_dim=100, num_heads=3), "divisible by num_heads"),
+    (dict(img_size=30), "not divisible by patch_size"),
+    (dict(global_pool="max"), "global_pool"),
+    (dict(drop_path_rate=1.5), "drop_path_rate"),
+    (dict(depth=0), "depth"),
+])
+def test_bad_config_values(kwargs, match):
+    with pytest.raises(vit.ConfigError, match=match):
+        vit.create_model("vit_tiny_patch4_32", **kwargs)
+
+
+def test_bad_inputs():
+    model = vit.create_model("vit_tiny_patch4_32", depth=1)
+    with pytest.raises(vit.InputError, match=r"expected image size 32x32, got 64x64"):
+        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(vit.InputError, match="expected 3 input channels, got 1"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(vit.InputError, match="floating-point"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(vit.InputError, match=r"\(B, C, H, W\)"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError):  # InputError is a ValueError for callers that don't know vit
+        model(torch.randn(1, 3, 31, 32))
+    dyn = vit.create_model("vit_tiny_patch4_32", depth=1, dynamic_img_size=True)
+    with pytest.raises(vit.InputError, match="not divisible by patch size"):
+        dyn(torch.randn(1, 3, 30, 32))
+
+
+def test_empty_batch_gives_empty_logits():
+    model = vit.create_model("vit_tiny_patch4_32", depth=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(0, 3, 32, 32)).shape == (0, 10)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    model = vit.create_model("vit_tiny_patch4_32", depth=2).eval()
+    x = make_input(model)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
