@@ -1,6 +1,7 @@
 """Model tests generated from the registry, plus parity with timm's VisionTransformer as the reference."""
 
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -10,6 +11,7 @@ from timm.layers import resample_abs_pos_embed
 
 import vit
 from vit.model import sincos_pos_embed_2d
+from vit.registry import model_table
 
 torch.backends.mkldnn.deterministic = True
 
@@ -313,3 +315,21 @@ def test_torch_compile_matches_eager():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_readme_model_table_is_current():
+    """README.md's model table is generated: refresh it with tests/test_models.py's write_model_table()."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("<!-- model-table:start -->\n")[1].split("<!-- model-table:end -->")[0]
+    assert block.strip() == model_table(), "README model table is stale: run `python tests/test_models.py`"
+
+
+def write_model_table():
+    path = Path(__file__).parent.parent / "README.md"
+    head, rest = path.read_text().split("<!-- model-table:start -->\n")
+    tail = rest.split("<!-- model-table:end -->")[1]
+    path.write_text(f"{head}<!-- model-table:start -->\n{model_table()}\n<!-- model-table:end -->{tail}")
+
+
+if __name__ == "__main__":
+    write_model_table()

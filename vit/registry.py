@@ -10,6 +10,8 @@ import difflib
 import fnmatch
 from dataclasses import dataclass, field
 
+import torch
+
 from .errors import ConfigError
 from .model import ViTConfig, VisionTransformer
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -148,3 +150,19 @@ def preprocess_for(entry: ModelEntry, config: ViTConfig) -> Preprocess:
         mean = (sum(mean) / len(mean),) * config.in_chans
         std = (sum(std) / len(std),) * config.in_chans
     return Preprocess((config.in_chans, H, W), mean, std, pre.interpolation, pre.crop_pct)
+
+
+def model_table() -> str:
+    """The README's model table (Markdown), from the registry. A test keeps README.md equal to it."""
+    from .model import count_flops
+
+    rows = ["| name | input | width/depth/heads | params (M) | GFLOPs | why |", "|---|---|---|---|---|---|"]
+    for name in list_models():
+        entry = MODELS[name]
+        c = entry.config
+        with torch.device("meta"):  # count parameters without allocating them
+            params = sum(p.numel() for p in VisionTransformer(c).parameters())
+        H, W = (c.img_size,) * 2 if isinstance(c.img_size, int) else c.img_size
+        rows.append(f"| `{name}` | {H}x{W}x{c.in_chans} | {c.embed_dim}/{c.depth}/{c.num_heads} | "
+                    f"{params / 1e6:.2f} | {count_flops(c) / 1e9:.3g} | {entry.description} |")
+    return "\n".join(rows)
