@@ -13,8 +13,10 @@ I/O with metadata, and hub download.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, fields
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from .errors import CheckpointError, ConfigError, OutputError
 from .model import ViTConfig, VisionTransformer, resample_pos_embed, to_2tuple
@@ -29,6 +32,13 @@ from .preprocess import Preprocess
 
 FORMAT_NAME = "vit"
 FORMAT_VERSION = 1  # bump when the metadata written by save_pretrained changes meaning
+
+
+def _summary(keys, n=5) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return f"{len(keys)}: {', '.join(keys[:n])}{more}"
+
 
 # --------------------------------------------------------------------------------------------------------
 # Metadata that travels with the weights
@@ -206,13 +216,231 @@ def _read_npz(path: Path) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Formats: detection and conversion to our names
+
+
+# Each format is recognised by a key only it has; `detect_format` names the formats in its error.
+FORMAT_MARKERS = {
+    "vit": "patch_embed.proj.weight",  # ours, timm, DeiT (after unwrapping "model")
+    "torchvision": "conv_proj.weight",
+    "transformers": "embeddings.patch_embeddings.projection.weight",  # with or without the "vit." prefix
+    "jax": "embedding/kernel",  # google-research/vision_transformer and big_vision .npz
+}
+
+
+def detect_format(state: Mapping[str, torch.Tensor]) -> str:
+    """The format of a state dict: one of FORMAT_MARKERS' names."""
+    for name, marker in FORMAT_MARKERS.items():
+        if any(k == marker or k.endswith("." + marker) or k.endswith("/" + marker) for k in state):
+            return name
+    raise CheckpointError(
+        f"unrecognised checkpoint format (keys {_summary(state, 4)}); recognised formats: "
+        + "; ".join(f"{name} (a key like {marker!r})" for name, marker in FORMAT_MARKERS.items()))
+
+
+def _rename(state: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Apply the first matching regex rule to each key; rule targets None are dropped, unmatched keys kept
+    (so check_state_dict reports them as unexpected)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, target in rules:
+            if re.match(pattern, key):
+                if target is not None:
+                    out[re.sub(pattern, target, key)] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def _pack_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stack separate `blocks.{i}.attn.{q,k,v}.*` into our fused `attn.qkv.*` (rows q;k;v, as timm)."""
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"(blocks\.\d+\.attn\.)([qkv])\.(weight|bias)", key)
+        if m is None:
+            out[key] = value
+        elif m.group(2) == "q":
+            prefix, kind = m.group(1), m.group(3)
+            parts = [state.get(f"{prefix}{n}.{kind}") for n in "qkv"]
+            if any(p is None for p in parts):
+                raise CheckpointError(f"{prefix}: query, key and value must all have a {kind}")
+            out[f"{prefix}qkv.{kind}"] = torch.cat(parts, dim=0)  # (3*C, C) or (3*C,)
+    return out
+
+
+# torchvision.models.VisionTransformer: in_proj is already packed q;k;v like ours. Old torchvision files
+# name the MLP linears linear_1/linear_2 instead of 0/3.
+TORCHVISION_RULES = [
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^class_token$", "cls_token"),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_(weight|bias)$", r"blocks.\1.attn.qkv.\2"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(0|linear_1)\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(3|linear_2)\.", r"blocks.\1.mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+]
+
+# transformers ViT, after the optional "vit." prefix is removed. Hub files use the v4 names
+# (encoder.layer.{i}.attention.attention.query ...); transformers 5 names modules layers.{i}.attention.q_proj
+# in memory (and renames on load). The pooler (tanh dense) and mask token are not used for classification.
+TRANSFORMERS_RULES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^embeddings\.mask_token$", None),
+    (r"^pooler\.", None),
+    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"blocks.\1.attn.q."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"blocks.\1.attn.k."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"blocks.\1.attn.v."),
+    (r"^layers\.(\d+)\.attention\.([qkv])_proj\.", r"blocks.\1.attn.\2."),
+    (r"^(?:encoder\.layer\.(\d+)\.attention\.output\.dense|layers\.(\d+)\.attention\.o_proj)\.",
+     r"blocks.\1\2.attn.proj."),
+    (r"^(?:encoder\.layer\.(\d+)\.intermediate\.dense|layers\.(\d+)\.mlp\.fc1)\.", r"blocks.\1\2.mlp.fc1."),
+    (r"^(?:encoder\.layer\.(\d+)\.output\.dense|layers\.(\d+)\.mlp\.fc2)\.", r"blocks.\1\2.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+]
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def convert_jax(arrays: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Flax parameter names and layouts -> ours.
+
+    google-research/vision_transformer: `Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/...`,
+    LayerNorm_2 and MlpBlock_3 in each block, `Transformer/posembed_input/pos_embedding`, optionally under
+    `opt/target/`. big_vision: under `params/`, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0,
+    `pos_embedding` at the top, and possibly one scanned `encoderblock` with a leading depth axis.
+    Flax kernels are (in, out): Dense kernels are transposed, the conv kernel HWIO -> OIHW, attention
+    kernels (C, H, D) / (H, D, C) flattened over heads.
+    """
+    prefix = next((p for p in ("opt/target/", "params/", "") if f"{p}embedding/kernel" in arrays), None)
+    if prefix is None:
+        raise CheckpointError("a JAX checkpoint needs an 'embedding/kernel' (optionally under opt/target/ or params/)")
+    w = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    big_vision = prefix == "params/" or "pos_embedding" in w or "Transformer/encoderblock/LayerNorm_0/scale" in w
+    mha, ln2, mlp = ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big_vision else \
+                    ("MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
+    out, used = {}, set()
+
+    def take(name):
+        used.add(name)
+        return w[name]
+
+    def dense(name):  # (in, out) -> (out, in)
+        return take(name).T
+
+    out["patch_embed.proj.weight"] = take("embedding/kernel").permute(3, 2, 0, 1)  # (ph, pw, I, O) -> (O, I, ph, pw)
+    out["patch_embed.proj.bias"] = take("embedding/bias")
+    if "cls" in w:
+        out["cls_token"] = take("cls")  # (1, 1, C)
+    out["pos_embed"] = take("pos_embedding" if "pos_embedding" in w else "Transformer/posembed_input/pos_embedding")
+
+    scanned = "Transformer/encoderblock/LayerNorm_0/scale" in w
+    if scanned:  # one block with stacked (depth, ...) parameters
+        depth = w["Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
+        blocks = {k: v for k, v in w.items() if k.startswith("Transformer/encoderblock/")}
+        used.update(blocks)
+        per_block = [{k.replace("encoderblock/", f"encoderblock_{i}/"): v[i] for k, v in blocks.items()}
+                     for i in range(depth)]
+        w = {**w, **{k: v for b in per_block for k, v in b.items()}}
+    else:
+        depth = len({m.group(1) for k in w if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
+    for i in range(depth):
+        src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        for flax_ln, ours in (("LayerNorm_0", "norm1"), (ln2, "norm2")):
+            out[f"{dst}{ours}.weight"] = take(f"{src}{flax_ln}/scale")
+            out[f"{dst}{ours}.bias"] = take(f"{src}{flax_ln}/bias")
+        a = f"{src}{mha}/"
+        # query/key/value kernels (C, H, D) -> (H*D, C); biases (H, D) -> (H*D,); packed q;k;v
+        out[f"{dst}attn.qkv.weight"] = torch.cat([take(f"{a}{n}/kernel").flatten(1).T for n in ("query", "key", "value")])
+        if f"{a}query/bias" in w:
+            out[f"{dst}attn.qkv.bias"] = torch.cat([take(f"{a}{n}/bias").flatten() for n in ("query", "key", "value")])
+        out[f"{dst}attn.proj.weight"] = take(f"{a}out/kernel").flatten(0, 1).T  # (H, D, C) -> (C, H*D)
+        out[f"{dst}attn.proj.bias"] = take(f"{a}out/bias")
+        for r in range(2):
+            out[f"{dst}mlp.fc{r + 1}.weight"] = dense(f"{src}{mlp}/Dense_{r}/kernel")
+            out[f"{dst}mlp.fc{r + 1}.bias"] = take(f"{src}{mlp}/Dense_{r}/bias")
+    if "Transformer/encoder_norm/scale" in w:
+        out["norm.weight"] = take("Transformer/encoder_norm/scale")
+        out["norm.bias"] = take("Transformer/encoder_norm/bias")
+    if "head/kernel" in w:
+        out["head.weight"] = dense("head/kernel")
+        out["head.bias"] = take("head/bias")
+    # The ImageNet-21k "pre_logits" representation layer is dropped, as timm does: the fine-tuned
+    # checkpoints have none, and it only feeds the 21k head.
+    used.update(k for k in w if k.startswith("pre_logits/"))
+    for k in set(w) - used:  # anything else is reported as unexpected by check_state_dict
+        if not (scanned and k.startswith("Transformer/encoderblock_")):
+            out[k] = w[k]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def to_vit_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert a state dict of any recognised format (see FORMAT_MARKERS) to our parameter names."""
+    # Wrappers around the module itself: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = _strip_prefix(state, prefix)
+    fmt = detect_format(state)
+    if fmt == "vit":
+        return dict(state)
+    if fmt == "torchvision":
+        return _rename(state, TORCHVISION_RULES)
+    if fmt == "transformers":
+        state = _strip_prefix(state, "vit.")
+        return _pack_qkv(_rename(state, TRANSFORMERS_RULES))
+    return convert_jax(state)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Adapting a state dict (already in our names) to the target model
 
 
-def _summary(keys, n=5) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
-    return f"{len(keys)}: {', '.join(keys[:n])}{more}"
+def adapt_input_chans(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Patch-embedding kernel (O, I, ph, pw) for another input channel count.
+
+    To 1 channel: sum over the input channels, so a gray image gives the response the RGB model gives to
+    that image replicated to RGB. To c channels: repeat the kernel cyclically and scale by I / c, keeping
+    the expected activation size (timm's `adapt_input_conv` does the same).
+    """
+    old = weight.shape[1]
+    if in_chans == old:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = math.ceil(in_chans / old)
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (old / in_chans)
+
+
+def resample_patch_embed(
+    weight: torch.Tensor, new_size, interpolation: str = "bicubic", antialias: bool = True
+) -> torch.Tensor:
+    """Patch-embedding kernel (O, I, ph, pw) -> (O, I, ph', pw') by the pseudo-inverse resize of FlexiViT.
+
+    FlexiViT (Beyer et al., 2023, eq. 3): with A the linear map that resizes a patch x from (ph, pw) to
+    (ph', pw'), choose w' so that <A x, w'> = <x, w> for every patch, i.e. A^T w' = w, so w' = pinv(A^T) w.
+    A model given images resized by the same factor then sees (nearly) the same token embeddings.
+    """
+    old_size, new_size = tuple(weight.shape[-2:]), tuple(new_size)
+    if old_size == new_size:
+        return weight
+    n_old = old_size[0] * old_size[1]
+    basis = torch.eye(n_old, dtype=torch.float32).reshape(n_old, 1, *old_size)  # one-hot patches
+    resize_t = F.interpolate(basis, size=new_size, mode=interpolation, antialias=antialias).reshape(n_old, -1)
+    # resize_t is A^T: (ph*pw, ph'*pw'); solve A^T w' = w for each (O, I) kernel at once.
+    kernels = weight.float().reshape(-1, n_old)  # (O*I, ph*pw)
+    resampled = kernels @ torch.linalg.pinv(resize_t).T  # (O*I, ph'*pw')
+    return resampled.reshape(*weight.shape[:2], *new_size).to(weight.dtype)
 
 
 def adapt_state_dict(
@@ -224,6 +452,13 @@ def adapt_state_dict(
     """
     state = dict(state)
     target = model.state_dict()
+
+    # Patch embedding: channel count first (RGB -> gray etc.), then kernel size (FlexiViT resampling).
+    proj = state.get("patch_embed.proj.weight")
+    want = target["patch_embed.proj.weight"].shape  # (C, in_chans, ph, pw)
+    if proj is not None and proj.ndim == 4 and proj.shape != want:
+        proj = adapt_input_chans(proj, want[1])
+        state["patch_embed.proj.weight"] = resample_patch_embed(proj, want[-2:])
 
     # Position embeddings: resample the grid part to the model's grid (the prefix rows stay as they are).
     pos = state.get("pos_embed")
@@ -263,12 +498,130 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: VisionTransformer
 
 
 # --------------------------------------------------------------------------------------------------------
+# Hub download and config.json sidecars (timm and transformers repos)
+
+
+def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Fetch a hub repo's weights (and config.json, where there is one) through huggingface_hub's cache.
+
+    Honours HF_HUB_OFFLINE (cache only), HF_HUB_CACHE / HF_HOME and HF_TOKEN, as huggingface_hub does.
+    Returns the local path of the weights; config.json lies beside it in the same snapshot folder.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    def fetch(filename):
+        try:
+            return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
+        except (EntryNotFoundError, LocalEntryNotFoundError):  # not in the repo, or offline and not cached
+            return None
+        except (HfHubHTTPError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot download {filename} from hf-hub:{repo_id}: {e}") from e
+
+    for filename in HUB_WEIGHT_FILES:
+        weights = fetch(filename)
+        if weights is not None:
+            fetch("config.json")
+            return weights
+    offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if _hub_offline() else ""
+    raise CheckpointError(f"hf-hub:{repo_id} has none of {', '.join(HUB_WEIGHT_FILES)}{offline}")
+
+
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
+    """Config, preprocessing and class names from a timm or transformers `config.json`.
+
+    timm: {"architecture": "vit_base_patch16_224.augreg_in21k", "num_classes", "model_args", "label_names",
+    "pretrained_cfg": {"input_size", "mean", "std", "interpolation", "crop_pct"}}; the architecture must be
+    one we register. transformers: {"model_type": "vit", "hidden_size", "num_hidden_layers", ...}.
+    Anything else gives an empty PretrainedInfo.
+    """
+    from .registry import MODELS
+
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if cfg.get("model_type") == "vit":
+        return _info_from_transformers_config(cfg)
+    if "architecture" not in cfg:
+        return PretrainedInfo()
+    entry = MODELS.get(cfg["architecture"].split(".")[0])  # drop timm's pretrained tag
+    pc = cfg.get("pretrained_cfg", {})
+    preprocess = None
+    if {"input_size", "mean", "std"} <= set(pc):
+        preprocess = Preprocess(pc["input_size"], pc["mean"], pc["std"], pc.get("interpolation", "bicubic"),
+                                pc.get("crop_pct", 1.0))
+    config = None
+    if entry is not None:
+        known = {f.name for f in fields(ViTConfig)}
+        args = {k: v for k, v in cfg.get("model_args", {}).items() if k in known}
+        config = entry.config.replace(**args, num_classes=cfg.get("num_classes", entry.config.num_classes))
+    labels = cfg.get("label_names")
+    return PretrainedInfo(config, preprocess, list(labels) if isinstance(labels, list) else None)
+
+
+def _info_from_transformers_config(cfg: dict) -> PretrainedInfo:
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"transformers ViT with hidden_act={cfg['hidden_act']!r}: only exact 'gelu' is supported")
+    headless = cfg.get("architectures") == ["ViTModel"]
+    labels = cfg.get("id2label", {})
+    names = [labels[str(i)] for i in range(len(labels))] if labels else None
+    hidden = cfg.get("hidden_size", 768)
+    # transformers' layer_norm_eps defaults to 1e-12 where ours is 1e-6 (timm, JAX): the logits differ by ~1e-6.
+    config = ViTConfig(
+        img_size=cfg.get("image_size", 224), patch_size=cfg.get("patch_size", 16), in_chans=cfg.get("num_channels", 3),
+        num_classes=0 if headless else len(labels) or 2, embed_dim=hidden, depth=cfg.get("num_hidden_layers", 12),
+        num_heads=cfg.get("num_attention_heads", 12), mlp_ratio=cfg.get("intermediate_size", 4 * hidden) / hidden,
+        qkv_bias=cfg.get("qkv_bias", True))
+    return PretrainedInfo(config, None, None if headless else names)
+
+
+def _merge(first: PretrainedInfo, second: PretrainedInfo) -> PretrainedInfo:
+    """Field by field, what `first` says, else what `second` says."""
+    return PretrainedInfo(*(getattr(first, f.name) if getattr(first, f.name) is not None else getattr(second, f.name)
+                            for f in fields(PretrainedInfo)))
+
+
+def resolve_source(source: str | os.PathLike, cache_dir=None) -> Path:
+    """A weights file from "hf-hub:ORG/REPO", a folder (model.safetensors or pytorch_model.bin in it), or a file."""
+    if isinstance(source, str) and source.startswith("hf-hub:"):
+        return download_from_hub(source[len("hf-hub:"):], cache_dir)
+    path = Path(source)
+    if path.is_dir():
+        found = [path / f for f in HUB_WEIGHT_FILES if (path / f).is_file()]
+        if not found:
+            raise CheckpointError(f"folder {path} has none of {', '.join(HUB_WEIGHT_FILES)}")
+        return found[0]
+    return path
+
+
+def read_pretrained(source: str | os.PathLike, cache_dir=None) -> tuple[dict[str, torch.Tensor], PretrainedInfo]:
+    """State dict (source names) and metadata of any source: the file's own metadata first, then a
+    config.json beside it (hub snapshots and transformers' save_pretrained folders)."""
+    path = resolve_source(source, cache_dir)
+    state, info = read_checkpoint(path)
+    sidecar = path.parent / "config.json"
+    if sidecar.is_file() and None in (info.config, info.preprocess, info.class_names):
+        info = _merge(info, info_from_config_json(sidecar))
+    return state, info
+
+
+# --------------------------------------------------------------------------------------------------------
 # Loading
 
 
-def to_vit_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Convert a state dict of any recognised format to our parameter names."""
-    return dict(state)
+def _grid(config: ViTConfig) -> tuple[int, int]:
+    H, W = to_2tuple(config.img_size)
+    return H // config.patch_size, W // config.patch_size
 
 
 def load_pretrained(
@@ -279,18 +632,20 @@ def load_pretrained(
 ) -> PretrainedInfo:
     """Load weights of any recognised format into `model`, adapting them to its grid, channels and head.
 
-    source: a file path or a state dict. Returns the file's metadata (empty for a bare state dict).
-    The head is kept only where its shape matches; otherwise the model's freshly initialised head stays.
+    source: a file, a folder, "hf-hub:ORG/REPO", or a state dict. Returns the source's metadata (empty for a
+    state dict). The head is kept only where its shape matches; otherwise the model's own freshly
+    initialised head stays. source_grid: the checkpoint's patch grid, for non-square grids the file's
+    metadata does not give.
     """
     if isinstance(source, Mapping):
         state, info = dict(source), PretrainedInfo()
     else:
-        state, info = read_checkpoint(source)
+        state, info = read_pretrained(source)
     state = to_vit_state_dict(state)
     if source_grid is None and info.config is not None:
-        img = to_2tuple(info.config.img_size)
-        source_grid = (img[0] // info.config.patch_size, img[1] // info.config.patch_size)
+        source_grid = _grid(info.config)
     state = adapt_state_dict(state, model, source_grid)
+    # A headless checkpoint (transformers ViTModel, big_vision without head) leaves the model's new head.
     check_state_dict(state, model, allow_missing=("head.weight", "head.bias"))
     model.load_state_dict(state, strict=False)  # strictness checked above, with clearer messages
     return info
@@ -299,22 +654,24 @@ def load_pretrained(
 def create_pretrained(name: str | None, source: bool | str | os.PathLike, **overrides) -> VisionTransformer:
     """Build a model and load weights into it: `create_model(name, pretrained=source, **overrides)`.
 
-    The architecture comes from the registered `name`, else from the file's metadata. A file that carries a
-    config (save_pretrained, train.py checkpoints) also gives its class count, unless num_classes is
-    overridden. Preprocessing comes with the weights where they carry it.
+    source: True (the registered hub weights), "hf-hub:ORG/REPO", a folder or a file. The architecture comes
+    from the registered `name`, else from the weights' metadata (save_pretrained, train.py checkpoints, a
+    timm or transformers config.json). Weights that carry a config also give the class count (a trained
+    head is kept), unless num_classes is overridden. Preprocessing and class names come with the weights.
     """
     from .registry import ModelEntry, get_entry, preprocess_for
 
     entry = get_entry(name) if name is not None else None
     if source is True:
-        raise CheckpointError(f"model {name!r} has no hub weights registered; pass pretrained=PATH")
-    path = Path(source)
-    info = read_metadata(path)
+        if entry is None or entry.hf_hub_id is None:
+            raise ConfigError(f"model {name!r} has no hub weights registered; pass pretrained=PATH or 'hf-hub:ORG/REPO'")
+        source = f"hf-hub:{entry.hf_hub_id}"
+    state, info = read_pretrained(source)
     if entry is None:
         if info.config is None:
             raise ConfigError(
-                f"{path} carries no model config (only files written by vit.save_pretrained or train.py do): "
-                "pass the model name too, create_model(NAME, pretrained=PATH)")
+                f"{source} carries no model config (files from vit.save_pretrained and train.py do, and hub "
+                "repos with a timm or transformers config.json): pass the name, create_model(NAME, pretrained=...)")
         base = info.config
     else:
         base = entry.config
@@ -322,11 +679,11 @@ def create_pretrained(name: str | None, source: bool | str | os.PathLike, **over
             base = base.replace(num_classes=info.config.num_classes)
     config = base.replace(**overrides)
     model = VisionTransformer(config)
-    load_pretrained(model, path)
+    load_pretrained(model, state, source_grid=_grid(info.config) if info.config is not None else None)
 
     preprocess = info.preprocess or (entry.preprocess if entry is not None else None)
     if preprocess is not None:  # adjusted to an overridden image size or channel count
-        model.preprocess = preprocess_for(ModelEntry(name or path.name, base, preprocess, ""), config)
+        model.preprocess = preprocess_for(ModelEntry(name or str(source), base, preprocess, ""), config)
     if info.class_names is not None and len(info.class_names) == config.num_classes:
         model.class_names = list(info.class_names)
     return model
