@@ -209,3 +209,224 @@ def test_jax_npz_parity_with_timms_loader(tmp_path, layout):
     x = images(model)
     with torch.no_grad():
         assert max_diff(model(x), ref(x)) <= LOGIT_ATOL
+
+
+def test_timm_state_dict_and_deit_wrapper(tmp_path):
+    import timm
+
+    ref = randomize_(timm.models.VisionTransformer(img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=3,
+                                                   num_classes=5))
+    path = tmp_path / "deit.pth"
+    torch.save({"model": ref.state_dict(), "epoch": 300, "args": {"lr": 5e-4}}, path)  # DeiT's layout
+    model = tiny()
+    vit.load_pretrained(model, path)
+    x = images(model)
+    with torch.no_grad():
+        assert max_diff(model(x), ref(x)) <= LOGIT_ATOL
+
+
+# ---- adapting to a new grid, patch size, channel count, head
+
+
+def saved(tmp_path, **overrides):
+    model = tiny(**overrides)
+    randomize_(model)
+    return model, vit.save_pretrained(model, tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("src, dst", [
+    (dict(), dict(img_size=48)),  # square grid 8x8 -> 12x12, [CLS] kept
+    (dict(img_size=(24, 40)), dict(img_size=32)),  # non-square 6x10 -> 8x8 (grid read from the file's config)
+    (dict(reg_tokens=4), dict(reg_tokens=4, img_size=(40, 24))),  # [CLS] + 4 registers in the position table
+    (dict(reg_tokens=4, no_embed_class=True), dict(reg_tokens=4, no_embed_class=True, img_size=16)),
+])
+def test_pos_embed_resampling_matches_timm(tmp_path, src, dst):
+    from timm.layers import resample_abs_pos_embed
+
+    model, path = saved(tmp_path, **src)
+    loaded = vit.create_model("vit_tiny_patch4_32", pretrained=path, depth=2, **dst)
+    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    expected = resample_abs_pos_embed(model.pos_embed.detach(), new_size=loaded.patch_embed.grid_size,
+                                      old_size=model.patch_embed.grid_size, num_prefix_tokens=prefix,
+                                      interpolation="bicubic", antialias=True)
+    assert max_diff(loaded.pos_embed.detach(), expected) <= 1e-6
+    assert loaded(images(loaded)).shape == (2, 5)
+
+
+def test_patch_embed_resampling_matches_timm_and_flexivit(tmp_path):
+    from timm.layers import resample_patch_embed as timm_resample
+
+    from vit.weights import resample_patch_embed
+
+    w = torch.randn(8, 3, 4, 4)
+    for new in [(8, 8), (2, 2), (6, 3)]:
+        assert max_diff(resample_patch_embed(w, new), timm_resample(w, list(new))) <= 1e-5
+    # FlexiViT's promise: the new kernel on the upsampled patch gives the old kernel's response.
+    patch = torch.randn(5, 3, 4, 4)
+    up = torch.nn.functional.interpolate(patch, size=(8, 8), mode="bicubic", antialias=True)
+    old = torch.einsum("bchw,ochw->bo", patch, w)
+    new = torch.einsum("bchw,ochw->bo", up, resample_patch_embed(w, (8, 8)))
+    assert max_diff(old, new) <= 1e-4
+    # through the loader: a patch-4 file into a patch-8 model
+    _, path = saved(tmp_path)
+    loaded = vit.create_model("vit_tiny_patch4_32", pretrained=path, depth=2, patch_size=8, img_size=64)
+    assert loaded.patch_embed.proj.weight.shape == (192, 3, 8, 8)
+
+
+def test_grayscale_stem_from_rgb_weights(tmp_path):
+    rgb, path = saved(tmp_path)
+    gray = vit.create_model("vit_tiny_patch4_32", pretrained=path, depth=2, in_chans=1).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():  # a gray image gives what the RGB model gives for it replicated to RGB
+        assert max_diff(gray(x), rgb(x.repeat(1, 3, 1, 1))) <= LOGIT_ATOL
+    assert gray.preprocess.input_size == (1, 32, 32) and len(gray.preprocess.mean) == 1
+
+
+def test_head_reinitialised_for_new_classes(tmp_path):
+    model, path = saved(tmp_path)
+    loaded = vit.create_model("vit_tiny_patch4_32", pretrained=path, depth=2, num_classes=9)
+    assert loaded.head.weight.shape == (9, 192) and loaded.class_names is None
+    torch.testing.assert_close(loaded.norm.weight, model.norm.weight)
+    features = vit.create_model("vit_tiny_patch4_32", pretrained=path, depth=2, num_classes=0)
+    assert isinstance(features.head, torch.nn.Identity)
+
+
+# ---- security and errors
+
+
+class FileCreatingPayload:
+    """Unpickling this would call open(marker, "w"): the classic code-execution pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_crafted_pickle_is_never_run(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    payload = {"model": {"patch_embed.proj.weight": FileCreatingPayload(marker)}}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    assert not marker.exists()
+    with pytest.raises(vit.CheckpointError, match="never unpickles"):
+        vit.load_pretrained(tiny(), path)
+    with pytest.raises(vit.CheckpointError):
+        vit.create_model("vit_tiny_patch4_32", pretrained=path)
+    assert not marker.exists(), "the pickle's code ran"
+
+
+def test_missing_and_unexpected_keys_are_listed():
+    model = tiny()
+    state = model.state_dict()
+    for key in ("blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc1.bias", "blocks.1.mlp.fc2.weight", "norm.bias"):
+        del state[key]
+    for i in range(7):
+        state[f"extra.{i}"] = torch.zeros(1)
+    with pytest.raises(vit.CheckpointError) as e:
+        vit.load_pretrained(tiny(), state)
+    msg = str(e.value)
+    assert "missing keys (4: blocks.1.mlp.fc1.bias" in msg
+    assert "unexpected keys (7: extra.0, extra.1, extra.2, extra.3, extra.4 ... and 2 more)" in msg
+
+
+def test_shape_mismatch_names_key_and_shapes():
+    state = tiny(mlp_ratio=2.0).state_dict()
+    with pytest.raises(vit.CheckpointError, match=r"blocks\.0\.mlp\.fc1\.weight: the model expects \(768, 192\), "
+                                                  r"the checkpoint has \(384, 192\)"):
+        vit.load_pretrained(tiny(), state)
+
+
+def test_unknown_format_lists_the_recognised_ones(tmp_path):
+    with pytest.raises(vit.CheckpointError, match="recognised formats: vit .*torchvision.*transformers.*jax"):
+        vit.load_pretrained(tiny(), {"backbone.stem.weight": torch.zeros(1)})
+    bad = tmp_path / "junk.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(vit.CheckpointError, match="not a readable safetensors"):
+        vit.read_metadata(bad)
+    with pytest.raises(vit.CheckpointError, match="no weights file"):
+        vit.load_pretrained(tiny(), tmp_path / "missing.pth")
+    with pytest.raises(vit.ConfigError, match="carries no model config"):
+        torch.save(tiny().state_dict(), tmp_path / "bare.pth")
+        vit.create_model(pretrained=tmp_path / "bare.pth")
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    model = tiny()
+    path = vit.save_pretrained(model, tmp_path / "best.safetensors")
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(vit.OutputError, match="No space left"):
+        vit.save_pretrained(tiny(), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
+
+
+# ---- hub: a real huggingface_hub cache, read offline
+
+
+HUB_SCRIPT = """
+import sys, torch, vit
+model = vit.create_model(pretrained="hf-hub:timm/vit_tiny_patch4_32.test_tag")
+named = vit.create_model("vit_tiny_patch4_32", pretrained="hf-hub:timm/vit_tiny_patch4_32.test_tag", depth=2,
+                         num_classes=3)
+x = torch.load(sys.argv[1])
+print(model.config.depth, model.preprocess.crop_pct, model.class_names[:2], named.num_classes)
+torch.save(model.eval()(x), sys.argv[2])
+"""
+
+
+def test_hub_download_offline_from_cache(tmp_path):
+    """Lay out a hub cache as huggingface_hub does (refs/main -> snapshots/<commit>/, blobs), then load it
+    through the real library with HF_HUB_OFFLINE=1 in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    model = tiny()
+    randomize_(model)
+    repo = tmp_path / "hub" / "models--timm--vit_tiny_patch4_32.test_tag"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    snapshot.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, repo / "blobs" / "weights")
+    config = {"architecture": "vit_tiny_patch4_32.test_tag", "num_classes": 5, "model_args": {"depth": 2},
+              "label_names": list("abcde"),
+              "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
+                                 "interpolation": "bicubic", "crop_pct": 0.875}}
+    (repo / "blobs" / "config").write_text(json.dumps(config))
+    (snapshot / "model.safetensors").symlink_to("../../blobs/weights")
+    (snapshot / "config.json").symlink_to("../../blobs/config")
+
+    x = images(model)
+    torch.save(x, tmp_path / "x.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2", "0.875", "['a',", "'b']", "3"]
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
+
+    env["HF_HUB_CACHE"] = str(tmp_path / "empty")
+    out = subprocess.run([sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert "CheckpointError" in out.stderr and "HF_HUB_OFFLINE" in out.stderr
