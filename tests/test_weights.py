@@ -73,10 +73,12 @@ def test_named_load_keeps_the_files_head(tmp_path):
 
 
 def test_training_checkpoint_metadata(tmp_path):
+    """train.py's last.ckpt: a dict with the state dict under "model" beside optimizer state and configs."""
     model = tiny()
     path = tmp_path / "last.ckpt"
-    torch.save({"model": model.state_dict(), "config": model.config.to_dict(), "epoch": 3,
-                "class_names": list("abcde")}, path)
+    torch.save({"format": "vit-train", "version": 1, "config": {"model": "vit_tiny_patch4_32", "lr": 1e-3},
+                "model_config": model.config.to_dict(), "class_names": list("abcde"), "model": model.state_dict(),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "ema": None, "rng": {"seed": 0}}, path)
     info = vit.read_metadata(path)
     assert info.config == model.config and info.class_names == list("abcde")
     loaded = vit.create_model(pretrained=path).eval()
@@ -120,8 +122,11 @@ def hf_vit(num_labels=5, **kw):
 
 
 def test_transformers_parity_hub_files_and_memory_names(tmp_path):
+    from transformers import ViTImageProcessor
+
     ref = hf_vit()
     ref.save_pretrained(tmp_path)  # the hub layout: model.safetensors with the v4 names, config.json
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)  # preprocessor_config.json
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
@@ -138,6 +143,7 @@ def test_transformers_parity_hub_files_and_memory_names(tmp_path):
         # the folder alone: architecture and labels from config.json
         rebuilt = vit.create_model(pretrained=tmp_path).eval()
         assert rebuilt.config.depth == 2 and rebuilt.class_names == [f"LABEL_{i}" for i in range(5)]
+        assert rebuilt.preprocess == vit.Preprocess((3, 32, 32), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
         assert max_diff(rebuilt(x), expected) <= LOGIT_ATOL
 
 

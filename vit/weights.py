@@ -124,13 +124,19 @@ def _info_from_strings(meta: Mapping[str, object]) -> PretrainedInfo:
         raise CheckpointError(f"the checkpoint's metadata cannot be read: {e}") from e
 
 
-def read_metadata(path: str | os.PathLike) -> PretrainedInfo:
-    """The config, preprocessing and class names a weights file carries, without building a model.
+def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
+    """The config, preprocessing and class names that come with some weights, without building a model.
 
-    Reads save_pretrained's safetensors header, or the "config"/"preprocess"/"class_names" entries of a
-    training checkpoint (`last.ckpt`). Files from other ecosystems give an empty PretrainedInfo.
+    source: a file, a folder or "hf-hub:ORG/REPO". Reads save_pretrained's safetensors header (not the
+    tensors), the "model_config"/"preprocess"/"class_names" entries of a training checkpoint (`last.ckpt`),
+    and a timm or transformers config.json beside the weights. Fields nothing says are None.
     """
-    return read_checkpoint(path)[1]
+    path = resolve_source(source)
+    if path.suffix == ".safetensors":
+        info = _info_from_strings(_safetensors_metadata(path))
+    else:
+        info = read_checkpoint(path)[1]
+    return _with_sidecars(path, info)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -177,11 +183,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-        return state, _info_from_strings(meta) if meta.get("format") == FORMAT_NAME else PretrainedInfo()
+        return state, _info_from_strings(_safetensors_metadata(path))
     if path.suffix == ".npz":
         return _read_npz(path), PretrainedInfo()
     try:
@@ -192,8 +197,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
             f"with torch.load(weights_only=True) and never unpickles arbitrary code. Re-save the state dict "
             f"alone (or as safetensors). Detail: {str(e).splitlines()[0]}"
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    # A file that is no checkpoint at all makes the unpickler fail in many ways (KeyError for a text file).
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     info = _checkpoint_info(obj)
@@ -203,6 +209,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
         raise CheckpointError(f"{path} is not a state dict: entries {bad[:5]} are not tensors "
                               f"(wrapper keys recognised: {', '.join(WRAPPER_KEYS)})")
     return state, info
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """The header metadata save_pretrained wrote; {} for safetensors files written by anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    return meta if meta.get("format") == FORMAT_NAME else {}
 
 
 def _read_npz(path: Path) -> dict[str, torch.Tensor]:
@@ -495,6 +513,9 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: VisionTransformer
             raise CheckpointError(
                 f"shape mismatch for {key}: the model expects {tuple(target[key].shape)}, "
                 f"the checkpoint has {tuple(value.shape)}")
+        # Another float precision is cast on load; integers, bools or complex numbers are not weights.
+        if value.is_floating_point() != target[key].is_floating_point() or value.is_complex():
+            raise CheckpointError(f"{key} has dtype {value.dtype}, the model's is {target[key].dtype}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -521,13 +542,15 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
     for filename in HUB_WEIGHT_FILES:
         weights = fetch(filename)
         if weights is not None:
-            fetch("config.json")
+            for sidecar in HUB_SIDECAR_FILES:  # optional; they land beside the weights in the snapshot
+                fetch(sidecar)
             return weights
     offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if _hub_offline() else ""
     raise CheckpointError(f"hf-hub:{repo_id} has none of {', '.join(HUB_WEIGHT_FILES)}{offline}")
 
 
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_SIDECAR_FILES = ("config.json", "preprocessor_config.json")  # timm's / transformers' metadata
 
 
 def _hub_offline() -> bool:
@@ -604,15 +627,36 @@ def resolve_source(source: str | os.PathLike, cache_dir=None) -> Path:
     return path
 
 
+def _info_from_preprocessor_config(path: Path) -> PretrainedInfo:
+    """transformers' preprocessor_config.json (ViTImageProcessor): resize straight to `size`, no crop."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not {"image_mean", "image_std", "size"} <= set(cfg):
+        return PretrainedInfo()
+    size = cfg["size"]
+    H, W = (size["height"], size["width"]) if isinstance(size, dict) else to_2tuple(size)
+    resample = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(cfg.get("resample"), "bilinear")  # PIL codes
+    mean = cfg["image_mean"]
+    return PretrainedInfo(preprocess=Preprocess((len(mean), H, W), mean, cfg["image_std"], resample, 1.0))
+
+
+def _with_sidecars(path: Path, info: PretrainedInfo) -> PretrainedInfo:
+    """Fill what the weights file leaves unsaid from the config files beside it (hub snapshots, folders
+    written by transformers' save_pretrained)."""
+    for name, reader in (("config.json", info_from_config_json), ("preprocessor_config.json", _info_from_preprocessor_config)):
+        sidecar = path.parent / name
+        if None in (info.config, info.preprocess, info.class_names) and sidecar.is_file():
+            info = _merge(info, reader(sidecar))
+    return info
+
+
 def read_pretrained(source: str | os.PathLike, cache_dir=None) -> tuple[dict[str, torch.Tensor], PretrainedInfo]:
-    """State dict (source names) and metadata of any source: the file's own metadata first, then a
-    config.json beside it (hub snapshots and transformers' save_pretrained folders)."""
+    """State dict (source names) and metadata of any source: a file, a folder or "hf-hub:ORG/REPO"."""
     path = resolve_source(source, cache_dir)
     state, info = read_checkpoint(path)
-    sidecar = path.parent / "config.json"
-    if sidecar.is_file() and None in (info.config, info.preprocess, info.class_names):
-        info = _merge(info, info_from_config_json(sidecar))
-    return state, info
+    return state, _with_sidecars(path, info)
 
 
 # --------------------------------------------------------------------------------------------------------
