@@ -231,6 +231,17 @@ def test_timm_state_dict_and_deit_wrapper(tmp_path):
         assert max_diff(model(x), ref(x)) <= LOGIT_ATOL
 
 
+def test_jax_checkpoint_missing_an_array(tmp_path):
+    import numpy as np
+
+    w = jax_arrays()
+    del w["Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel"]
+    np.savez(tmp_path / "ViT.npz", **{"opt/target/" + k: v for k, v in w.items()})
+    with pytest.raises(vit.CheckpointError, match="no opt/target/Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel"):
+        vit.load_pretrained(vit.VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4),
+                            tmp_path / "ViT.npz")
+
+
 # ---- adapting to a new grid, patch size, channel count, head
 
 
@@ -384,11 +395,12 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 # ---- hub: a real huggingface_hub cache, read offline
 
 
-HUB_SCRIPT = """
+HUB_REPO = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # the registered hf_hub_id of vit_tiny_patch16_224
+HUB_SCRIPT = f"""
 import sys, torch, vit
-model = vit.create_model(pretrained="hf-hub:timm/vit_tiny_patch4_32.test_tag")
-named = vit.create_model("vit_tiny_patch4_32", pretrained="hf-hub:timm/vit_tiny_patch4_32.test_tag", depth=2,
-                         num_classes=3)
+assert vit.get_entry("vit_tiny_patch16_224").hf_hub_id == "{HUB_REPO}"
+model = vit.create_model(pretrained="hf-hub:{HUB_REPO}")  # architecture from config.json
+named = vit.create_model("vit_tiny_patch16_224", pretrained=True, depth=2, img_size=64, num_classes=3)
 x = torch.load(sys.argv[1])
 print(model.config.depth, model.preprocess.crop_pct, model.class_names[:2], named.num_classes)
 torch.save(model.eval()(x), sys.argv[2])
@@ -396,25 +408,23 @@ torch.save(model.eval()(x), sys.argv[2])
 
 
 def test_hub_download_offline_from_cache(tmp_path):
-    """Lay out a hub cache as huggingface_hub does (refs/main -> snapshots/<commit>/, blobs), then load it
+    """Lay out a hub cache as huggingface_hub does (refs/main -> snapshots/<commit>/ -> blobs), then load it
     through the real library with HF_HUB_OFFLINE=1 in a fresh process."""
     import json
     import subprocess
     import sys
 
-    model = tiny()
-    randomize_(model)
-    repo = tmp_path / "hub" / "models--timm--vit_tiny_patch4_32.test_tag"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    snapshot.mkdir(parents=True)
     from safetensors.torch import save_file
 
+    model = randomize_(vit.create_model("vit_tiny_patch16_224", depth=2, img_size=32, num_classes=5))
+    repo = tmp_path / "hub" / ("models--" + HUB_REPO.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    for folder in (repo / "blobs", repo / "refs", snapshot):
+        folder.mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, repo / "blobs" / "weights")
-    config = {"architecture": "vit_tiny_patch4_32.test_tag", "num_classes": 5, "model_args": {"depth": 2},
+    config = {"architecture": HUB_REPO.split("/")[1], "num_classes": 5, "model_args": {"depth": 2, "img_size": 32},
               "label_names": list("abcde"),
               "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
                                  "interpolation": "bicubic", "crop_pct": 0.875}}

@@ -192,10 +192,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's weights-only unpickler names a refused import as "Unsupported global: GLOBAL os.system ...";
+        # anything else it refuses (an unknown opcode, ...) means the bytes are not a pickle of tensors at all.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused is None:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: the unpickler refused it "
+                                  f"({' '.join(str(e).split())[-120:]})") from e
         raise CheckpointError(
-            f"{path} holds Python objects other than tensors and plain containers; vit loads checkpoints "
-            f"with torch.load(weights_only=True) and never unpickles arbitrary code. Re-save the state dict "
-            f"alone (or as safetensors). Detail: {str(e).splitlines()[0]}"
+            f"{path} holds Python objects other than tensors and plain containers (it imports "
+            f"{refused.group(1)}); vit loads checkpoints with torch.load(weights_only=True) and never unpickles "
+            f"arbitrary code. Re-save the state dict alone (or as safetensors)."
         ) from e
     # A file that is no checkpoint at all makes the unpickler fail in many ways (KeyError for a text file).
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as e:
@@ -229,8 +235,8 @@ def _read_npz(path: Path) -> dict[str, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)) for k in arrays.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path} is not a readable .npz file of arrays: {e}") from e
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path} is not a readable .npz file of arrays: {type(e).__name__}: {e}") from e
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -351,6 +357,8 @@ def convert_jax(arrays: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out, used = {}, set()
 
     def take(name):
+        if name not in w:
+            raise CheckpointError(f"the JAX checkpoint has no {prefix}{name} (its keys: {_summary(w, 4)})")
         used.add(name)
         return w[name]
 
