@@ -192,9 +192,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler names a refused import as "Unsupported global: GLOBAL os.system ...";
-        # anything else it refuses (an unknown opcode, ...) means the bytes are not a pickle of tensors at all.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch's weights-only unpickler names a refused import ("... GLOBAL posix.system ..."); anything else
+        # it refuses (an unknown opcode, ...) means the bytes are not a pickle of tensors at all.
+        refused = re.search(r"GLOBAL (\S+)", str(e))
         if refused is None:
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: the unpickler refused it "
                                   f"({' '.join(str(e).split())[-120:]})") from e
