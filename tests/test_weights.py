@@ -375,6 +375,12 @@ def test_unknown_format_lists_the_recognised_ones(tmp_path):
         vit.create_model(pretrained=tmp_path / "bare.pth")
 
 
+def test_pos_embed_that_cannot_fit_is_a_checkpoint_error():
+    state = tiny().state_dict()  # [CLS] row in the position table; the model below has none
+    with pytest.raises(vit.CheckpointError, match=r"pos_embed \(1, 65, 192\) cannot be fitted"):
+        vit.load_pretrained(tiny(reg_tokens=4, no_embed_class=True, img_size=16), state)
+
+
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     import safetensors.torch
 

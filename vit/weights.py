@@ -196,8 +196,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
         # it refuses (an unknown opcode, ...) means the bytes are not a pickle of tensors at all.
         refused = re.search(r"GLOBAL (\S+)", str(e))
         if refused is None:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: the unpickler refused it "
-                                  f"({' '.join(str(e).split())[-120:]})") from e
+            reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: the unpickler refused it"
+                                  + (f" ({reason.group(1)})" if reason else "")) from e
         raise CheckpointError(
             f"{path} holds Python objects other than tensors and plain containers (it imports "
             f"{refused.group(1)}); vit loads checkpoints with torch.load(weights_only=True) and never unpickles "
@@ -493,7 +494,11 @@ def adapt_state_dict(
         if pos.ndim != 3 or pos.shape[-1] != model.embed_dim:
             raise CheckpointError(
                 f"pos_embed: expected shape {tuple(target['pos_embed'].shape)}, got {tuple(pos.shape)}")
-        state["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size, source_grid, prefix)
+        try:
+            state["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size, source_grid, prefix)
+        except ConfigError as e:  # e.g. [CLS] rows in the file but not in the model (no_embed_class)
+            raise CheckpointError(f"pos_embed {tuple(pos.shape)} cannot be fitted to the model's "
+                                  f"{tuple(target['pos_embed'].shape)} ({prefix} prefix rows): {e}") from e
 
     # The head: a different class count (or no head wanted) means a fresh head, not an error.
     for key in ("head.weight", "head.bias"):
@@ -593,9 +598,11 @@ def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
                                 pc.get("crop_pct", 1.0))
     config = None
     if entry is not None:
-        known = {f.name for f in fields(ViTConfig)}
-        args = {k: v for k, v in cfg.get("model_args", {}).items() if k in known}
-        config = entry.config.replace(**args, num_classes=cfg.get("num_classes", entry.config.num_classes))
+        args = cfg.get("model_args", {})
+        try:  # an architecture argument we do not have is an error, not something to ignore
+            config = entry.config.replace(**args, num_classes=cfg.get("num_classes", entry.config.num_classes))
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: model_args of {cfg['architecture']}: {e}") from e
     labels = cfg.get("label_names")
     return PretrainedInfo(config, preprocess, list(labels) if isinstance(labels, list) else None)
 
@@ -693,12 +700,16 @@ def load_pretrained(
         state, info = dict(source), PretrainedInfo()
     else:
         state, info = read_pretrained(source)
-    state = to_vit_state_dict(state)
     if source_grid is None and info.config is not None:
         source_grid = _grid(info.config)
-    state = adapt_state_dict(state, model, source_grid)
-    # A headless checkpoint (transformers ViTModel, big_vision without head) leaves the model's new head.
-    check_state_dict(state, model, allow_missing=("head.weight", "head.bias"))
+    try:
+        state = adapt_state_dict(to_vit_state_dict(state), model, source_grid)
+        # A headless checkpoint (transformers ViTModel, big_vision without head) leaves the model's new head.
+        check_state_dict(state, model, allow_missing=("head.weight", "head.bias"))
+    except CheckpointError as e:
+        if isinstance(source, Mapping):
+            raise
+        raise CheckpointError(f"{source}: {e}") from e  # name the file
     model.load_state_dict(state, strict=False)  # strictness checked above, with clearer messages
     return info
 
@@ -731,7 +742,10 @@ def create_pretrained(name: str | None, source: bool | str | os.PathLike, **over
             base = base.replace(num_classes=info.config.num_classes)
     config = base.replace(**overrides)
     model = VisionTransformer(config)
-    load_pretrained(model, state, source_grid=_grid(info.config) if info.config is not None else None)
+    try:
+        load_pretrained(model, state, source_grid=_grid(info.config) if info.config is not None else None)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from e  # name the file
 
     preprocess = info.preprocess or (entry.preprocess if entry is not None else None)
     if preprocess is not None:  # adjusted to an overridden image size or channel count
