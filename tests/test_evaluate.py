@@ -1,0 +1,150 @@
+"""evaluate.py end to end on a checkpoint trained here by train.py (digits, a few seconds of training)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vit
+from vit.data import digits_split
+from vit.evaluate import main as evaluate_main
+from vit.train import main as train_main
+
+REPORT_FIELDS = ("top1", "top5", "loss", "num_images", "per_class", "confusion_matrix", "ece", "images_per_second")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny digits run: 3 epochs of 44 steps; accuracy well short of the recipe's, which is fine here."""
+    out = tmp_path_factory.mktemp("run") / "digits"
+    code = train_main(["--epochs", "3", "--batch-size", "32", "--warmup-epochs", "0.3", "--lr", "4e-3",
+                       "--label-smoothing", "0", "--crop-pad", "0", "--output", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def own_accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[int, float]:
+    """Correct count and mean cross-entropy, computed here without vit.evaluate or vit.metrics."""
+    pre = model.preprocess
+    mean, std = torch.tensor(pre.mean).view(1, -1, 1, 1), torch.tensor(pre.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        logits = model.eval()((images.float() / 255 - mean) / std)
+    return int((logits.argmax(1) == labels).sum()), float(torch.nn.functional.cross_entropy(logits, labels))
+
+
+def check_png(path, min_side=200, max_side=4000):
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        w, h = im.size
+        assert min_side <= w <= max_side and min_side <= h <= max_side, (path, im.size)
+        assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
+
+
+def test_report_consistent_with_model(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    evaluate_main([str(run_dir / "best.safetensors"), "--dataset", "digits", "--output", str(out),
+                   "--attention-maps", "3", "--batch-size", "100", "--no-progress"])
+    report = json.loads((out / "report.json").read_text())
+    assert all(k in report for k in REPORT_FIELDS)
+
+    val = digits_split("val")  # the held-out split train.py validated on
+    model = vit.create_model(pretrained=str(run_dir / "best.safetensors"))
+    correct, loss = own_accuracy(model, val.images, val.labels)
+    assert report["num_images"] == len(val) == 359
+    assert round(report["top1"] * len(val)) == correct
+    assert report["loss"] == pytest.approx(loss, rel=1e-5)
+    # train.py's own validation of the best epoch saw the same images and the same weights.
+    best = max(json.loads(line)["val_top1"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert 100 * report["top1"] == pytest.approx(best, abs=1e-9)
+
+    cm = np.array(report["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 359 and np.trace(cm) == correct
+    assert sum(r["support"] for r in report["per_class"].values()) == 359
+    assert report["top1"] <= report["top5"] <= 1 and 0 <= report["ece"] <= 1 and report["images_per_second"] > 0
+
+    check_png(out / "confusion.png")
+    check_png(out / "reliability.png")
+    overlays = sorted((out / "attention").glob("*.png"))
+    assert len(overlays) == 3
+    for p in overlays:
+        check_png(p)
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and f"{100 * report['top1']:.2f} %" in printed
+
+
+def test_last_ckpt(run_dir, tmp_path):
+    """train.py's last.ckpt (a torch.save dict): config and class names from it, preprocessing by its model name."""
+    report = evaluate_main([str(run_dir / "last.ckpt"), "--dataset", "digits", "--output", str(tmp_path),
+                            "--no-progress"])
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 100 * report["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
+    assert report["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+
+def write_folder(root, images, labels, names):
+    for i, (img, y) in enumerate(zip(images, labels)):
+        (root / names[y]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(root / names[y] / f"{i:04d}.png")
+
+
+def test_image_folder_subset_of_classes(run_dir, tmp_path, capsys):
+    """Class folders directly under ROOT, three of the ten classes: every image, labels mapped by name."""
+    val = digits_split("val")
+    keep = torch.isin(val.labels, torch.tensor([3, 5, 7]))
+    images, labels = val.images[keep], val.labels[keep]
+    write_folder(tmp_path / "digits", images, labels.tolist(), val.classes)
+    report = evaluate_main([str(run_dir / "best.safetensors"), "--data-dir", str(tmp_path / "digits"),
+                            "--output", str(tmp_path / "eval"), "--no-progress"])
+    model = vit.create_model(pretrained=str(run_dir / "best.safetensors"))
+    correct, _ = own_accuracy(model, images, labels)  # PNG keeps uint8 pixels exactly
+    assert report["num_images"] == len(labels)
+    assert round(report["top1"] * len(labels)) == correct
+    supports = {name: r["support"] for name, r in report["per_class"].items() if r["support"]}
+    assert supports == {"3": int((labels == 3).sum()), "5": int((labels == 5).sum()), "7": int((labels == 7).sum())}
+
+    capsys.readouterr()
+    files = sorted((tmp_path / "digits" / "7").glob("*.png"))[:2]
+    result = evaluate_main([str(run_dir / "best.safetensors"), "--predict", *map(str, files), "--topk", "3"])
+    printed = capsys.readouterr().out
+    assert len(result["predictions"]) == 2 and len(result["predictions"][0]["top"]) == 3
+    probs = [t["probability"] for t in result["predictions"][0]["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert str(files[0]) in printed and " %" in printed
+
+
+def test_export_from_command_line(run_dir, tmp_path, capsys):
+    report = evaluate_main([str(run_dir / "best.safetensors"), "--export", "exported-program",
+                            "--output", str(tmp_path)])
+    assert (tmp_path / "model.pt2").is_file() and report["export"]["max_abs_diff"] <= 1e-4
+    assert "max abs difference" in capsys.readouterr().out
+
+
+def expect_error(argv, capsys, *fragments):
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main(argv)
+    assert exc.value.code == 2
+    message = capsys.readouterr().err
+    for f in fragments:
+        assert f in message, message
+
+
+def test_clear_errors(run_dir, tmp_path, capsys):
+    best = str(run_dir / "best.safetensors")
+    expect_error([str(tmp_path / "nope.safetensors"), "--dataset", "digits"], capsys, "no checkpoint", "nope")
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_text("not weights")
+    expect_error([str(bogus), "--dataset", "digits"], capsys, "bogus.safetensors")
+
+    root = tmp_path / "mismatch"
+    val = digits_split("val")
+    write_folder(root, val.images[:4], [0, 0, 1, 1], ["0", "cat"])
+    expect_error([best, "--data-dir", str(root), "--output", str(tmp_path / "e")], capsys, "cat", "not among")
+
+    broken = tmp_path / "broken"
+    write_folder(broken, val.images[:4], [0, 0, 1, 1], ["0", "1"])
+    (broken / "1" / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    expect_error([best, "--data-dir", str(broken), "--output", str(tmp_path / "e")], capsys, "zz_truncated.png")
+    expect_error([best, "--predict", str(broken / "1" / "zz_truncated.png")], capsys, "zz_truncated.png")

@@ -1,0 +1,424 @@
+"""Evaluate a checkpoint: metrics and report.json, pictures, single-image prediction, export.
+
+    python evaluate.py runs/digits/best.safetensors --dataset digits --output runs/digits/eval
+    python evaluate.py last.ckpt --data-dir photos/ --attention-maps 8     # photos/CLASS/*.jpg, every image
+    python evaluate.py best.safetensors --predict cat.jpg dog.png
+    python evaluate.py best.safetensors --export onnx --output exported/
+
+The checkpoint carries its model config, preprocessing and class names (`vit.save_pretrained`, train.py's
+last.ckpt), so nothing else is needed. Other weight files (timm, torchvision, Hugging Face, JAX .npz) need
+`--model NAME` for the architecture; a registered name or hf-hub:ORG/REPO downloads hub weights.
+
+Reads top to bottom: parse, load model, load data, run the model over it, report, pictures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import data as vdata
+from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
+from .metrics import ClassificationMetrics
+from .precision import PRECISIONS, autocast, resolve_device, resolve_precision
+
+log = logging.getLogger("vit.evaluate")
+
+NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
+EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
+# Train.py's run folder holds these; a folder given as CHECKPOINT is searched for them in this order.
+CHECKPOINT_FILES = ("best.safetensors", "last.ckpt")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="best.safetensors, last.ckpt, a run folder holding one, any weights file "
+                   "vit.weights reads (with --model), a registered model name or hf-hub:ORG/REPO")
+    p.add_argument("--model", default=None, help="registered architecture for weights files without a config")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=NAMED_DATASETS, default=None,
+                   help="named dataset (as train.py); 'folder' is train.py's split of --data-dir")
+    g.add_argument("--data-dir", default="", help="dataset root; alone, an ImageFolder tree ROOT/CLASS/*.jpg "
+                   "evaluated whole (or its val/ folder where ROOT has train/ and val/)")
+    g.add_argument("--split", choices=("val", "test"), default="val")
+    g.add_argument("--val-size", type=float, default=0.1, help="--dataset folder: train.py's held-out carve")
+    g.add_argument("--seed", type=int, default=0, help="--dataset folder: train.py's seed for the carve")
+    g.add_argument("--on-corrupt", choices=("error", "skip"), default="error",
+                   help="an unreadable image stops evaluation, or is skipped and counted in the report")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader workers for images read from disk")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast dtype (auto: per device)")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--output", default=None, help="output folder (default: runs/eval/CHECKPOINT_NAME)")
+    g.add_argument("--attention-maps", type=int, default=0, metavar="N",
+                   help="write N attention-rollout overlays to OUTPUT/attention/")
+    g.add_argument("--predict", nargs="+", default=None, metavar="IMAGE", help="print top-k for image files")
+    g.add_argument("--topk", type=int, default=5, help="classes printed per image by --predict")
+    g.add_argument("--export", choices=EXPORT_FORMATS, default=None,
+                   help="write the model in this format to OUTPUT and check it against PyTorch")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.attention_maps < 0 or args.topk < 1 or args.workers < 0:
+        p.error("--batch-size and --topk must be positive; --attention-maps and --workers non-negative")
+    if args.dataset == "folder" and not args.data_dir:
+        p.error("--dataset folder needs --data-dir")
+    if not (args.dataset or args.data_dir or args.predict or args.export):
+        p.error("nothing to do: give --dataset NAME or --data-dir ROOT to evaluate, --predict IMAGE, or --export")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model
+
+
+def load_model(checkpoint: str, model_name: str | None = None):
+    """A model with weights, `.preprocess` and (where the file has them) `.class_names`, from CHECKPOINT."""
+    from .registry import create_model, get_entry, list_models, preprocess_for
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = [path / f for f in CHECKPOINT_FILES if (path / f).is_file()]
+        if not found:
+            raise CheckpointError(f"{path} is a folder without {' or '.join(CHECKPOINT_FILES)}")
+        path = found[0]
+    if path.is_file():
+        try:
+            model = create_model(model_name, pretrained=str(path))
+        except ConfigError as e:
+            if model_name is None and "carries no model config" in str(e):
+                raise CheckpointError(f"{path} carries no model config: name its architecture with --model NAME "
+                                      "(see vit.list_models())") from e
+            raise
+    elif checkpoint.startswith("hf-hub:"):
+        model = create_model(model_name, pretrained=checkpoint)
+    elif checkpoint in list_models():
+        model = create_model(checkpoint, pretrained=True)
+    else:
+        raise CheckpointError(f"no checkpoint at {checkpoint!r}: not a file or folder, not a registered model name "
+                              "and not hf-hub:ORG/REPO")
+    if model.preprocess is None:  # e.g. train.py's last.ckpt: its training config names the registered model
+        name = model_name or training_model_name(path)
+        if name is None:
+            raise CheckpointError(f"{checkpoint} carries no preprocessing; name the architecture with --model")
+        model.preprocess = preprocess_for(get_entry(name), model.config)
+    return model
+
+
+def training_model_name(path: Path) -> str | None:
+    """The registered model name in a train.py checkpoint's training config, if it is one."""
+    if path.suffix in (".safetensors", ".npz") or not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # read_checkpoint has already loaded this file; anything odd here means "no name"
+        return None
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return config.get("model") if isinstance(config, dict) and isinstance(config.get("model"), str) else None
+
+
+def checkpoint_name(checkpoint: str) -> str:
+    path = Path(checkpoint)
+    stem = path.parent.name if path.name in CHECKPOINT_FILES or path.is_dir() else path.stem
+    return re.sub(r"[^\w.-]+", "_", stem or "model")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class EvalData:
+    """What to evaluate: in-memory uint8 tensors or image files, with labels in the model's class indices."""
+
+    source: vdata.TensorData | vdata.FileData
+    description: str
+
+
+def load_eval_data(args, model) -> EvalData:
+    """The split named by --dataset/--data-dir, labels remapped from folder/dataset names to the model's."""
+    C, H, W = model.preprocess.input_size
+    if args.dataset and args.dataset != "folder":
+        source = vdata.load_dataset(args.dataset, args.split, args.data_dir)
+        description = f"{args.dataset} ({args.split})"
+    elif args.dataset == "folder":
+        source = vdata.folder_split(args.data_dir, args.split, args.val_size, args.seed)
+        description = f"{args.data_dir} ({args.split}, train.py's split)"
+    else:
+        root = Path(args.data_dir)
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            source = vdata.folder_split(root, args.split)
+            description = f"{root} ({'test' if args.split == 'test' and (root / 'test').is_dir() else 'val'}/)"
+        else:  # a single tree: every image in it
+            source = vdata.scan_image_folder(root)
+            description = f"{root} (every image)"
+    # Small images are decoded as train.py decodes them (resized to a square, no crop); large ones go through
+    # the checkpoint's own preprocessing (resize by crop_pct, centre crop, its interpolation and mean/std).
+    if isinstance(source, vdata.FileData) and max(H, W) <= vdata.MEMORY_MAX_SIDE:
+        source = vdata.decode_folder(source, H, C, args.on_corrupt)
+    source = remap_labels(source, model)
+    return EvalData(source, f"{description}, {len(source)} images")
+
+
+def class_index(data_classes: list[str], model) -> list[int]:
+    """For each dataset class, the model's class index with that name."""
+    names = model.class_names
+    if names is None:
+        if len(data_classes) != model.num_classes:
+            raise DataError(f"the data has {len(data_classes)} classes {data_classes[:10]}, the model "
+                            f"{model.num_classes} outputs, and the checkpoint carries no class names to match them by")
+        log.warning("the checkpoint carries no class names: assuming the data's classes in sorted order")
+        model.class_names = list(data_classes)
+        return list(range(len(data_classes)))
+    position = {n: i for i, n in enumerate(names)}
+    unknown = [c for c in data_classes if c not in position]
+    if unknown:
+        raise DataError(f"data classes {unknown[:10]}{' ...' if len(unknown) > 10 else ''} are not among the "
+                        f"checkpoint's {len(names)} classes ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''})")
+    return [position[c] for c in data_classes]
+
+
+def remap_labels(source, model):
+    index = class_index(source.classes, model)
+    if index == list(range(len(index))):
+        return source
+    if isinstance(source, vdata.TensorData):
+        return vdata.TensorData(source.images, torch.tensor(index)[source.labels], list(model.class_names))
+    return vdata.FileData([(p, index[y]) for p, y in source.samples], list(model.class_names))
+
+
+def batches(source, model, args, device: torch.device):
+    """Yield normalised (x, y, skipped) batches on `device`."""
+    pre = model.preprocess
+    if isinstance(source, vdata.TensorData):
+        normalize = vdata.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], device)
+        for i in range(0, len(source), args.batch_size):
+            x = source.images[i:i + args.batch_size].to(device, non_blocking=True)
+            yield normalize(x), source.labels[i:i + args.batch_size].to(device), 0
+        return
+    transform = vdata.file_transforms(pre, train=False)
+    loader = vdata.file_loader(source, transform, pre.input_size[0], args.on_corrupt, args.batch_size,
+                               args.workers, sampler=None, pin_memory=device.type == "cuda")
+    for x, y, skipped in loader:
+        if x is not None:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), skipped
+        else:
+            yield None, None, skipped
+
+
+def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen images, normalised as for evaluation (CPU), with their labels."""
+    pre = model.preprocess
+    if isinstance(source, vdata.TensorData):
+        normalize = vdata.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], torch.device("cpu"))
+        idx = torch.tensor(indices)
+        return normalize(source.images[idx]), source.labels[idx]
+    transform = vdata.file_transforms(pre, train=False)
+    mode = "L" if pre.input_size[0] == 1 else "RGB"
+    images = [transform(vdata.load_image(source.samples[i][0], mode)) for i in indices]
+    return torch.stack(images), torch.tensor([source.samples[i][1] for i in indices])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running the model
+
+
+@torch.no_grad()
+def run_evaluation(model, source, args, device, precision) -> tuple[dict, ClassificationMetrics]:
+    from tqdm import tqdm
+
+    metrics = ClassificationMetrics(model.num_classes, model.class_names)
+    skipped = 0
+    n_batches = math.ceil(len(source) / args.batch_size)
+    progress = tqdm(total=len(source), unit="img", desc="evaluating", disable=args.no_progress or None,
+                    file=sys.stderr)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for x, y, dropped in batches(source, model, args, device):
+        skipped += dropped
+        if x is not None:
+            with autocast(precision, device):
+                logits = model(x)
+            metrics.update(logits.float(), y)
+            progress.update(len(y) + dropped)
+        else:
+            progress.update(dropped)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    progress.close()
+    if metrics.num_images == 0:
+        raise DataError(f"no images were evaluated ({skipped} unreadable)")
+    report = metrics.compute()
+    report.update(
+        images_per_second=metrics.num_images / seconds,  # end to end: reading, preprocessing and the model
+        seconds=seconds,
+        skipped_images=skipped,
+        batches=n_batches,
+        reliability=metrics.reliability(),
+    )
+    return report, metrics
+
+
+def print_summary(report: dict, header: list[tuple[str, str]], max_classes: int = 20) -> None:
+    rows = header + [
+        ("top-1", f"{100 * report['top1']:.2f} %"),
+        ("top-5", f"{100 * report['top5']:.2f} %"),
+        ("loss", f"{report['loss']:.4f}"),
+        ("ECE (15 bins)", f"{report['ece']:.4f}"),
+        ("images", f"{report['num_images']}" + (f" ({report['skipped_images']} unreadable, skipped)"
+                                                 if report["skipped_images"] else "")),
+        ("images/s", f"{report['images_per_second']:.0f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    per_class = [(n, r) for n, r in report["per_class"].items() if r["support"] > 0]
+    title = "per class"
+    if len(per_class) > max_classes:  # e.g. ImageNet: show the classes that need attention
+        per_class = sorted(per_class, key=lambda nr: nr[1]["recall"])[:max_classes]
+        title = f"per class (the {max_classes} with the lowest recall)"
+    name_w = max([len("class")] + [len(n) for n, _ in per_class])
+    print(f"\n{title}:\n{'class':<{name_w}}  precision  recall  support")
+    for name, r in per_class:
+        print(f"{name:<{name_w}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['support']:7d}")
+
+
+@torch.no_grad()
+def write_attention_maps(model, source, n: int, out_dir: Path, device) -> list[Path]:
+    """N overlays of attention rollout, for images spread evenly over the evaluation set."""
+    from .plots import plot_attention_overlay
+    from .rollout import rollout_heatmap
+
+    n = min(n, len(source))
+    indices = sorted({round(i * (len(source) - 1) / max(n - 1, 1)) for i in range(n)})
+    x, y = example_images(source, model, indices)
+    pre = model.preprocess
+    x = x.to(device)
+    probs = model(x).float().softmax(dim=1).cpu()
+    heat = rollout_heatmap(model, x).cpu()
+    mean, std = torch.tensor(pre.mean).view(-1, 1, 1), torch.tensor(pre.std).view(-1, 1, 1)
+    pictures = (x.cpu() * std + mean).permute(0, 2, 3, 1)  # back to [0, 1] pixels, (B, H, W, C)
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    paths = []
+    for i, (idx, label) in enumerate(zip(indices, y.tolist())):
+        conf, pred = probs[i].max(dim=0)
+        pred, true = names[int(pred)], names[label]
+        title = f"predicted: {pred} ({100 * float(conf):.0f}%)   true: {true}"
+        path = out_dir / f"{i:03d}_{safe_name(true)}_as_{safe_name(pred)}.png"
+        plot_attention_overlay(pictures[i].numpy(), heat[i].numpy(), title, path, correct=pred == true)
+        paths.append(path)
+    return paths
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", name)
+
+
+@torch.no_grad()
+def predict(model, paths: list[str], k: int, device, precision) -> list[dict]:
+    """Top-k classes with probabilities for image files, preprocessed as the checkpoint says."""
+    pre = model.preprocess
+    transform = vdata.file_transforms(pre, train=False)
+    mode = "L" if pre.input_size[0] == 1 else "RGB"
+    x = torch.stack([transform(vdata.load_image(p, mode)) for p in paths]).to(device)
+    with autocast(precision, device):
+        probs = model(x).float().softmax(dim=1).cpu()
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    results = []
+    for path, p, i in zip(paths, top.values.tolist(), top.indices.tolist()):
+        results.append({"image": path, "top": [{"class": names[c], "probability": q} for c, q in zip(i, p)]})
+        print(path)
+        for rank, (c, q) in enumerate(zip(i, p), 1):
+            print(f"  {rank}. {names[c]:<24} {100 * q:6.2f} %")
+    return results
+
+
+def make_output_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output folder {path}: {e}") from e
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Everything main() does, raising VitError subclasses instead of exiting; returns the report."""
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, args.model).to(device).eval()
+    precision = resolve_precision(args.precision, device, model.embed_dim)
+    out = Path(args.output or Path("runs") / "eval" / checkpoint_name(args.checkpoint))
+    report: dict = {}
+
+    if args.predict:
+        report["predictions"] = predict(model, args.predict, args.topk, device, precision)
+
+    if args.dataset or args.data_dir:
+        data = load_eval_data(args, model)
+        print(f"evaluating {args.checkpoint} on {data.description} ({device}, {precision})", file=sys.stderr)
+        results, _ = run_evaluation(model, data.source, args, device, precision)
+        results.update(checkpoint=str(args.checkpoint), data=data.description, device=str(device),
+                       precision=precision, batch_size=args.batch_size, model_config=model.config.to_dict())
+        make_output_dir(out)
+        write_json(out / "report.json", results)
+        from .plots import plot_confusion_matrix, plot_reliability
+
+        plot_confusion_matrix(results["confusion_matrix"], results["class_names"], out / "confusion.png")
+        plot_reliability(results["reliability"], results["ece"], out / "reliability.png")
+        if args.attention_maps:
+            write_attention_maps(model, data.source, args.attention_maps, out / "attention", device)
+        print_summary(results, [("checkpoint", str(args.checkpoint)), ("data", data.description),
+                                ("device", f"{device}, {precision}, batch {args.batch_size}")])
+        print(f"\nwrote {out / 'report.json'}, confusion.png, reliability.png"
+              + (f", attention/ ({args.attention_maps} overlays)" if args.attention_maps else ""))
+        report = results | report  # keeps predictions, if any
+
+    if args.export:
+        from .export import TOLERANCE, export_model
+
+        path, diff = export_model(model, args.export, make_output_dir(out))
+        model.to(device)
+        print(f"{args.export}: wrote {path}; max abs difference vs PyTorch on random input {diff:.2e} "
+              f"(tolerance {TOLERANCE:.0e})")
+        report["export"] = {"format": args.export, "path": str(path), "max_abs_diff": diff}
+    return report
+
+
+def write_json(path: Path, obj: dict) -> None:
+    try:
+        path.write_text(json.dumps(obj, indent=2) + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e}") from e
+
+
+def main(argv=None) -> dict:
+    """Console entry point (`vit-eval`, `python evaluate.py`): a VitError ends with its message, exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except VitError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    main()
