@@ -108,6 +108,13 @@ class PatchEmbed(nn.Module):
             raise InputError(f"expected a floating-point image tensor, got dtype {x.dtype}: convert with x.float()")
         if x.shape[1] != self.in_chans:
             raise InputError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        w = self.proj.weight
+        if x.device != w.device:
+            raise InputError(f"the input is on {x.device} but the model is on {w.device}: move one with .to()")
+        # Under autocast the conv casts its inputs itself; otherwise torch would fail deep inside conv2d.
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputError(f"the input is {x.dtype} but the model is {w.dtype}: convert with x.to({w.dtype}), "
+                             "or run under torch.autocast")
         H, W = x.shape[-2:]
         if self.strict_img_size:
             if (H, W) != self.img_size:
@@ -262,14 +269,18 @@ class ViTConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ConfigError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
+        if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio < math.inf:
+            raise ConfigError(f"mlp_ratio must be a positive finite number, got {self.mlp_ratio!r}")
+        if not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
+            raise ConfigError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
         for name in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            if not isinstance(getattr(self, name), (int, float)) or not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if isinstance(self.img_size, list):  # from JSON
             object.__setattr__(self, "img_size", tuple(self.img_size))
-        to_2tuple(self.img_size)
+        size = self.img_size if isinstance(self.img_size, tuple) else (self.img_size,)
+        if not 1 <= len(size) <= 2 or not all(isinstance(s, int) and s >= 1 for s in size):
+            raise ConfigError(f"img_size must be a positive integer or a pair (height, width), got {self.img_size!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
