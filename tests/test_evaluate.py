@@ -148,3 +148,33 @@ def test_clear_errors(run_dir, tmp_path, capsys):
     (broken / "1" / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     expect_error([best, "--data-dir", str(broken), "--output", str(tmp_path / "e")], capsys, "zz_truncated.png")
     expect_error([best, "--predict", str(broken / "1" / "zz_truncated.png")], capsys, "zz_truncated.png")
+
+
+def test_own_preprocessing_for_large_images(tmp_path):
+    """Weights whose preprocessing says resize by crop_pct + centre crop + bicubic (as ImageNet checkpoints do)
+    are evaluated through exactly that, checked against torchvision's transforms built here."""
+    from torchvision import transforms as T
+
+    pre = vit.Preprocess((3, 80, 80), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bicubic", 0.875)
+    model = vit.VisionTransformer(img_size=80, patch_size=16, num_classes=3, embed_dim=32, depth=1, num_heads=2)
+    model.preprocess = pre
+    vit.save_pretrained(model, tmp_path / "w.safetensors", class_names=["a", "b", "c"])
+    rng = np.random.default_rng(0)
+    files, labels = [], []
+    for i in range(9):
+        name = "abc"[i % 3]
+        (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
+        path = tmp_path / "data" / name / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (100 + 7 * i, 130, 3), dtype=np.uint8)).save(path)
+        files.append(path)
+        labels.append(i % 3)
+    report = evaluate_main([str(tmp_path / "w.safetensors"), "--data-dir", str(tmp_path / "data"), "--output",
+                            str(tmp_path / "eval"), "--workers", "0", "--no-progress"])
+    reference = T.Compose([T.Resize(int(80 / 0.875), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(80),
+                           T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    x = torch.stack([reference(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        logits = model.eval()(x)
+    expected_loss = float(torch.nn.functional.cross_entropy(logits, torch.tensor(labels)))
+    assert report["num_images"] == 9
+    assert report["loss"] == pytest.approx(expected_loss, rel=1e-4)
