@@ -452,3 +452,19 @@ def test_hub_download_offline_from_cache(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert "CheckpointError" in out.stderr and "HF_HUB_OFFLINE" in out.stderr
+
+
+@pytest.mark.slow
+def test_full_size_torchvision_vit_b_16():
+    """The registered ViT-B/16 against torchvision's vit_b_16 (random weights, 12 blocks, 224px)."""
+    from torchvision.models import vit_b_16
+
+    ref = randomize_(vit_b_16(num_classes=10))
+    model = vit.create_model("vit_base_patch16_224", num_classes=10).eval()
+    vit.load_pretrained(model, ref.state_dict())
+    x = images(model, batch=1)
+    with torch.no_grad():
+        logits = ref(x)
+        # fp32 sums over 12 blocks of width 768 round differently: measured 3.2e-5 on logits of size ~4,
+        # so the bound here is relative: 4e-5 times the largest logit.
+        assert max_diff(model(x), logits) <= 4e-5 * logits.abs().max().item()
