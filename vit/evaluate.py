@@ -15,6 +15,7 @@ Reads top to bottom: parse, load model, load data, run the model over it, report
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "fo
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
 # Train.py's run folder holds these; a folder given as CHECKPOINT is searched for them in this order.
 CHECKPOINT_FILES = ("best.safetensors", "last.ckpt")
+IMAGENET_CLASSES = 1000
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,8 +108,18 @@ def load_model(checkpoint: str, model_name: str | None = None):
     elif checkpoint in list_models():
         model = create_model(checkpoint, pretrained=True)
     else:
+        close = difflib.get_close_matches(checkpoint, list_models(), n=3, cutoff=0.8)
         raise CheckpointError(f"no checkpoint at {checkpoint!r}: not a file or folder, not a registered model name "
-                              "and not hf-hub:ORG/REPO")
+                              "and not hf-hub:ORG/REPO" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    if model.num_classes == 0:
+        raise CheckpointError(f"{checkpoint} has no classifier head (num_classes=0): nothing to evaluate")
+    if model.class_names is None and model.num_classes == IMAGENET_CLASSES:
+        # ImageNet-1k heads (timm, torchvision, HF) come without names: use the WordNet ids that name the
+        # folders of an ImageNet val tree, in the standard sorted order.
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        model.class_names = [info.index_to_label_name(i) for i in range(IMAGENET_CLASSES)]
     if model.preprocess is None:  # e.g. train.py's last.ckpt: its training config names the registered model
         name = model_name or training_model_name(path)
         if name is None:
@@ -344,8 +356,17 @@ def predict(model, paths: list[str], k: int, device, precision) -> list[dict]:
         results.append({"image": path, "top": [{"class": names[c], "probability": q} for c, q in zip(i, p)]})
         print(path)
         for rank, (c, q) in enumerate(zip(i, p), 1):
-            print(f"  {rank}. {names[c]:<24} {100 * q:6.2f} %")
+            print(f"  {rank}. {describe(names[c]):<40} {100 * q:6.2f} %")
     return results
+
+
+def describe(name: str) -> str:
+    """A WordNet id (ImageNet folder name) with its words, e.g. 'n02123045 (tabby, tabby cat)'; else the name."""
+    if re.fullmatch(r"n\d{8}", name):
+        from timm.data import ImageNetInfo
+
+        return f"{name} ({ImageNetInfo().label_name_to_description(name)})"
+    return name
 
 
 def make_output_dir(path: Path) -> Path:
