@@ -229,6 +229,10 @@ class Block(nn.Module):
 # Config and model
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # True is an int to Python, not a size
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """Everything that defines the architecture. Field names are timm's `VisionTransformer` arguments."""
@@ -265,13 +269,13 @@ class ViTConfig:
         if self.pos_embed not in ("learn", "sincos"):
             raise ConfigError(f"pos_embed must be 'learn' or 'sincos', got {self.pos_embed!r}")
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+        if not _is_int(self.num_classes) or self.num_classes < 0:
             raise ConfigError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
         if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio < math.inf:
             raise ConfigError(f"mlp_ratio must be a positive finite number, got {self.mlp_ratio!r}")
-        if not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
+        if not _is_int(self.reg_tokens) or self.reg_tokens < 0:
             raise ConfigError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
         for name in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
             if not isinstance(getattr(self, name), (int, float)) or not 0.0 <= getattr(self, name) < 1.0:
@@ -279,7 +283,7 @@ class ViTConfig:
         if isinstance(self.img_size, list):  # from JSON
             object.__setattr__(self, "img_size", tuple(self.img_size))
         size = self.img_size if isinstance(self.img_size, tuple) else (self.img_size,)
-        if not 1 <= len(size) <= 2 or not all(isinstance(s, int) and s >= 1 for s in size):
+        if not 1 <= len(size) <= 2 or not all(_is_int(s) and s >= 1 for s in size):
             raise ConfigError(f"img_size must be a positive integer or a pair (height, width), got {self.img_size!r}")
 
     @classmethod

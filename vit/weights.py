@@ -17,6 +17,7 @@ import math
 import os
 import pickle
 import re
+import struct
 import tempfile
 import zipfile
 from dataclasses import dataclass, fields
@@ -205,7 +206,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
             f"arbitrary code. Re-save the state dict alone (or as safetensors)."
         ) from e
     # A file that is no checkpoint at all makes the unpickler fail in many ways (KeyError for a text file).
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            struct.error) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
@@ -712,6 +714,10 @@ def load_pretrained(
         raise CheckpointError(f"{source}: {e}") from e  # name the file
     model.load_state_dict(state, strict=False)  # strictness checked above, with clearer messages
     return info
+    except (RuntimeError, IndexError, TypeError) as e:  # tensors too malformed for the converters' reshapes
+        where = "" if isinstance(source, Mapping) else f"{source}: "
+        raise CheckpointError(f"{where}the {detect_format(state)} checkpoint's tensors cannot be converted to "
+                              f"this model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 
 def create_pretrained(name: str | None, source: bool | str | os.PathLike, **overrides) -> VisionTransformer:
