@@ -1,6 +1,9 @@
 """evaluate.py end to end on a checkpoint trained here by train.py (digits, a few seconds of training)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,12 @@ from PIL import Image
 import vit
 from vit.data import digits_split
 from vit.evaluate import main as evaluate_main
+from vit.evaluate import parse_args, run
+
+
+def evaluate(argv) -> dict:
+    """evaluate.py's work without the exit: the report dict (main() returns an exit code)."""
+    return run(parse_args(argv))
 from vit.train import main as train_main
 
 REPORT_FIELDS = ("top1", "top5", "loss", "num_images", "per_class", "confusion_matrix", "ece", "images_per_second")
@@ -45,8 +54,8 @@ def check_png(path, min_side=200, max_side=4000):
 
 def test_report_consistent_with_model(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    evaluate_main([str(run_dir / "best.safetensors"), "--dataset", "digits", "--output", str(out),
-                   "--attention-maps", "3", "--batch-size", "100", "--no-progress"])
+    assert evaluate_main([str(run_dir / "best.safetensors"), "--dataset", "digits", "--output", str(out),
+                          "--attention-maps", "3", "--batch-size", "100", "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert all(k in report for k in REPORT_FIELDS)
 
@@ -77,7 +86,7 @@ def test_report_consistent_with_model(run_dir, tmp_path, capsys):
 
 def test_last_ckpt(run_dir, tmp_path):
     """train.py's last.ckpt (a torch.save dict): config and class names from it, preprocessing by its model name."""
-    report = evaluate_main([str(run_dir / "last.ckpt"), "--dataset", "digits", "--output", str(tmp_path),
+    report = evaluate([str(run_dir / "last.ckpt"), "--dataset", "digits", "--output", str(tmp_path),
                             "--no-progress"])
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert 100 * report["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
@@ -96,7 +105,7 @@ def test_image_folder_subset_of_classes(run_dir, tmp_path, capsys):
     keep = torch.isin(val.labels, torch.tensor([3, 5, 7]))
     images, labels = val.images[keep], val.labels[keep]
     write_folder(tmp_path / "digits", images, labels.tolist(), val.classes)
-    report = evaluate_main([str(run_dir / "best.safetensors"), "--data-dir", str(tmp_path / "digits"),
+    report = evaluate([str(run_dir / "best.safetensors"), "--data-dir", str(tmp_path / "digits"),
                             "--output", str(tmp_path / "eval"), "--no-progress"])
     model = vit.create_model(pretrained=str(run_dir / "best.safetensors"))
     correct, _ = own_accuracy(model, images, labels)  # PNG keeps uint8 pixels exactly
@@ -107,7 +116,7 @@ def test_image_folder_subset_of_classes(run_dir, tmp_path, capsys):
 
     capsys.readouterr()
     files = sorted((tmp_path / "digits" / "7").glob("*.png"))[:2]
-    result = evaluate_main([str(run_dir / "best.safetensors"), "--predict", *map(str, files), "--topk", "3"])
+    result = evaluate([str(run_dir / "best.safetensors"), "--predict", *map(str, files), "--topk", "3"])
     printed = capsys.readouterr().out
     assert len(result["predictions"]) == 2 and len(result["predictions"][0]["top"]) == 3
     probs = [t["probability"] for t in result["predictions"][0]["top"]]
@@ -115,8 +124,19 @@ def test_image_folder_subset_of_classes(run_dir, tmp_path, capsys):
     assert str(files[0]) in printed and " %" in printed
 
 
+def test_script_exit_code(run_dir, tmp_path):
+    """The top-level script (and so the vit-eval wrapper, `sys.exit(main())`) exits 0 after a prediction."""
+    image = tmp_path / "seven.png"
+    Image.fromarray(digits_split("val").images[0, 0].numpy()).save(image)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "evaluate.py"), str(run_dir / "best.safetensors"),
+                           "--predict", str(image)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert str(image) in done.stdout and "1. " in done.stdout
+
+
 def test_export_from_command_line(run_dir, tmp_path, capsys):
-    report = evaluate_main([str(run_dir / "best.safetensors"), "--export", "exported-program",
+    report = evaluate([str(run_dir / "best.safetensors"), "--export", "exported-program",
                             "--output", str(tmp_path)])
     assert (tmp_path / "model.pt2").is_file() and report["export"]["max_abs_diff"] <= 1e-4
     assert "max abs difference" in capsys.readouterr().out
@@ -168,7 +188,7 @@ def test_own_preprocessing_for_large_images(tmp_path):
         Image.fromarray(rng.integers(0, 255, (100 + 7 * i, 130, 3), dtype=np.uint8)).save(path)
         files.append(path)
         labels.append(i % 3)
-    report = evaluate_main([str(tmp_path / "w.safetensors"), "--data-dir", str(tmp_path / "data"), "--output",
+    report = evaluate([str(tmp_path / "w.safetensors"), "--data-dir", str(tmp_path / "data"), "--output",
                             str(tmp_path / "eval"), "--workers", "0", "--no-progress"])
     reference = T.Compose([T.Resize(int(80 / 0.875), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(80),
                            T.ToTensor(), T.Normalize(pre.mean, pre.std)])

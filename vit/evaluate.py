@@ -430,16 +430,18 @@ def write_json(path: Path, obj: dict) -> None:
         raise OutputError(f"cannot write {path}: {e}") from e
 
 
-def main(argv=None) -> dict:
-    """Console entry point (`vit-eval`, `python evaluate.py`): a VitError ends with its message, exit code 2."""
+def main(argv=None) -> int:
+    """Console entry point (`vit-eval`, `python evaluate.py`): 0 on success; a VitError ends with its message
+    and exit code 2. Python callers wanting the report dict use `run(parse_args(argv))`."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        return run(args)
+        run(args)
     except VitError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
