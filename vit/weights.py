@@ -498,9 +498,11 @@ def adapt_state_dict(
                 f"pos_embed: expected shape {tuple(target['pos_embed'].shape)}, got {tuple(pos.shape)}")
         try:
             state["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size, source_grid, prefix)
-        except ConfigError as e:  # e.g. [CLS] rows in the file but not in the model (no_embed_class)
-            raise CheckpointError(f"pos_embed {tuple(pos.shape)} cannot be fitted to the model's "
-                                  f"{tuple(target['pos_embed'].shape)} ({prefix} prefix rows): {e}") from e
+        except ConfigError as e:  # [CLS] rows in the file but not in the model, or a non-square grid
+            raise CheckpointError(
+                f"pos_embed {tuple(pos.shape)} cannot be fitted to the model's {tuple(target['pos_embed'].shape)} "
+                f"({prefix} prefix rows): {e}. For a non-square grid, pass load_pretrained(..., source_grid=(h, w))"
+            ) from e
 
     # The head: a different class count (or no head wanted) means a fresh head, not an error.
     for key in ("head.weight", "head.bias"):
@@ -712,12 +714,12 @@ def load_pretrained(
         if isinstance(source, Mapping):
             raise
         raise CheckpointError(f"{source}: {e}") from e  # name the file
-    model.load_state_dict(state, strict=False)  # strictness checked above, with clearer messages
-    return info
     except (RuntimeError, IndexError, TypeError) as e:  # tensors too malformed for the converters' reshapes
         where = "" if isinstance(source, Mapping) else f"{source}: "
         raise CheckpointError(f"{where}the {detect_format(state)} checkpoint's tensors cannot be converted to "
                               f"this model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    model.load_state_dict(state, strict=False)  # strictness checked above, with clearer messages
+    return info
 
 
 def create_pretrained(name: str | None, source: bool | str | os.PathLike, **overrides) -> VisionTransformer:
