@@ -231,6 +231,18 @@ def test_timm_state_dict_and_deit_wrapper(tmp_path):
         assert max_diff(model(x), ref(x)) <= LOGIT_ATOL
 
 
+def test_jax_bfloat16_arrays(tmp_path):
+    """big_vision writes bfloat16 with ml_dtypes; numpy without it reads 2-byte void records."""
+    import numpy as np
+
+    w = jax_arrays()
+    exact = {k: torch.from_numpy(v).bfloat16() for k, v in w.items()}
+    raw = {k: t.view(torch.int16).numpy().view("V2") for k, t in exact.items()}
+    np.savez(tmp_path / "bf16.npz", **{"params/" + k: v for k, v in raw.items()})
+    state, _ = read_checkpoint(tmp_path / "bf16.npz")
+    assert all(torch.equal(state["params/" + k], t.float()) for k, t in exact.items())
+
+
 def test_jax_checkpoint_missing_an_array(tmp_path):
     import numpy as np
 

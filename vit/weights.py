@@ -235,9 +235,15 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 def _read_npz(path: Path) -> dict[str, torch.Tensor]:
     import numpy as np
 
+    def to_tensor(a):
+        # big_vision saves bfloat16 (ml_dtypes) arrays, which numpy alone reads back as 2-byte void records.
+        if a.dtype.kind == "V" and a.dtype.itemsize == 2:
+            return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16).float()
+        return torch.from_numpy(np.asarray(a, dtype=np.float32))
+
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            return {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)) for k in arrays.files}
+            return {k: to_tensor(arrays[k]) for k in arrays.files}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is not a readable .npz file of arrays: {type(e).__name__}: {e}") from e
 
