@@ -156,6 +156,7 @@ class EvalData:
 
     source: vdata.TensorData | vdata.FileData
     description: str
+    skipped: int = 0  # unreadable images dropped while decoding into memory (--on-corrupt skip)
 
 
 def load_eval_data(args, model) -> EvalData:
@@ -177,10 +178,12 @@ def load_eval_data(args, model) -> EvalData:
             description = f"{root} (every image)"
     # Small images are decoded as train.py decodes them (resized to a square, no crop); large ones go through
     # the checkpoint's own preprocessing (resize by crop_pct, centre crop, its interpolation and mean/std).
+    skipped = 0
     if isinstance(source, vdata.FileData) and max(H, W) <= vdata.MEMORY_MAX_SIDE:
-        source = vdata.decode_folder(source, H, C, args.on_corrupt)
+        decoded = vdata.decode_folder(source, H, C, args.on_corrupt)
+        source, skipped = decoded, len(source) - len(decoded)
     source = remap_labels(source, model)
-    return EvalData(source, f"{description}, {len(source)} images")
+    return EvalData(source, f"{description}, {len(source)} images", skipped)
 
 
 def class_index(data_classes: list[str], model) -> list[int]:
@@ -247,7 +250,7 @@ def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def run_evaluation(model, source, args, device, precision) -> tuple[dict, ClassificationMetrics]:
+def run_evaluation(model, source, args, device, precision) -> dict:
     from tqdm import tqdm
 
     metrics = ClassificationMetrics(model.num_classes, model.class_names)
@@ -281,7 +284,7 @@ def run_evaluation(model, source, args, device, precision) -> tuple[dict, Classi
         batches=n_batches,
         reliability=metrics.reliability(),
     )
-    return report, metrics
+    return report
 
 
 def print_summary(report: dict, header: list[tuple[str, str]], max_classes: int = 20) -> None:
@@ -381,6 +384,29 @@ def make_output_dir(path: Path) -> Path:
 # Entry point
 
 
+def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
+    """Metrics over --dataset/--data-dir, report.json, the pictures and the printed summary."""
+    from .plots import plot_confusion_matrix, plot_reliability
+
+    data = load_eval_data(args, model)
+    print(f"evaluating {args.checkpoint} on {data.description} ({device}, {precision})", file=sys.stderr)
+    report = run_evaluation(model, data.source, args, device, precision)
+    report["skipped_images"] += data.skipped
+    report.update(checkpoint=str(args.checkpoint), data=data.description, device=str(device), precision=precision,
+                  batch_size=args.batch_size, model_config=model.config.to_dict())
+    make_output_dir(out)
+    write_json(out / "report.json", report)
+    plot_confusion_matrix(report["confusion_matrix"], report["class_names"], out / "confusion.png")
+    plot_reliability(report["reliability"], report["ece"], out / "reliability.png")
+    if args.attention_maps:
+        write_attention_maps(model, data.source, args.attention_maps, out / "attention", device)
+    print_summary(report, [("checkpoint", str(args.checkpoint)), ("data", data.description),
+                           ("device", f"{device}, {precision}, batch {args.batch_size}")])
+    print(f"\nwrote {out / 'report.json'}, confusion.png, reliability.png"
+          + (f", attention/ ({args.attention_maps} overlays)" if args.attention_maps else ""))
+    return report
+
+
 def run(args: argparse.Namespace) -> dict:
     """Everything main() does, raising VitError subclasses instead of exiting; returns the report."""
     device = resolve_device(args.device)
@@ -388,35 +414,14 @@ def run(args: argparse.Namespace) -> dict:
     precision = resolve_precision(args.precision, device, model.embed_dim)
     out = Path(args.output or Path("runs") / "eval" / checkpoint_name(args.checkpoint))
     report: dict = {}
-
     if args.predict:
         report["predictions"] = predict(model, args.predict, args.topk, device, precision)
-
     if args.dataset or args.data_dir:
-        data = load_eval_data(args, model)
-        print(f"evaluating {args.checkpoint} on {data.description} ({device}, {precision})", file=sys.stderr)
-        results, _ = run_evaluation(model, data.source, args, device, precision)
-        results.update(checkpoint=str(args.checkpoint), data=data.description, device=str(device),
-                       precision=precision, batch_size=args.batch_size, model_config=model.config.to_dict())
-        make_output_dir(out)
-        write_json(out / "report.json", results)
-        from .plots import plot_confusion_matrix, plot_reliability
-
-        plot_confusion_matrix(results["confusion_matrix"], results["class_names"], out / "confusion.png")
-        plot_reliability(results["reliability"], results["ece"], out / "reliability.png")
-        if args.attention_maps:
-            write_attention_maps(model, data.source, args.attention_maps, out / "attention", device)
-        print_summary(results, [("checkpoint", str(args.checkpoint)), ("data", data.description),
-                                ("device", f"{device}, {precision}, batch {args.batch_size}")])
-        print(f"\nwrote {out / 'report.json'}, confusion.png, reliability.png"
-              + (f", attention/ ({args.attention_maps} overlays)" if args.attention_maps else ""))
-        report = results | report  # keeps predictions, if any
-
+        report |= evaluate_dataset(model, args, out, device, precision)
     if args.export:
         from .export import TOLERANCE, export_model
 
-        path, diff = export_model(model, args.export, make_output_dir(out))
-        model.to(device)
+        path, diff = export_model(model, args.export, make_output_dir(out))  # fp32 copy on the CPU
         print(f"{args.export}: wrote {path}; max abs difference vs PyTorch on random input {diff:.2e} "
               f"(tolerance {TOLERANCE:.0e})")
         report["export"] = {"format": args.export, "path": str(path), "max_abs_diff": diff}
@@ -433,7 +438,8 @@ def write_json(path: Path, obj: dict) -> None:
 def main(argv=None) -> int:
     """Console entry point (`vit-eval`, `python evaluate.py`): 0 on success; a VitError ends with its message
     and exit code 2. Python callers wanting the report dict use `run(parse_args(argv))`."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vit").setLevel(logging.INFO)  # ours, not the exporters' chatter
     args = parse_args(argv)
     try:
         run(args)

@@ -8,6 +8,7 @@ different size from the one traced, so a batch size baked into the graph would f
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -91,7 +92,7 @@ EXPORTERS = {
 def export_model(model, fmt: str, output_dir: str | Path) -> tuple[Path, float]:
     """Write `model` in format `fmt` under `output_dir`; return (path, max abs logit difference vs PyTorch).
 
-    The model is exported in fp32 on the CPU, in eval mode. Raises VitError if the difference exceeds
+    A copy of the model is exported in fp32 on the CPU, in eval mode. Raises VitError if the difference exceeds
     TOLERANCE.
     """
     if fmt not in EXPORTERS:
@@ -101,7 +102,7 @@ def export_model(model, fmt: str, output_dir: str | Path) -> tuple[Path, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create export folder {output_dir}: {e}") from e
-    model = model.float().cpu().eval()
+    model = copy.deepcopy(model).float().cpu().eval()  # leave the caller's model on its device and dtype
     path = output_dir / FORMATS[fmt]
     export, run = EXPORTERS[fmt]
     export(model, path, random_input(model, EXAMPLE_BATCH))
