@@ -1,31 +1,80 @@
-"""Pictures: training curves (train.py) and evaluation figures (evaluate.py). matplotlib, Agg backend."""
+"""Figures from training and evaluation outputs (matplotlib, headless Agg backend)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import matplotlib
+from .errors import OutputError
 
-matplotlib.use("Agg")  # files only, no display; before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; safe in workers and on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics: str | Path | list[dict], path: str | Path) -> Path:
+    """Loss (train and val), val top-1 and learning rate against epoch, from train.py's metrics.jsonl rows."""
+    rows = read_jsonl(metrics) if isinstance(metrics, (str, Path)) else metrics
+    plt = _pyplot()
+    ep = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax_loss.plot(ep, [r["train_loss"] for r in rows], label="train")
+    ax_loss.plot(ep, [r["val_loss"] for r in rows], label="val")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(ep, [r["val_top1"] for r in rows], label="model")
+    if rows and "ema_val_top1" in rows[0]:
+        ax_acc.plot(ep, [r["ema_val_top1"] for r in rows], label="EMA")
+        ax_acc.legend()
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="validation accuracy")
+    ax_lr.plot(ep, [r["lr"] for r in rows])
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:  # a full disk or unwritable folder: name the file, not matplotlib's internals
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------
 # Evaluation pictures (evaluate.py): confusion matrix, reliability diagram, attention-rollout overlays
 
 
-def save_figure(fig, path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+def _save(fig, path) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as e:  # a full disk or unwritable folder: name the file, not matplotlib's internals
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        _pyplot().close(fig)
+    return path
 
 
-def plot_confusion_matrix(confusion, class_names, path, title="Confusion matrix") -> None:
+def plot_confusion_matrix(confusion, class_names, path, title="Confusion matrix") -> Path:
     """Row-normalised confusion matrix (each row: where the images of one true class went).
 
     Cells are annotated with percentages up to 20 classes; class names label the axes up to 60 classes.
     """
+    import numpy as np
+
+    plt = _pyplot()
     cm = np.asarray(confusion, dtype=np.float64)
     K = len(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -46,14 +95,17 @@ def plot_confusion_matrix(confusion, class_names, path, title="Confusion matrix"
     ax.set_ylabel("true class")
     accuracy = np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(f"{title} (row %, accuracy {100 * accuracy:.1f}%)")
-    save_figure(fig, path)
+    return _save(fig, path)
 
 
-def plot_reliability(reliability: dict, ece: float, path, title="Reliability diagram") -> None:
+def plot_reliability(reliability: dict, ece: float, path, title="Reliability diagram") -> Path:
     """Accuracy against confidence per bin, with the diagonal of perfect calibration and the gap shaded.
 
     reliability: `ClassificationMetrics.reliability()` (bin_edges, count, confidence, accuracy).
     """
+    import numpy as np
+
+    plt = _pyplot()
     edges = np.asarray(reliability["bin_edges"])
     count = np.asarray(reliability["count"], dtype=np.float64)
     acc = np.nan_to_num(np.asarray(reliability["accuracy"], dtype=np.float64))
@@ -78,15 +130,18 @@ def plot_reliability(reliability: dict, ece: float, path, title="Reliability dia
     ax_n.set(xlabel="confidence (top-1 probability)", ylabel="images")
     ax_n.set_yscale("log" if count.max() > 50 * max(count[filled].min(), 1) else "linear")
     ax_n.grid(alpha=0.3)
-    save_figure(fig, path)
+    return _save(fig, path)
 
 
-def plot_attention_overlay(image, heatmap, title: str, path, correct: bool | None = None) -> None:
+def plot_attention_overlay(image, heatmap, title: str, path, correct: bool | None = None) -> Path:
     """Image beside the same image overlaid with an attention heat map.
 
     image: (H, W, C) or (H, W) floats in [0, 1]; heatmap: (h, w) in [0, 1] on the patch grid, stretched over
-    the image (bilinear). correct colours the title green or red.
+    the image. correct colours the title green (right) or red (wrong).
     """
+    import numpy as np
+
+    plt = _pyplot()
     image = np.asarray(image, dtype=np.float64).clip(0, 1)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
@@ -98,11 +153,13 @@ def plot_attention_overlay(image, heatmap, title: str, path, correct: bool | Non
     for ax in axes:
         ax.imshow(image, cmap="gray" if gray else None, interpolation=pixel, extent=(0, W, H, 0))
         ax.set_axis_off()
-    im = axes[1].imshow(np.asarray(heatmap), cmap="jet", alpha=0.5, interpolation="bilinear",
-                        extent=(0, W, H, 0), vmin=0, vmax=1)
+    heatmap = np.asarray(heatmap)
+    # A coarse patch grid is shown as its patches (honest about the resolution); a fine one smoothly.
+    smooth = "bilinear" if max(heatmap.shape) > 8 else "nearest"
+    im = axes[1].imshow(heatmap, cmap="jet", alpha=0.5, interpolation=smooth, extent=(0, W, H, 0), vmin=0, vmax=1)
     axes[0].set_title("input", fontsize=10)
     axes[1].set_title("attention rollout", fontsize=10)
     fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.03, label="attention (scaled to [0, 1])")
     colour = None if correct is None else ("darkgreen" if correct else "firebrick")
     fig.suptitle(title, fontsize=11, color=colour)
-    save_figure(fig, path)
+    return _save(fig, path)

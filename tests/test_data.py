@@ -1,0 +1,244 @@
+"""Data sources on tiny data made here (IDX .gz, CIFAR pickles in torchvision's layout, ImageFolder JPEGs),
+and the on-device augmentation against per-image oracles."""
+
+import gzip
+import hashlib
+import logging
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit import data as D
+from vit.errors import ConfigError, DataError
+
+# ---- digits
+
+
+def test_digits_split_is_fixed_disjoint_and_complete():
+    from sklearn.datasets import load_digits
+
+    train, val = D.digits_split("train"), D.digits_split("val")
+    assert len(train) + len(val) == 1797 and len(val) == 359
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (1, 8, 8)
+    assert torch.equal(D.digits_split("val").images, val.images)  # same seed, same split
+    assert torch.equal(D.digits_split("test").labels, val.labels)  # "test" is the held-out split too
+    # Together the two splits are exactly sklearn's images (0..16 scaled to 0..255), each once.
+    ref = load_digits()
+    ref_rows = {(np.round(im * 255 / 16).astype(np.uint8).tobytes(), int(t)) for im, t in zip(ref.images, ref.target)}
+    ours = [(im.numpy().tobytes(), int(t)) for d in (train, val) for im, t in zip(d.images[:, 0], d.labels)]
+    assert set(ours) == ref_rows
+
+
+# ---- IDX (MNIST layout), written here byte by byte
+
+
+def write_idx(path, array: np.ndarray):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", s) for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_dir(root, n_train=12, n_test=6, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        arrays[prefix] = (rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n))
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", arrays[prefix][0])
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", arrays[prefix][1])
+    return arrays
+
+
+def test_idx_files_load_exactly(tmp_path):
+    arrays = make_idx_dir(tmp_path)
+    for split, prefix in (("train", "train"), ("val", "t10k"), ("test", "t10k")):
+        d = D.load_dataset("fashion-mnist", split, data_dir=str(tmp_path))
+        assert d.images.shape == (len(arrays[prefix][0]), 1, 28, 28)
+        assert np.array_equal(d.images[:, 0].numpy(), arrays[prefix][0])
+        assert np.array_equal(d.labels.numpy(), arrays[prefix][1])
+        assert d.classes[0] == "T-shirt/top"
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="no train-images-idx3"):
+        D.idx_split(tmp_path, "train", D.MNIST_CLASSES)
+    bad = tmp_path / "x.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x0d\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match="x.gz"):
+        D.read_idx(bad)
+
+
+def test_real_fashion_mnist_if_installed():
+    from pathlib import Path
+
+    if not Path(D.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("dataset-fashion-mnist not installed")
+    d = D.load_dataset("fashion-mnist", "test")
+    assert d.images.shape == (10000, 1, 28, 28) and torch.bincount(d.labels).tolist() == [1000] * 10
+
+
+# ---- CIFAR pickles in torchvision's layout, read by torchvision's own CIFAR10 class
+
+
+def make_cifar10(root, n_per_batch=4, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)  # rows: R plane, G plane, B plane
+        labels = rng.integers(0, 10, n_per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+        written[name] = (data, labels)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f)
+    return written
+
+
+@pytest.fixture
+def tiny_cifar10(tmp_path, monkeypatch):
+    """Tiny CIFAR-10 files; torchvision's integrity check runs against their real md5 sums."""
+    from torchvision.datasets import CIFAR10
+
+    written = make_cifar10(tmp_path)
+    md5 = lambda name: hashlib.md5((tmp_path / "cifar-10-batches-py" / name).read_bytes()).hexdigest()
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5("batches.meta")})
+    return tmp_path, written
+
+
+def test_cifar10_through_torchvision(tiny_cifar10):
+    root, written = tiny_cifar10
+    train = D.load_dataset("cifar10", "train", data_dir=str(root))
+    val = D.load_dataset("cifar10", "val", data_dir=str(root))
+    assert train.images.shape == (20, 3, 32, 32) and val.images.shape == (4, 3, 32, 32)
+    data, labels = written["test_batch"]
+    assert np.array_equal(val.images.numpy(), data.reshape(-1, 3, 32, 32)) and val.labels.tolist() == labels
+    assert train.classes[0] == "airplane"
+
+
+def test_cifar_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="--download"):
+        D.load_dataset("cifar10", "train", data_dir=str(tmp_path))
+
+
+# ---- ImageFolder trees of JPEGs
+
+
+def make_folder(root, classes=("cat", "dog", "emu"), per_class=6, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.jpg", quality=95)
+    return root
+
+
+def test_single_tree_carves_a_seeded_disjoint_val_split(tmp_path):
+    make_folder(tmp_path)
+    train = D.folder_split(tmp_path, "train", val_size=0.25, seed=3)
+    val = D.folder_split(tmp_path, "val", val_size=0.25, seed=3)
+    assert len(train) + len(val) == 18 and len(val) == 4 or len(val) == 5  # round(18 * 0.25)
+    assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    assert D.folder_split(tmp_path, "val", val_size=0.25, seed=3).samples == val.samples
+    assert D.folder_split(tmp_path, "val", val_size=3, seed=3).samples != val.samples  # a count works too
+    assert train.classes == ["cat", "dog", "emu"]
+
+
+def test_train_val_tree_and_memory_decoding(tmp_path):
+    make_folder(tmp_path / "train")
+    make_folder(tmp_path / "val", per_class=2, seed=1)
+    val = D.load_dataset("folder", "val", data_dir=str(tmp_path), img_size=8, channels=3)
+    assert isinstance(val, D.TensorData) and val.images.shape == (6, 3, 8, 8) and val.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # Decoding matches PIL directly (convert, bilinear resize).
+    ref = np.asarray(Image.open(tmp_path / "val" / "cat" / "0.jpg").convert("RGB").resize((8, 8), Image.BILINEAR))
+    assert np.array_equal(val.images[0].permute(1, 2, 0).numpy(), ref)
+    files = D.load_dataset("folder", "train", data_dir=str(tmp_path), data_mode="loader")
+    assert isinstance(files, D.FileData) and len(files) == 18
+
+
+def test_corrupt_images_skipped_with_count_or_error(tmp_path, caplog):
+    make_folder(tmp_path, per_class=3)
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "dog" / "empty.png").write_bytes(b"")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    files = D.scan_image_folder(tmp_path)
+    assert len(files) == 11  # the .txt is ignored by extension
+    with caplog.at_level(logging.WARNING, logger="vit.data"):
+        d = D.decode_folder(files, 8, 3, on_corrupt="skip")
+    assert len(d) == 9 and "skipped 2 unreadable image(s)" in caplog.text
+    with pytest.raises(DataError, match="broken.jpg"):
+        D.decode_folder(files, 8, 3, on_corrupt="error")
+
+
+def test_empty_class_folder_and_single_class_are_errors(tmp_path):
+    make_folder(tmp_path / "a", classes=("x", "y"))
+    (tmp_path / "a" / "z").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        D.scan_image_folder(tmp_path / "a")
+    make_folder(tmp_path / "b", classes=("only",))
+    with pytest.raises(DataError, match="at least 2"):
+        D.scan_image_folder(tmp_path / "b")
+
+
+def test_file_loader_with_timm_transforms_skips_corrupt(tmp_path):
+    from vit import Preprocess
+
+    make_folder(tmp_path, per_class=2)
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"garbage")
+    files = D.scan_image_folder(tmp_path)
+    pre = Preprocess((3, 16, 16), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
+    tf = D.file_transforms(pre, train=True, randaug="rand-m9-mstd0.5-inc1", reprob=0.25)
+    sampler = D.ShardSampler(len(files), 7, seed=0, rank=0, world=1)
+    loader = D.file_loader(files, tf, 3, "skip", 7, 0, sampler, pin_memory=False)
+    batches = list(loader)
+    assert sum(len(y) for _, y, _ in batches) + sum(s for _, _, s in batches) == 7  # one step of 7
+    x, y, _ = batches[0]
+    assert x.dtype == torch.float32 and x.shape[1:] == (3, 16, 16)
+
+
+# ---- augmentation and sharding
+
+
+def test_augment_batch_matches_a_per_image_oracle():
+    x = torch.randint(0, 256, (5, 3, 6, 7), dtype=torch.uint8)
+    assert torch.equal(D.augment_batch(x, torch.Generator().manual_seed(0), pad=0, hflip=0.0), x)
+    pad = 2
+    out = D.augment_batch(x, torch.Generator().manual_seed(1), pad=pad, hflip=0.5)
+    g = torch.Generator().manual_seed(1)  # replay the same draws
+    dy, dx = torch.randint(0, 2 * pad + 1, (5,), generator=g), torch.randint(0, 2 * pad + 1, (5,), generator=g)
+    flip = torch.rand(5, generator=g) < 0.5
+    for i in range(5):
+        padded = torch.zeros(3, 6 + 2 * pad, 7 + 2 * pad, dtype=torch.uint8)
+        padded[:, pad:pad + 6, pad:pad + 7] = x[i]
+        ref = padded[:, dy[i]:dy[i] + 6, dx[i]:dx[i] + 7]
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref)
+
+
+def test_rank_shards_make_up_the_global_batch():
+    data = D.TensorData(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).clone(),
+                        torch.arange(40), [str(i) for i in range(40)])
+    perm = D.epoch_permutation(40, seed=0, epoch=1)
+    one = D.memory_batch(data, perm, 2, 8, 0, 1, torch.Generator().manual_seed(5), 1, 0.5)
+    two = [D.memory_batch(data, perm, 2, 8, r, 2, torch.Generator().manual_seed(5), 1, 0.5) for r in range(2)]
+    assert torch.equal(torch.cat([t[0] for t in two]), one[0]) and torch.equal(torch.cat([t[1] for t in two]), one[1])
+    loader_idx = [list(D.ShardSampler(40, 8, 0, r, 2).__iter__()) for r in range(2)]
+    assert sorted(loader_idx[0] + loader_idx[1]) == list(range(40))
+    s = D.ShardSampler(40, 8, 0, 0, 1)
+    s.set_epoch(1, start_step=2)
+    assert list(s)[:8] == perm[16:24].tolist()  # mid-epoch resume starts at the right batch
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(ConfigError, match="imagenet"):
+        D.load_dataset("imagenet", "train")
+    with pytest.raises(ConfigError, match="dev"):
+        D.digits_split("dev")

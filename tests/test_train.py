@@ -1,0 +1,209 @@
+"""train.py end to end on small real data: outputs, resume, exact continuation, failure modes, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import vit
+from vit import data as D
+from vit import train as T
+from vit.errors import OutputError
+from vit.recipes import RECIPES, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+# A few quick steps on digits: 1,438 train images / 64 = 22 steps an epoch.
+FAST = ["--quiet", "--device", "cpu", "--precision", "fp32", "--batch-size", "64", "--warmup-epochs", "0"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def ckpt(out: Path) -> dict:
+    return torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_train_py_end_to_end_on_digits(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "train.py", *FAST, "--epochs", "3", "--output", str(out)], cwd=ROOT,
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert f"outputs in {out}" in p.stdout
+    for name in ("last.ckpt", "best.safetensors", "metrics.jsonl", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    m = rows(out)
+    assert [r["epoch"] for r in m] == [1, 2, 3]
+    assert set(m[0]) >= {"train_loss", "val_loss", "val_top1", "lr", "images_per_s", "elapsed_s"}
+    assert m[-1]["train_loss"] < m[0]["train_loss"] and m[-1]["val_loss"] < m[0]["val_loss"]
+    c = ckpt(out)
+    assert c["state"]["step"] == 66 and c["state"]["epoch"] == 3
+    assert {"model", "optimizer", "scheduler", "ema", "scaler", "rng", "config"} <= set(c)
+    # best.safetensors alone rebuilds the model, which scores the recorded best accuracy on the same split.
+    model = vit.create_model(pretrained=str(out / "best.safetensors")).eval()
+    assert model.class_names == [str(i) for i in range(10)]
+    val = D.digits_split("val")
+    pre = model.preprocess
+    x = D.Normalize(pre.mean, pre.std, 1, (8, 8), torch.device("cpu"))(val.images)
+    with torch.no_grad():
+        top1 = 100.0 * (model(x).argmax(1) == val.labels).float().mean().item()
+    assert top1 == pytest.approx(max(r["val_top1"] for r in m), abs=1e-3)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    args = FAST + ["--epochs", "2", "--deterministic", "--ema-decay", "0.9", "--drop-path", "0.1", "--crop-pad", "1"]
+    assert T.main(args + ["--output", str(tmp_path / "full")]) == 0
+    # Stop mid-epoch 1 (step 30 of 44), then resume: the schedule still spans 2 epochs.
+    assert T.main(args + ["--output", str(tmp_path / "cut"), "--max-steps", "30"]) == 0
+    assert ckpt(tmp_path / "cut")["state"]["step"] == 30 and ckpt(tmp_path / "cut")["state"]["batch"] == 8
+    assert T.main(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]) == 0
+    full, cut = ckpt(tmp_path / "full"), ckpt(tmp_path / "cut")
+    assert cut["state"]["step"] == full["state"]["step"] == 44
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], cut["model"][k]), k
+    for k in full["ema"]:
+        assert torch.equal(full["ema"][k], cut["ema"][k]), k
+    assert rows(tmp_path / "full") == [{**r, "elapsed_s": a["elapsed_s"], "images_per_s": a["images_per_s"]}
+                                       for r, a in zip(rows(tmp_path / "cut"), rows(tmp_path / "full"))]
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert T.main(FAST + ["--epochs", "2", "--max-steps", "5", "--output", str(out)]) == 0
+    assert ckpt(out)["state"]["step"] == 5
+    assert T.main(["--resume", str(out), "--max-steps", "0", "--quiet"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert ckpt(out)["state"]["step"] == 44 and [r["epoch"] for r in rows(out)] == [1, 2]
+
+
+def test_output_folder_lock_and_existing_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    held = T.lock_output(out, resume=False)  # as a running train.py holds it
+    assert T.main(FAST + ["--epochs", "1", "--output", str(out)]) == 2
+    assert "in use by another train.py" in capsys.readouterr().err
+    held.close()
+    assert T.main(FAST + ["--epochs", "1", "--max-steps", "2", "--output", str(out)]) == 0
+    assert T.main(FAST + ["--epochs", "1", "--output", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_naming_step_and_lr(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = T.main(FAST + ["--epochs", "1", "--lr", "1e30", "--clip-grad", "0", "--save-every", "1", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "non-finite loss" in err and "lr 9.95e+29" in err  # the cosine schedule after one step
+    step = int(err.split("at step ")[1].split()[0])
+    good = ckpt(out)  # the last good state, untouched by the bad step
+    assert good["state"]["step"] == step - 1
+
+
+def test_sigterm_saves_last_ckpt_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "train.py", *FAST, "--epochs", "200", "--output", str(out)], cwd=ROOT,
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "--resume" in stdout
+    step = ckpt(out)["state"]["step"]
+    assert step >= 22
+    assert T.main(["--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert ckpt(out)["state"]["step"] == max(step, 44)
+
+
+def test_unknown_flag_and_value_are_named(capsys):
+    with pytest.raises(SystemExit):
+        T.main(["--bogus-flag", "1"])
+    assert "--bogus-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main(["--precision", "fp8"])
+    assert "fp8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main(["--recipe", "imagenet-full"])
+    assert "imagenet-full" in capsys.readouterr().err
+
+
+def test_recipes_are_valid_and_documented():
+    assert {"digits", "fashion-mnist", "cifar10", "imagenet-subset-finetune"} <= set(RECIPES)
+    for r in RECIPES.values():
+        cfg = r.config(data_dir="x")
+        vit.get_entry(cfg.model)
+        assert "Command" in r.doc and "Hardware" in r.doc and "Measured" in r.doc
+    flags = T.build_parser().format_help()
+    for name in TrainConfig.__dataclass_fields__:  # every hyperparameter is a flag
+        assert "--" + name.replace("_", "-") in flags
+
+
+def test_param_groups_no_decay_and_layer_decay():
+    model = vit.create_model("vit_nano_patch2_8")
+    groups = T.param_groups(model, 0.05, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.bias", "head.bias"} <= no_decay
+    assert "blocks.0.attn.qkv.weight" not in no_decay
+    groups = T.param_groups(model, 0.05, 0.5)
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale["head.weight"] == 1.0 and scale["blocks.5.mlp.fc1.weight"] == 0.5
+    assert scale["patch_embed.proj.weight"] == scale["pos_embed"] == 0.5 ** 7
+
+
+def test_folder_and_idx_sources_train(tmp_path):
+    from test_data import make_folder, make_idx_dir
+
+    make_folder(tmp_path / "imgs", per_class=8, size=16)
+    for mode in ("memory", "loader"):
+        out = tmp_path / mode
+        assert T.main(FAST + ["--dataset", "folder", "--data-dir", str(tmp_path / "imgs"), "--data-mode", mode,
+                              "--model", "vit_nano_patch4_32", "--img-size", "16", "--val-size", "6",
+                              "--batch-size", "6", "--epochs", "1", "--workers", "0", "--output", str(out)]) == 0
+        assert rows(out)[0]["epoch"] == 1
+    (tmp_path / "idx").mkdir()
+    make_idx_dir(tmp_path / "idx", n_train=40, n_test=10)
+    out = tmp_path / "idx-run"
+    assert T.main(FAST + ["--recipe", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
+                          "--epochs", "1", "--output", str(out)]) == 0
+    assert vit.create_model(pretrained=str(out / "best.safetensors")).class_names[0] == "T-shirt/top"
+
+
+from test_data import tiny_cifar10  # noqa: E402,F401  (a fixture)
+
+
+def test_cifar_recipe_with_mixup_trains(tiny_cifar10, tmp_path):
+    root, _ = tiny_cifar10
+    out = tmp_path / "run"
+    assert T.main(FAST + ["--recipe", "cifar10", "--data-dir", str(root), "--batch-size", "10", "--epochs", "1",
+                          "--img-size", "16", "--output", str(out)]) == 0
+    assert "ema_val_top1" in rows(out)[0]
+
+
+def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
+    """2 ranks with per-rank batch B/2 take the same steps as 1 process with batch B (DDP averages grads).
+
+    Against 1 process that sums the same two half-batches by gradient accumulation, the arithmetic is the
+    same (scaling by 1/2 is exact), so the weights agree to 1e-6 (in practice bit for bit). Against a plain
+    batch of B, fp32 sums run in another order, and AdamW's g / sqrt(v) turns that rounding in gradients
+    that are zero in exact arithmetic (e.g. the attention key bias) into updates of up to lr: ~1e-5 here.
+    """
+    common = [*FAST, "--epochs", "1", "--max-steps", "3", "--deterministic", "--hflip", "0.5", "--crop-pad", "1"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                          "train.py", *common, "--output", str(tmp_path / "two")], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("on digits:") == 1 and two.stdout.count("Continue with") == 1  # rank 0 logs
+    assert T.main(common + ["--accum-steps", "2", "--output", str(tmp_path / "accum")]) == 0
+    assert T.main(common + ["--output", str(tmp_path / "one")]) == 0
+    b = ckpt(tmp_path / "two")["model"]
+    for k, v in ckpt(tmp_path / "accum")["model"].items():
+        torch.testing.assert_close(v, b[k], rtol=0, atol=1e-6, msg=k)
+    diffs = torch.cat([(v - b[k]).abs().flatten() for k, v in ckpt(tmp_path / "one")["model"].items()])
+    assert diffs.mean() < 1e-6 and diffs.max() <= 3 * 2 * 2e-3  # at most a flipped update of lr a step

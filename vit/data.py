@@ -1,0 +1,404 @@
+"""Datasets for training and evaluation: where the images come from and how batches reach the model.
+
+Two paths, chosen per dataset (see `load_dataset`):
+- small images (digits, MNIST, Fashion-MNIST, CIFAR, small ImageFolder trees) are decoded once into a uint8
+  tensor (N, C, H, W) that lives on the training device; each batch is cropped, flipped and normalised there
+  in a few tensor ops (airbench's approach): no per-image Python in the hot loop.
+- large images stay on disk and go through DataLoader workers with timm's `create_transform` (RandAugment,
+  random erasing), pinned memory and non-blocking copies.
+
+Batch order and augmentation are pure functions of (seed, epoch, step): a resumed run sees exactly the
+batches an uninterrupted one would, and every DDP rank agrees on the global batch before taking its shard.
+Splits: "train"; "val" (digits: the fixed held-out 20%; MNIST/Fashion-MNIST/CIFAR: the official test set;
+ImageFolder: val/ or a seeded carve); "test" (the official test set, or test/ or val/ for ImageFolder).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DataError
+
+log = logging.getLogger("vit.data")
+
+SPLITS = ("train", "val", "test")
+DIGITS_SPLIT_SEED = 0  # evaluate.py --dataset digits reproduces the held-out split with this seed
+DIGITS_VAL_FRACTION = 0.2
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MEMORY_MAX_SIDE = 64  # ImageFolder images up to this size are decoded into memory in data_mode=auto
+
+
+@dataclass
+class TensorData:
+    """A whole split as tensors: images (N, C, H, W) uint8, labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> "TensorData":
+        return TensorData(self.images.to(device), self.labels.to(device), self.classes)
+
+
+@dataclass
+class FileData:
+    """A split as (path, label) pairs, read by DataLoader workers."""
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def digits_split(split: str = "train") -> TensorData:
+    """sklearn's 8x8 digits: a fixed, seeded 80/20 split; "val" and "test" are the same held-out 20%.
+
+    Pixels 0..16 are scaled to uint8 0..255 so every dataset shares one uint8 path.
+    """
+    from sklearn.datasets import load_digits
+
+    _check_split(split)
+    d = load_digits()
+    images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # (N, 1, 8, 8)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_val = round(len(labels) * DIGITS_VAL_FRACTION)
+    idx = perm[n_val:] if split == "train" else perm[:n_val]
+    return TensorData(images[idx], labels[idx], [str(i) for i in range(10)])
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format), gzipped or not: big-endian header, then the array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(data) - offset != math.prod(shape):
+        raise DataError(f"{path}: header says shape {shape} but the file holds {len(data) - offset} bytes")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+
+
+def idx_split(root: str | Path, split: str, classes: list[str]) -> TensorData:
+    """MNIST-layout IDX files in `root` ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz])."""
+    _check_split(split)
+    root = Path(root)
+    prefix = "train" if split == "train" else "t10k"
+
+    def find(kind):
+        for name in (f"{prefix}-{kind}-ubyte.gz", f"{prefix}-{kind}-ubyte"):
+            if (root / name).exists():
+                return root / name
+        raise DataError(f"no {prefix}-{kind}-ubyte[.gz] in {root}: pass --data-dir with the IDX files "
+                        "(Fashion-MNIST: apt-get install dataset-fashion-mnist)")
+
+    images, labels = read_idx(find("images-idx3")), read_idx(find("labels-idx1"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"IDX files in {root}: images {images.shape} and labels {labels.shape} do not match")
+    if labels.max() >= len(classes):
+        raise DataError(f"IDX labels in {root} go up to {labels.max()}, more than {len(classes)} classes")
+    return TensorData(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)),
+                      classes)
+
+
+def cifar_split(name: str, root: str | Path, split: str, download: bool) -> TensorData:
+    """CIFAR-10/100 through torchvision's dataset class (its download, layout and integrity check)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    _check_split(split)
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        ds = cls(str(root), train=split == "train", download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise DataError(f"{name} not found or corrupted under {root}: pass --download, or --data-dir with "
+                        f"torchvision's {cls.base_folder}/ inside") from e
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return TensorData(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+def scan_image_folder(root: str | Path) -> FileData:
+    """An ImageFolder tree (root/CLASS/*.jpg). An empty class folder or fewer than two classes is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class folder(s) {classes}; classification needs at least 2 "
+                        "(expected root/CLASS_NAME/image.jpg)")
+    samples, ignored = [], 0
+    for label, c in enumerate(classes):
+        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        ignored += len(files) - len(images)
+        if not images:
+            raise DataError(f"class folder {root / c} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+        samples += [(str(p), label) for p in images]
+    if ignored:
+        log.warning("%s: ignored %d file(s) without an image extension", root, ignored)
+    return FileData(samples, classes)
+
+
+def folder_split(root: str | Path, split: str, val_size: float = 0.1, seed: int = 0) -> FileData:
+    """root/train + root/val (+ root/test) if present; otherwise one tree with a seeded validation carve.
+
+    val_size: fraction of the tree (< 1) or number of images (>= 1) held out; "val" and "test" both give it.
+    """
+    _check_split(split)
+    root = Path(root)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        sub = "train" if split == "train" else ("test" if split == "test" and (root / "test").is_dir() else "val")
+        data = scan_image_folder(root / sub)
+        if split != "train":
+            train_classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
+            if data.classes != train_classes:
+                raise DataError(f"{root / sub} has classes {data.classes}, {root / 'train'} has {train_classes}")
+        return data
+    data = scan_image_folder(root)
+    n = len(data.samples)
+    n_val = int(val_size) if val_size >= 1 else round(n * val_size)
+    if not 0 < n_val < n:
+        raise ConfigError(f"--val-size {val_size} holds out {n_val} of {n} images in {root}; need 0 < held out < {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    idx = perm[n_val:] if split == "train" else perm[:n_val]
+    return FileData([data.samples[i] for i in sorted(idx)], data.classes)
+
+
+def load_image(path: str, mode: str):
+    """PIL image in `mode` ("RGB"/"L"), fully decoded; a `DataError` naming the file if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+        raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def decode_folder(data: FileData, size: int, channels: int, on_corrupt: str = "skip") -> TensorData:
+    """Decode an ImageFolder split into memory, resized to size x size (bilinear, antialiased)."""
+    mode = "L" if channels == 1 else "RGB"
+    images, labels, skipped = [], [], []
+    for path, label in data.samples:
+        try:
+            im = load_image(path, mode)
+        except DataError:
+            if on_corrupt == "error":
+                raise
+            skipped.append(path)
+            continue
+        if im.size != (size, size):
+            from PIL import Image
+
+            im = im.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+        images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        labels.append(label)
+    if skipped:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
+    if not images:
+        raise DataError(f"no readable images among {len(data.samples)} files")
+    return TensorData(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), data.classes)
+
+
+def load_dataset(name: str, split: str, data_dir: str = "", download: bool = False, val_size: float = 0.1,
+                 seed: int = 0, data_mode: str = "auto", img_size: int = 0, channels: int = 3,
+                 on_corrupt: str = "skip") -> TensorData | FileData:
+    """One split of a named dataset: `TensorData` (in memory) or `FileData` (for DataLoader workers).
+
+    For ImageFolder trees, data_mode "auto" decodes into memory when img_size <= MEMORY_MAX_SIDE; `img_size`
+    and `channels` then say what to decode to.
+    """
+    if name == "digits":
+        return digits_split(split)
+    if name in ("mnist", "fashion-mnist"):
+        if not data_dir and name == "mnist":
+            raise ConfigError("--dataset mnist needs --data-dir with the IDX .gz files")
+        classes = MNIST_CLASSES if name == "mnist" else FASHION_MNIST_CLASSES
+        return idx_split(data_dir or FASHION_MNIST_DIR, split, classes)
+    if name in ("cifar10", "cifar100"):
+        return cifar_split(name, data_dir or "data", split, download)
+    if name == "folder":
+        files = folder_split(data_dir, split, val_size, seed)
+        memory = data_mode == "memory" or (data_mode == "auto" and 0 < img_size <= MEMORY_MAX_SIDE)
+        if memory:
+            if img_size <= 0:
+                raise ConfigError("decoding an image folder into memory needs --img-size")
+            return decode_folder(files, img_size, channels, on_corrupt)
+        return files
+    raise ConfigError(f"unknown dataset {name!r}; valid: digits, mnist, fashion-mnist, cifar10, cifar100, folder")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# In-memory batches, augmented on the device
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the training set in `epoch`: the same on every rank and after any resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Augmentation randomness for one optimizer step, derived from (seed, step) alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 7)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int, hflip: float) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, for a uint8 batch (B, C, H, W).
+
+    The random draws are made for the whole batch on the CPU (so DDP ranks can take slices of one global
+    draw) and applied on x's device with one gather.
+    """
+    B, C, H, W = x.shape
+    if pad > 0:
+        dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+        xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+        rows = (dy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+        b = torch.arange(B, device=x.device)[:, None, None, None]
+        c = torch.arange(C, device=x.device)[None, :, None, None]
+        x = xp[b, c, rows, cols]  # (B, C, H, W)
+    if hflip > 0:
+        flip = (torch.rand(B, generator=gen) < hflip).to(x.device)[:, None, None, None]
+        x = torch.where(flip, x.flip(-1), x)
+    return x
+
+
+class Normalize:
+    """uint8 (B, C, H, W) -> float, scaled to [0, 1], grey expanded to the model's channels, normalised."""
+
+    def __init__(self, mean, std, channels: int, size: tuple[int, int], device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.channels, self.size = channels, tuple(size)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        if x.shape[1] != self.channels:
+            if x.shape[1] != 1:
+                raise DataError(f"images have {x.shape[1]} channels but the model takes {self.channels}")
+            x = x.expand(-1, self.channels, -1, -1)
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+
+def memory_batch(data: TensorData, perm: torch.Tensor, step: int, batch_size: int, rank: int, world: int,
+                 gen: torch.Generator, pad: int, hflip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's shard of global batch `step` of an epoch, augmented (still uint8)."""
+    idx = perm[step * batch_size:(step + 1) * batch_size].to(data.images.device)
+    x = augment_batch(data.images[idx], gen, pad, hflip)  # draws for the whole global batch
+    local = batch_size // world
+    return x[rank * local:(rank + 1) * local], data.labels[idx][rank * local:(rank + 1) * local]
+
+
+# --------------------------------------------------------------------------------------------------------
+# DataLoader path
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """(path, label) samples through a torchvision/timm transform. Unreadable files give None in "skip" mode."""
+
+    def __init__(self, data: FileData, transform, channels: int, on_corrupt: str):
+        self.samples, self.transform = data.samples, transform
+        self.mode, self.on_corrupt = ("L" if channels == 1 else "RGB"), on_corrupt
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        try:
+            im = load_image(path, self.mode)
+        except DataError:
+            if self.on_corrupt == "error":
+                raise
+            log.warning("skipping unreadable image %s", path)
+            return None
+        return self.transform(im), label
+
+
+def collate_skipping(batch):
+    """Default collation without the unreadable samples; also returns how many were dropped."""
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        return None, None, len(batch)
+    x, y = torch.utils.data.default_collate(kept)
+    return x, y, len(batch) - len(kept)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """This rank's indices of `epoch_permutation`, from global batch `start_step` on (for mid-epoch resume)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __iter__(self):
+        perm = epoch_permutation(self.n, self.seed, self.epoch)
+        local = self.batch_size // self.world
+        for step in range(self.start_step, self.n // self.batch_size):
+            batch = perm[step * self.batch_size:(step + 1) * self.batch_size]
+            yield from batch[self.rank * local:(self.rank + 1) * local].tolist()
+
+    def __len__(self) -> int:
+        return (self.n // self.batch_size - self.start_step) * (self.batch_size // self.world)
+
+
+def file_transforms(preprocess, train: bool, hflip: float = 0.5, randaug: str = "", reprob: float = 0.0):
+    """timm's `create_transform`: random-resized crop + RandAugment + erasing for training, resize + centre
+    crop for evaluation, both normalising with the model's mean/std."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=tuple(preprocess.input_size), is_training=train, hflip=hflip, auto_augment=randaug or None,
+        re_prob=reprob, interpolation=preprocess.interpolation, mean=preprocess.mean, std=preprocess.std,
+        crop_pct=preprocess.crop_pct,
+    )
+
+
+def file_loader(data: FileData, transform, channels: int, on_corrupt: str, batch_size: int, workers: int,
+                sampler, pin_memory: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        FileDataset(data, transform, channels, on_corrupt), batch_size=batch_size, sampler=sampler,
+        num_workers=workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_skipping,
+        persistent_workers=workers > 0,
+    )
