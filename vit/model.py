@@ -130,8 +130,22 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, dim)
 
 
+def sdpa_is_faster(q: torch.Tensor) -> bool:
+    """Attention kernel choice, measured (benchmarks/README.md): fused SDPA, or two matmuls and a softmax.
+
+    CUDA: SDPA (flash / memory-efficient kernels). CPU: SDPA's flash kernel wins in fp32 and in inference;
+    its bf16 backward is slower than the plain matmul path, so bf16 training on CPU takes the matmuls.
+    """
+    return q.device.type != "cpu" or q.dtype != torch.bfloat16 or not (torch.is_grad_enabled() and q.requires_grad)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection, computed by scaled_dot_product_attention."""
+    """Multi-head self-attention with one fused qkv projection.
+
+    `kernel`: "auto" picks per call with `sdpa_is_faster`; "sdpa" or "matmul" force one path (tests, benchmarks).
+    """
+
+    kernel = "auto"
 
     def __init__(self, dim, num_heads, qkv_bias=True, qk_norm=False, attn_drop=0.0, proj_drop=0.0, norm_eps=1e-6):
         super().__init__()
@@ -147,13 +161,19 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Views into the one qkv output, no copies: (B, N, 3C) -> 3 x (B, H, N, D) with strides over 3C.
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads).unbind(0)
-        return self.q_norm(q), self.k_norm(k), v  # each (B, H, N, D)
+        return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = rearrange(x, "b h n d -> b n (h d)")
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.kernel == "sdpa" or (self.kernel == "auto" and sdpa_is_faster(q)):
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            x = F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v
+        x = rearrange(x, "b h n d -> b n (h d)")  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""The fast paths compute the same function as the reference path (SDPA's math backend, fp32).
+
+Tolerances (issue 6): fp32 logits within 1e-5; bf16 autocast logits within 2e-2 relative (norm of the
+difference over the norm of the reference). Small models, so the file runs in seconds.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from vit.model import Attention, ViTConfig, VisionTransformer, sdpa_is_faster
+
+SMALL = ViTConfig(img_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4, num_classes=10)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def make(kernel: str, config: ViTConfig = SMALL, device: str = "cpu") -> VisionTransformer:
+    torch.manual_seed(0)
+    model = VisionTransformer(config).to(device)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.kernel = kernel
+    return model
+
+
+def reference_logits(x: torch.Tensor, config: ViTConfig = SMALL) -> torch.Tensor:
+    model = make("sdpa", config, x.device.type).eval()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        return model(x.float())
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("kernel", ["auto", "sdpa", "matmul"])
+def test_fp32_logits_match_reference(kernel):
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        got = make(kernel).eval()(x)
+    torch.testing.assert_close(got, reference_logits(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "sdpa", "matmul"])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_bf16_autocast_logits_match_reference(kernel, grad):
+    x = torch.randn(3, 3, 16, 16)
+    model = make(kernel).train(grad)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(x)
+    assert rel_err(got, reference_logits(x)) <= 2e-2
+
+
+def test_matmul_and_sdpa_gradients_match_fp32():
+    x = torch.randn(2, 3, 16, 16)
+    y = torch.tensor([1, 7])
+    grads = []
+    for kernel in ("sdpa", "matmul"):
+        model = make(kernel)
+        F.cross_entropy(model(x), y).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_attention_kernel_rule_on_cpu():
+    q = torch.randn(2, 3, 5, 8)
+    assert sdpa_is_faster(q)  # fp32
+    assert sdpa_is_faster(q.bfloat16())  # bf16 without autograd: inference
+    assert not sdpa_is_faster(q.bfloat16().requires_grad_())  # bf16 training: the matmul path
+    with torch.no_grad():
+        assert sdpa_is_faster(q.bfloat16().requires_grad_())
+
+
+def test_attention_dropout_on_matmul_path_only_while_training():
+    model = make("matmul", SMALL.replace(attn_drop_rate=0.5))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference_logits(x, SMALL.replace(attn_drop_rate=0.5)),
+                                   atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(model.train()(x), model.eval()(x))
+
+
+def test_state_dict_unchanged_by_kernel():
+    assert list(make("matmul").state_dict()) == list(make("sdpa").state_dict())
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_fp32():
+    x = torch.randn(2, 3, 16, 16)
+    model = make("auto").eval()
+    with torch.no_grad():
+        got = torch.compile(model)(x)
+    torch.testing.assert_close(got, reference_logits(x), atol=1e-5, rtol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_flash_attention_matches_reference(dtype):
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    model = make("auto", device="cuda").eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        got = model(x)
+    assert rel_err(got, reference_logits(x)) <= 2e-2
