@@ -33,6 +33,14 @@ def test_torch_formats_parity(model, fmt, tmp_path):
     assert path.is_file() and diff <= TOLERANCE
 
 
+def test_variant_parity(tmp_path):
+    """Registers, no class token, average pooling, qk-norm and layer scale all survive export."""
+    variant = vit.create_model("vit_nano_patch2_8", depth=2, reg_tokens=2, class_token=False, global_pool="avg",
+                               qk_norm=True, init_values=1e-5)
+    _, diff = export_model(variant, "exported-program", tmp_path)
+    assert diff <= TOLERANCE
+
+
 def test_unknown_format(model, tmp_path):
     with pytest.raises(vit.ConfigError, match="onnx"):
         export_model(model, "tflite", tmp_path)
