@@ -70,7 +70,8 @@ def _save(fig, path) -> Path:
 def plot_confusion_matrix(confusion, class_names, path, title="Confusion matrix") -> Path:
     """Row-normalised confusion matrix (each row: where the images of one true class went).
 
-    Cells are annotated with percentages up to 20 classes; class names label the axes up to 60 classes.
+    Cells are annotated with percentages up to 20 classes; class names label the axes up to 100 classes
+    (CIFAR-100), beyond that (ImageNet) the axes show class indices.
     """
     import numpy as np
 
@@ -78,23 +79,31 @@ def plot_confusion_matrix(confusion, class_names, path, title="Confusion matrix"
     cm = np.asarray(confusion, dtype=np.float64)
     K = len(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    side = min(max(5.0, 0.45 * K + 2.5), 20.0)
+    side = min(max(5.0, 0.45 * K + 2.5), 20.0)  # inches; the name font shrinks below instead past 40 classes
+    big = side >= 10  # titles and axis labels grow with the figure so they stay legible when it is shrunk
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if K <= 60:
-        ax.set_xticks(range(K), labels=class_names, rotation=45, ha="right", rotation_mode="anchor")
-        ax.set_yticks(range(K), labels=class_names)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")  # crisp cells at any K
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("fraction of the true class", fontsize=14 if big else 10)
+    bar.ax.tick_params(labelsize=12 if big else 10)
+    named = K <= 100
+    if named:
+        size = 10 if K <= 40 else 8 if K <= 60 else 6
+        ax.set_xticks(range(K), labels=class_names, rotation=45 if K <= 40 else 90, ha="right",
+                      rotation_mode="anchor", fontsize=size)
+        ax.set_yticks(range(K), labels=class_names, fontsize=size)
+    else:
+        ax.tick_params(labelsize=12)
     if K <= 20:
         for i in range(K):
             for j in range(K):
                 if cm[i, j]:
                     ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=8,
                             color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    ax.set_xlabel("predicted class" + ("" if named else " (index)"), fontsize=16 if big else 10)
+    ax.set_ylabel("true class" + ("" if named else " (index)"), fontsize=16 if big else 10)
     accuracy = np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"{title} (row %, accuracy {100 * accuracy:.1f}%)")
+    ax.set_title(f"{title} (row %, accuracy {100 * accuracy:.1f}%)", fontsize=20 if big else 12)
     return _save(fig, path)
 
 
