@@ -41,9 +41,18 @@ CHECKPOINT_FILES = ("best.safetensors", "last.ckpt")
 IMAGENET_CLASSES = 1000
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one worth showing (not None, '' or False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == "":  # 0 is worth showing
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="best.safetensors, last.ckpt, a run folder holding one, any weights file "
                    "vit.weights reads (with --model), a registered model name or hf-hub:ORG/REPO")
     p.add_argument("--model", default=None, help="registered architecture for weights files without a config")
@@ -52,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="named dataset (as train.py); 'folder' is train.py's split of --data-dir")
     g.add_argument("--data-dir", default="", help="dataset root; alone, an ImageFolder tree ROOT/CLASS/*.jpg "
                    "evaluated whole (or its val/ folder where ROOT has train/ and val/)")
-    g.add_argument("--split", choices=("val", "test"), default="val")
+    g.add_argument("--split", choices=("val", "test"), default="val",
+                   help="named datasets: val is digits' held-out 20%% or the official test set; test the same")
     g.add_argument("--val-size", type=float, default=0.1, help="--dataset folder: train.py's held-out carve")
     g.add_argument("--seed", type=int, default=0, help="--dataset folder: train.py's seed for the carve")
     g.add_argument("--on-corrupt", choices=("error", "skip"), default="error",
@@ -61,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast dtype (auto: per device)")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("outputs")
     g.add_argument("--output", default=None, help="output folder (default: runs/eval/CHECKPOINT_NAME)")
