@@ -198,3 +198,46 @@ def test_own_preprocessing_for_large_images(tmp_path):
     expected_loss = float(torch.nn.functional.cross_entropy(logits, torch.tensor(labels)))
     assert report["num_images"] == 9
     assert report["loss"] == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_hub_checkpoints(tmp_path, monkeypatch, capsys):
+    """A registered name and hf-hub:ORG/REPO, served from a local snapshot folder instead of the network:
+    architecture, preprocessing and class names come from the snapshot's timm config.json."""
+    import vit.weights
+    from safetensors.torch import save_file
+    from torchvision import transforms as T
+
+    def snapshot(name, model, model_args, label_names):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file(model.state_dict(), folder / "model.safetensors")  # as timm publishes: no metadata of ours
+        (folder / "config.json").write_text(json.dumps({
+            "architecture": "vit_tiny_patch16_224", "num_classes": model.num_classes, "model_args": model_args,
+            "label_names": label_names,
+            "pretrained_cfg": {"input_size": [3, *to_pair(model.config.img_size)], "mean": [0.5] * 3,
+                               "std": [0.5] * 3, "interpolation": "bicubic", "crop_pct": 0.875}}))
+        return folder / "model.safetensors"
+
+    def to_pair(size):
+        return [size, size] if isinstance(size, int) else list(size)
+
+    small = vit.create_model("vit_tiny_patch16_224", depth=2, img_size=32, num_classes=3)
+    full = vit.create_model("vit_tiny_patch16_224", num_classes=4)  # the registered architecture, 4 classes
+    files = {"timm/small": snapshot("small", small, {"depth": 2, "img_size": 32}, ["ant", "bee", "cat"]),
+             vit.get_entry("vit_tiny_patch16_224").hf_hub_id: snapshot("full", full, {}, list("abcd"))}
+    monkeypatch.setattr(vit.weights, "download_from_hub", lambda repo_id, cache_dir=None: files[repo_id])
+    image = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(image)
+
+    # fp32: "auto" would pick bf16 for this width on a CPU with bf16 instructions (vit/precision.py).
+    small_report = evaluate(["hf-hub:timm/small", "--predict", str(image), "--precision", "fp32"])
+    top = small_report["predictions"][0]["top"]
+    reference = T.Compose([T.Resize(int(32 / 0.875), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
+                           T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])  # the snapshot's pretrained_cfg
+    with torch.no_grad():
+        probs = small.eval()(reference(Image.open(image).convert("RGB"))[None]).softmax(1)[0]
+    assert {t["class"]: t["probability"] for t in top} == pytest.approx(dict(zip(["ant", "bee", "cat"], probs.tolist())),
+                                                                       abs=1e-5)
+    full_report = evaluate(["vit_tiny_patch16_224", "--predict", str(image), "--topk", "2"])
+    assert [t["class"] for t in full_report["predictions"][0]["top"]][0] in "abcd"
+    assert "photo.jpg" in capsys.readouterr().out

@@ -100,12 +100,9 @@ def load_model(checkpoint: str, model_name: str | None = None):
     from .registry import create_model, get_entry, list_models, preprocess_for
 
     path = Path(checkpoint)
-    if path.is_dir():
-        found = [path / f for f in CHECKPOINT_FILES if (path / f).is_file()]
-        if not found:
-            raise CheckpointError(f"{path} is a folder without {' or '.join(CHECKPOINT_FILES)}")
-        path = found[0]
-    if path.is_file():
+    if path.is_dir():  # a train.py run folder; any other folder (a hub snapshot) goes to vit.weights as it is
+        path = next((path / f for f in CHECKPOINT_FILES if (path / f).is_file()), path)
+    if path.exists():
         try:
             model = create_model(model_name, pretrained=str(path))
         except ConfigError as e:
