@@ -150,6 +150,9 @@ def lock_output(out: Path, resume: bool):
     fh.truncate()
     fh.write(str(os.getpid()))
     fh.flush()
+    # Temporary files of writes a kill cut short (".last.ckpt.PID.tmp"): with the lock held, no writer is left.
+    for stale in out.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     return fh
 
 
@@ -484,8 +487,11 @@ def save_last(ctx, st: State) -> None:
 
 
 def write_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
@@ -508,7 +514,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     say = print if d.main else (lambda *a, **k: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed + d.rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights (and EMA copy) on every rank
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)  # timm's Mixup draws from numpy: the same on every rank
     if cfg.deterministic:
@@ -523,7 +529,12 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     entry = get_entry(cfg.model)
     model_img = cfg.img_size or entry.config.img_size
     model_img = model_img if isinstance(model_img, int) else model_img[0]
+    first = cfg.download and d.world > 1  # rank 0 downloads alone; the others then read its files
+    if first and not d.main:
+        dist.barrier()
     data = load_data(cfg, model_img, entry.config.in_chans)
+    if first and d.main:
+        dist.barrier()
     model = build_model(cfg, len(data.classes), data.channels).to(device)
     model.class_names = data.classes
     if model.num_classes != len(data.classes):
@@ -570,6 +581,8 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
+    if d.rank:
+        torch.manual_seed(cfg.seed + d.rank)  # from here on: each rank its own dropout / drop-path draws
     st = State()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
