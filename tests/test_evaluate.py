@@ -84,13 +84,18 @@ def test_report_consistent_with_model(run_dir, tmp_path, capsys):
     assert "top-1" in printed and f"{100 * report['top1']:.2f} %" in printed
 
 
-def test_last_ckpt(run_dir, tmp_path):
-    """train.py's last.ckpt (a torch.save dict): config and class names from it, preprocessing by its model name."""
-    report = evaluate([str(run_dir / "last.ckpt"), "--dataset", "digits", "--output", str(tmp_path),
-                            "--no-progress"])
+def test_last_ckpt_and_run_folder(run_dir, tmp_path):
+    """train.py's last.ckpt (a torch.save dict): config and class names from it, preprocessing by its model name.
+    Without --dataset the run's own data is used; a run folder stands for its best.safetensors."""
+    report = evaluate([str(run_dir / "last.ckpt"), "--output", str(tmp_path / "last"), "--no-progress"])
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["data"].startswith("digits (val)")
     assert 100 * report["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
     assert report["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+    best = evaluate([str(run_dir), "--output", str(tmp_path / "best"), "--no-progress"])
+    assert best["checkpoint"] == str(run_dir) and best["data"].startswith("digits (val)")
+    assert 100 * best["top1"] == pytest.approx(max(json.loads(line)["val_top1"] for line in
+                                                   (run_dir / "metrics.jsonl").read_text().splitlines()), abs=1e-9)
 
 
 def write_folder(root, images, labels, names):
@@ -153,6 +158,9 @@ def expect_error(argv, capsys, *fragments):
 
 def test_clear_errors(run_dir, tmp_path, capsys):
     best = str(run_dir / "best.safetensors")
+    alone = tmp_path / "alone.safetensors"  # no last.ckpt beside it to say what data it was trained on
+    alone.write_bytes((run_dir / "best.safetensors").read_bytes())
+    expect_error([str(alone)], capsys, "nothing to do", "--dataset")
     expect_error([str(tmp_path / "nope.safetensors"), "--dataset", "digits"], capsys, "no checkpoint", "nope")
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_text("not weights")

@@ -63,8 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "evaluated whole (or its val/ folder where ROOT has train/ and val/)")
     g.add_argument("--split", choices=("val", "test"), default="val",
                    help="named datasets: val is digits' held-out 20%% or the official test set; test the same")
-    g.add_argument("--val-size", type=float, default=0.1, help="--dataset folder: train.py's held-out carve")
-    g.add_argument("--seed", type=int, default=0, help="--dataset folder: train.py's seed for the carve")
+    g.add_argument("--val-size", type=float, default=None,
+                   help="--dataset folder: train.py's held-out carve (default: the run's, else 0.1)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="--dataset folder: train.py's seed for the carve (default: the run's, else 0)")
     g.add_argument("--on-corrupt", choices=("error", "skip"), default="error",
                    help="an unreadable image stops evaluation, or is skipped and counted in the report")
     g.add_argument("--workers", type=int, default=2, help="DataLoader workers for images read from disk")
@@ -86,8 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--batch-size and --topk must be positive; --attention-maps and --workers non-negative")
     if args.dataset == "folder" and not args.data_dir:
         p.error("--dataset folder needs --data-dir")
-    if not (args.dataset or args.data_dir or args.predict or args.export):
-        p.error("nothing to do: give --dataset NAME or --data-dir ROOT to evaluate, --predict IMAGE, or --export")
     return args
 
 
@@ -128,23 +128,42 @@ def load_model(checkpoint: str, model_name: str | None = None):
         info = ImageNetInfo()
         model.class_names = [info.index_to_label_name(i) for i in range(IMAGENET_CLASSES)]
     if model.preprocess is None:  # e.g. train.py's last.ckpt: its training config names the registered model
-        name = model_name or training_model_name(path)
+        name = model_name or (training_config(path) or {}).get("model")
         if name is None:
             raise CheckpointError(f"{checkpoint} carries no preprocessing; name the architecture with --model")
         model.preprocess = preprocess_for(get_entry(name), model.config)
     return model
 
 
-def training_model_name(path: Path) -> str | None:
-    """The registered model name in a train.py checkpoint's training config, if it is one."""
-    if path.suffix in (".safetensors", ".npz") or not path.is_file():
+def training_config(checkpoint: str | Path) -> dict | None:
+    """train.py's config for the run a checkpoint came from: in its last.ckpt, or the last.ckpt beside a
+    best.safetensors (or in a run folder). None for checkpoints from elsewhere."""
+    path = Path(checkpoint)
+    ckpt = path if path.suffix == ".ckpt" else (path if path.is_dir() else path.parent) / "last.ckpt"
+    if not ckpt.is_file():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # read_checkpoint has already loaded this file; anything odd here means "no name"
+        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception:  # a file we cannot read here has no config to offer; loading the weights reports it
         return None
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    return config.get("model") if isinstance(config, dict) and isinstance(config.get("model"), str) else None
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return config if isinstance(config, dict) and isinstance(config.get("dataset"), str) else None
+
+
+def fill_data_args(args) -> None:
+    """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
+    folder carve's --val-size/--seed default to the run's. `evaluate.py CHECKPOINT` needs nothing else."""
+    needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
+    if needs_data or (args.dataset == "folder" and None in (args.val_size, args.seed)):
+        config = training_config(args.checkpoint) or {}
+        if needs_data:
+            if not config:
+                raise ConfigError(f"nothing to do: {args.checkpoint} does not name the data it was trained on; give "
+                                  "--dataset NAME or --data-dir ROOT to evaluate, --predict IMAGE, or --export")
+            args.dataset, args.data_dir = config["dataset"], config.get("data_dir", "")
+            print(f"no --dataset given: using the run's, {args.dataset} {args.data_dir}".rstrip(), file=sys.stderr)
+        args.val_size = args.val_size if args.val_size is not None else config.get("val_size", 0.1)
+        args.seed = args.seed if args.seed is not None else config.get("seed", 0)
 
 
 def checkpoint_name(checkpoint: str) -> str:
@@ -416,6 +435,7 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Everything main() does, raising VitError subclasses instead of exiting; returns the report."""
+    fill_data_args(args)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.model).to(device).eval()
     precision = resolve_precision(args.precision, device, model.embed_dim)
