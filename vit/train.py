@@ -382,7 +382,7 @@ def train_one_epoch(ctx, st: State) -> bool:
     """Train from batch st.batch to the end of epoch st.epoch. Returns False if stopped early."""
     cfg, d, device = ctx.cfg, ctx.dist, ctx.device
     net, model, opt, sched, scaler = ctx.net, ctx.model, ctx.optimizer, ctx.scheduler, ctx.scaler
-    spe, local = ctx.steps_per_epoch, cfg.batch_size // d.world
+    spe = ctx.steps_per_epoch
     bar = tqdm(total=spe, initial=st.batch, desc=f"epoch {st.epoch + 1}/{cfg.epochs}", leave=False,
                disable=ctx.quiet or not d.main, dynamic_ncols=True)
     if isinstance(ctx.data.train, D.TensorData):
