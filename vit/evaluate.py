@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: metrics and report.json, pictures, single-image prediction, export.
 
     python evaluate.py runs/digits/best.safetensors --dataset digits --output runs/digits/eval
+    python evaluate.py runs/digits                  # its best.safetensors, on the run's own validation data
     python evaluate.py last.ckpt --data-dir photos/ --attention-maps 8     # photos/CLASS/*.jpg, every image
     python evaluate.py best.safetensors --predict cat.jpg dog.png
     python evaluate.py best.safetensors --export onnx --output exported/
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import logging
 import math
@@ -140,8 +142,11 @@ def training_config(checkpoint: str | Path) -> dict | None:
     best.safetensors (or in a run folder). None for checkpoints from elsewhere."""
     path = Path(checkpoint)
     ckpt = path if path.suffix == ".ckpt" else (path if path.is_dir() else path.parent) / "last.ckpt"
-    if not ckpt.is_file():
-        return None
+    return _read_training_config(str(ckpt.resolve())) if ckpt.is_file() else None
+
+
+@functools.lru_cache(maxsize=4)  # asked for twice per run; a large last.ckpt (optimizer state) is slow to read
+def _read_training_config(ckpt: str) -> dict | None:
     try:
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception:  # a file we cannot read here has no config to offer; loading the weights reports it
@@ -167,8 +172,9 @@ def fill_data_args(args) -> None:
 
 
 def checkpoint_name(checkpoint: str) -> str:
+    """A folder name for the default output: the run's name for train.py's files, else the file's stem."""
     path = Path(checkpoint)
-    stem = path.parent.name if path.name in CHECKPOINT_FILES or path.is_dir() else path.stem
+    stem = path.name if path.is_dir() else path.parent.name if path.name in CHECKPOINT_FILES else path.stem
     return re.sub(r"[^\w.-]+", "_", stem or "model")
 
 
