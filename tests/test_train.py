@@ -207,3 +207,14 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(v, b[k], rtol=0, atol=1e-6, msg=k)
     diffs = torch.cat([(v - b[k]).abs().flatten() for k, v in ckpt(tmp_path / "one")["model"].items()])
     assert diffs.mean() < 1e-6 and diffs.max() <= 3 * 2 * 2e-3  # at most a flipped update of lr a step
+
+
+@pytest.mark.slow
+def test_no_argument_default_reaches_95_percent(tmp_path):
+    """`python train.py` exactly as `make train` runs it (about 2 minutes on 2 cores)."""
+    p = subprocess.run([sys.executable, str(ROOT / "train.py")], cwd=tmp_path, env=ENV, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    out = Path(p.stdout.split("outputs in ")[1].split(":")[0])
+    out = out if out.is_absolute() else tmp_path / out
+    assert rows(out)[-1]["val_top1"] >= 95.0 and (out / "best.safetensors").exists()
