@@ -154,6 +154,7 @@ def expect_error(argv, capsys, *fragments):
     message = capsys.readouterr().err
     for f in fragments:
         assert f in message, message
+    return message
 
 
 def test_clear_errors(run_dir, tmp_path, capsys):
@@ -206,6 +207,20 @@ def test_own_preprocessing_for_large_images(tmp_path):
     expected_loss = float(torch.nn.functional.cross_entropy(logits, torch.tensor(labels)))
     assert report["num_images"] == 9
     assert report["loss"] == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_unreadable_image_in_a_worker(tmp_path, capsys):
+    """An unreadable file met by a DataLoader worker: the message names it, without the worker's traceback."""
+    model = vit.VisionTransformer(img_size=80, patch_size=16, num_classes=2, embed_dim=32, depth=1, num_heads=2)
+    model.preprocess = vit.Preprocess((3, 80, 80), (0.5,) * 3, (0.5,) * 3, "bicubic", 0.875)
+    vit.save_pretrained(model, tmp_path / "w.safetensors", class_names=["a", "b"])
+    for name in "ab":
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (90, 90), "gray").save(tmp_path / "data" / name / "ok.png")
+    (tmp_path / "data" / "b" / "torn.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    message = expect_error([str(tmp_path / "w.safetensors"), "--data-dir", str(tmp_path / "data"), "--workers", "1",
+                            "--output", str(tmp_path / "out")], capsys, "cannot read image", "torn.jpg")
+    assert "Traceback" not in message and "worker" not in message
 
 
 def test_hub_checkpoints(tmp_path, monkeypatch, capsys):
