@@ -345,29 +345,29 @@ def print_summary(report: dict, header: list[tuple[str, str]], max_classes: int 
 
 
 @torch.no_grad()
-def write_attention_maps(model, source, n: int, out_dir: Path, device) -> list[Path]:
+def write_attention_maps(model, source, n: int, out_dir: Path, device, chunk: int = 32) -> list[Path]:
     """N overlays of attention rollout, for images spread evenly over the evaluation set."""
     from .plots import plot_attention_overlay
     from .rollout import rollout_heatmap
 
     n = min(n, len(source))
     indices = sorted({round(i * (len(source) - 1) / max(n - 1, 1)) for i in range(n)})
-    x, y = example_images(source, model, indices)
     pre = model.preprocess
-    x = x.to(device)
-    probs = model(x).float().softmax(dim=1).cpu()
-    heat = rollout_heatmap(model, x).cpu()
     mean, std = torch.tensor(pre.mean).view(-1, 1, 1), torch.tensor(pre.std).view(-1, 1, 1)
-    pictures = (x.cpu() * std + mean).permute(0, 2, 3, 1)  # back to [0, 1] pixels, (B, H, W, C)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     paths = []
-    for i, (idx, label) in enumerate(zip(indices, y.tolist())):
-        conf, pred = probs[i].max(dim=0)
-        pred, true = names[int(pred)], names[label]
-        title = f"predicted: {pred} ({100 * float(conf):.0f}%)   true: {true}"
-        path = out_dir / f"{i:03d}_{safe_name(true)}_as_{safe_name(pred)}.png"
-        plot_attention_overlay(pictures[i].numpy(), heat[i].numpy(), title, path, correct=pred == true)
-        paths.append(path)
+    for start in range(0, len(indices), chunk):  # explicit attention matrices are big: a few images at a time
+        x, y = example_images(source, model, indices[start:start + chunk])
+        probs = model(x.to(device)).float().softmax(dim=1).cpu()
+        heat = rollout_heatmap(model, x.to(device)).cpu()
+        pictures = (x * std + mean).permute(0, 2, 3, 1)  # back to [0, 1] pixels, (B, H, W, C)
+        for i, label in enumerate(y.tolist()):
+            conf, pred = probs[i].max(dim=0)
+            pred, true = names[int(pred)], names[label]
+            title = f"predicted: {describe(pred)} ({100 * float(conf):.0f}%)   true: {describe(true)}"
+            path = out_dir / f"{start + i:03d}_{safe_name(true)}_as_{safe_name(pred)}.png"
+            plot_attention_overlay(pictures[i].numpy(), heat[i].numpy(), title, path, correct=pred == true)
+            paths.append(path)
     return paths
 
 
