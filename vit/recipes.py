@@ -164,12 +164,13 @@ RECIPES = {r.name: r for r in [
         """Fine-tune an ImageNet-21k/1k ViT-S/16 on an ImageFolder subset (e.g. Imagenette) at 224 px.
 
         DeiT/BEiT fine-tuning practice: RandAugment, random erasing, Mixup/CutMix, layer-wise lr decay 0.65,
-        EMA, DataLoader workers. Needs the pretrained weights (a file, or hf-hub: with internet).
+        EMA, DataLoader workers. Starts from timm's AugReg ViT-S/16 on the hub (needs internet or the HF cache;
+        --pretrained PATH for a local file).
         Command: python train.py --recipe imagenet-subset-finetune --data-dir imagenette2-320
-            --pretrained hf-hub:timm/vit_small_patch16_224.augreg_in21k_ft_in1k
         Hardware: one GPU. Measured: not yet.
         """,
-        dict(model="vit_small_patch16_224", dataset="folder", data_mode="loader", epochs=10, batch_size=128,
+        dict(model="vit_small_patch16_224", pretrained="hf-hub:timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+             dataset="folder", data_mode="loader", epochs=10, batch_size=128,
              lr=5e-4, min_lr=1e-6, warmup_epochs=1, weight_decay=0.05, layer_decay=0.65, drop_path=0.1,
              label_smoothing=0.1, hflip=0.5, randaug="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8,
              cutmix=1.0, ema_decay=0.9998, workers=8),
