@@ -1,0 +1,316 @@
+"""Kill train.py with SIGKILL at random moments, resume each with --resume, and check that every resumed run
+ends bit-identical to an uninterrupted one (issue 8).
+
+    python benchmarks/kill_resume.py              # K=20 kill points; about 10 minutes on 2 shared CPU cores
+    python benchmarks/kill_resume.py --kills 3 --seed 7
+    python benchmarks/kill_resume.py --only 12    # rerun kill point 12 of the default seed alone
+
+The run (RUN_ARGS): the digits recipe, deterministic fp32 on CPU, 3 epochs of 11 steps with a checkpoint
+after every step (--save-every 1, so kills often land in a checkpoint write), EMA, Mixup and padded-crop
+augmentation (so every RNG that feeds training must come back exactly). First one uninterrupted reference
+run (its checkpoint writes counted); then, for each kill point i, a fresh run is SIGKILLed at a moment drawn
+from random.Random(seed + i): with probability 0.15 during start-up, otherwise just after its n-th
+checkpoint write (n uniform over the reference's writes) plus a uniform fraction of the time between its
+last two writes. Aiming by progress rather than by the clock keeps the kills spread over steps, writes and
+evaluations however loaded the machine is. If the killed run left a last.ckpt it is resumed with
+`train.py --resume DIR`; if it died before its first checkpoint, the same command is run again in the same
+folder (which must not be refused). The final
+last.ckpt must equal the reference's in every tensor bit and every value -- model, EMA, optimizer, scheduler,
+RNG states, step counters -- except wall-clock timings; best.safetensors and the metrics.jsonl rows (less
+timings) must match too. Prints a table; exits 1 on any difference.
+
+`tests/test_kill_resume.py` runs the same code with two kill points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ARGS = ["--recipe", "digits", "--epochs", "3", "--batch-size", "128", "--save-every", "1",
+            "--ema-decay", "0.99", "--mixup", "0.2", "--crop-pad", "1",
+            "--deterministic", "--device", "cpu", "--precision", "fp32", "--quiet"]
+# Wall-clock fields: the only values allowed to differ between an interrupted and an uninterrupted run.
+TIMING_KEYS = {"elapsed_s", "train_s", "images_per_s"}
+# One thread per process: bit-exactness is compared between runs with the same setting, and on a shared
+# 2-core machine more threads only make the kill moments less reproducible.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train_cmd(out: Path, resume: bool = False) -> list[str]:
+    run = ["--resume", str(out)] if resume else ["--output", str(out)]
+    return [sys.executable, str(ROOT / "train.py"), *RUN_ARGS, *run]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running, killing, resuming
+
+
+@dataclass
+class Reference:
+    out: Path
+    seconds: float  # wall time of the whole run
+    first_ckpt_s: float  # when its first last.ckpt appeared
+    saves: int  # how many times it wrote last.ckpt
+
+
+class SaveWatcher:
+    """Counts the writes of out/last.ckpt as they happen: each atomic write renames a new file into place,
+    so (inode, mtime) changes once per write."""
+
+    def __init__(self, out: Path):
+        self.path, self.last, self.count, self.times = out / "last.ckpt", None, 0, []
+
+    def poll(self) -> int:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return self.count
+        if (st.st_ino, st.st_mtime_ns) != self.last:
+            self.last = (st.st_ino, st.st_mtime_ns)
+            self.count += 1
+            self.times.append(time.perf_counter())
+        return self.count
+
+    def gap(self) -> float:
+        """The time between the last two writes (a training step, or an epoch's evaluation)."""
+        return self.times[-1] - self.times[-2] if len(self.times) > 1 else 0.1
+
+
+def start_run(out: Path) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(out), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def reference_run(out: Path) -> Reference:
+    """The uninterrupted run, timed, with its checkpoint writes counted (to aim the kills)."""
+    start = time.perf_counter()
+    proc, watch, first = start_run(out), SaveWatcher(out), None
+    while proc.poll() is None:
+        if watch.poll() and first is None:
+            first = time.perf_counter() - start
+        time.sleep(0.002)
+    seconds = time.perf_counter() - start
+    log = proc.stdout.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"the reference run failed (exit {proc.returncode}):\n{log}")
+    return Reference(out, seconds, first if first is not None else seconds, ckpt_step(out))
+
+
+def ckpt_step(out: Path) -> int | None:
+    try:
+        return torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["state"]["step"]
+    except FileNotFoundError:
+        return None
+
+
+STARTUP_P = 0.15  # share of kill points aimed at start-up, before the first checkpoint
+
+
+@dataclass
+class Interrupted:
+    exit_code: int
+    at_s: float  # when the signal was sent, seconds after the start (inf: the run ended first)
+    aim: str  # "startup" or "after save N" (of the reference's `saves`)
+    log: str
+
+
+def interrupt(out: Path, ref: Reference, rng: random.Random, signum: int = signal.SIGKILL,
+              after_save: int | None = None) -> Interrupted:
+    """Start a run into `out` and send it `signum` at a moment drawn from `rng`: with probability STARTUP_P
+    during start-up (uniform over the reference's time to its first checkpoint), otherwise after its n-th
+    checkpoint write (n uniform over the reference's writes) plus a uniform fraction of the time between
+    its last two writes -- so kills land in steps, writes and evaluations alike, however loaded the machine.
+    `after_save` picks n instead of the draw."""
+    startup, u, v = rng.random() < STARTUP_P, rng.random(), rng.random()
+    if after_save is not None:
+        startup = False
+    n = after_save if after_save is not None else 1 + int(u * ref.saves)
+    start = time.perf_counter()
+    proc, watch = start_run(out), SaveWatcher(out)
+    try:
+        if startup:
+            deadline = start + u * ref.first_ckpt_s
+        else:
+            while watch.poll() < n and proc.poll() is None:
+                time.sleep(0.002)
+            deadline = time.perf_counter() + v * watch.gap()
+        while time.perf_counter() < deadline and proc.poll() is None:
+            time.sleep(0.002)
+        at = time.perf_counter() - start
+        if proc.poll() is None:
+            proc.send_signal(signum)
+        else:
+            at = float("inf")
+        log, _ = proc.communicate(timeout=600)
+    except BaseException:
+        proc.kill()  # never leave a training run behind
+        proc.wait()
+        raise
+    return Interrupted(proc.returncode, at, "startup" if startup else f"save {n}+{v:.2f}", log)
+
+
+def finish(out: Path) -> tuple[str, int | None, str]:
+    """Resume the interrupted run in `out` to its end (or restart it if it never saved).
+    Returns (how, step resumed from, output)."""
+    step = ckpt_step(out)
+    cmd = train_cmd(out, resume=step is not None)
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:])} failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return ("resume" if step is not None else "restart"), step, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------------------------------------
+# Comparing
+
+
+def differences(a, b, path: str = "") -> list[str]:
+    """Paths where two checkpoint trees differ: tensors bit for bit (dtype, shape, every bit), the rest by ==."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            if k in TIMING_KEYS:
+                continue
+            if k not in a or k not in b:
+                out.append(f"{path}{k} (only in one)")
+            else:
+                out += differences(a[k], b[k], f"{path}{k}.")
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path[:-1]} (length {len(a)} vs {len(b)})"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}{i}.")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+        return [] if same else [path[:-1]]
+    return [] if a == b else [f"{path[:-1]} ({a!r} vs {b!r})"]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes: NaN == NaN and -0.0 != 0.0, as "bit-identical" means."""
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(torch.uint8) if t.numel() else t
+
+
+def max_weight_diff(a: dict, b: dict) -> float:
+    return max((x.double() - b[k].double()).abs().max().item() for k, x in a.items() if x.is_floating_point())
+
+
+def metrics_rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def compare_runs(ref: Path, run: Path) -> tuple[list[str], float]:
+    """(differences, max |weight difference|) between two finished run folders."""
+    from safetensors.torch import load_file
+
+    a = torch.load(ref / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    diffs = [f"last.ckpt:{d}" for d in differences(a, b)]
+    diffs += [f"best.safetensors:{d}" for d in differences(load_file(ref / "best.safetensors"),
+                                                           load_file(run / "best.safetensors"))]
+    if metrics_rows(ref) != metrics_rows(run):
+        diffs.append("metrics.jsonl rows")
+    return diffs, max_weight_diff(a["model"], b["model"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# One kill point
+
+
+@dataclass
+class KillResult:
+    index: int
+    seed: int
+    kill_s: float
+    aim: str
+    exit_code: int
+    ckpt_step: int | None  # the step last.ckpt held after the kill (None: no checkpoint yet)
+    torn_tmp: int  # temporary files the kill left behind (it landed in the middle of a write)
+    how: str  # "resume" or "restart"
+    diffs: list[str]
+    max_diff: float
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.diffs
+
+
+def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
+    out = work / f"kill{index:02d}"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    killed = interrupt(out, ref, random.Random(seed + index))
+    step = ckpt_step(out)  # must load: a torn last.ckpt fails here
+    torn = len(list(out.glob(".*.tmp")))
+    how, _, _ = finish(out)
+    diffs, max_diff = compare_runs(ref.out, out)
+    return KillResult(index, seed + index, killed.at_s, killed.aim, killed.exit_code, step, torn, how, diffs,
+                      max_diff, time.perf_counter() - start)
+
+
+def print_table(results: list[KillResult], ref: Reference) -> None:
+    print(f"\nreference: {ref.seconds:.1f} s, first last.ckpt at {ref.first_ckpt_s:.1f} s; "
+          f"train.py {' '.join(RUN_ARGS)}")
+    print(f"{'#':>3} {'seed':>6} {'kill at':>8} {'aimed at':>13} {'exit':>5} {'ckpt step':>9} {'mid-write':>9} "
+          f"{'then':>8} {'max |dw|':>9} {'result':>10} {'time':>6}")
+    for r in results:
+        print(f"{r.index:>3} {r.seed:>6} {r.kill_s:>7.2f}s {r.aim:>13} {r.exit_code:>5} "
+              f"{'-' if r.ckpt_step is None else r.ckpt_step:>9} {'yes' if r.torn_tmp else 'no':>9} {r.how:>8} "
+              f"{r.max_diff:>9.1e} {'identical' if r.ok else 'DIFFERENT':>10} {r.seconds:>5.0f}s")
+        for d in r.diffs[:5]:
+            print(f"      differs: {d}")
+    n_ok = sum(r.ok for r in results)
+    print(f"{n_ok}/{len(results)} resumed runs bit-identical to the uninterrupted run")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kills", type=int, default=20, help="kill points (K)")
+    p.add_argument("--seed", type=int, default=0, help="kill point i draws its moment from Random(seed + i)")
+    p.add_argument("--only", type=int, default=None, help="run kill point ONLY alone")
+    p.add_argument("--jobs", type=int, default=1, help="kill points run at once (1 keeps timings clean)")
+    p.add_argument("--work", default=None, help="folder for the runs (default: a temporary one, removed)")
+    args = p.parse_args(argv)
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kill_resume-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"kill_resume: seed {args.seed}, {args.kills} kill points, runs in {work}", flush=True)
+    try:
+        shutil.rmtree(work / "reference", ignore_errors=True)
+        ref = reference_run(work / "reference")
+        print(f"reference run: {ref.seconds:.1f} s (first checkpoint at {ref.first_ckpt_s:.1f} s)", flush=True)
+        indices = [args.only] if args.only is not None else range(args.kills)
+        results = []
+        with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on train.py processes
+            for r in pool.map(lambda i: kill_point(i, args.seed, ref, work), indices):
+                results.append(r)
+                print(f"  kill {r.index}: seed {r.seed}, SIGKILL at {r.kill_s:.2f} s ({r.aim}), checkpoint "
+                      f"step {r.ckpt_step}, {r.how}: {'identical' if r.ok else 'DIFFERENT'}", flush=True)
+        print_table(results, ref)
+        return 0 if all(r.ok for r in results) else 1
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
