@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 import vit
 from vit.export import TOLERANCE, export_model
