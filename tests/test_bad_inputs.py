@@ -358,8 +358,15 @@ def test_train_unknown_flag_model_or_value(capsys, tmp_path):
     assert e.value.code == 2 and "unrecognized arguments: --epochz" in capsys.readouterr().err
     err = train_fails(capsys, "--model", "vit_nano_patch3_8", "--output", tmp_path / "a")
     assert "unknown model 'vit_nano_patch3_8'" in err
-    err = train_fails(capsys, "--batch-size", "0", "--output", tmp_path / "b")
-    assert "--batch-size must be >= 1" in err
+    for i, (flag, value, match) in enumerate([
+        ("--batch-size", "0", "--batch-size must be >= 1"),
+        ("--lr", "nan", "--lr must be a finite number, got nan"),
+        ("--beta2", "1.5", "--beta2 must be in [0, 1), got 1.5"),
+        ("--img-size", "7", "img_size (7, 7) is not divisible by patch_size (2, 2)"),
+        ("--batch-size", "5000", "--batch-size 5000 is larger than the training set"),  # no full batch
+    ]):
+        err = train_fails(capsys, flag, value, "--output", tmp_path / f"b{i}")
+        assert match in err
 
 
 @pytest.mark.parametrize("case, match", [

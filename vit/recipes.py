@@ -7,6 +7,7 @@ changes from the defaults. Unknown fields are an error, in recipes as on the com
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
@@ -79,6 +80,11 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"--{flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ConfigError(f"--{flag(f.name)} must be a finite number, got {getattr(self, f.name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         for name in ("epochs", "batch_size", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
