@@ -14,7 +14,6 @@ import torch
 import vit
 from vit import data as D
 from vit import train as T
-from vit.errors import OutputError
 from vit.recipes import RECIPES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -501,13 +502,6 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epochs_done))
 
 
-class Context:
-    """The objects the loop works on (a plain namespace; no trainer class hierarchy)."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
 def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
         ckpt: dict | None = None) -> int:
     d, device = setup_distributed(cfg.device)
@@ -606,10 +600,13 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     if cfg.compile:
         net = torch.compile(net)
 
-    ctx = Context(cfg=cfg, recipe=recipe, dist=d, device=device, output=out, quiet=quiet, data=data, model=model,
-                  net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup,
-                  criterion=criterion, precision=precision, normalize=normalize, steps_per_epoch=steps_per_epoch,
-                  train_loader=train_loader, train_sampler=train_sampler, stopper=Stopper())
+    # The objects the loop works on: a plain namespace, no trainer class hierarchy.
+    ctx = SimpleNamespace(
+        cfg=cfg, recipe=recipe, dist=d, device=device, output=out, quiet=quiet, data=data, model=model, net=net,
+        optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup, criterion=criterion,
+        precision=precision, normalize=normalize, steps_per_epoch=steps_per_epoch, train_loader=train_loader,
+        train_sampler=train_sampler, stopper=Stopper(),
+    )
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.dataset}: {len(data.train)} train / {len(data.val)} "
         f"val images, {len(data.classes)} classes; {cfg.epochs} epochs x {steps_per_epoch} steps of "
