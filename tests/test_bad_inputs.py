@@ -403,6 +403,18 @@ def test_train_bad_resume_checkpoint(files, run_dir, capsys, tmp_path, case):
     assert_no_code_ran(files)
 
 
+@pytest.mark.parametrize("flag, value, match", [
+    ("--model", "vit_nano_patch4_28", "shape mismatch for pos_embed"),
+    ("--img-size", "16", "shape mismatch for pos_embed: the model expects (1, 65, 64)"),
+    ("--layer-decay", "0.5", "different number of parameter groups"),
+])
+def test_train_resume_into_another_architecture(run_dir, capsys, tmp_path, flag, value, match):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    err = train_fails(capsys, "--resume", out, flag, value)
+    assert f"{out / 'last.ckpt'} cannot be resumed with this run's settings" in err and match in err
+
+
 def test_train_resume_without_checkpoint(capsys, tmp_path):
     err = train_fails(capsys, "--resume", tmp_path)
     assert f"no last.ckpt in {tmp_path}" in err

@@ -8,7 +8,6 @@ The kill/resume test is the short version of `benchmarks/kill_resume.py` (same c
 from __future__ import annotations
 
 import importlib.util
-import os
 import random
 import signal
 import subprocess
@@ -53,11 +52,6 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
             proc.kill()
             raise AssertionError("timed out waiting for train.py")
         time.sleep(0.02)
-
-
-def start(out: Path) -> subprocess.Popen:
-    return subprocess.Popen(kr.train_cmd(out), cwd=ROOT, env=kr.ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -167,7 +161,7 @@ def restore_torch_globals():
 
 def test_second_run_on_the_same_folder_is_refused(tmp_path, capsys, restore_torch_globals):
     out = tmp_path / "run"
-    first = start(out)
+    first = kr.start_run(out)
     try:
         wait_for(lambda: (out / "last.ckpt").exists(), first)  # training, lock held
         for argv in (["--output", str(out)], ["--resume", str(out)]):  # even --resume: the run is alive

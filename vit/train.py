@@ -33,10 +33,11 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import data as D
-from .errors import ConfigError, OutputError, VitError
+from .errors import CheckpointError, ConfigError, OutputError, VitError
 from .precision import autocast, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
 from .registry import create_model, get_entry
+from .weights import check_state_dict
 
 CHECKPOINT_FORMAT = "vit-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -506,15 +507,9 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         ckpt: dict | None = None) -> int:
     d, device = setup_distributed(cfg.device)
     say = print if d.main else (lambda *a, **k: None)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # the same initial weights (and EMA copy) on every rank
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)  # timm's Mixup draws from numpy: the same on every rank
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = not cfg.deterministic
 
     out = output or resume or default_output(recipe)
     lock = lock_output(out, resume is not None) if d.main else None
@@ -579,15 +574,20 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         torch.manual_seed(cfg.seed + d.rank)  # from here on: each rank its own dropout / drop-path draws
     st = State()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt["ema"] is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        if scaler.is_enabled() and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        st = State(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
+        try:  # flags that change the model or the parameter groups make the checkpoint unloadable
+            check_state_dict(ckpt["model"], model)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ema is not None and ckpt["ema"] is not None:
+                ema.module.load_state_dict(ckpt["ema"])
+            if scaler.is_enabled() and ckpt["scaler"]:
+                scaler.load_state_dict(ckpt["scaler"])
+            st = State(**ckpt["state"])
+            set_rng_state(ckpt["rng"])
+        except (VitError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{out / 'last.ckpt'} cannot be resumed with this run's settings (a flag that "
+                                  f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
         if d.rank:
             torch.manual_seed(cfg.seed + d.rank + st.step)  # only rank 0's RNG is saved
         if d.main:
@@ -673,6 +673,24 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     return 0
 
 
+@contextlib.contextmanager
+def torch_settings(cfg: TrainConfig):
+    """Threads and determinism for one run, restored afterwards (train.main may run inside another program)."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
 def save_best(model, path: Path, classes: list[str]) -> None:
     from .weights import save_pretrained
 
@@ -699,7 +717,8 @@ def main(argv=None) -> int:
         else:
             base, recipe = get_recipe(args.recipe).overrides, args.recipe
         cfg = TrainConfig.from_dict({**base, **given})
-        return run(cfg, recipe, Path(args.output) if args.output else None, resume, args.quiet, ckpt)
+        with torch_settings(cfg):
+            return run(cfg, recipe, Path(args.output) if args.output else None, resume, args.quiet, ckpt)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
