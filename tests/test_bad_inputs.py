@@ -437,6 +437,19 @@ def test_train_unreadable_images(capsys, caplog, tmp_path, bad):
     assert "skipped 1 unreadable image(s)" in caplog.text and str(path) in caplog.text
 
 
+def test_no_readable_image_at_all(files, capsys, tmp_path):
+    """Skipping every image would leave an empty dataset: an error, not an empty batch."""
+    root = tmp_path / "data"
+    for c in ("0", "1"):
+        for i in range(3):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            (root / c / f"{i}.png").write_bytes(b"")
+    err = train_fails(capsys, *train_folder_args(root, tmp_path / "a"))
+    assert "no readable images among" in err
+    err = evaluate_fails(capsys, files["good"], "--data-dir", root, "--on-corrupt", "skip", "--output", tmp_path / "b")
+    assert "no readable images among 6 files" in err
+
+
 def test_train_folder_layout_errors(capsys, caplog, tmp_path):
     root = image_folder(tmp_path / "data", per_class=6)
     (root / "2").mkdir()
