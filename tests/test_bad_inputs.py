@@ -102,8 +102,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["marker"] = d / "code-ran"
     with open(d / "evil.pt", "wb") as f:  # a plain pickle, as `pickle.dump` writes it
         pickle.dump({"model": Evil(out["marker"])}, f, protocol=2)
+    with open(d / "evil5.pt", "wb") as f:  # protocol 5: refused before its import is even read
+        pickle.dump({"model": Evil(out["marker"])}, f, protocol=5)
     torch.save({"model": model.state_dict(), "extra": Evil(out["marker"])}, d / "evil_zip.pt")  # torch's zip
-    out["evil"], out["evil_zip"] = d / "evil.pt", d / "evil_zip.pt"
+    out["evil"], out["evil5"], out["evil_zip"] = d / "evil.pt", d / "evil5.pt", d / "evil_zip.pt"
     other = tiny_model(embed_dim=32, num_heads=2)  # another width
     out["other_arch"] = vit.save_pretrained(other, d / "other.safetensors")
     torch.save({**model.state_dict(), "epoch": "three"}, d / "non_tensor.pt")
@@ -190,7 +192,8 @@ def test_model_unknown_name_or_option(name, kwargs, match):
     ("random", "is not a readable PyTorch checkpoint"),
     ("jpeg", "is not a readable PyTorch checkpoint"),
     ("non_tensor", "is not a state dict: entries \\['epoch'\\] are not tensors"),
-    ("evil", "never unpickles arbitrary code"),
+    ("evil", r"\(it imports \w+\.system\); vit loads checkpoints .* never unpickles arbitrary code"),
+    ("evil5", "is not a readable PyTorch checkpoint: the unpickler refused it"),
     ("evil_zip", "never unpickles arbitrary code"),
 ])
 @pytest.mark.parametrize("entry", ["create_model", "load_pretrained"])
