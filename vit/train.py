@@ -714,6 +714,8 @@ def main(argv=None) -> int:
             changed = {k: v for k, v in given.items() if base.get(k) != v}
             if changed:
                 print(f"resume: overriding the saved config with {changed}")
+            if "epochs" in changed:  # the scheduler comes back from last.ckpt with its saved length
+                print("resume: the cosine schedule keeps the saved run's length; a longer run continues at --min-lr")
         else:
             base, recipe = get_recipe(args.recipe).overrides, args.recipe
         cfg = TrainConfig.from_dict({**base, **given})
@@ -725,6 +727,9 @@ def main(argv=None) -> int:
     except VitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the loop started (loading data, building the model)
+        print("interrupted before training started; nothing to resume", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
