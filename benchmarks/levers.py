@@ -23,12 +23,15 @@ LEVERS = {
                     ("matmul", dict(kind="ours-eager", attn_kernel="matmul"), None)],
     "attn-kernel-compiled": [("sdpa", dict(kind="ours-eager", attn_kernel="sdpa", compiled=True), None),
                              ("matmul", dict(kind="ours-eager", attn_kernel="matmul", compiled=True), None)],
-    "compile": [("eager", dict(kind="ours-eager"), None), ("compiled", dict(kind="ours"), None)],
-    "timm-compile": [("timm", dict(kind="timm"), None), ("timm-compiled", dict(kind="timm-compiled"), None),
-                     ("ours", dict(kind="ours"), None)],
+    "compile": [("eager", dict(kind="ours-eager"), None), ("compiled", dict(kind="ours-eager", compiled=True), None)],
+    "timm-compile": [("timm", dict(kind="timm"), None), ("timm-compiled", dict(kind="timm", compiled=True), None),
+                     ("ours-compiled", dict(kind="ours-eager", compiled=True), None)],
     "adamw": [("for-loop", dict(kind="ours-eager", adamw="for-loop"), None),
               ("foreach", dict(kind="ours-eager", adamw="foreach"), None),
               ("fused", dict(kind="ours-eager", adamw="fused"), None)],
+    # fp32 against bf16 autocast in the same group, for the --precision auto rule (ignores --precisions)
+    "precision": [("fp32", dict(kind="ours-eager", precision="fp32"), None),
+                  ("bf16", dict(kind="ours-eager", precision="bf16"), None)],
     "threads": [("2 threads", dict(kind="ours-eager"), 2), ("1 thread", dict(kind="ours-eager"), 1)],
 }
 
@@ -52,14 +55,15 @@ def main() -> None:
         for config in args.configs.split(","):
             fields, batch = tp.CONFIGS[config]
             batch = args.batch or batch
-            for precision in args.precisions.split(","):
+            for precision in ["-"] if lever == "precision" else args.precisions.split(","):
                 for mode in args.modes.split(","):
                     if lever == "adamw" and mode == "infer":
                         continue
                     runners = []
                     for name, kw, threads in LEVERS[lever]:
                         kw = dict(kw)
-                        r = tp.make_runner(kw.pop("kind"), fields, batch, precision, mode, device, name=name, **kw)
+                        prec = kw.pop("precision", precision)
+                        r = tp.make_runner(kw.pop("kind"), fields, batch, prec, mode, device, name=name, **kw)
                         if threads:  # set the thread count around each step of this runner
                             def step(inner=r.step, n=threads):
                                 torch.set_num_threads(n)

@@ -103,3 +103,14 @@ def test_cuda_flash_attention_matches_reference(dtype):
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         got = model(x)
     assert rel_err(got, reference_logits(x)) <= 2e-2
+
+
+def test_precision_auto_rule_on_cpu():
+    from vit.precision import CPU_BF16_MIN_WIDTH, cpu_has_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    bf16 = "bf16" if cpu_has_bf16() else "fp32"
+    assert resolve_precision("auto", cpu, 64, training=False) == "fp32"  # casts cost more than they save
+    assert resolve_precision("auto", cpu, CPU_BF16_MIN_WIDTH, training=False) == bf16
+    assert resolve_precision("auto", cpu, 64, training=True) == bf16
+    assert resolve_precision("fp32", cpu, 768) == "fp32"

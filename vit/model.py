@@ -171,7 +171,8 @@ class Attention(nn.Module):
         if self.kernel == "sdpa" or (self.kernel == "auto" and sdpa_is_faster(q)):
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            # Scaling the product, not q, keeps autograd from saving a scaled copy of q.
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # (B, H, N, N)
             x = F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v
         x = rearrange(x, "b h n d -> b n (h d)")  # (B, N, C)
         return self.proj_drop(self.proj(x))

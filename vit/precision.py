@@ -11,9 +11,13 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Below this width bf16 autocast costs more in casts than it saves in matrix products on CPU
-# (measured on a 2-core AVX-512-BF16 EPYC; see benchmarks/README.md).
-CPU_BF16_MIN_WIDTH = 128
+# Narrowest model width at which bf16 autocast is faster than fp32 on a CPU with native bf16, per mode.
+# Measured on a 2-core AVX-512-BF16 EPYC (benchmarks/README.md, `levers.py precision`), eager mode:
+# inference at width 64 ran 0.86x in bf16 (the casts cost more than the smaller matrix products save) and
+# 1.33x at width 192; a training step ran 1.25x in bf16 already at width 64 (bf16 attention takes the
+# matmul path, and the backward's matrix products dominate).
+CPU_BF16_MIN_WIDTH = 128  # inference
+CPU_BF16_MIN_WIDTH_TRAIN = 64
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -35,15 +39,16 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device, embed_dim: int) -> str:
-    """Turn 'auto' into the fastest safe precision for this device and model width."""
+def resolve_precision(precision: str, device: torch.device, embed_dim: int, training: bool = True) -> str:
+    """Turn 'auto' into the fastest safe precision for this device, model width and mode."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() and embed_dim >= CPU_BF16_MIN_WIDTH else "fp32"
+    min_width = CPU_BF16_MIN_WIDTH_TRAIN if training else CPU_BF16_MIN_WIDTH
+    return "bf16" if cpu_has_bf16() and embed_dim >= min_width else "fp32"
 
 
 def autocast(precision: str, device: torch.device):
