@@ -13,6 +13,7 @@ wrappers around it): an exception other than the documented exit would fail the 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import pickle
@@ -315,6 +316,20 @@ def test_evaluate_unreadable_images(files, capsys, caplog, tmp_path, bad):
         vit_evaluate.main([str(files["good"]), "--data-dir", str(root), "--on-corrupt", "skip",
                            "--output", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
     assert "skipped 1 unreadable image(s)" in caplog.text and str(path) in caplog.text
+
+
+def test_scripts_take_images_of_any_size_and_mode(files, tmp_path):
+    """Image size and channel count are the scripts' job, not the user's: RGB, grey and odd sizes are all
+    converted to what the checkpoint expects (documented), for evaluation and training alike."""
+    root = tmp_path / "data"
+    for c in ("0", "1"):
+        for i, (size, mode) in enumerate([(8, "L"), (13, "RGB"), (40, "RGB"), (5, "L")] * 2):
+            write_image(root / c / f"{i}.png", value=i, size=size, mode=mode)
+    vit_evaluate.main([str(files["good"]), "--data-dir", str(root), "--output", str(tmp_path / "eval"),
+                       "--device", "cpu", "--no-progress"])
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["num_images"] == 16
+    assert vit_train.main([*TRAIN_ARGS, *train_folder_args(root, tmp_path / "run")]) == 0
 
 
 def test_evaluate_predict_corrupt_image(files, capsys, tmp_path):
