@@ -8,6 +8,7 @@ The kill/resume test is the short version of `benchmarks/kill_resume.py` (same c
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import signal
 import subprocess
@@ -146,6 +147,19 @@ def test_stale_temporary_files_are_removed_by_the_next_run(tmp_path):
     lock = vit_train.lock_output(out, resume=True)
     lock.close()
     assert not (out / ".last.ckpt.12345.tmp").exists()
+
+
+def test_resume_drops_a_torn_metrics_line(tmp_path):
+    """A crash (or a full disk) can cut metrics.jsonl's last append short; resuming drops the torn line."""
+    out = tmp_path / "run"
+    args = ["--epochs", "2", "--batch-size", "256", "--device", "cpu", "--quiet"]
+    assert vit_train.main([*args, "--max-steps", "7", "--output", str(out)]) == 0  # stops in epoch 2
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "step": 10, "train_lo')
+    assert vit_train.main([*args, "--max-steps", "0", "--resume", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert not list(out.glob(".*.tmp"))
 
 
 # --------------------------------------------------------------------------------------------------------

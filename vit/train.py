@@ -497,10 +497,19 @@ def write_metrics(path: Path, row: dict) -> None:
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (written before a kill, then redone on resume)."""
+    """Drop metric lines of epochs after the checkpoint (written before a kill, then redone on resume) and a
+    line a crash tore; rewritten through a temporary file and a rename, so a kill here loses no line."""
     if path.exists():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epochs_done))
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # blank, or the torn tail of a write a crash cut short
+                continue
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        kept = [r for r in rows if isinstance(r, dict) and r.get("epoch", 0) <= epochs_done]
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
 
 
 def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
