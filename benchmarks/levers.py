@@ -26,6 +26,8 @@ LEVERS = {
     "compile": [("eager", dict(kind="ours-eager"), None), ("compiled", dict(kind="ours-eager", compiled=True), None)],
     "timm-compile": [("timm", dict(kind="timm"), None), ("timm-compiled", dict(kind="timm", compiled=True), None),
                      ("ours-compiled", dict(kind="ours-eager", compiled=True), None)],
+    "gelu-recompute": [("saved", dict(kind="ours-eager", recompute_gelu=False), None),
+                       ("recomputed", dict(kind="ours-eager", recompute_gelu=True), None)],
     "adamw": [("for-loop", dict(kind="ours-eager", adamw="for-loop"), None),
               ("foreach", dict(kind="ours-eager", adamw="foreach"), None),
               ("fused", dict(kind="ours-eager", adamw="fused"), None)],

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import vit  # noqa: E402
 from vit import precision as vit_precision  # noqa: E402
-from vit.model import Attention, ViTConfig, VisionTransformer  # noqa: E402
+from vit.model import Attention, Mlp, ViTConfig, VisionTransformer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -180,7 +180,8 @@ class Runner:
 
 def make_runner(kind: str, fields: dict, batch: int, precision: str, mode: str, device: torch.device, *,
                 name: str | None = None, compiled: bool | None = None, attn_kernel: str | None = None,
-                adamw: str = "fused", grad_checkpointing: bool = False, zero_to_none: bool = True) -> Runner:
+                recompute_gelu: bool | None = None, adamw: str = "fused", grad_checkpointing: bool = False,
+                zero_to_none: bool = True) -> Runner:
     """`compiled`, `attn_kernel` ("sdpa"/"matmul", ours only) and `adamw` ("fused", "foreach", "for-loop")
     override the defaults; benchmarks/levers.py uses them for A/B comparisons."""
     torch.manual_seed(0)
@@ -190,6 +191,9 @@ def make_runner(kind: str, fields: dict, batch: int, precision: str, mode: str, 
         for m in model.modules():
             if isinstance(m, Attention):
                 m.kernel = attn_kernel
+    for m in model.modules():
+        if recompute_gelu is not None and isinstance(m, Mlp):
+            m.recompute_gelu = recompute_gelu
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     x = torch.randn(batch, fields.get("in_chans", 3), fields["img_size"], fields["img_size"], device=device)
@@ -258,7 +262,8 @@ def memory_probe(spec: dict) -> dict:
     fields, batch = CONFIGS[spec["config"]][0], spec.get("batch") or CONFIGS[spec["config"]][1]
     r = make_runner(spec["model"], fields, batch, spec["precision"], "train", device,
                     grad_checkpointing=spec.get("grad_checkpointing", False), zero_to_none=False,
-                    attn_kernel=spec.get("attn_kernel"), compiled=spec.get("compiled"))
+                    attn_kernel=spec.get("attn_kernel"), compiled=spec.get("compiled"),
+                    recompute_gelu=spec.get("recompute_gelu"))
     r.step()
     gc.collect()
     if device.type == "cuda":
@@ -338,6 +343,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores of this process)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-row memory subprocesses")
+    p.add_argument("--memory-models", default=None, help="measure memory for these models only (default: all)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput-<time>.json)")
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -375,8 +381,9 @@ def main(argv=None) -> None:
         flops = vit.count_flops(ViTConfig(**fields))
         for precision in precisions:
             for mode in modes:
+                # In training "ours" is the eager module and timm is not compiled: no duplicate rows.
                 runners = [make_runner(m, fields, batch, precision, mode, device) for m in models
-                           if not (m == "timm-compiled" and mode == "train")]
+                           if not (m in ("ours-eager", "timm-compiled") and mode == "train")]
                 times = time_runners(runners, args.rounds, args.warmup)
                 group = []
                 for r in runners:
@@ -395,6 +402,8 @@ def main(argv=None) -> None:
                     g["vs_timm"] = g["images_per_s"] / timm_ips if timm_ips else None
                 if mode == "train" and not args.no_memory:
                     for g in group:
+                        if args.memory_models and g["model"] not in args.memory_models.split(","):
+                            continue
                         g["memory"] = measure_memory({"config": config, "precision": precision, "model": g["model"],
                                                       "device": str(device), "batch": batch})
                 rows += group
@@ -406,23 +415,29 @@ def main(argv=None) -> None:
     ckpt = {}
     if "vit_s16" in configs and "train" in modes and not args.no_memory:
         for on in (False, True):  # eager, so that only checkpointing differs
-            ckpt["on" if on else "off"] = measure_memory({"config": "vit_s16", "precision": "fp32", "model": "ours-eager",
-                                                         "device": str(device), "grad_checkpointing": on})
+            ckpt["on" if on else "off"] = measure_memory({"config": "vit_s16", "precision": precisions[-1],
+                                                         "model": "ours-eager", "device": str(device),
+                                                         "grad_checkpointing": on})
         if "step_mb" in ckpt["on"] and "step_mb" in ckpt["off"]:
             ckpt["ratio"] = ckpt["on"]["step_mb"] / ckpt["off"]["step_mb"]
 
+    # The ceiling is the best seen: measured again at the end, in case other load came and went.
+    ceilings = {prec: max(c, gemm_ceiling(device, prec)) for prec, c in ceilings.items()}
+    for r in rows:
+        r["mfu"] = r["gflops"] / ceilings[r["precision"]]
+        r["mfu_bf16"] = r["gflops"] / ceilings["bf16"] if "bf16" in ceilings else None
     machine["load_average_end"] = os.getloadavg()
     print()
     print(fmt_table(rows))
     print("\nGEMM ceiling GFLOP/s:", {k: round(v) for k, v in ceilings.items()})
     print("\n".join(["", "Best precision per package:"] + summary(rows)))
     if ckpt:
-        print(f"\nViT-S/16 batch 32 fp32 training step memory, gradient checkpointing off/on: "
+        print(f"\nViT-S/16 batch 32 {precisions[-1]} training step memory, gradient checkpointing off/on: "
               f"{ckpt['off'].get('step_mb')} / {ckpt['on'].get('step_mb')} MB (ratio {ckpt.get('ratio', float('nan')):.2f})")
     RESULTS.mkdir(exist_ok=True)
     out = Path(args.out) if args.out else RESULTS / f"throughput-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps({"argv": sys.argv, "machine": machine, "gemm_ceiling_gflops": ceilings, "rows": rows,
-                               "grad_checkpointing_memory": ckpt}, indent=1))
+                               "grad_checkpointing_memory": ckpt, "summary": summary(rows)}, indent=1))
     print(f"\nwrote {out}")
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vit.model import Attention, ViTConfig, VisionTransformer, sdpa_is_faster
+from vit.model import Attention, Mlp, ViTConfig, VisionTransformer, sdpa_is_faster
 
 SMALL = ViTConfig(img_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4, num_classes=10)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -114,3 +114,28 @@ def test_precision_auto_rule_on_cpu():
     assert resolve_precision("auto", cpu, CPU_BF16_MIN_WIDTH, training=False) == bf16
     assert resolve_precision("auto", cpu, 64, training=True) == bf16
     assert resolve_precision("fp32", cpu, 768) == "fp32"
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_gelu_recompute_gives_the_same_gradients(amp):
+    x = torch.randn(2, 3, 16, 16)
+    y = torch.tensor([1, 7])
+    grads = []
+    for recompute in (False, True):
+        model = make("auto")
+        for m in model.modules():
+            if isinstance(m, Mlp):
+                m.recompute_gelu = recompute
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_gelu_recompute_with_frozen_fc2():
+    model = make("auto")
+    model.blocks[0].mlp.fc2.requires_grad_(False)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert model.blocks[0].mlp.fc2.weight.grad is None and model.blocks[0].mlp.fc1.weight.grad is not None
