@@ -166,14 +166,7 @@ def test_resume_drops_a_torn_metrics_line(tmp_path):
 # Two train.py runs on one output folder
 
 
-@pytest.fixture
-def restore_torch_globals():
-    """train.main in this process sets seeds and deterministic mode from the refused run's config."""
-    yield
-    torch.use_deterministic_algorithms(False)
-
-
-def test_second_run_on_the_same_folder_is_refused(tmp_path, capsys, restore_torch_globals):
+def test_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     first = kr.start_run(out)
     try:
