@@ -26,5 +26,9 @@ class DataError(VitError, ValueError):
     """A dataset that cannot be used: corrupt or unreadable images, empty class folders, mismatched classes."""
 
 
+class NonFiniteLossError(VitError, FloatingPointError):
+    """The training loss became NaN or infinite; the run stops without overwriting last.ckpt."""
+
+
 class OutputError(VitError, OSError):
     """An output folder or file that cannot be written (unwritable, disk full, locked by another run)."""

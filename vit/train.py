@@ -33,7 +33,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import data as D
-from .errors import CheckpointError, ConfigError, OutputError, VitError
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError, VitError
 from .precision import autocast, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
 from .registry import create_model, get_entry
@@ -42,10 +42,6 @@ from .weights import check_state_dict
 CHECKPOINT_FORMAT = "vit-train-checkpoint"
 CHECKPOINT_VERSION = 1
 PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (matplotlib costs ~0.3 s a figure)
-
-
-class NonFiniteLossError(VitError, FloatingPointError):
-    """The training loss became NaN or infinite; the run stops without overwriting last.ckpt."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -312,9 +308,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or carrying code: torch says which
-        raise VitError(f"cannot load {path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
+        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise VitError(f"{path} is not a train.py checkpoint")
+        raise CheckpointError(f"{path} is not a train.py checkpoint")
     return ckpt
 
 
