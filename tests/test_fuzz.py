@@ -188,13 +188,15 @@ def mutated_states(draw):
     return state
 
 
-def check_loaded(model, state):
-    """After a successful load, the model holds finite float32 weights and runs."""
+def check_loaded(model):
+    """After a successful load, the model holds float32 weights and runs (logits, or features when headless)."""
     for name, p in model.state_dict().items():
         assert p.dtype == torch.float32, name
+    c = model.config
+    H, W = (c.img_size, c.img_size) if isinstance(c.img_size, int) else c.img_size
     with torch.no_grad():
-        y = model(torch.randn(2, 1, 8, 8))
-    assert y.shape == (2, 3)
+        y = model(torch.randn(2, c.in_chans, H, W))
+    assert y.shape == (2, model.num_classes or model.embed_dim)
 
 
 @FUZZ
@@ -202,7 +204,7 @@ def check_loaded(model, state):
 def test_weight_loader_accepts_benign_changes(state):
     model = VisionTransformer(SMALL)
     vit.load_pretrained(model, state)
-    check_loaded(model, state)
+    check_loaded(model)
 
 
 @FUZZ
@@ -216,7 +218,7 @@ def test_weight_loader_on_random_state_dicts(state):
         assert str(e)
         return
     event("loaded")
-    check_loaded(model, state)
+    check_loaded(model)
 
 
 @settings(max_examples=40, deadline=None)
@@ -236,7 +238,31 @@ def test_weight_loader_on_random_files(tmp_path_factory, state, fmt):
     except vit.VitError as e:
         assert str(path) in str(e), f"the error does not name the file: {e}"
         return
-    check_loaded(model, state)
+    check_loaded(model)
+
+
+@settings(max_examples=60, deadline=None)
+@given(fields=st.one_of(config_fields(with_junk=False), config_fields()),
+       extra=st.dictionaries(st.sampled_from(["preprocess", "class_names", "format_version"]),
+                             st.one_of(st.text(max_size=8), st.just("{}"), st.just('{"mean": [0.5]}'),
+                                       st.just('["a", "b", "c"]'), st.just("2"))))
+def test_weight_loader_on_random_metadata(tmp_path_factory, fields, extra):
+    """The config a file carries (as vit.save_pretrained writes it) is untrusted input too."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("meta") / "w.safetensors"
+    config = {**TINY, **fields}
+    save_file(reference_state(), str(path), metadata={"format": "vit", "config": json.dumps(config), **extra})
+    try:
+        model = vit.create_model(pretrained=str(path))
+    except vit.VitError as e:
+        event("rejected")
+        assert str(path) in str(e) or "metadata" in str(e) or "config" in str(e), e
+        return
+    event("loaded")
+    check_loaded(model)
 
 
 @settings(max_examples=60, deadline=None)

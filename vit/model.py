@@ -324,6 +324,8 @@ class ViTConfig:
             raise ConfigError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
         if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio < math.inf:
             raise ConfigError(f"mlp_ratio must be a positive finite number, got {self.mlp_ratio!r}")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise ConfigError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden units at embed_dim {self.embed_dim}")
         if not _is_int(self.reg_tokens) or self.reg_tokens < 0:
             raise ConfigError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
         for name in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):

@@ -755,7 +755,12 @@ def create_pretrained(name: str | None, source: bool | str | os.PathLike, **over
         if info.config is not None and "num_classes" not in overrides:
             base = base.replace(num_classes=info.config.num_classes)
     config = base.replace(**overrides)
-    model = VisionTransformer(config)
+    try:
+        model = VisionTransformer(config)
+    except ConfigError as e:
+        if entry is not None or overrides:
+            raise
+        raise CheckpointError(f"{source} carries a model config that cannot be built: {e}") from e
     try:
         load_pretrained(model, state, source_grid=_grid(info.config) if info.config is not None else None)
     except CheckpointError as e:
