@@ -14,12 +14,12 @@ import vit
 from vit.data import digits_split
 from vit.evaluate import main as evaluate_main
 from vit.evaluate import parse_args, run
+from vit.train import main as train_main
 
 
 def evaluate(argv) -> dict:
     """evaluate.py's work without the exit: the report dict (main() returns an exit code)."""
     return run(parse_args(argv))
-from vit.train import main as train_main
 
 REPORT_FIELDS = ("top1", "top5", "loss", "num_images", "per_class", "confusion_matrix", "ece", "images_per_second")
 
@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory):
     """A tiny digits run: 3 epochs of 44 steps; accuracy well short of the recipe's, which is fine here."""
     out = tmp_path_factory.mktemp("run") / "digits"
     code = train_main(["--epochs", "3", "--batch-size", "32", "--warmup-epochs", "0.3", "--lr", "4e-3",
-                       "--label-smoothing", "0", "--crop-pad", "0", "--output", str(out), "--quiet"])
+                       "--label-smoothing", "0", "--crop-pad", "0", "--precision", "fp32", "--output", str(out), "--quiet"])
     assert code == 0
     return out
 
@@ -55,7 +55,8 @@ def check_png(path, min_side=200, max_side=4000):
 def test_report_consistent_with_model(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert evaluate_main([str(run_dir / "best.safetensors"), "--dataset", "digits", "--output", str(out),
-                          "--attention-maps", "3", "--batch-size", "100", "--no-progress"]) == 0
+                          "--attention-maps", "3", "--batch-size", "100", "--precision", "fp32",
+                          "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert all(k in report for k in REPORT_FIELDS)
 
@@ -87,12 +88,13 @@ def test_report_consistent_with_model(run_dir, tmp_path, capsys):
 def test_last_ckpt_and_run_folder(run_dir, tmp_path):
     """train.py's last.ckpt (a torch.save dict): config and class names from it, preprocessing by its model name.
     Without --dataset the run's own data is used; a run folder stands for its best.safetensors."""
-    report = evaluate([str(run_dir / "last.ckpt"), "--output", str(tmp_path / "last"), "--no-progress"])
+    report = evaluate([str(run_dir / "last.ckpt"), "--output", str(tmp_path / "last"), "--precision", "fp32",
+                       "--no-progress"])
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["data"].startswith("digits (val)")
     assert 100 * report["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
     assert report["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
-    best = evaluate([str(run_dir), "--output", str(tmp_path / "best"), "--no-progress"])
+    best = evaluate([str(run_dir), "--output", str(tmp_path / "best"), "--precision", "fp32", "--no-progress"])
     assert best["checkpoint"] == str(run_dir) and best["data"].startswith("digits (val)")
     assert 100 * best["top1"] == pytest.approx(max(json.loads(line)["val_top1"] for line in
                                                    (run_dir / "metrics.jsonl").read_text().splitlines()), abs=1e-9)
