@@ -6,9 +6,9 @@ order rotated every round) so that load from other processes hits all of them al
 median. Modes: "infer" is one forward pass under inference_mode; "train" is one full step: zero_grad,
 forward and cross-entropy under autocast, backward, AdamW step.
 
-The same run measures the matrix-multiply ceiling (large square GEMMs, fp32 and bf16) and reports model
-FLOP utilisation: MFU = model FLOPs/s / ceiling, with model FLOPs from `vit.count_flops` (training counts
-3x the forward). Peak resident memory of a training step is measured per row in its own subprocess.
+The same run measures the matrix-multiply ceiling (large square GEMMs, fp32 and bf16), timed as one more
+contender in every row group's rounds, and reports model FLOP utilisation: MFU = model FLOPs/s / ceiling,
+with model FLOPs from `vit.count_flops` (training counts 3x the forward). Peak resident memory of a training step is measured per row in its own subprocess.
 
     python benchmarks/throughput.py                                  # everything (about 30 min on 2 cores)
     python benchmarks/throughput.py --configs cifar --rounds 3       # a few minutes
@@ -112,6 +112,20 @@ def gemm_ceiling(device: torch.device, precision: str) -> float:
     return best
 
 
+def gemm_runner(device: torch.device, precision: str, n: int = 2048, k: int = 4) -> "Runner":
+    """k square GEMMs per step, timed in the contenders' rounds: the ceiling under the same load as the rows."""
+    a = torch.randn(n, n, device=device).to(DTYPES[precision])
+    b = torch.randn(n, n, device=device).to(DTYPES[precision])
+
+    def step():
+        for _ in range(k):
+            a @ b
+        sync(device)
+
+    step()
+    return Runner(f"gemm-{precision}", step, flops=2 * n**3 * k)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Contenders: each builds a module with the identical architecture and returns logits
 
@@ -176,6 +190,7 @@ class Runner:
     name: str
     step: callable
     compile_s: float = 0.0
+    flops: int = 0  # GEMM runners only
 
 
 def make_runner(kind: str, fields: dict, batch: int, precision: str, mode: str, device: torch.device, *,
@@ -384,7 +399,10 @@ def main(argv=None) -> None:
                 # In training "ours" is the eager module and timm is not compiled: no duplicate rows.
                 runners = [make_runner(m, fields, batch, precision, mode, device) for m in models
                            if not (m in ("ours-eager", "timm-compiled") and mode == "train")]
-                times = time_runners(runners, args.rounds, args.warmup)
+                gemms = [gemm_runner(device, prec) for prec in dict.fromkeys([precision, "bf16"]) if prec in ceilings]
+                times = time_runners(runners + gemms, args.rounds, args.warmup)
+                # MFU against the GEMM rate measured in these same rounds, so other load hits both alike
+                ceiling = {g.name[5:]: g.flops / statistics.median(times[g.name]) / 1e9 for g in gemms}
                 group = []
                 for r in runners:
                     med = statistics.median(times[r.name])
@@ -393,8 +411,8 @@ def main(argv=None) -> None:
                     group.append({
                         "config": config, "mode": mode, "precision": precision, "model": r.name, "batch": batch,
                         "images_per_s": ips, "median_s": med, "times_s": times[r.name], "gflops": gflops,
-                        "mfu": gflops / ceilings[precision],
-                        "mfu_bf16": gflops / ceilings["bf16"] if "bf16" in ceilings else None,
+                        "mfu": gflops / ceiling[precision], "ceiling_gflops": ceiling,
+                        "mfu_bf16": gflops / ceiling["bf16"] if "bf16" in ceiling else None,
                         "compile_s": r.compile_s, "flops_per_image": flops,
                     })
                 timm_ips = next((g["images_per_s"] for g in group if g["model"] == "timm"), None)
@@ -421,15 +439,13 @@ def main(argv=None) -> None:
         if "step_mb" in ckpt["on"] and "step_mb" in ckpt["off"]:
             ckpt["ratio"] = ckpt["on"]["step_mb"] / ckpt["off"]["step_mb"]
 
-    # The ceiling is the best seen: measured again at the end, in case other load came and went.
+    # The best seen at the start and the end; the MFU columns use the rate measured within each row group.
     ceilings = {prec: max(c, gemm_ceiling(device, prec)) for prec, c in ceilings.items()}
-    for r in rows:
-        r["mfu"] = r["gflops"] / ceilings[r["precision"]]
-        r["mfu_bf16"] = r["gflops"] / ceilings["bf16"] if "bf16" in ceilings else None
     machine["load_average_end"] = os.getloadavg()
     print()
     print(fmt_table(rows))
-    print("\nGEMM ceiling GFLOP/s:", {k: round(v) for k, v in ceilings.items()})
+    print("\nGEMM ceiling GFLOP/s, best at start/end of the run:", {k: round(v) for k, v in ceilings.items()})
+    print("MFU columns: against the GEMM rate timed in the same rounds as the row (ceiling_gflops in the JSON)")
     print("\n".join(["", "Best precision per package:"] + summary(rows)))
     if ckpt:
         print(f"\nViT-S/16 batch 32 {precisions[-1]} training step memory, gradient checkpointing off/on: "
