@@ -10,8 +10,8 @@ The same run measures the matrix-multiply ceiling (large square GEMMs, fp32 and 
 contender in every row group's rounds, and reports model FLOP utilisation: MFU = model FLOPs/s / ceiling,
 with model FLOPs from `vit.count_flops` (training counts 3x the forward). Peak resident memory of a training step is measured per row in its own subprocess.
 
-    python benchmarks/throughput.py                                  # everything (about 30 min on 2 cores)
-    python benchmarks/throughput.py --configs cifar --rounds 3       # a few minutes
+    python benchmarks/throughput.py                                  # everything (about an hour on 2 busy cores)
+    python benchmarks/throughput.py --configs cifar --precisions bf16 --models ours,timm --rounds 3  # minutes
     python benchmarks/throughput.py --configs cifar --modes infer --precisions bf16 --no-memory
 
 Results: a table on stdout and JSON in benchmarks/results/ (with the machine description).
