@@ -444,7 +444,7 @@ def run(args: argparse.Namespace) -> dict:
     fill_data_args(args)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.model).to(device).eval()
-    precision = resolve_precision(args.precision, device, model.embed_dim)
+    precision = resolve_precision(args.precision, device, model.embed_dim, training=False)
     out = Path(args.output or Path("runs") / "eval" / checkpoint_name(args.checkpoint))
     report: dict = {}
     if args.predict:

@@ -39,7 +39,7 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device, embed_dim: int, training: bool = True) -> str:
+def resolve_precision(precision: str, device: torch.device, embed_dim: int, *, training: bool) -> str:
     """Turn 'auto' into the fastest safe precision for this device, model width and mode."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")

@@ -558,7 +558,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
                                    local, cfg.workers, list(range(d.rank, len(data.val), d.world)), pin)
 
     # ---- optimisation
-    precision = resolve_precision(cfg.precision, device, model.embed_dim)
+    precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
     optimizer = build_optimizer(cfg, model, device)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
