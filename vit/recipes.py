@@ -145,26 +145,37 @@ RECIPES = {r.name: r for r in [
         """Fashion-MNIST from the Debian package's IDX files, validated on the official 10,000-image test set.
 
         Command: python train.py --recipe fashion-mnist
-        Hardware: 2-core CPU (issue 7 targets >= 92-93% within 15 minutes there).
-        Measured: only a smoke run, `--epochs 3 --threads 1` on a busy core: 80.6% test top-1 in 5 min
-        (~650 img/s, bf16). The 15-epoch recipe is a starting point; issue 7 tunes and measures it.
+            (timed: python benchmarks/time_to_accuracy.py --recipe fashion-mnist --seeds 0,1)
+        Hardware: 2-core AMD EPYC CPU (AVX-512 BF16), two threads, ~1,300-1,450 img/s, ~45 s an epoch.
+        Measured: seed 0: 89.68% test top-1 at 15.6 min (first epoch shared with a test suite),
+            seed 1: 89.49% at 14.8 min; mean 89.59% (std 0.13), wall time from launch to the
+            last evaluation (benchmarks/time_to_accuracy.py).
+        Issue 7 asks for >= 92% in 15 minutes: not reached (benchmarks/README.md, "Time to accuracy").
         """,
-        dict(model="vit_nano_patch4_28", dataset="fashion-mnist", epochs=15, batch_size=128, lr=2e-3,
-             warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, hflip=0.5),
+        # Patch 7 (16 tokens) costs a third of patch 4 and learned faster per epoch; no random crop: a shift
+        # moves content across patch borders, and within 18 epochs the model underfits, so crops only slowed
+        # it (82.5% vs 73.9% after one epoch). Width 192 because width 128 underfit at 8 epochs (88.9%).
+        dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=18, batch_size=128, lr=1e-3, min_lr=0.0,
+             warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pad=0, hflip=0.5, precision="bf16"),
     ),
     Recipe(
         "cifar10",
-        """CIFAR-10 at 32x32, in memory, with flips, padded crops and Mixup/CutMix.
+        """CIFAR-10 at 32x32, in memory, with flips and 2-pixel crops, sized for 60 minutes on 2 CPU cores.
 
         Command (torchvision's files): python train.py --recipe cifar10 --data-dir data/ --download
         Command (JPEG tree, 5,000 held out): python train.py --recipe cifar10 --dataset folder
-            --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000
-        Hardware: 2-core CPU (issue 7 targets >= 80-85% within 60 minutes there).
-        Measured: not yet (a starting point; issue 7 tunes and measures it).
+            --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000   (the held-out 5,000 follow --seed)
+        Hardware: 2-core AMD EPYC CPU (AVX-512 BF16), two threads.
+        Measured: only a 1-epoch schedule (--epochs 1 --warmup-epochs 0.2 --crop-pad 0 --threads 1, shared
+        machine): 44.1% val top-1 in 4 minutes at 195 img/s. The 22 epochs are sized from FLOPs (1.1 train
+        GFLOP/img at ~400 GFLOP/s, ~2.5 min an epoch); issue 7's >= 80% in 60 minutes is unverified.
         """,
-        dict(model="vit_nano_patch4_32", dataset="cifar10", epochs=30, batch_size=256, lr=2e-3, warmup_epochs=2,
-             weight_decay=0.05, label_smoothing=0.1, crop_pad=4, hflip=0.5, mixup=0.2, cutmix=1.0,
-             mixup_prob=0.5, ema_decay=0.999),
+        # Fashion-MNIST's lesson (benchmarks/README.md): in a ~20-epoch budget a plain ViT underfits, so
+        # Mixup/CutMix only slow it; crops kept small since CIFAR overfits sooner than Fashion-MNIST. EMA
+        # costs one more 5,000-image evaluation an epoch (~3%); best.safetensors keeps the better of the two.
+        dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=22, batch_size=128, lr=1e-3, min_lr=0.0,
+             warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, hflip=0.5, ema_decay=0.999,
+             precision="bf16"),
     ),
     Recipe(
         "imagenet-subset-finetune",
