@@ -167,8 +167,9 @@ RECIPES = {r.name: r for r in [
             --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000   (the held-out 5,000 follow --seed)
         Hardware: 2-core AMD EPYC CPU (AVX-512 BF16), two threads.
         Measured: only a 1-epoch schedule (--epochs 1 --warmup-epochs 0.2 --crop-pad 0 --threads 1, shared
-        machine): 44.1% val top-1 in 4 minutes at 195 img/s. The 22 epochs are sized from FLOPs (1.1 train
-        GFLOP/img at ~400 GFLOP/s, ~2.5 min an epoch); issue 7's >= 80% in 60 minutes is unverified.
+        machine): 44.1% val top-1 in 4 minutes at 195 img/s. The 22 epochs are sized from the bare training
+        step's 407 img/s (two threads, quiet machine): ~2.2 min an epoch, ~50 min. Issue 7's >= 80% in 60
+        minutes is unverified.
         """,
         # Fashion-MNIST's lesson (benchmarks/README.md): in a ~20-epoch budget a plain ViT underfits, so
         # Mixup/CutMix only slow it; crops kept small since CIFAR overfits sooner than Fashion-MNIST. EMA
