@@ -32,3 +32,13 @@ class NonFiniteLossError(VitError, FloatingPointError):
 
 class OutputError(VitError, OSError):
     """An output folder or file that cannot be written (unwritable, disk full, locked by another run)."""
+
+
+def check_known_options(given, dataclass_type, what: str) -> None:
+    """Raise ConfigError naming any key of `given` that is not a field of `dataclass_type`."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(dataclass_type)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {unknown}; valid options: {sorted(known)}")

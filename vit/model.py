@@ -11,7 +11,7 @@ h/w patch-grid height/width, P prefix tokens ([CLS] + registers).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, check_known_options
 
 
 def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
@@ -339,10 +339,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config option(s) {unknown}; valid options: {sorted(known)}")
+        check_known_options(d, cls, "config")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -352,10 +349,7 @@ class ViTConfig:
         return d
 
     def replace(self, **overrides) -> "ViTConfig":
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown config option(s) {unknown}; valid options: {sorted(known)}")
+        check_known_options(overrides, type(self), "config")
         return replace(self, **overrides)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from .errors import ConfigError
+from .errors import ConfigError, check_known_options
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 
@@ -100,10 +100,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}; valid: {sorted(known)}")
+        check_known_options(d, cls, "training")
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -51,7 +51,7 @@ DIGITS_MEAN, DIGITS_STD = (0.3,), (0.38,)  # sklearn digits scaled from 0..16 to
 # Small-image variants: (name, size, patch, img_size, in_chans, num_classes, mean, std, reason).
 SMALL_IMAGE_VARIANTS = [
     ("vit_nano_patch2_8", "nano", 2, 8, 1, 10, DIGITS_MEAN, DIGITS_STD,
-     "8x8 grayscale digits (sklearn): 2x2 patches give a 4x4 grid; 0.2M params train in a minute on CPU"),
+     "8x8 grayscale digits (sklearn): 2x2 patches give a 4x4 grid; 0.3M params train in a minute on CPU"),
     ("vit_nano_patch4_28", "nano", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
      "28x28 grayscale Fashion-MNIST/MNIST on a CPU budget: 7x7 grid, 0.3M params"),
     ("vit_micro_patch7_28", "micro", 7, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
