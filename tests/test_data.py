@@ -231,11 +231,11 @@ def test_rank_shards_make_up_the_global_batch():
     one = D.memory_batch(data, perm, 2, 8, 0, 1, torch.Generator().manual_seed(5), 1, 0.5)
     two = [D.memory_batch(data, perm, 2, 8, r, 2, torch.Generator().manual_seed(5), 1, 0.5) for r in range(2)]
     assert torch.equal(torch.cat([t[0] for t in two]), one[0]) and torch.equal(torch.cat([t[1] for t in two]), one[1])
-    loader_idx = [list(D.ShardSampler(40, 8, 0, r, 2).__iter__()) for r in range(2)]
+    loader_idx = [[i for i, _ in D.ShardSampler(40, 8, 0, r, 2)] for r in range(2)]
     assert sorted(loader_idx[0] + loader_idx[1]) == list(range(40))
     s = D.ShardSampler(40, 8, 0, 0, 1)
     s.set_epoch(1, start_step=2)
-    assert list(s)[:8] == perm[16:24].tolist()  # mid-epoch resume starts at the right batch
+    assert [i for i, _ in s][:8] == perm[16:24].tolist()  # mid-epoch resume starts at the right batch
 
 
 def test_unknown_dataset_and_split():

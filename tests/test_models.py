@@ -226,6 +226,26 @@ def test_drop_path_rates_rise_linearly_and_train_mode_is_stochastic():
     assert torch.equal(model(x), model(x))
 
 
+@pytest.mark.parametrize("extra", [dict(), dict(reg_tokens=2), dict(global_pool="avg", class_token=False)])
+def test_patch_dropout_matches_timm_in_training_and_is_off_in_eval(extra):
+    """The same random subset of patch tokens as timm's PatchDropout (same RNG draws), prefix tokens kept."""
+    ours = vit.create_model("vit_tiny_patch4_32", depth=2, patch_drop_rate=0.5, **extra).train()
+    ref = timm_twin(ours, patch_drop_rate=0.5).train()
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = make_input(ours)
+    torch.manual_seed(3)
+    a = ours.forward_features(x)
+    torch.manual_seed(3)
+    b = ref.forward_features(x)
+    assert a.shape == (2, ours.num_prefix_tokens + 32, 192)  # half of the 8x8 grid
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert not torch.equal(ours.forward_features(x), ours.forward_features(x))  # a new subset each call
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        assert ours.forward_features(x).shape[1] == ours.num_prefix_tokens + 64
+        assert (ours(x) - ref(x)).abs().max() <= 1e-5
+
+
 def test_no_weight_decay_names_real_parameters():
     model = vit.create_model("vit_tiny_patch4_32", depth=1, reg_tokens=2)
     names = dict(model.named_parameters())
@@ -280,6 +300,7 @@ def test_unknown_override_is_named():
     (dict(img_size=30), "not divisible by patch_size"),
     (dict(global_pool="max"), "global_pool"),
     (dict(drop_path_rate=1.5), "drop_path_rate"),
+    (dict(patch_drop_rate=1.0), "patch_drop_rate"),
     (dict(depth=0), "depth"),
 ])
 def test_bad_config_values(kwargs, match):

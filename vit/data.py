@@ -7,8 +7,9 @@ Two paths, chosen per dataset (see `load_dataset`):
 - large images stay on disk and go through DataLoader workers with timm's `create_transform` (RandAugment,
   random erasing), pinned memory and non-blocking copies.
 
-Batch order and augmentation are pure functions of (seed, epoch, step): a resumed run sees exactly the
-batches an uninterrupted one would, and every DDP rank agrees on the global batch before taking its shard.
+Batch order and augmentation are pure functions of (seed, epoch, step) on both paths (DataLoader workers
+seed each sample's transform from (seed, epoch, index)): a resumed run sees exactly the batches an
+uninterrupted one would, and every DDP rank agrees on the global batch before taking its shard.
 Splits: "train"; "val" (digits: the fixed held-out 20%; MNIST/Fashion-MNIST/CIFAR: the official test set;
 ImageFolder: val/ or a seeded carve); "test" (the official test set, or test/ or val/ for ImageFolder).
 """
@@ -19,6 +20,8 @@ import gzip
 import logging
 import math
 import os
+import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,7 +234,7 @@ def decode_folder(data: FileData, size: int, channels: int, on_corrupt: str = "s
 
 
 def load_dataset(name: str, split: str, data_dir: str = "", download: bool = False, val_size: float = 0.1,
-                 seed: int = 0, data_mode: str = "auto", img_size: int = 0, channels: int = 3,
+                 split_seed: int = 0, data_mode: str = "auto", img_size: int = 0, channels: int = 3,
                  on_corrupt: str = "skip") -> TensorData | FileData:
     """One split of a named dataset: `TensorData` (in memory) or `FileData` (for DataLoader workers).
 
@@ -248,7 +251,7 @@ def load_dataset(name: str, split: str, data_dir: str = "", download: bool = Fal
     if name in ("cifar10", "cifar100"):
         return cifar_split(name, data_dir or "data", split, download)
     if name == "folder":
-        files = folder_split(data_dir, split, val_size, seed)
+        files = folder_split(data_dir, split, val_size, split_seed)
         memory = data_mode == "memory" or (data_mode == "auto" and 0 < img_size <= MEMORY_MAX_SIDE)
         if memory:
             if img_size <= 0:
@@ -331,8 +334,33 @@ def memory_batch(data: TensorData, perm: torch.Tensor, step: int, batch_size: in
 # DataLoader path
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of image `index` in `epoch`: the same whichever worker, rank or resume draws it."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+@contextmanager
+def seeded_rngs(seed: int):
+    """Seed python's, numpy's and torch's global RNGs (timm's transforms draw from all three) for one sample,
+    then put back the states they had, so a DataLoader without workers leaves the main process's RNGs alone."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 class FileDataset(torch.utils.data.Dataset):
-    """(path, label) samples through a torchvision/timm transform. Unreadable files give None in "skip" mode."""
+    """(path, label) samples through a torchvision/timm transform. Unreadable files give None in "skip" mode.
+
+    Keys are indices, or (index, seed) pairs from `ShardSampler` that make the random transform of each
+    sample a pure function of the seed (exact resume and the same batches for any number of workers).
+    """
 
     def __init__(self, data: FileData, transform, channels: int, on_corrupt: str):
         self.samples, self.transform = data.samples, transform
@@ -341,7 +369,8 @@ class FileDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[i]
         try:
             im = load_image(path, self.mode)
@@ -350,7 +379,10 @@ class FileDataset(torch.utils.data.Dataset):
                 raise
             log.warning("skipping unreadable image %s", path)
             return None
-        return self.transform(im), label
+        if seed is None:
+            return self.transform(im), label
+        with seeded_rngs(seed):
+            return self.transform(im), label
 
 
 def collate_skipping(batch):
@@ -363,7 +395,8 @@ def collate_skipping(batch):
 
 
 class ShardSampler(torch.utils.data.Sampler):
-    """This rank's indices of `epoch_permutation`, from global batch `start_step` on (for mid-epoch resume)."""
+    """This rank's (index, augmentation seed) pairs of `epoch_permutation`, from global batch `start_step` on
+    (for mid-epoch resume)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
@@ -377,7 +410,8 @@ class ShardSampler(torch.utils.data.Sampler):
         local = self.batch_size // self.world
         for step in range(self.start_step, self.n // self.batch_size):
             batch = perm[step * self.batch_size:(step + 1) * self.batch_size]
-            yield from batch[self.rank * local:(self.rank + 1) * local].tolist()
+            for i in batch[self.rank * local:(self.rank + 1) * local].tolist():
+                yield i, sample_seed(self.seed, self.epoch, i)
 
     def __len__(self) -> int:
         return (self.n // self.batch_size - self.start_step) * (self.batch_size // self.world)
@@ -401,4 +435,7 @@ def file_loader(data: FileData, transform, channels: int, on_corrupt: str, batch
         FileDataset(data, transform, channels, on_corrupt), batch_size=batch_size, sampler=sampler,
         num_workers=workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_skipping,
         persistent_workers=workers > 0,
+        # Workers' base seeds come from this generator, not the global RNG, which then holds only the
+        # model's draws (dropout, patch dropout), the same with or without workers and across resumes.
+        generator=torch.Generator().manual_seed(0),
     )

@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="named datasets: val is digits' held-out 20%% or the official test set; test the same")
     g.add_argument("--val-size", type=float, default=None,
                    help="--dataset folder: train.py's held-out carve (default: the run's, else 0.1)")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--split-seed", type=int, default=None,
                    help="--dataset folder: train.py's seed for the carve (default: the run's, else 0)")
     g.add_argument("--on-corrupt", choices=("error", "skip"), default="error",
                    help="an unreadable image stops evaluation, or is skipped and counted in the report")
@@ -157,9 +157,9 @@ def _read_training_config(ckpt: str) -> dict | None:
 
 def fill_data_args(args) -> None:
     """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
-    folder carve's --val-size/--seed default to the run's. `evaluate.py CHECKPOINT` needs nothing else."""
+    folder carve's --val-size/--split-seed default to the run's. `evaluate.py CHECKPOINT` needs nothing else."""
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
-    if needs_data or (args.dataset == "folder" and None in (args.val_size, args.seed)):
+    if needs_data or (args.dataset == "folder" and None in (args.val_size, args.split_seed)):
         config = training_config(args.checkpoint) or {}
         if needs_data:
             if not config:
@@ -168,7 +168,7 @@ def fill_data_args(args) -> None:
             args.dataset, args.data_dir = config["dataset"], config.get("data_dir", "")
             print(f"no --dataset given: using the run's, {args.dataset} {args.data_dir}".rstrip(), file=sys.stderr)
         args.val_size = args.val_size if args.val_size is not None else config.get("val_size", 0.1)
-        args.seed = args.seed if args.seed is not None else config.get("seed", 0)
+        args.split_seed = args.split_seed if args.split_seed is not None else config.get("split_seed", 0)
 
 
 def checkpoint_name(checkpoint: str) -> str:
@@ -198,7 +198,7 @@ def load_eval_data(args, model) -> EvalData:
         source = vdata.load_dataset(args.dataset, args.split, args.data_dir)
         description = f"{args.dataset} ({args.split})"
     elif args.dataset == "folder":
-        source = vdata.folder_split(args.data_dir, args.split, args.val_size, args.seed)
+        source = vdata.folder_split(args.data_dir, args.split, args.val_size, args.split_seed)
         description = f"{args.data_dir} ({args.split}, train.py's split)"
     else:
         root = Path(args.data_dir)

@@ -9,7 +9,7 @@ weight-decay parameter groups. Hyperparameters and recipes live in `vit/recipes.
 Exact resume: batch order and augmentation depend only on (seed, epoch, step) (see vit/data.py), and
 last.ckpt holds every other piece of state (model, optimizer, scheduler, EMA, grad scaler, the python/
 numpy/torch RNGs, the position inside the epoch), so on a deterministic CPU an interrupted and resumed run
-ends with bit-identical weights. (The DataLoader path re-seeds its workers on resume, so it is only close.)
+ends with bit-identical weights, on the in-memory path and the DataLoader path alike.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class Data:
 
 def load_data(cfg: TrainConfig, model_img_size: int, model_chans: int) -> Data:
     channels = 1 if model_chans == 1 else 3
-    kw = dict(data_dir=cfg.data_dir, download=cfg.download, val_size=cfg.val_size, seed=cfg.seed,
+    kw = dict(data_dir=cfg.data_dir, download=cfg.download, val_size=cfg.val_size, split_seed=cfg.split_seed,
               data_mode=cfg.data_mode, img_size=cfg.img_size or model_img_size, channels=channels,
               on_corrupt=cfg.on_corrupt)
     train, val = D.load_dataset(cfg.dataset, "train", **kw), D.load_dataset(cfg.dataset, "val", **kw)
@@ -212,6 +212,8 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
         overrides["img_size"] = cfg.img_size
     if cfg.drop_path:
         overrides["drop_path_rate"] = cfg.drop_path
+    if cfg.patch_drop:
+        overrides["patch_drop_rate"] = cfg.patch_drop
     if not cfg.pretrained and entry.config.in_chans != data_channels:
         overrides["in_chans"] = data_channels  # e.g. a grey dataset on an RGB variant, trained from scratch
     return create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)
@@ -256,7 +258,9 @@ def build_optimizer(cfg: TrainConfig, model, device: torch.device) -> torch.opti
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     # The fused CUDA kernel updates every parameter in one launch; on CPU the foreach path is the fast one.
     fused = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
+    if cfg.opt == "sgd":  # the ViT paper's fine-tuning optimizer; weight decay is coupled (L2) here
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps, **fused)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
