@@ -94,7 +94,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "warmup_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "label_smoothing",
-                     "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size", "num_classes", "min_lr"):
+                     "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size",
+                     "num_classes", "min_lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path"):
@@ -192,7 +193,8 @@ RECIPES = {r.name: r for r in [
         EMA, DataLoader workers. Starts from timm's AugReg ViT-S/16 on the hub (needs internet or the HF cache;
         --pretrained PATH for a local file).
         Command: python train.py --recipe imagenet-subset-finetune --data-dir imagenette2-320
-        Hardware: one GPU (on 2 CPU cores a ViT-S/16 training step runs at ~7 img/s: ~25 min an Imagenette epoch).
+        Hardware: one GPU (on 2 quiet CPU cores a ViT-S/16 training step runs at ~22 img/s: ~7 min an
+        Imagenette epoch).
         Measured: no accuracy yet. The machines this package was built on have no internet (neither the hub
         weights nor an ImageNet subset can be fetched) and no GPU. Its whole path (weights from a file, a new
         head, resized position embeddings, DataLoader workers with RandAugment and erasing, Mixup/CutMix,
