@@ -95,7 +95,7 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "warmup_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "label_smoothing",
                      "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size",
-                     "num_classes", "min_lr"):
+                     "num_classes", "min_lr", "seed", "split_seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path"):
