@@ -10,12 +10,14 @@ See benchmarks/README.md for the predictions and the results.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 
 import torch
 
 import throughput as tp
+from vit import precision as vit_precision
 
 # lever: list of (name, make_runner keyword overrides, threads or None)
 LEVERS = {
@@ -26,6 +28,8 @@ LEVERS = {
     "compile": [("eager", dict(kind="ours-eager"), None), ("compiled", dict(kind="ours-eager", compiled=True), None)],
     "timm-compile": [("timm", dict(kind="timm"), None), ("timm-compiled", dict(kind="timm", compiled=True), None),
                      ("ours-compiled", dict(kind="ours-eager", compiled=True), None)],
+    "compile-vs-timm": [("timm", dict(kind="timm"), None), ("ours", dict(kind="ours-eager"), None),
+                        ("ours-compiled", dict(kind="ours-eager", compiled=True), None)],
     "gelu-recompute": [("saved", dict(kind="ours-eager", recompute_gelu=False), None),
                        ("recomputed", dict(kind="ours-eager", recompute_gelu=True), None)],
     "adamw": [("for-loop", dict(kind="ours-eager", adamw="for-loop"), None),
@@ -35,7 +39,21 @@ LEVERS = {
     "precision": [("fp32", dict(kind="ours-eager", precision="fp32"), None),
                   ("bf16", dict(kind="ours-eager", precision="bf16"), None)],
     "threads": [("2 threads", dict(kind="ours-eager"), 2), ("1 thread", dict(kind="ours-eager"), 1)],
+    # glibc keeps freed blocks (vit.precision.keep_freed_cpu_memory) or returns them to the kernel; set around
+    # each step of the runner, so run it in a process of its own (throughput.py keeps them for every row)
+    "allocator": [("glibc default", dict(kind="ours-eager"), None), ("keep freed", dict(kind="ours-eager"), None)],
+    "allocator-timm": [("glibc default", dict(kind="timm"), None), ("keep freed", dict(kind="timm"), None)],
 }
+
+
+def set_malloc_thresholds(keep: bool) -> None:
+    """keep: vit's setting (32 MB mmap threshold, no trimming); else glibc's initial 128 KB thresholds."""
+    if keep:
+        vit_precision.keep_freed_cpu_memory()
+    else:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
+        mallopt(-1, 128 << 10)  # M_TRIM_THRESHOLD
 
 
 def main() -> None:
@@ -51,6 +69,8 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch._dynamo.config.recompile_limit = torch._dynamo.config.cache_size_limit = 64
     torch._inductor.config.freezing = True
+    if not any(lever.startswith("allocator") for lever in args.levers):
+        vit_precision.keep_freed_cpu_memory()  # as throughput.py, train.py and evaluate.py
     device = torch.device("cpu")
     default_threads = torch.get_num_threads()
     for lever in args.levers:
@@ -66,6 +86,11 @@ def main() -> None:
                         kw = dict(kw)
                         prec = kw.pop("precision", precision)
                         r = tp.make_runner(kw.pop("kind"), fields, batch, prec, mode, device, name=name, **kw)
+                        if lever.startswith("allocator"):  # glibc's thresholds around each step
+                            def step(inner=r.step, keep=name == "keep freed"):
+                                set_malloc_thresholds(keep)
+                                inner()
+                            r.step = step
                         if threads:  # set the thread count around each step of this runner
                             def step(inner=r.step, n=threads):
                                 torch.set_num_threads(n)

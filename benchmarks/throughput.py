@@ -20,6 +20,7 @@ Results: a table on stdout and JSON in benchmarks/results/ (with the machine des
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -52,7 +53,7 @@ CONFIGS = {
     "nano": (dict(img_size=32, patch_size=4, in_chans=3, embed_dim=64, depth=6, num_heads=4, num_classes=10), 256),
 }
 DEFAULT_CONFIGS = ["cifar", "fmnist", "vit_ti16", "vit_s16"]
-# "ours": this package's fast path (compiled for inference, eager for training); "ours-eager": the plain module.
+# "ours": this package's fast path (the compiled model); "ours-eager": the plain module.
 # "timm-compiled" gives timm the same compilation, so the gain of the model code itself can be read off.
 MODELS = ["ours", "ours-eager", "timm", "timm-compiled", "torchvision", "transformers"]
 DEFAULT_MODELS = ["ours", "ours-eager", "timm", "torchvision", "transformers"]
@@ -178,9 +179,10 @@ def available(kind: str) -> bool:
 
 
 def compiles(kind: str, mode: str) -> bool:
-    """Our fast path compiles for inference only: compiled training steps measured slower on CPU
-    (benchmarks/README.md). timm-compiled is a reference row for inference."""
-    return kind in ("ours", "timm-compiled") and mode == "infer"
+    """Our fast path is the compiled model, for inference (weights frozen) and for training (train.py
+    --compile): compiled training steps measured 1.03-1.05x eager once the allocator stopped faulting in
+    fresh pages (benchmarks/README.md). timm-compiled gives timm the same compilation."""
+    return kind in ("ours", "timm-compiled")
 
 
 @dataclass
@@ -228,9 +230,12 @@ def make_runner(kind: str, fields: dict, batch: int, precision: str, mode: str, 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **ADAMW[adamw])
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+        # as train.py --compile runs its steps (the partitioner's activation budget), for every compiled contender
+        settings = vit_precision.compiled_training_settings() if compiled else None
+
         def step():
             opt.zero_grad(set_to_none=zero_to_none)
-            with amp:
+            with amp, settings or contextlib.nullcontext():
                 loss = F.cross_entropy(fn(x), y)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -372,6 +377,9 @@ def main(argv=None) -> None:
     if args.memory_probe:
         print(json.dumps(memory_probe(json.loads(args.memory_probe))))
         return
+    # As train.py and evaluate.py do; process-wide, so every contender runs with it. Not in the memory
+    # probes, whose fixed mmap threshold makes resident memory follow the live tensors.
+    vit_precision.keep_freed_cpu_memory()
 
     device = vit_precision.resolve_device(args.device)
     precisions = (args.precisions or ("fp32,bf16" if device.type == "cpu" else "fp32,bf16,fp16")).split(",")
@@ -396,9 +404,7 @@ def main(argv=None) -> None:
         flops = vit.count_flops(ViTConfig(**fields))
         for precision in precisions:
             for mode in modes:
-                # In training "ours" is the eager module and timm is not compiled: no duplicate rows.
-                runners = [make_runner(m, fields, batch, precision, mode, device) for m in models
-                           if not (m in ("ours-eager", "timm-compiled") and mode == "train")]
+                runners = [make_runner(m, fields, batch, precision, mode, device) for m in models]
                 gemms = [gemm_runner(device, prec) for prec in dict.fromkeys([precision, "bf16"]) if prec in ceilings]
                 times = time_runners(runners + gemms, args.rounds, args.warmup)
                 # MFU against the GEMM rate measured in these same rounds, so other load hits both alike

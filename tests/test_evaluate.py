@@ -85,6 +85,18 @@ def test_report_consistent_with_model(run_dir, tmp_path, capsys):
     assert "top-1" in printed and f"{100 * report['top1']:.2f} %" in printed
 
 
+def test_compiled_evaluation_reproduces_eager(run_dir, tmp_path):
+    """--compile (inductor, frozen weights; the last batch is smaller and compiles again) gives the report
+    of the eager model: same predictions, loss within fp32 rounding."""
+    reports = [evaluate([str(run_dir / "best.safetensors"), "--dataset", "digits", "--batch-size", "128",
+                         "--precision", "fp32", "--no-progress", "--output", str(tmp_path / name), *flags])
+               for name, flags in (("eager", []), ("compiled", ["--compile"]))]
+    eager, compiled = reports
+    assert compiled["num_images"] == eager["num_images"] == 359  # 128 + 128 + 103
+    assert compiled["confusion_matrix"] == eager["confusion_matrix"]
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+
+
 def test_last_ckpt_and_run_folder(run_dir, tmp_path):
     """train.py's last.ckpt (a torch.save dict): config and class names from it, preprocessing by its model name.
     Without --dataset the run's own data is used; a run folder stands for its best.safetensors."""

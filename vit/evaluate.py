@@ -16,6 +16,7 @@ Reads top to bottom: parse, load model, load data, run the model over it, report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import functools
 import json
@@ -32,7 +33,7 @@ import torch
 from . import data as vdata
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
 from .metrics import ClassificationMetrics
-from .precision import PRECISIONS, autocast, resolve_device, resolve_precision
+from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
 
 log = logging.getLogger("vit.evaluate")
 
@@ -76,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast dtype (auto: per device)")
     g.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model with its weights frozen (inductor): 1.6x faster bf16 on CPU "
+                        "after 20-60 s of compiling, so worth it for thousands of images")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("outputs")
     g.add_argument("--output", default=None, help="output folder (default: runs/eval/CHECKPOINT_NAME)")
@@ -292,12 +296,19 @@ def run_evaluation(model, source, args, device, precision) -> dict:
                     file=sys.stderr)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    # Frozen weights become constants that inductor prepacks for oneDNN; the last, smaller batch compiles
+    # once more (dynamic=False: a graph per shape, no slower dynamic-shape kernels).
+    forward, frozen = model, contextlib.nullcontext()
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        forward, frozen = torch.compile(model, dynamic=False), inductor_config.patch(freezing=True)
     start = time.perf_counter()
     for x, y, dropped in batches(source, model, args, device):
         skipped += dropped
         if x is not None:
-            with autocast(precision, device):
-                logits = model(x)
+            with autocast(precision, device), frozen:
+                logits = forward(x)
             metrics.update(logits.float(), y)
             progress.update(len(y) + dropped)
         else:
@@ -474,6 +485,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vit").setLevel(logging.INFO)  # ours, not the exporters' chatter
     args = parse_args(argv)
+    keep_freed_cpu_memory()  # process-wide: no fresh pages faulted in per batch (vit/precision.py)
     try:
         run(args)
     except VitError as e:

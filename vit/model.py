@@ -133,10 +133,42 @@ class PatchEmbed(nn.Module):
 def sdpa_is_faster(q: torch.Tensor) -> bool:
     """Attention kernel choice, measured (benchmarks/README.md): fused SDPA, or two matmuls and a softmax.
 
-    CUDA: SDPA (flash / memory-efficient kernels). CPU: SDPA's flash kernel wins in fp32 and in inference;
-    its bf16 backward is slower than the plain matmul path, so bf16 training on CPU takes the matmuls.
+    CUDA, and fp32 on CPU: SDPA (flash / memory-efficient kernels). bf16 on CPU: the matmul path while
+    training (SDPA's bf16 backward is slower), under torch.compile (inductor fuses its softmax: 2-3x faster
+    than the flash kernel at every length measured) and in eager inference up to SDPA_MIN_LEN_CPU_BF16
+    tokens (1.12x end to end); longer eager sequences take the flash kernel, which never holds N x N scores.
     """
-    return q.device.type != "cpu" or q.dtype != torch.bfloat16 or not (torch.is_grad_enabled() and q.requires_grad)
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return True
+    if (torch.is_grad_enabled() and q.requires_grad) or torch.compiler.is_compiling():
+        return False
+    return q.shape[-2] > SDPA_MIN_LEN_CPU_BF16
+
+
+SDPA_MIN_LEN_CPU_BF16 = 256
+
+
+class _ScaledSoftmax(torch.autograd.Function):
+    """softmax(scores * scale) over the last dim, computed in fp32, returned and saved in the scores' dtype.
+
+    For torch.compile: inductor fuses it into one pass each way, and this form is not rewritten into SDPA
+    (whose CPU bf16 kernel is 2-3x slower at these lengths, benchmarks/README.md). Saving the probabilities in
+    bf16, as eager bf16 softmax does, keeps the compiled training step from holding them in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, scale):
+        p = (scores.float() * scale).softmax(dim=-1).to(scores.dtype)
+        ctx.save_for_backward(p)
+        ctx.scale = scale
+        return p
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
+        p32, g32 = p.float(), grad.float()
+        return (p32 * (g32 - (g32 * p32).sum(dim=-1, keepdim=True)) * ctx.scale).to(grad.dtype), None
 
 
 class Attention(nn.Module):
@@ -172,7 +204,11 @@ class Attention(nn.Module):
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
             # Scaling the product, not q, keeps autograd from saving a scaled copy of q.
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # (B, H, N, N)
+            attn = q @ k.transpose(-2, -1)  # (B, H, N, N)
+            if torch.compiler.is_compiling():
+                attn = _ScaledSoftmax.apply(attn, self.scale)
+            else:
+                attn = (attn * self.scale).softmax(dim=-1)
             x = F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v
         x = rearrange(x, "b h n d -> b n (h d)")  # (B, N, C)
         return self.proj_drop(self.proj(x))

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import data as D
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError, VitError
-from .precision import autocast, resolve_device, resolve_precision
+from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
 from .registry import create_model, get_entry
 from .weights import check_state_dict
@@ -626,7 +626,8 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     last_plot = time.perf_counter()
     try:
         while st.epoch < cfg.epochs:
-            finished = train_one_epoch(ctx, st)
+            with compiled_training_settings() if cfg.compile else contextlib.nullcontext():
+                finished = train_one_epoch(ctx, st)
             if not finished:
                 reason = (f"signal {signal.Signals(ctx.stopper.signum).name}" if ctx.stopper.signum
                           else f"--max-steps {cfg.max_steps}")
@@ -714,6 +715,7 @@ def plot(out: Path) -> None:
 
 def main(argv=None) -> int:
     args, given = parse_args(argv)
+    keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
     try:
         ckpt = None
         resume = Path(args.resume) if args.resume else None
