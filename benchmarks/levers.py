@@ -10,7 +10,6 @@ See benchmarks/README.md for the predictions and the results.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 
@@ -39,21 +38,7 @@ LEVERS = {
     "precision": [("fp32", dict(kind="ours-eager", precision="fp32"), None),
                   ("bf16", dict(kind="ours-eager", precision="bf16"), None)],
     "threads": [("2 threads", dict(kind="ours-eager"), 2), ("1 thread", dict(kind="ours-eager"), 1)],
-    # glibc keeps freed blocks (vit.precision.keep_freed_cpu_memory) or returns them to the kernel; set around
-    # each step of the runner, so run it in a process of its own (throughput.py keeps them for every row)
-    "allocator": [("glibc default", dict(kind="ours-eager"), None), ("keep freed", dict(kind="ours-eager"), None)],
-    "allocator-timm": [("glibc default", dict(kind="timm"), None), ("keep freed", dict(kind="timm"), None)],
 }
-
-
-def set_malloc_thresholds(keep: bool) -> None:
-    """keep: vit's setting (32 MB mmap threshold, no trimming); else glibc's initial 128 KB thresholds."""
-    if keep:
-        vit_precision.keep_freed_cpu_memory()
-    else:
-        mallopt = ctypes.CDLL(None).mallopt
-        mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
-        mallopt(-1, 128 << 10)  # M_TRIM_THRESHOLD
 
 
 def main() -> None:
@@ -69,8 +54,7 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch._dynamo.config.recompile_limit = torch._dynamo.config.cache_size_limit = 64
     torch._inductor.config.freezing = True
-    if not any(lever.startswith("allocator") for lever in args.levers):
-        vit_precision.keep_freed_cpu_memory()  # as throughput.py, train.py and evaluate.py
+    vit_precision.keep_freed_cpu_memory()  # as throughput.py, train.py and evaluate.py (allocator.py measures it)
     device = torch.device("cpu")
     default_threads = torch.get_num_threads()
     for lever in args.levers:
@@ -86,11 +70,6 @@ def main() -> None:
                         kw = dict(kw)
                         prec = kw.pop("precision", precision)
                         r = tp.make_runner(kw.pop("kind"), fields, batch, prec, mode, device, name=name, **kw)
-                        if lever.startswith("allocator"):  # glibc's thresholds around each step
-                            def step(inner=r.step, keep=name == "keep freed"):
-                                set_malloc_thresholds(keep)
-                                inner()
-                            r.step = step
                         if threads:  # set the thread count around each step of this runner
                             def step(inner=r.step, n=threads):
                                 torch.set_num_threads(n)

@@ -71,7 +71,8 @@ class TrainConfig:
     # ---- running
     precision: str = _f("auto", "auto picks the fastest safe precision for device and model width",
                         ("auto", "fp32", "bf16", "fp16"))
-    compile: bool = _f(False, "torch.compile the model")
+    compile: bool = _f(False, "torch.compile the training step (1.03-1.05x on CPU bf16, less memory than eager; "
+                       "30-60 s of compiling, and once more for evaluation)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default, one per core)")
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
