@@ -17,14 +17,14 @@ import subprocess
 import sys
 import time
 
+import torch
+
 import throughput as tp
 from vit import precision as vit_precision
 
 
 def probe(config: str, model: str, keep: bool, steps: int) -> dict:
     """Runs in the subprocess: img/s of `steps` bf16 training steps after one warm-up step, and VmHWM."""
-    import torch
-
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     if keep:
         vit_precision.keep_freed_cpu_memory()
@@ -36,7 +36,7 @@ def probe(config: str, model: str, keep: bool, steps: int) -> dict:
         t0 = time.perf_counter()
         r.step()
         times.append(time.perf_counter() - t0)
-    return {"images_per_s": batch / statistics.median(times), "peak_mb": tp._rss_mb("VmHWM")}
+    return {"images_per_s": batch / statistics.median(times), "peak_mb": tp.rss_mb("VmHWM")}
 
 
 def main() -> None:

@@ -264,7 +264,7 @@ def time_runners(runners: list[Runner], rounds: int, warmup: int) -> dict[str, l
 # Memory: one training step in a fresh process
 
 
-def _rss_mb(field: str) -> float:
+def rss_mb(field: str) -> float:
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) / 1024
@@ -292,11 +292,11 @@ def memory_probe(spec: dict) -> dict:
         r.step()
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        before = _rss_mb("VmRSS")
+        before = rss_mb("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS counter to the current RSS
         r.step()
-        peak = _rss_mb("VmHWM")
+        peak = rss_mb("VmHWM")
     return {"peak_mb": round(peak, 1), "before_mb": round(before, 1), "step_mb": round(peak - before, 1)}
 
 

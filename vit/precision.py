@@ -71,8 +71,8 @@ def keep_freed_cpu_memory() -> bool:
     step's activations arrive in fresh pages that the kernel must fault in and zero. Keeping them measured
     1.07-1.25x the training images/s of this package's CIFAR-size and ViT-S/16 steps (timm's: 1.09-1.24x),
     one model per process (benchmarks/allocator.py). Peak resident memory stayed within 3% of glibc's
-    default; the resident size just no longer shrinks between steps. Process-wide, so train.py and evaluate.py call
-    it and `import vit` does not. Returns False (and changes nothing) off glibc.
+    default; the resident size just no longer shrinks between steps. Process-wide, so train.py and
+    evaluate.py call it and `import vit` does not. Returns False (and changes nothing) off glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
