@@ -56,8 +56,10 @@ def test_train_py_end_to_end_on_digits(tmp_path):
     assert top1 == pytest.approx(max(r["val_top1"] for r in m), abs=1e-3)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
-    args = FAST + ["--epochs", "2", "--deterministic", "--ema-decay", "0.9", "--drop-path", "0.1", "--crop-pad", "1"]
+@pytest.mark.parametrize("opt", ["adamw", "muon"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, opt):
+    args = FAST + ["--epochs", "2", "--deterministic", "--ema-decay", "0.9", "--drop-path", "0.1", "--crop-pad", "1",
+                   "--opt", opt]
     assert T.main(args + ["--output", str(tmp_path / "full")]) == 0
     # Stop mid-epoch 1 (step 30 of 44), then resume: the schedule still spans 2 epochs.
     assert T.main(args + ["--output", str(tmp_path / "cut"), "--max-steps", "30"]) == 0
@@ -154,6 +156,46 @@ def test_param_groups_no_decay_and_layer_decay():
     scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
     assert scale["head.weight"] == 1.0 and scale["blocks.5.mlp.fc1.weight"] == 0.5
     assert scale["patch_embed.proj.weight"] == scale["pos_embed"] == 0.5 ** 7
+
+
+def test_muon_steps_weight_matrices_by_their_polar_factor_and_the_rest_like_adamw():
+    """--opt muon: one step from zero momentum moves each block/patch-embedding matrix W by
+    -lr * (wd * W + 0.2 * sqrt(max(shape)) * polar(G)), polar(G) = U V^T from the SVD (Newton-Schulz only
+    approximates it); position embeddings, [CLS], the head and 1-D parameters move as timm's NAdamW."""
+    from timm.optim import NAdamW
+
+    torch.manual_seed(0)
+    model = vit.create_model("vit_nano_patch4_32")
+    lr, wd = 1e-3, 0.05
+    opt = T.build_optimizer(TrainConfig(opt="muon", lr=lr, weight_decay=wd), model, torch.device("cpu"))
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    grads = {n: torch.randn_like(p) for n, p in params.items()}
+    for n, p in params.items():
+        p.grad = grads[n].clone()
+    opt.step()
+    tables = ("pos_embed", "cls_token", "head.weight")
+    muon = [n for n, p in params.items() if p.ndim >= 2 and n not in tables]
+    assert len(muon) == 1 + 4 * len(model.blocks)  # the patch embedding and every block's four matrices
+    for n in muon:
+        g = grads[n].reshape(len(grads[n]), -1)
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        want = -lr * (wd * before[n] + 0.2 * max(g.shape) ** 0.5 * (u @ vh).reshape(before[n].shape))
+        step = params[n].detach() - before[n]
+        # Square matrices have singular values near 0 that five Newton-Schulz steps leave short of 1: 0.99.
+        assert torch.nn.functional.cosine_similarity(step.flatten(), want.flatten(), 0) > 0.99, n
+        assert (step.norm() / want.norm()).item() == pytest.approx(1.0, abs=0.02), n
+    # With Nesterov momentum (as set), timm's Muon steps the rest with its Nesterov AdamW: timm's NAdamW alone.
+    rest = [n for n in params if n not in muon]
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] for p in g["params"]}
+    ref = {n: torch.nn.Parameter(before[n].clone()) for n in rest}
+    nadamw = NAdamW([{"params": [ref[n]], "weight_decay": wd if id(params[n]) in decay else 0.0} for n in rest],
+                    lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    for n in rest:
+        ref[n].grad = grads[n].clone()
+    nadamw.step()
+    for n in rest:
+        torch.testing.assert_close(params[n].detach(), ref[n].detach(), rtol=1e-6, atol=1e-7, msg=n)
 
 
 def test_folder_and_idx_sources_train(tmp_path):

@@ -55,7 +55,9 @@ class TrainConfig:
     epochs: int = _f(60, "training epochs")
     batch_size: int = _f(128, "global batch per optimizer step, summed over ranks and accumulation steps")
     accum_steps: int = _f(1, "gradient accumulation: micro-batches per optimizer step")
-    opt: str = _f("adamw", "optimizer: AdamW, or SGD with momentum (the ViT paper's fine-tuning)", ("adamw", "sgd"))
+    opt: str = _f("adamw", "optimizer: AdamW; SGD with momentum (the ViT paper's fine-tuning); Muon for the "
+                  "network's weight matrices with AdamW for the rest (timm's, lr matched to AdamW's)",
+                  ("adamw", "sgd", "muon"))
     lr: float = _f(2e-3, "peak learning rate")
     min_lr: float = _f(1e-5, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = _f(5.0, "linear warm-up length in epochs (fractions allowed)")
@@ -64,7 +66,7 @@ class TrainConfig:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.999, "AdamW beta2")
     opt_eps: float = _f(1e-8, "AdamW epsilon: gradient entries much smaller than it get proportionally small updates")
-    momentum: float = _f(0.9, "SGD momentum")
+    momentum: float = _f(0.9, "SGD momentum (Muon uses its own 0.95, Nesterov)")
     layer_decay: float = _f(0.0, "layer-wise lr decay for fine-tuning (BEiT), e.g. 0.65 (0 = off)")
     clip_grad: float = _f(1.0, "clip the gradient's global L2 norm to this (0 = off)")
     ema_decay: float = _f(0.0, "EMA of weights decay per step, e.g. 0.999 (0 = off)")
@@ -183,9 +185,9 @@ RECIPES = {r.name: r for r in [
         # at equal wall time it beat the full-token model by 3.9 points (benchmarks/README.md, C1-C2). No
         # Mixup/CutMix: the model underfits its augmented data at this length. EMA adds one 5,000-image
         # evaluation an epoch; best.safetensors keeps the better of model and EMA.
-        dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=50, batch_size=128, lr=1e-3, min_lr=0.0,
-             warmup_epochs=2, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, hflip=0.5, ema_decay=0.999,
-             patch_drop=0.5, precision="bf16"),
+        dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=44, batch_size=128, opt="muon", lr=2e-3,
+             min_lr=0.0, warmup_epochs=2, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, hflip=0.5,
+             ema_decay=0.999, patch_drop=0.5, precision="bf16"),
     ),
     Recipe(
         "imagenet-subset-finetune",

@@ -254,12 +254,31 @@ def param_groups(model, weight_decay: float, layer_decay: float) -> list[dict]:
     return [groups[k] for k in sorted(groups)]
 
 
+def muon_groups(model, groups: list[dict]) -> list[dict]:
+    """Split each group for Muon (Jordan et al., 2024): the blocks' and the patch embedding's weight matrices
+    get orthogonalised momentum; 1-D parameters, position embeddings, [CLS]/register tokens and the head, which
+    act as tables or read-outs rather than as maps between hidden spaces, get timm's AdamW fallback."""
+    tables = {id(p) for n, p in model.named_parameters() if n.startswith(("pos_embed", "cls_token", "reg_token", "head."))}
+    split = []
+    for g in groups:
+        for fallback in (False, True):
+            params = [p for p in g["params"] if (p.ndim < 2 or id(p) in tables) == fallback]
+            if params:
+                split.append({**g, "params": params, "use_fallback": fallback})
+    return split
+
+
 def build_optimizer(cfg: TrainConfig, model, device: torch.device) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     # The fused CUDA kernel updates every parameter in one launch; on CPU the foreach path is the fast one.
     fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.opt == "sgd":  # the ViT paper's fine-tuning optimizer; weight decay is coupled (L2) here
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
+    if cfg.opt == "muon":
+        from timm.optim import Muon
+
+        return Muon(muon_groups(model, groups), lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95,
+                    nesterov=True, adjust_lr_fn="match_rms_adamw", betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps, **fused)
 
 
