@@ -158,7 +158,7 @@ def test_param_groups_no_decay_and_layer_decay():
     assert scale["patch_embed.proj.weight"] == scale["pos_embed"] == 0.5 ** 7
 
 
-def test_muon_steps_weight_matrices_by_their_polar_factor_and_the_rest_like_adamw():
+def test_muon_steps_weight_matrices_by_their_polar_factor_and_the_rest_like_nadamw():
     """--opt muon: one step from zero momentum moves each block/patch-embedding matrix W by
     -lr * (wd * W + 0.2 * sqrt(max(shape)) * polar(G)), polar(G) = U V^T from the SVD (Newton-Schulz only
     approximates it); position embeddings, [CLS], the head and 1-D parameters move as timm's NAdamW."""

@@ -162,8 +162,9 @@ RECIPES = {r.name: r for r in [
         Issue 7 asks for >= 92% in 15 minutes: not reached (benchmarks/README.md, "Time to accuracy").
         """,
         # Patch 7 (16 tokens) costs a third of patch 4 and learned faster per epoch; no random crop: a shift
-        # moves content across patch borders, and within ~20 epochs the model underfits, so crops only slowed
-        # it (82.5% vs 73.9% after one epoch). Width 192 because width 128 underfit at 8 epochs (88.9%).
+        # moves content across patch borders, and AdamW's model underfit, so crops only slowed it (82.5% vs
+        # 73.9% after one epoch). With Muon it overfits from epoch ~12, so crops are worth measuring again.
+        # Width 192 because width 128 underfit at 8 epochs (88.9%).
         # Muon: 3 epochs of it reached what 18 of AdamW did; batch 256 learns as fast per epoch as 128 and
         # halves the share of Muon's fixed per-step cost (benchmarks/README.md, #13-#14).
         dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, batch_size=256, opt="muon", lr=2e-3,
