@@ -257,7 +257,7 @@ def param_groups(model, weight_decay: float, layer_decay: float) -> list[dict]:
 def muon_groups(model, groups: list[dict]) -> list[dict]:
     """Split each group for Muon (Jordan et al., 2024): the blocks' and the patch embedding's weight matrices
     get orthogonalised momentum; 1-D parameters, position embeddings, [CLS]/register tokens and the head, which
-    act as tables or read-outs rather than as maps between hidden spaces, get timm's AdamW fallback."""
+    act as tables or read-outs rather than as maps between hidden spaces, get its Nesterov AdamW fallback."""
     tables = {id(p) for n, p in model.named_parameters() if n.startswith(("pos_embed", "cls_token", "reg_token", "head."))}
     split = []
     for g in groups:
