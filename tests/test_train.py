@@ -59,7 +59,7 @@ def test_train_py_end_to_end_on_digits(tmp_path):
 @pytest.mark.parametrize("opt", ["adamw", "muon"])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, opt):
     args = FAST + ["--epochs", "2", "--deterministic", "--ema-decay", "0.9", "--drop-path", "0.1", "--crop-pad", "1",
-                   "--opt", opt]
+                   "--reprob", "0.25", "--opt", opt]
     assert T.main(args + ["--output", str(tmp_path / "full")]) == 0
     # Stop mid-epoch 1 (step 30 of 44), then resume: the schedule still spans 2 epochs.
     assert T.main(args + ["--output", str(tmp_path / "cut"), "--max-steps", "30"]) == 0
@@ -73,6 +73,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, opt):
         assert torch.equal(full["ema"][k], cut["ema"][k]), k
     assert rows(tmp_path / "full") == [{**r, "elapsed_s": a["elapsed_s"], "images_per_s": a["images_per_s"]}
                                        for r, a in zip(rows(tmp_path / "cut"), rows(tmp_path / "full"))]
+
+
+def test_memory_mode_random_erasing_reaches_the_batches(tmp_path):
+    """--reprob in memory mode: timm's RandomErasing on the normalised batch changes what the model learns."""
+    args = FAST + ["--epochs", "1", "--max-steps", "2", "--deterministic"]
+    assert T.main(args + ["--output", str(tmp_path / "plain")]) == 0
+    assert T.main(args + ["--reprob", "1", "--output", str(tmp_path / "erased")]) == 0
+    plain, erased = ckpt(tmp_path / "plain")["model"], ckpt(tmp_path / "erased")["model"]
+    assert not torch.equal(plain["patch_embed.proj.weight"], erased["patch_embed.proj.weight"])
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, capsys):

@@ -45,7 +45,7 @@ class TrainConfig:
     crop_pad: int = _f(1, "random-crop padding in pixels (memory mode; 0 = off)")
     hflip: float = _f(0.0, "horizontal flip probability (0 for digits and text-like data)")
     randaug: str = _f("", "timm auto-augment policy for loader mode, e.g. rand-m9-mstd0.5-inc1 ('' = off)")
-    reprob: float = _f(0.0, "random-erasing probability (loader mode)")
+    reprob: float = _f(0.0, "random-erasing probability per training image (timm's, per-pixel noise)")
     mixup: float = _f(0.0, "Mixup alpha (0 = off)")
     cutmix: float = _f(0.0, "CutMix alpha (0 = off)")
     mixup_prob: float = _f(1.0, "probability of applying Mixup/CutMix to a batch")

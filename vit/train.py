@@ -413,7 +413,8 @@ def train_one_epoch(ctx, st: State) -> bool:
             for b in range(st.batch, spe):
                 x, y = D.memory_batch(ctx.data.train, perm, b, cfg.batch_size, d.rank, d.world,
                                       D.step_generator(cfg.seed, st.epoch * spe + b), cfg.crop_pad, cfg.hflip)
-                yield ctx.normalize(x), y, 0
+                x = ctx.normalize(x)
+                yield (ctx.erase(x) if ctx.erase is not None else x), y, 0
     else:
         ctx.train_sampler.set_epoch(st.epoch, st.batch)
 
@@ -569,9 +570,13 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
 
     normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], (H, W), device)
-    train_loader = train_sampler = val_loader = None
+    train_loader = train_sampler = val_loader = erase = None
     if isinstance(data.train, D.TensorData):
         data.train, data.val = data.train.to(device), data.val.to(device)
+        if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
+            from timm.data.random_erasing import RandomErasing
+
+            erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
     else:
         pin = device.type == "cuda"
         train_sampler = D.ShardSampler(len(data.train), cfg.batch_size, cfg.seed, d.rank, d.world)
@@ -600,6 +605,8 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
 
     if d.rank:
         torch.manual_seed(cfg.seed + d.rank)  # from here on: each rank its own dropout / drop-path draws
+    # Random erasing draws from Python's RNG, which a first import above (sklearn's, for digits) also draws from.
+    random.seed(cfg.seed + d.rank)
     st = State()
     if ckpt is not None:
         try:  # flags that change the model or the parameter groups make the checkpoint unloadable
@@ -617,7 +624,8 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
             raise CheckpointError(f"{out / 'last.ckpt'} cannot be resumed with this run's settings (a flag that "
                                   f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
         if d.rank:
-            torch.manual_seed(cfg.seed + d.rank + st.step)  # only rank 0's RNG is saved
+            torch.manual_seed(cfg.seed + d.rank + st.step)  # only rank 0's RNGs are saved
+            random.seed(cfg.seed + d.rank + st.step)
         if d.main:
             truncate_metrics(out / "metrics.jsonl", st.epoch)
         say(f"resumed {out} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
@@ -631,7 +639,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     # The objects the loop works on: a plain namespace, no trainer class hierarchy.
     ctx = SimpleNamespace(
         cfg=cfg, recipe=recipe, dist=d, device=device, output=out, quiet=quiet, data=data, model=model, net=net,
-        optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup, criterion=criterion,
+        optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup, erase=erase, criterion=criterion,
         precision=precision, normalize=normalize, steps_per_epoch=steps_per_epoch, train_loader=train_loader,
         train_sampler=train_sampler, stopper=Stopper(),
     )
