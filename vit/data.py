@@ -3,13 +3,16 @@
 Two paths, chosen per dataset (see `load_dataset`):
 - small images (digits, MNIST, Fashion-MNIST, CIFAR, small ImageFolder trees) are decoded once into a uint8
   tensor (N, C, H, W) that lives on the training device; each batch is cropped, flipped and normalised there
-  in a few tensor ops (airbench's approach): no per-image Python in the hot loop.
+  in a few tensor ops (airbench's approach): no per-image Python in the hot loop. `--reprob` adds timm's
+  RandomErasing on the normalised batch (in train.py), a per-image loop, off by default.
 - large images stay on disk and go through DataLoader workers with timm's `create_transform` (RandAugment,
   random erasing), pinned memory and non-blocking copies.
 
 Batch order and augmentation are pure functions of (seed, epoch, step) on both paths (DataLoader workers
 seed each sample's transform from (seed, epoch, index)): a resumed run sees exactly the batches an
-uninterrupted one would, and every DDP rank agrees on the global batch before taking its shard.
+uninterrupted one would, and every DDP rank agrees on the global batch before taking its shard. In-memory
+random erasing is the exception: it draws from the Python and torch RNGs that checkpoints save, so a resumed
+run still erases the same pixels, but each rank draws its own.
 Splits: "train"; "val" (digits: the fixed held-out 20%; MNIST/Fashion-MNIST/CIFAR: the official test set;
 ImageFolder: val/ or a seeded carve); "test" (the official test set, or test/ or val/ for ImageFolder).
 """
