@@ -1,5 +1,5 @@
 """Kill train.py with SIGKILL at random moments, resume each with --resume, and check that every resumed run
-ends bit-identical to an uninterrupted one (issue 8).
+ends bit-identical to an uninterrupted one.
 
     python benchmarks/kill_resume.py              # K=20 kill points; about 10 minutes on 2 shared CPU cores
     python benchmarks/kill_resume.py --kills 3 --seed 7

@@ -1,7 +1,7 @@
 """A/B measurements of single speed levers on our model, interleaved in one process (medians).
 
 Each lever compares runners that differ in that one setting only; ratios are relative to the first.
-See benchmarks/README.md for the predictions and the results.
+benchmarks/README.md gives the results; benchmarks/LOG.md the predictions made before each measurement.
 
     python benchmarks/levers.py attn-kernel --configs cifar --precisions bf16 --modes train
     python benchmarks/levers.py compile adamw threads --configs cifar,vit_s16

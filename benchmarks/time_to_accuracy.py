@@ -1,8 +1,8 @@
 """Time to accuracy: run a recipe through train.py and print validation top-1 against wall-clock minutes.
 
 Wall time is measured here, from launching `python train.py` (imports and data loading included) to the
-moment train.py prints each epoch's line, i.e. just after that epoch's evaluation: the clock issue 7's
-targets use. train.py's own `elapsed_s` (training and evaluation only) is shown beside it.
+moment train.py prints each epoch's line, i.e. just after that epoch's evaluation: the clock the
+recipes' stated times use. train.py's own `elapsed_s` (training and evaluation only) is shown beside it.
 
     python benchmarks/time_to_accuracy.py --recipe fashion-mnist --seeds 0,1 --target 92
     python benchmarks/time_to_accuracy.py --recipe cifar10 --target 80 -- --dataset folder \\
