@@ -325,12 +325,25 @@ class Normalize:
 
 
 def memory_batch(data: TensorData, perm: torch.Tensor, step: int, batch_size: int, rank: int, world: int,
-                 gen: torch.Generator, pad: int, hflip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's shard of global batch `step` of an epoch, augmented (still uint8)."""
-    idx = perm[step * batch_size:(step + 1) * batch_size].to(data.images.device)
+                 gen: torch.Generator, pad: int, hflip: float, randaug=None,
+                 repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's shard of global batch `step` of an epoch, augmented (still uint8).
+
+    randaug: a `vit.augment.RandAugment` applied after crop and flip. repeats: repeated augmentation (Hoffer
+    et al., 2020; DeiT's 3): the batch holds batch_size / repeats images, each `repeats` times, augmented
+    independently, so an epoch of the same length shows 1 / repeats of the images.
+    """
+    unique = batch_size // repeats
+    idx = perm[step * unique:(step + 1) * unique].repeat_interleave(repeats).to(data.images.device)
     x = augment_batch(data.images[idx], gen, pad, hflip)  # draws for the whole global batch
     local = batch_size // world
-    return x[rank * local:(rank + 1) * local], data.labels[idx][rank * local:(rank + 1) * local]
+    rows = slice(rank * local, (rank + 1) * local)
+    x, y = x[rows], data.labels[idx][rows]
+    if randaug is not None:
+        from .augment import slice_draws
+
+        x = randaug.apply(x, slice_draws(randaug.draw(batch_size, gen), rows.start, rows.stop))
+    return x, y
 
 
 # --------------------------------------------------------------------------------------------------------
