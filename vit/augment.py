@@ -86,7 +86,7 @@ def posterize(x, bits):
 
 def solarize(x, threshold):
     """Invert every value at or above the threshold (256: nothing)."""
-    return torch.where(x >= _per_image(threshold.to(x.device)), 255 - x, x)
+    return torch.where(x.short() >= _per_image(threshold.short().to(x.device)), 255 - x, x)
 
 
 def solarize_add(x, add, threshold: int = 128):

@@ -330,11 +330,11 @@ def memory_batch(data: TensorData, perm: torch.Tensor, step: int, batch_size: in
     """This rank's shard of global batch `step` of an epoch, augmented (still uint8).
 
     randaug: a `vit.augment.RandAugment` applied after crop and flip. repeats: repeated augmentation (Hoffer
-    et al., 2020; DeiT's 3): the batch holds batch_size / repeats images, each `repeats` times, augmented
-    independently, so an epoch of the same length shows 1 / repeats of the images.
+    et al., 2020; DeiT's 3): the batch holds batch_size / repeats images (rounded up), each `repeats` times,
+    augmented independently, so an epoch of the same length shows 1 / repeats of the images.
     """
-    unique = batch_size // repeats
-    idx = perm[step * unique:(step + 1) * unique].repeat_interleave(repeats).to(data.images.device)
+    unique = -(-batch_size // repeats)
+    idx = perm[step * unique:(step + 1) * unique].repeat_interleave(repeats)[:batch_size].to(data.images.device)
     x = augment_batch(data.images[idx], gen, pad, hflip)  # draws for the whole global batch
     local = batch_size // world
     rows = slice(rank * local, (rank + 1) * local)
