@@ -265,3 +265,18 @@ class RandAugment:
 def slice_draws(layers, start: int, stop: int):
     """The draws of rows [start, stop) of a global batch: one rank's share."""
     return [(op[start:stop], m[start:stop], s[start:stop]) for op, m, s in layers]
+
+
+# timm's policy names (timm.data.auto_augment); the DataLoader path takes any of them.
+TIMM_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")
+
+
+def check_policy(policy: str, flag: str = "--randaug") -> None:
+    """A ConfigError for a policy string timm would not read (RandAugment's parts are checked in full)."""
+    name = policy.split("-")[0]
+    if name == "rand":
+        RandAugment.parse(policy, flag)
+    elif name not in TIMM_POLICIES:
+        raise ConfigError(f"{flag} {policy!r}: unknown policy {name!r}; timm's are {', '.join(TIMM_POLICIES)} "
+                          "(e.g. rand-m9-mstd0.5-inc1)")
+

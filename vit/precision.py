@@ -14,7 +14,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Narrowest model width at which bf16 autocast is faster than fp32 on a CPU with native bf16, per mode.
-# Measured on a 2-core AVX-512-BF16 EPYC (benchmarks/README.md, `levers.py precision`), eager mode:
+# Measured on a 2-core AVX-512-BF16 EPYC (benchmarks/LOG.md, `levers.py precision`), eager mode:
 # inference at width 64 ran 0.86x in bf16 (the casts cost more than the smaller matrix products save) and
 # 1.33x at width 192; a training step ran 1.25x in bf16 already at width 64 (bf16 attention takes the
 # matmul path, and the backward's matrix products dominate).
@@ -86,7 +86,8 @@ def keep_freed_cpu_memory() -> bool:
 
 # Share of the activations inductor's partitioner may keep for the backward of a compiled training step; below
 # 1 it recomputes cheap ops instead of saving their outputs. At the default (1.0) the compiled ViT-S/16 bf16
-# step kept 1236 MB against eager's 1053 (timm 1085); at 0.9 it keeps 824 MB at the same speed (session 3).
+# step kept 1236 MB against eager's 1053 (timm 1085); at 0.9 it keeps 824 MB at the same speed
+# (2-core AVX-512 BF16 EPYC, benchmarks/LOG.md).
 COMPILED_TRAINING_MEMORY_BUDGET = 0.9
 
 

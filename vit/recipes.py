@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from .augment import check_policy
+from .budget import parse_budget
 from .errors import ConfigError, check_known_options
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
@@ -44,7 +46,10 @@ class TrainConfig:
     # ---- augmentation
     crop_pad: int = _f(1, "random-crop padding in pixels (memory mode; 0 = off)")
     hflip: float = _f(0.0, "horizontal flip probability (0 for digits and text-like data)")
-    randaug: str = _f("", "timm auto-augment policy for loader mode, e.g. rand-m9-mstd0.5-inc1 ('' = off)")
+    randaug: str = _f("", "RandAugment policy in timm's syntax, e.g. rand-m9-mstd0.5-inc1 (memory mode: vit.augment, per "
+                      "image on the batch; loader mode: timm's, which also takes its other policies; '' = off)")
+    repeat_aug: int = _f(1, "repeated augmentation: each image this many times per batch, augmented apart (memory mode; "
+                         "DeiT uses 3; 1 = off)")
     reprob: float = _f(0.0, "random-erasing probability per training image (timm's, per-pixel noise)")
     mixup: float = _f(0.0, "Mixup alpha (0 = off)")
     cutmix: float = _f(0.0, "CutMix alpha (0 = off)")
@@ -53,6 +58,12 @@ class TrainConfig:
     label_smoothing: float = _f(0.1, "label smoothing (Szegedy et al., 2016)")
     # ---- optimisation
     epochs: int = _f(60, "training epochs")
+    budget: str = _f("", "wall-clock budget from launch to the last evaluation, e.g. 15m or 1h: the run times its "
+                     "first steps and fixes its step count to end inside it, schedules complete ('' = use --epochs)")
+    steps: int = _f(0, "total optimizer steps, over which the schedules run (0 = epochs x steps per epoch; "
+                    "--budget sets it)")
+    replan: bool = _f(True, "with --budget: re-plan the remaining steps at an epoch boundary when the machine has "
+                      "slowed down or sped up")
     batch_size: int = _f(128, "global batch per optimizer step, summed over ranks and accumulation steps")
     accum_steps: int = _f(1, "gradient accumulation: micro-batches per optimizer step")
     opt: str = _f("adamw", "optimizer: AdamW; SGD with momentum (the ViT paper's fine-tuning); Muon for the "
@@ -93,12 +104,12 @@ class TrainConfig:
         for name in ("beta1", "beta2", "momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "accum_steps"):
+        for name in ("epochs", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "warmup_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "label_smoothing",
                      "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size",
-                     "num_classes", "min_lr", "seed", "split_seed"):
+                     "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path"):
@@ -106,6 +117,10 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.patch_drop < 1.0:
             raise ConfigError(f"--patch-drop must be in [0, 1), got {self.patch_drop}")
+        if self.budget:
+            parse_budget(self.budget)
+        if self.randaug:
+            check_policy(self.randaug)
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir ROOT (an ImageFolder tree)")
 
@@ -135,7 +150,7 @@ class Recipe:
 RECIPES = {r.name: r for r in [
     Recipe(
         "digits",
-        """The offline default: sklearn's 8x8 digits (1,437 train / 360 held-out, split seed 0).
+        """The offline default: sklearn's 8x8 digits (1,438 train / 359 held-out, split seed 0).
 
         Command: python train.py   (or: make train)
         Hardware: 2-core AMD EPYC CPU (native bf16), one thread, shared with four other jobs (load 6-11).
@@ -157,19 +172,18 @@ RECIPES = {r.name: r for r in [
         Hardware: 2-core AMD EPYC CPU (AVX-512 BF16), two threads, ~1,250-1,500 img/s, ~46 s an epoch.
         Measured: seed 0: 92.03% test top-1 at 14.65 min, seed 1: 92.06% at 14.74 min, seed 2: 92.29% at
             14.64 min; mean 92.13% (std 0.14), wall time from launch to the last evaluation
-            (benchmarks/time_to_accuracy.py). Issue 7's 92% in 15 minutes holds, with little to spare: 93% does
+            (benchmarks/time_to_accuracy.py): 92% in 15 minutes, with little to spare; 93% does
             not. Without crops it was 91.27% (2 seeds); with AdamW (lr 1e-3, batch 128, 18 epochs, no crops)
             89.59% in 15.2 min.
         """,
         # Patch 7 (16 tokens) costs a third of patch 4 and learned faster per epoch. Random 2-pixel crops cost
-        # AdamW's underfitting model 9 points after one epoch, so sessions 1-3 went without; Muon fits the
-        # training set by epoch ~12, and crops turned that overfitting into +0.8 points (benchmarks/README.md,
+        # AdamW's underfitting model 9 points after one epoch, so the first recipes went without; Muon fits the
+        # training set by epoch ~12, and crops turned that overfitting into +0.8 points (benchmarks/LOG.md,
         # #17). Width 192 because width 128 underfit at 8 epochs (88.9%).
         # Muon: 3 epochs of it reached what 18 of AdamW did; batch 256 learns as fast per epoch as 128 and
-        # halves the share of Muon's fixed per-step cost (benchmarks/README.md, #13-#14).
-        dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, batch_size=256, opt="muon", lr=2e-3,
-             min_lr=0.0, warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, hflip=0.5,
-             precision="bf16"),
+        # halves the share of Muon's fixed per-step cost (benchmarks/LOG.md, #13-#14).
+        dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon", lr=2e-3,
+             min_lr=0.0, warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, hflip=0.5),
     ),
     Recipe(
         "cifar10",
@@ -187,13 +201,13 @@ RECIPES = {r.name: r for r in [
             52.7 min; with AdamW (lr 1e-3, 50 epochs) it was 78.42% in 58.2 min.
         """,
         # Token dropping (PatchDropout) halves the cost of a step; at equal wall time it beat the full-token
-        # model by 3.9 points, and dropping 75% lost (benchmarks/README.md, C1-C2, C8). Muon: timm's, on the
+        # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
         # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
         # No Mixup/CutMix. EMA adds one 5,000-image evaluation an epoch; best.safetensors keeps the better
         # of model and EMA.
-        dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, batch_size=128, opt="muon", lr=2e-3,
+        dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=2, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, hflip=0.5,
-             ema_decay=0.999, patch_drop=0.5, precision="bf16"),
+             ema_decay=0.999, patch_drop=0.5),
     ),
     Recipe(
         "imagenet-subset-finetune",

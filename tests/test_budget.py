@@ -1,0 +1,58 @@
+"""vit.budget: durations, the step plan and its re-planning, on costs given by hand."""
+
+import pytest
+
+from vit import budget as B
+from vit.errors import ConfigError
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400),
+                                           ("2.5h", 9000), ("45", 45), ("1m 30s", 90)])
+def test_parse_budget(text, seconds):
+    assert B.parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "15x", "-5m", "0s", "99999h", "m"])
+def test_parse_budget_refuses(text):
+    with pytest.raises(ConfigError, match="--budget"):
+        B.parse_budget(text)
+
+
+def test_evaluations_between_counts_epoch_ends_and_a_final_partial_epoch():
+    assert B.evaluations_between(0, 30, 10) == 3
+    assert B.evaluations_between(0, 35, 10) == 4
+    assert B.evaluations_between(12, 35, 10) == 3
+    assert B.evaluations_between(20, 20, 10) == 0
+
+
+def cost(done, total, step_s, eval_s, spe):
+    return (total - done) * step_s + B.evaluations_between(done, total, spe) * eval_s
+
+
+@pytest.mark.parametrize("remaining, done, step_s, eval_s, spe", [
+    (100.0, 0, 0.1, 2.0, 50), (100.0, 7, 0.13, 0.0, 9), (3600.0, 120, 0.9, 25.0, 351), (5.0, 0, 1.0, 3.0, 10)])
+def test_steps_that_fit_is_the_largest_count_that_fits(remaining, done, step_s, eval_s, spe):
+    total = B.steps_that_fit(remaining, done, step_s, eval_s, spe)
+    assert cost(done, total, step_s, eval_s, spe) <= remaining or total == done + 1
+    assert cost(done, total + 1, step_s, eval_s, spe) > remaining
+
+
+def test_plan_keeps_a_reserve_and_replans_only_outside_the_band():
+    plan = B.Plan(budget_s=1000.0)
+    total = plan.plan(used_s=20.0, done=10, step_s=1.0, eval_s=10.0, steps_per_epoch=100)
+    assert cost(10, total, 1.0, 10.0, 100) <= 1000.0 * (1 - B.RESERVE) - 20.0
+    # On plan: nothing changes.
+    assert plan.replan(used_s=20.0 + 90 + 10, done=100, step_s=1.0, eval_s=10.0, steps_per_epoch=100) is None
+    # The machine slows down to 1.5 s a step: fewer steps, recorded, and the run ends inside the budget.
+    line = plan.replan(used_s=120.0, done=100, step_s=1.5, eval_s=10.0, steps_per_epoch=100)
+    assert "re-planned" in line and plan.total_steps < total and plan.replans[-1]["reason"] == "slower"
+    assert 120.0 + cost(100, plan.total_steps, 1.5, 10.0, 100) <= 1000.0
+    # It speeds up a lot: more steps again.
+    before = plan.total_steps
+    assert "faster" in plan.replan(used_s=220.0, done=200, step_s=0.5, eval_s=5.0, steps_per_epoch=100)
+    assert plan.total_steps > before
+    assert B.Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_seconds_since_launch_counts_from_the_process_start():
+    assert 0.0 <= B.seconds_since_launch() < 24 * 3600

@@ -1,0 +1,115 @@
+"""Time-budgeted training: how many optimizer steps fit in a wall-clock budget on this machine.
+
+A run with `--budget 15m` trains for a few steps, measures what a step and an evaluation cost here, and fixes
+the total number of steps so that the run (set-up, training, every evaluation) ends inside the budget with
+its learning-rate schedule run to its end. The plan is saved in last.ckpt: `--resume` continues it. At each
+epoch boundary the run compares where it is with the plan; if the machine has slowed down (or sped up) so
+that the run would end outside [MIN_USE, 1] of the budget, it re-plans the remaining steps from the last
+epoch's measured cost, says so, and records it in the plan. Wall time counts from the process's launch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+from .errors import ConfigError
+
+PROBE_STEPS = 12  # steps timed before planning (after PROBE_SKIP warm-up steps, whose cost is start-up's)
+PROBE_SKIP = 2
+RESERVE = 0.02  # share of the budget kept back for what was not measured (saving files, plotting, exit)
+MIN_USE = 0.93  # a run projected to end before this share of its budget re-plans to use the rest
+
+_IMPORTED_AT = time.monotonic()
+
+
+def parse_budget(text: str, flag: str = "--budget") -> float:
+    """'90s', '15m', '1h', '1h30m', '2.5h' or a plain number of seconds -> seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?[hms]?\s*)+)", text or "")
+    if not parts:
+        raise ConfigError(f"{flag} {text!r} is not a duration: write it as 90s, 15m, 1h or 1h30m")
+    total = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms]?)", parts[1]))
+    if not 1.0 <= total <= 30 * 24 * 3600:
+        raise ConfigError(f"{flag} {text!r}: a budget must be between 1 second and 30 days")
+    return total
+
+
+def seconds_since_launch() -> float:
+    """Wall seconds since this process started (Linux: from /proc), else since vit.budget was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED_AT
+
+
+def evaluations_between(done: int, total: int, steps_per_epoch: int) -> int:
+    """Evaluations still to run when `done` of `total` steps are taken: one per epoch end, one at the end."""
+    ends = total // steps_per_epoch - done // steps_per_epoch
+    return ends + (total % steps_per_epoch != 0)
+
+
+def steps_that_fit(remaining_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int) -> int:
+    """The largest total step count whose remaining steps and evaluations take at most `remaining_s` (at
+    least one more step: a run that has started ends with a step and an evaluation)."""
+    if step_s <= 0:
+        raise ValueError("step_s must be positive")
+
+    def cost(total):
+        return (total - done) * step_s + evaluations_between(done, total, steps_per_epoch) * eval_s
+
+    lo, hi = done + 1, done + 1 + max(0, math.floor(remaining_s / step_s))  # cost is non-decreasing in total
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= remaining_s else (lo, mid - 1)
+    return lo
+
+
+@dataclass
+class Plan:
+    """The step plan of a budgeted run; saved in last.ckpt."""
+
+    budget_s: float
+    total_steps: int = 0  # 0 until planned
+    step_s: float = 0.0  # measured seconds per optimizer step
+    eval_s: float = 0.0  # measured seconds per evaluation (model and EMA)
+    spent_s: float = 0.0  # budget used by earlier processes of this run (resumed runs)
+    replans: list = field(default_factory=list)  # {"step", "total_steps", "step_s", "reason"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def plan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int) -> int:
+        """Fix total_steps from measured costs, with RESERVE of the budget kept back."""
+        self.step_s, self.eval_s = step_s, eval_s
+        left = self.budget_s * (1.0 - RESERVE) - used_s
+        self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch)
+        return self.total_steps
+
+    def replan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int) -> str | None:
+        """At an epoch boundary: re-plan if the run would end past its budget or well before it.
+
+        Returns a line saying what changed, or None if the plan holds."""
+        projected = used_s + (self.total_steps - done) * step_s + \
+            evaluations_between(done, self.total_steps, steps_per_epoch) * eval_s
+        if MIN_USE * self.budget_s <= projected <= self.budget_s * (1.0 - RESERVE / 2) or done >= self.total_steps:
+            return None
+        old = self.total_steps
+        new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch)
+        if new == old:
+            return None
+        reason = "slower" if projected > self.budget_s else "faster"
+        self.replans.append(dict(step=done, total_steps=new, step_s=step_s, reason=reason))
+        return (f"budget: steps cost {step_s * 1e3:.0f} ms now ({reason} than planned): the run would end at "
+                f"{projected / 60:.1f} of {self.budget_s / 60:.1f} min; re-planned from {old} to {new} steps")
