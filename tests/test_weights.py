@@ -87,6 +87,46 @@ def test_training_checkpoint_metadata(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+def test_timm_config_json_names_an_architecture_the_registry_resolves(tmp_path):
+    """vit.weights reports a timm config.json's architecture as it is; vit.read_metadata resolves the name."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = vit.create_model("vit_tiny_patch16_224", depth=2, img_size=32, num_classes=3)
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny_patch16_224.augreg_in21k_ft_in1k", "num_classes": 3,
+        "model_args": {"depth": 2, "img_size": 32}, "label_names": list("abc")}))
+    raw = vit.weights.read_metadata(tmp_path)
+    assert raw.config is None and raw.architecture == "vit_tiny_patch16_224"
+    assert raw.model_args == {"depth": 2, "img_size": 32, "num_classes": 3}
+    info = vit.read_metadata(tmp_path)
+    assert info.config == model.config and info.class_names == list("abc")
+
+
+def test_weights_module_knows_no_model_names():
+    """vit.weights reads formats only: it imports neither the registry nor the training or evaluation code."""
+    import ast
+    from pathlib import Path
+
+    import vit.weights
+
+    tree = ast.parse(Path(vit.weights.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            # vit/weights.py sits in the package root, so a relative import (level 1) is from "vit"
+            module = node.module if not node.level else "vit" + (f".{node.module}" if node.module else "")
+            imported.add(module)
+            imported.update(f"{module}.{alias.name}" for alias in node.names)  # from . import registry
+    forbidden = {"vit.registry", "vit.train", "vit.evaluate"}
+    assert not forbidden & imported, f"vit.weights imports {sorted(forbidden & imported)}"
+    assert "vit.model" in imported  # the walk does see our own relative imports
+
+
 # ---- reference implementations: torchvision, transformers, timm's JAX loader
 
 

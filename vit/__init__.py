@@ -8,8 +8,8 @@
 from .errors import CheckpointError, ConfigError, DataError, InputError, OutputError, VitError
 from .model import ViTConfig, VisionTransformer, count_flops, resample_pos_embed
 from .preprocess import Preprocess
-from .registry import create_model, get_entry, list_models
-from .weights import load_pretrained, read_metadata, save_pretrained
+from .registry import create_model, get_entry, list_models, read_metadata
+from .weights import load_pretrained, save_pretrained
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "InputError", "OutputError", "VitError",

@@ -137,7 +137,7 @@ def load_model(checkpoint: str, model_name: str | None = None):
         name = model_name or (training_config(path) or {}).get("model")
         if name is None:
             raise CheckpointError(f"{checkpoint} carries no preprocessing; name the architecture with --model")
-        model.preprocess = preprocess_for(get_entry(name), model.config)
+        model.preprocess = preprocess_for(get_entry(name).preprocess, model.config)
     return model
 
 

@@ -1,19 +1,24 @@
 """Named model variants, as data: one table from names to config fields, one `create_model`.
 
+`create_model` is the factory: name -> config -> model -> weights. `vit.weights` reads the weights (any
+format) with what they say about themselves; this module decides the config and builds the model.
 ImageNet names are spelled as timm spells them and exist exactly where timm has that configuration.
 Sizes are the ViT paper's Table 1 (Base/Large/Huge) and DeiT's Tiny/Small.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
+import os
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError
-from .model import ViTConfig, VisionTransformer
+from . import weights
+from .errors import CheckpointError, ConfigError
+from .model import ViTConfig, VisionTransformer, to_2tuple
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 # name: (embed_dim, depth, num_heads)
@@ -132,32 +137,92 @@ def get_entry(name: str) -> ModelEntry:
 def create_model(name: str | None = None, pretrained: bool | str = False, **overrides) -> VisionTransformer:
     """Build a registered model by name, with any `ViTConfig` field as an override.
 
-    pretrained: False for random init; True for the entry's hub weights; "hf-hub:ORG/REPO" or a file path
-    for other weights (loaded by `vit.weights`, with position embeddings and head adapted to the overrides).
-    With a file written by `vit.save_pretrained`, the name may be left out: the config comes from the file.
+    pretrained: False for random init; True for the entry's hub weights; "hf-hub:ORG/REPO", a folder or a
+    file path for other weights (read by `vit.weights`, with position embeddings and head adapted to the
+    overrides). The architecture comes from the registered `name`, else from the weights' metadata
+    (save_pretrained, train.py checkpoints, a timm or transformers config.json), so for such files the name
+    may be left out. Weights that carry a config also give the class count (a trained head is kept), unless
+    num_classes is overridden. Preprocessing and class names come with the weights.
     """
+    entry = get_entry(name) if name is not None else None
     if pretrained:
-        from .weights import create_pretrained  # weight formats live in one module
-
-        return create_pretrained(name, pretrained, **overrides)
-    if name is None:
+        return _create_pretrained(name, entry, pretrained, overrides)
+    if entry is None:
         raise ConfigError("create_model needs a model name (see vit.list_models()), or pretrained=PATH")
-    entry = get_entry(name)
     config = entry.config.replace(**overrides)
     model = VisionTransformer(config)
-    model.preprocess = preprocess_for(entry, config)
+    model.preprocess = preprocess_for(entry.preprocess, config)
     return model
 
 
-def preprocess_for(entry: ModelEntry, config: ViTConfig) -> Preprocess:
-    """The entry's preprocessing, adjusted to an overridden image size or channel count."""
-    H, W = (config.img_size, config.img_size) if isinstance(config.img_size, int) else config.img_size
-    pre = entry.preprocess
-    mean, std = pre.mean, pre.std
+def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool | str | os.PathLike,
+                       overrides: dict) -> VisionTransformer:
+    if source is True:
+        if entry is None or entry.hf_hub_id is None:
+            raise ConfigError(f"model {name!r} has no hub weights registered; pass pretrained=PATH or 'hf-hub:ORG/REPO'")
+        source = f"hf-hub:{entry.hf_hub_id}"
+    state, info = weights.read_pretrained(source)
+    info = resolve_architecture(info, source)
+    if entry is None:
+        if info.config is None:
+            raise ConfigError(
+                f"{source} carries no model config (files from vit.save_pretrained and train.py do, and hub "
+                "repos with a timm or transformers config.json): pass the name, create_model(NAME, pretrained=...)")
+        base = info.config
+    else:
+        base = entry.config
+        if info.config is not None and "num_classes" not in overrides:
+            base = base.replace(num_classes=info.config.num_classes)
+    config = base.replace(**overrides)
+    try:
+        model = VisionTransformer(config)
+    except ConfigError as e:
+        if entry is not None or overrides:
+            raise
+        raise CheckpointError(f"{source} carries a model config that cannot be built: {e}") from e
+    source_grid = weights.patch_grid(info.config) if info.config is not None else None
+    try:
+        weights.load_pretrained(model, state, source_grid=source_grid)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from e  # name the file
+
+    preprocess = info.preprocess or (entry.preprocess if entry is not None else None)
+    if preprocess is not None:
+        model.preprocess = preprocess_for(preprocess, config)
+    if info.class_names is not None and len(info.class_names) == config.num_classes:
+        model.class_names = list(info.class_names)
+    return model
+
+
+def resolve_architecture(info: weights.PretrainedInfo, source: object = "") -> weights.PretrainedInfo:
+    """`info` with a config where it names a registered architecture (a timm config.json) instead of giving
+    one; unchanged where it has a config already or names an architecture we do not register."""
+    if info.config is not None or info.architecture not in MODELS:
+        return info
+    try:  # an architecture argument we do not have is an error, not something to ignore
+        config = MODELS[info.architecture].config.replace(**(info.model_args or {}))
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: model_args of {info.architecture}: {e}") from e
+    return dataclasses.replace(info, config=config)
+
+
+def read_metadata(source: str | os.PathLike) -> weights.PretrainedInfo:
+    """The config, preprocessing and class names that come with some weights, without building a model.
+
+    source: a file, a folder or "hf-hub:ORG/REPO" (see `vit.weights.read_metadata`); a timm config.json's
+    architecture name is resolved to its registered config.
+    """
+    return resolve_architecture(weights.read_metadata(source), source)
+
+
+def preprocess_for(preprocess: Preprocess, config: ViTConfig) -> Preprocess:
+    """`preprocess` adjusted to the config's image size and channel count (an override of either)."""
+    H, W = to_2tuple(config.img_size)
+    mean, std = preprocess.mean, preprocess.std
     if config.in_chans != len(mean):  # e.g. an RGB model made grayscale: average the statistics
         mean = (sum(mean) / len(mean),) * config.in_chans
         std = (sum(std) / len(std),) * config.in_chans
-    return Preprocess((config.in_chans, H, W), mean, std, pre.interpolation, pre.crop_pct)
+    return Preprocess((config.in_chans, H, W), mean, std, preprocess.interpolation, preprocess.crop_pct)
 
 
 def model_table() -> str:

@@ -3,7 +3,8 @@
 One module owns weight formats: reading files (never unpickling), detecting the format from the keys,
 renaming to our (timm's) parameter names, packing q/k/v, Flax kernel transposes, resampling position and
 patch embeddings, adapting the stem to another channel count, checking key sets and shapes, safetensors
-I/O with metadata, and hub download.
+I/O with metadata, and hub download. It knows no model names: building a model from a name and some
+weights (name -> config -> model -> weights) is `vit.registry.create_model`'s.
 
     model = vit.create_model("vit_base_patch16_224", pretrained="model.safetensors", num_classes=10, img_size=96)
     vit.save_pretrained(model, "best.safetensors", class_names=["cat", "dog", ...])
@@ -47,12 +48,18 @@ def _summary(keys, n=5) -> str:
 
 @dataclass(frozen=True)
 class PretrainedInfo:
-    """What a weights file says about itself; any field is None where the file does not say."""
+    """What a weights file says about itself; any field is None where the file does not say.
+
+    A timm config.json names its architecture instead of spelling out a config: `architecture` is that name
+    (timm's pretrained tag dropped) and `model_args` the fields it changes; the registry resolves the two.
+    """
 
     config: ViTConfig | None = None
     preprocess: Preprocess | None = None
     class_names: list[str] | None = None
     format_version: int | None = None
+    architecture: str | None = None
+    model_args: dict | None = None
 
 
 def save_pretrained(
@@ -130,7 +137,8 @@ def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
 
     source: a file, a folder or "hf-hub:ORG/REPO". Reads save_pretrained's safetensors header (not the
     tensors), the "model_config"/"preprocess"/"class_names" entries of a training checkpoint (`last.ckpt`),
-    and a timm or transformers config.json beside the weights. Fields nothing says are None.
+    and a timm or transformers config.json beside the weights. Fields nothing says are None; a timm
+    architecture name is left unresolved (`vit.read_metadata` resolves it against the registry).
     """
     path = resolve_source(source)
     if path.suffix == ".safetensors":
@@ -586,12 +594,11 @@ def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
     """Config, preprocessing and class names from a timm or transformers `config.json`.
 
     timm: {"architecture": "vit_base_patch16_224.augreg_in21k", "num_classes", "model_args", "label_names",
-    "pretrained_cfg": {"input_size", "mean", "std", "interpolation", "crop_pct"}}; the architecture must be
-    one we register. transformers: {"model_type": "vit", "hidden_size", "num_hidden_layers", ...}.
+    "pretrained_cfg": {"input_size", "mean", "std", "interpolation", "crop_pct"}}: the architecture and its
+    model_args (with num_classes) are returned as they are, for the registry to resolve.
+    transformers: {"model_type": "vit", "hidden_size", "num_hidden_layers", ...}.
     Anything else gives an empty PretrainedInfo.
     """
-    from .registry import MODELS
-
     try:
         cfg = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -600,21 +607,20 @@ def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
         return _info_from_transformers_config(cfg)
     if "architecture" not in cfg:
         return PretrainedInfo()
-    entry = MODELS.get(cfg["architecture"].split(".")[0])  # drop timm's pretrained tag
     pc = cfg.get("pretrained_cfg", {})
     preprocess = None
     if {"input_size", "mean", "std"} <= set(pc):
         preprocess = Preprocess(pc["input_size"], pc["mean"], pc["std"], pc.get("interpolation", "bicubic"),
                                 pc.get("crop_pct", 1.0))
-    config = None
-    if entry is not None:
-        args = cfg.get("model_args", {})
-        try:  # an architecture argument we do not have is an error, not something to ignore
-            config = entry.config.replace(**args, num_classes=cfg.get("num_classes", entry.config.num_classes))
-        except ConfigError as e:
-            raise CheckpointError(f"{path}: model_args of {cfg['architecture']}: {e}") from e
+    model_args = cfg.get("model_args", {})
+    if not isinstance(model_args, dict):
+        raise CheckpointError(f"{path}: model_args of {cfg['architecture']} is not a mapping: {model_args!r}")
+    if "num_classes" in cfg:
+        model_args = {**model_args, "num_classes": cfg["num_classes"]}
     labels = cfg.get("label_names")
-    return PretrainedInfo(config, preprocess, list(labels) if isinstance(labels, list) else None)
+    return PretrainedInfo(preprocess=preprocess, class_names=list(labels) if isinstance(labels, list) else None,
+                          architecture=str(cfg["architecture"]).split(".")[0],  # drop timm's pretrained tag
+                          model_args=model_args)
 
 
 def _info_from_transformers_config(cfg: dict) -> PretrainedInfo:
@@ -672,7 +678,8 @@ def _with_sidecars(path: Path, info: PretrainedInfo) -> PretrainedInfo:
     written by transformers' save_pretrained)."""
     for name, reader in (("config.json", info_from_config_json), ("preprocessor_config.json", _info_from_preprocessor_config)):
         sidecar = path.parent / name
-        if None in (info.config, info.preprocess, info.class_names) and sidecar.is_file():
+        says_model = info.config is not None or info.architecture is not None
+        if not (says_model and info.preprocess is not None and info.class_names is not None) and sidecar.is_file():
             info = _merge(info, reader(sidecar))
     return info
 
@@ -688,7 +695,8 @@ def read_pretrained(source: str | os.PathLike, cache_dir=None) -> tuple[dict[str
 # Loading
 
 
-def _grid(config: ViTConfig) -> tuple[int, int]:
+def patch_grid(config: ViTConfig) -> tuple[int, int]:
+    """The (h, w) patch grid of a config: what `load_pretrained(..., source_grid=)` needs for weights of it."""
     H, W = to_2tuple(config.img_size)
     return H // config.patch_size, W // config.patch_size
 
@@ -711,7 +719,7 @@ def load_pretrained(
     else:
         state, info = read_pretrained(source)
     if source_grid is None and info.config is not None:
-        source_grid = _grid(info.config)
+        source_grid = patch_grid(info.config)
     try:
         state = adapt_state_dict(to_vit_state_dict(state), model, source_grid)
         # A headless checkpoint (transformers ViTModel, big_vision without head) leaves the model's new head.
@@ -727,48 +735,3 @@ def load_pretrained(
     model.load_state_dict(state, strict=False)  # strictness checked above, with clearer messages
     return info
 
-
-def create_pretrained(name: str | None, source: bool | str | os.PathLike, **overrides) -> VisionTransformer:
-    """Build a model and load weights into it: `create_model(name, pretrained=source, **overrides)`.
-
-    source: True (the registered hub weights), "hf-hub:ORG/REPO", a folder or a file. The architecture comes
-    from the registered `name`, else from the weights' metadata (save_pretrained, train.py checkpoints, a
-    timm or transformers config.json). Weights that carry a config also give the class count (a trained
-    head is kept), unless num_classes is overridden. Preprocessing and class names come with the weights.
-    """
-    from .registry import ModelEntry, get_entry, preprocess_for
-
-    entry = get_entry(name) if name is not None else None
-    if source is True:
-        if entry is None or entry.hf_hub_id is None:
-            raise ConfigError(f"model {name!r} has no hub weights registered; pass pretrained=PATH or 'hf-hub:ORG/REPO'")
-        source = f"hf-hub:{entry.hf_hub_id}"
-    state, info = read_pretrained(source)
-    if entry is None:
-        if info.config is None:
-            raise ConfigError(
-                f"{source} carries no model config (files from vit.save_pretrained and train.py do, and hub "
-                "repos with a timm or transformers config.json): pass the name, create_model(NAME, pretrained=...)")
-        base = info.config
-    else:
-        base = entry.config
-        if info.config is not None and "num_classes" not in overrides:
-            base = base.replace(num_classes=info.config.num_classes)
-    config = base.replace(**overrides)
-    try:
-        model = VisionTransformer(config)
-    except ConfigError as e:
-        if entry is not None or overrides:
-            raise
-        raise CheckpointError(f"{source} carries a model config that cannot be built: {e}") from e
-    try:
-        load_pretrained(model, state, source_grid=_grid(info.config) if info.config is not None else None)
-    except CheckpointError as e:
-        raise CheckpointError(f"{source}: {e}") from e  # name the file
-
-    preprocess = info.preprocess or (entry.preprocess if entry is not None else None)
-    if preprocess is not None:  # adjusted to an overridden image size or channel count
-        model.preprocess = preprocess_for(ModelEntry(name or str(source), base, preprocess, ""), config)
-    if info.class_names is not None and len(info.class_names) == config.num_classes:
-        model.class_names = list(info.class_names)
-    return model
