@@ -37,7 +37,6 @@ from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_devi
 
 log = logging.getLogger("vit.evaluate")
 
-NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
 # Train.py's run folder holds these; a folder given as CHECKPOINT is searched for them in this order.
 CHECKPOINT_FILES = ("best.safetensors", "last.ckpt")
@@ -60,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "vit.weights reads (with --model), a registered model name or hf-hub:ORG/REPO")
     p.add_argument("--model", default=None, help="registered architecture for weights files without a config")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=NAMED_DATASETS, default=None,
+    g.add_argument("--dataset", choices=vdata.DATASETS, default=None,
                    help="named dataset (as train.py); 'folder' is train.py's split of --data-dir")
     g.add_argument("--data-dir", default="", help="dataset root; alone, an ImageFolder tree ROOT/CLASS/*.jpg "
                    "evaluated whole (or its val/ folder where ROOT has train/ and val/)")

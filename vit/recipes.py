@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from .data import DATASETS
 from .errors import ConfigError, check_known_options
-
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 
 
 def _f(default, help: str, choices: tuple | None = None):
