@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from vit import train as vit_train
+from vit.runs import atomic_torch_save, lock_output
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("kill_resume", ROOT / "benchmarks" / "kill_resume.py")
@@ -90,7 +91,7 @@ WRITER = r"""
 import io, os, sys, time
 from pathlib import Path
 import torch
-import vit.train
+import vit.runs
 
 real_save = torch.save
 
@@ -112,7 +113,7 @@ torch.save = slow_save
 path, how = Path(sys.argv[1]), sys.argv[2]
 new = {"format": "test", "step": 2, "model": {"w": torch.full((250_000,), 2.0)}}
 if how == "atomic":
-    vit.train.atomic_torch_save(new, path)  # what train.py's save_last calls
+    vit.runs.atomic_torch_save(new, path)  # how train.py writes last.ckpt
 else:
     with open(path, "wb") as f:  # the naive way, as a control
         torch.save(new, f)
@@ -123,7 +124,7 @@ else:
 def test_kill_during_checkpoint_write(tmp_path, how):
     path = tmp_path / "last.ckpt"
     old = {"format": "test", "step": 1, "model": {"w": torch.ones(250_000)}}
-    vit_train.atomic_torch_save(old, path)
+    atomic_torch_save(old, path)
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), how], cwd=ROOT, env=kr.ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = proc.stdout.readline()
@@ -144,7 +145,7 @@ def test_stale_temporary_files_are_removed_by_the_next_run(tmp_path):
     out.mkdir()
     (out / ".last.ckpt.12345.tmp").write_bytes(b"torn")
     (out / "last.ckpt").write_bytes(b"")  # so the folder counts as a run to resume
-    lock = vit_train.lock_output(out, resume=True)
+    lock = lock_output(out, resume=True)
     lock.close()
     assert not (out / ".last.ckpt.12345.tmp").exists()
 
@@ -182,7 +183,7 @@ def test_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
     assert vit_train.main(["--epochs", "1", "--device", "cpu", "--output", str(out)]) == 2
     assert f"{out} already holds a training run (last.ckpt): continue it with --resume {out}" in capsys.readouterr().err
     # ... and --resume may take the folder over.
-    vit_train.lock_output(out, resume=True).close()
+    lock_output(out, resume=True).close()
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import vit
 from vit import data as D
 from vit import train as T
 from vit.recipes import RECIPES, TrainConfig
+from vit.runs import lock_output
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few quick steps on digits: 1,438 train images / 64 = 22 steps an epoch.
@@ -95,7 +96,7 @@ def test_resume_continues_from_the_saved_step(tmp_path, capsys):
 
 def test_output_folder_lock_and_existing_run(tmp_path, capsys):
     out = tmp_path / "run"
-    held = T.lock_output(out, resume=False)  # as a running train.py holds it
+    held = lock_output(out, resume=False)  # as a running train.py holds it
     assert T.main(FAST + ["--epochs", "1", "--output", str(out)]) == 2
     assert "in use by another train.py" in capsys.readouterr().err
     held.close()

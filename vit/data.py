@@ -36,6 +36,7 @@ from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.data")
 
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")  # the names load_dataset knows
 SPLITS = ("train", "val", "test")
 DIGITS_SPLIT_SEED = 0  # evaluate.py --dataset digits reproduces the held-out split with this seed
 DIGITS_VAL_FRACTION = 0.2
@@ -261,7 +262,7 @@ def load_dataset(name: str, split: str, data_dir: str = "", download: bool = Fal
                 raise ConfigError("decoding an image folder into memory needs --img-size")
             return decode_folder(files, img_size, channels, on_corrupt)
         return files
-    raise ConfigError(f"unknown dataset {name!r}; valid: digits, mnist, fashion-mnist, cifar10, cifar100, folder")
+    raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
 
 
 def _check_split(split: str) -> None:

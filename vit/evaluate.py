@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import functools
 import json
 import logging
 import math
@@ -34,13 +33,13 @@ from . import data as vdata
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
 from .metrics import ClassificationMetrics
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
+from .runs import BEST, LAST, find_training_config
 
 log = logging.getLogger("vit.evaluate")
 
-NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
 # Train.py's run folder holds these; a folder given as CHECKPOINT is searched for them in this order.
-CHECKPOINT_FILES = ("best.safetensors", "last.ckpt")
+CHECKPOINT_FILES = (BEST, LAST)
 IMAGENET_CLASSES = 1000
 
 
@@ -60,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "vit.weights reads (with --model), a registered model name or hf-hub:ORG/REPO")
     p.add_argument("--model", default=None, help="registered architecture for weights files without a config")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=NAMED_DATASETS, default=None,
+    g.add_argument("--dataset", choices=vdata.DATASETS, default=None,
                    help="named dataset (as train.py); 'folder' is train.py's split of --data-dir")
     g.add_argument("--data-dir", default="", help="dataset root; alone, an ImageFolder tree ROOT/CLASS/*.jpg "
                    "evaluated whole (or its val/ folder where ROOT has train/ and val/)")
@@ -104,6 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(checkpoint: str, model_name: str | None = None):
     """A model with weights, `.preprocess` and (where the file has them) `.class_names`, from CHECKPOINT."""
     from .registry import create_model, get_entry, list_models, preprocess_for
+    from .weights import read_metadata
 
     path = Path(checkpoint)
     if path.is_dir():  # a train.py run folder; any other folder (a hub snapshot) goes to vit.weights as it is
@@ -112,7 +112,9 @@ def load_model(checkpoint: str, model_name: str | None = None):
         try:
             model = create_model(model_name, pretrained=str(path))
         except ConfigError as e:
-            if model_name is None and "carries no model config" in str(e):
+            # Asked only on failure (a second read of a large file costs seconds): without a name, weights that
+            # say nothing of their architecture are the reason, and the command line is the way out.
+            if model_name is None and read_metadata(path).config is None:
                 raise CheckpointError(f"{path} carries no model config: name its architecture with --model NAME "
                                       "(see vit.list_models())") from e
             raise
@@ -134,29 +136,11 @@ def load_model(checkpoint: str, model_name: str | None = None):
         info = ImageNetInfo()
         model.class_names = [info.index_to_label_name(i) for i in range(IMAGENET_CLASSES)]
     if model.preprocess is None:  # e.g. train.py's last.ckpt: its training config names the registered model
-        name = model_name or (training_config(path) or {}).get("model")
+        name = model_name or (find_training_config(path) or {}).get("model")
         if name is None:
             raise CheckpointError(f"{checkpoint} carries no preprocessing; name the architecture with --model")
         model.preprocess = preprocess_for(get_entry(name).preprocess, model.config)
     return model
-
-
-def training_config(checkpoint: str | Path) -> dict | None:
-    """train.py's config for the run a checkpoint came from: in its last.ckpt, or the last.ckpt beside a
-    best.safetensors (or in a run folder). None for checkpoints from elsewhere."""
-    path = Path(checkpoint)
-    ckpt = path if path.suffix == ".ckpt" else (path if path.is_dir() else path.parent) / "last.ckpt"
-    return _read_training_config(str(ckpt.resolve())) if ckpt.is_file() else None
-
-
-@functools.lru_cache(maxsize=4)  # asked for twice per run; a large last.ckpt (optimizer state) is slow to read
-def _read_training_config(ckpt: str) -> dict | None:
-    try:
-        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception:  # a file we cannot read here has no config to offer; loading the weights reports it
-        return None
-    config = obj.get("config") if isinstance(obj, dict) else None
-    return config if isinstance(config, dict) and isinstance(config.get("dataset"), str) else None
 
 
 def fill_data_args(args) -> None:
@@ -164,7 +148,7 @@ def fill_data_args(args) -> None:
     folder carve's --val-size/--split-seed default to the run's. `evaluate.py CHECKPOINT` needs nothing else."""
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
     if needs_data or (args.dataset == "folder" and None in (args.val_size, args.split_seed)):
-        config = training_config(args.checkpoint) or {}
+        config = find_training_config(args.checkpoint) or {}
         if needs_data:
             if not config:
                 raise ConfigError(f"nothing to do: {args.checkpoint} does not name the data it was trained on; give "

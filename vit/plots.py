@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import OutputError
+from .runs import atomic_write, read_metrics
 
 
 def _pyplot():
@@ -17,13 +17,9 @@ def _pyplot():
     return plt
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def plot_curves(metrics: str | Path | list[dict], path: str | Path) -> Path:
     """Loss (train and val), val top-1 and learning rate against epoch, from train.py's metrics.jsonl rows."""
-    rows = read_jsonl(metrics) if isinstance(metrics, (str, Path)) else metrics
+    rows = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
     plt = _pyplot()
     ep = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -43,9 +39,7 @@ def plot_curves(metrics: str | Path | list[dict], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        fig.savefig(path, dpi=100)
-    except OSError as e:  # a full disk or unwritable folder: name the file, not matplotlib's internals
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))  # redrawn during training
     finally:
         plt.close(fig)
     return path

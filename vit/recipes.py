@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .augment import check_policy
 from .budget import parse_budget
+from .data import DATASETS
 from .errors import ConfigError, check_known_options
-
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 
 
 def _f(default, help: str, choices: tuple | None = None):

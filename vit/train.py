@@ -1,10 +1,12 @@
 """Train a ViT: `python train.py` (sklearn digits, offline, ~1 minute on 2 CPU cores) up to ImageNet subsets
 on several GPUs (`torchrun --nproc_per_node=N train.py ...`).
 
-Reads top to bottom: command line, distributed set-up, output folder, data, model, optimizer and schedule,
-checkpoints, the loop (train_one_epoch, evaluate), then `run` which ties them together and `main`.
-Optimisation reuses timm's parts: Mixup/CutMix, SoftTargetCrossEntropy, CosineLRScheduler, ModelEmaV3,
-weight-decay parameter groups. Hyperparameters and recipes live in `vit/recipes.py`.
+Reads top to bottom: command line, distributed set-up, randomness, data, model, optimizer and schedule, then
+the run itself: `set_up` builds what the loop works on (a `Training`), `restore` says where it starts
+(a `State`, fresh or from last.ckpt), `train` runs epochs of `train_step`s with `finish_epoch` after each,
+and `finish` reports how it ended. The run folder's files (last.ckpt, metrics.jsonl, the lock) are
+vit/runs.py's. Optimisation reuses timm's parts: Mixup/CutMix, SoftTargetCrossEntropy, CosineLRScheduler,
+ModelEmaV3, weight-decay parameter groups. Hyperparameters and recipes live in `vit/recipes.py`.
 
 Exact resume: batch order and augmentation depend only on (seed, epoch, step) (see vit/data.py), and
 last.ckpt holds every other piece of state (model, optimizer, scheduler, EMA, grad scaler, the python/
@@ -16,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,14 +34,22 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import data as D
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError, VitError
+from . import runs
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
 from .registry import create_model, get_entry
+from .runs import Checkpoint, State
 from .weights import check_state_dict
 
-CHECKPOINT_FORMAT = "vit-train-checkpoint"
-CHECKPOINT_VERSION = 1
+if TYPE_CHECKING:
+    from timm.data import Mixup
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    from .model import VisionTransformer
+    from .preprocess import Preprocess
+
 PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (matplotlib costs ~0.3 s a figure)
 
 
@@ -113,71 +122,54 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Output folder: a lock against a second run, atomic files
+# Randomness: every seed is set here; last.ckpt saves and restores rank 0's generators
 
 
-def default_output(recipe: str) -> Path:
-    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+def seed_shared(seed: int) -> None:
+    """Before the model is built, on every rank alike: the same initial weights (and EMA copy), and the same
+    numpy draws (timm's Mixup) on every rank for the whole run."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
-def lock_output(out: Path, resume: bool):
-    """Create `out` and hold an exclusive lock on out/.lock for the life of the process.
+def seed_per_rank(seed: int, d: Dist, step: int = 0, saved: dict | None = None) -> None:
+    """After set-up, before the first step: each rank's own torch and Python streams (dropout, drop-path,
+    random erasing), or rank 0's saved ones when resuming.
 
-    flock is released by the kernel when the process dies, even by SIGKILL, so a crash never leaves a
-    stale lock behind. A folder that already holds a run is refused unless resuming.
+    Rank 0 keeps its torch stream from the model's initialisation. Python's is seeded again because imports
+    during set-up (sklearn's, for digits) draw from it. Only rank 0's generators are saved, so the others
+    restart from a seed that moves with the step.
     """
-    import fcntl
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / ".lock", "a+")
-    except OSError as e:
-        raise OutputError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        pid = fh.read().strip() or "unknown"
-        fh.close()
-        raise OutputError(f"{out} is in use by another train.py (pid {pid}); wait for it, or pick another --output")
-    if not resume and (out / "last.ckpt").exists():
-        fh.close()
-        raise OutputError(f"{out} already holds a training run (last.ckpt): continue it with --resume {out}, "
-                          "or pick another --output")
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    # Temporary files of writes a kill cut short (".last.ckpt.PID.tmp"): with the lock held, no writer is left.
-    for stale in out.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    return fh
+    if saved is not None:
+        set_rng_state(saved)
+    if d.rank:
+        torch.manual_seed(seed + d.rank + step)
+    if d.rank or saved is None:
+        random.seed(seed + d.rank + step)
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`: a kill at any moment
-    leaves either the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its zip writer
-        tmp.unlink(missing_ok=True)
-        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize if path.parent.is_dir() else 0
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"the write was cut short ({e})"
-        raise OutputError(f"cannot write {path} ({free / 1e6:.1f} MB free there): {reason}") from e
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    v, internal, gauss_next = state["python"]
+    random.setstate((v, tuple(internal), gauss_next))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------------------------------------
-# Data
+# Data: the splits, and the batches on the device
 
 
 @dataclass
@@ -188,17 +180,54 @@ class Data:
     channels: int  # channels the images are decoded to (models with in_chans 1 read grey)
 
 
-def load_data(cfg: TrainConfig, model_img_size: int, model_chans: int) -> Data:
+def load_data(cfg: TrainConfig, d: Dist, model_img_size: int, model_chans: int) -> Data:
     channels = 1 if model_chans == 1 else 3
     kw = dict(data_dir=cfg.data_dir, download=cfg.download, val_size=cfg.val_size, split_seed=cfg.split_seed,
               data_mode=cfg.data_mode, img_size=cfg.img_size or model_img_size, channels=channels,
               on_corrupt=cfg.on_corrupt)
+    first = cfg.download and d.world > 1  # rank 0 downloads alone; the others then read its files
+    if first and not d.main:
+        dist.barrier()
     train, val = D.load_dataset(cfg.dataset, "train", **kw), D.load_dataset(cfg.dataset, "val", **kw)
+    if first and d.main:
+        dist.barrier()
     if train.classes != val.classes:
         raise ConfigError(f"train and val classes differ: {train.classes} vs {val.classes}")
     if isinstance(train, D.TensorData):
         channels = train.images.shape[1]
     return Data(train, val, train.classes, channels)
+
+
+@dataclass
+class Inputs:
+    """Where batches come from: tensors on the device (cropped, flipped, normalised and erased there), or
+    DataLoader workers (timm's transforms) for images read from disk."""
+
+    data: Data
+    normalize: D.Normalize
+    erase: Callable[[torch.Tensor], torch.Tensor] | None = None  # in memory: timm's RandomErasing
+    train_loader: torch.utils.data.DataLoader | None = None  # from disk
+    train_sampler: D.ShardSampler | None = None
+    val_loader: torch.utils.data.DataLoader | None = None
+
+
+def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device) -> Inputs:
+    normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
+    if isinstance(data.train, D.TensorData):
+        data.train, data.val = data.train.to(device), data.val.to(device)
+        erase = None
+        if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
+            from timm.data.random_erasing import RandomErasing
+
+            erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
+        return Inputs(data, normalize, erase)
+    pin, local = device.type == "cuda", cfg.batch_size // d.world
+    sampler = D.ShardSampler(len(data.train), cfg.batch_size, cfg.seed, d.rank, d.world)
+    train_loader = D.file_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
+                                 data.channels, cfg.on_corrupt, local, cfg.workers, sampler, pin)
+    val_loader = D.file_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt, local,
+                               cfg.workers, list(range(d.rank, len(data.val), d.world)), pin)
+    return Inputs(data, normalize, None, train_loader, sampler, val_loader)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -282,14 +311,52 @@ def build_optimizer(cfg: TrainConfig, model, device: torch.device) -> torch.opti
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps, **fused)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
-    """Per-step cosine decay from lr to min_lr over all epochs, after a linear warm-up (timm's scheduler)."""
+@dataclass
+class Plan:
+    """The run's length in steps, fixed up front: the schedule spans it and the loop ends with it.
+
+    A step is a global batch (an optimizer step, unless every image in it was unreadable). The last epoch may
+    end early where total_steps is not a whole number of epochs.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    def epoch_end(self, epoch: int) -> int:
+        """The batch at which `epoch` ends."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+
+def plan_steps(cfg: TrainConfig, d: Dist, n_train: int) -> Plan:
+    local = cfg.batch_size // d.world
+    if cfg.batch_size % d.world or local % cfg.accum_steps:
+        raise ConfigError(f"--batch-size {cfg.batch_size} must split evenly over {d.world} rank(s) x "
+                          f"{cfg.accum_steps} accumulation step(s)")
+    if (cfg.mixup or cfg.cutmix) and local % 2:
+        raise ConfigError(f"Mixup/CutMix need an even per-rank batch, got {local}")
+    steps_per_epoch = n_train // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
+    return Plan(steps_per_epoch, cfg.epochs * steps_per_epoch)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> CosineLRScheduler:
+    """Per-step cosine decay from lr to min_lr over the whole plan, after a linear warm-up (timm's scheduler)."""
     from timm.scheduler import CosineLRScheduler
 
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    total = plan.total_steps
+    warmup = min(round(cfg.warmup_epochs * plan.steps_per_epoch), total - 1)
     return CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup,
                              warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
+
+
+def base_lr(group: dict) -> float:
+    """A parameter group's lr without its layer-decay scale: the schedule's value."""
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 def build_mixup(cfg: TrainConfig, num_classes: int):
@@ -302,94 +369,300 @@ def build_mixup(cfg: TrainConfig, num_classes: int):
                  num_classes=num_classes)
 
 
-# --------------------------------------------------------------------------------------------------------
-# Checkpoints: everything needed to continue, loadable with torch.load(weights_only=True)
+def build_criterion(cfg: TrainConfig, mixup: Mixup | None) -> nn.Module:
+    if mixup is not None:
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()  # Mixup already made the targets soft (and smoothed them)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def rng_state() -> dict:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def build_ema(cfg: TrainConfig, model) -> ModelEmaV3 | None:
+    if not cfg.ema_decay:
+        return None
+    from timm.utils import ModelEmaV3
 
-
-def set_rng_state(state: dict) -> None:
-    v, internal, gauss_next = state["python"]
-    random.setstate((v, tuple(internal), gauss_next))
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise OutputError(f"--resume: no last.ckpt in {path.parent}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, or carrying code: torch says which
-        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a train.py checkpoint")
-    return ckpt
+    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
 
 
 # --------------------------------------------------------------------------------------------------------
-# The loop
-
-
-@dataclass
-class State:
-    """Where training stands; saved in last.ckpt."""
-
-    epoch: int = 0  # epoch in progress (0-based)
-    batch: int = 0  # next batch within the epoch
-    step: int = 0  # optimizer steps taken
-    elapsed_s: float = 0.0
-    best_top1: float = -1.0
-    loss_sum: float = 0.0  # this epoch's training loss so far, for metrics.jsonl
-    loss_count: int = 0
-    train_s: float = 0.0  # this epoch's training time so far
-    images: int = 0  # this epoch's training images so far
-    skipped: int = 0  # unreadable images skipped (DataLoader path)
+# What the loop works on
 
 
 class Stopper:
-    """SIGINT/SIGTERM request a stop; the loop finishes the current step and saves last.ckpt."""
+    """While entered, SIGINT/SIGTERM ask for a stop: the loop finishes its step, saves last.ckpt and exits."""
 
     def __init__(self):
         self.signum = 0
         self._old = {}
 
-    def install(self) -> None:
+    def __enter__(self) -> Stopper:
         for s in (signal.SIGINT, signal.SIGTERM):
             self._old[s] = signal.signal(s, self._handle)
+        return self
 
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def restore(self) -> None:
+    def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
 
 
+@dataclass
+class Training:
+    """Everything a run trains with, built once by `set_up`; the loop's changing position is a `State`."""
+
+    cfg: TrainConfig
+    recipe: str
+    dist: Dist
+    device: torch.device
+    out: Path  # the run folder (vit/runs.py)
+    inputs: Inputs
+    model: VisionTransformer
+    net: nn.Module  # the model as the step calls it: DistributedDataParallel and/or torch.compile around it
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    criterion: nn.Module
+    precision: str
+    plan: Plan
+    quiet: bool = False  # no progress bars
+    stopper: Stopper = field(default_factory=Stopper)
+    plotted_at: float = 0.0  # perf_counter() of the last curves.png
+
+    def say(self, *lines) -> None:
+        if self.dist.main:
+            print(*lines)
+
+    def max_steps_reached(self, st: State) -> bool:
+        return bool(self.cfg.max_steps) and st.step >= self.cfg.max_steps
+
+
+# --------------------------------------------------------------------------------------------------------
+# The run: set up, restore, train, finish
+
+
+def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
+        ckpt: Checkpoint | None = None) -> int:
+    """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`); returns the exit code."""
+    d, device = setup_distributed(cfg.device)
+    out = output or resume or runs.default_folder(recipe)
+    lock = None
+    try:
+        lock = runs.lock_output(out, resume is not None) if d.main else None
+        tr = set_up(cfg, recipe, d, device, out, quiet)
+        st = restore(tr, ckpt)
+        tr.say(describe(tr))
+        stopped = train(tr, st)
+        return finish(tr, st, stopped)
+    finally:
+        if d.world > 1:
+            dist.destroy_process_group()
+        if lock is not None:
+            lock.close()
+
+
+def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool) -> Training:
+    """Data, model, optimizer, schedule, EMA, Mixup and loss: the same on every rank."""
+    seed_shared(cfg.seed)
+    entry = get_entry(cfg.model)
+    model_img = cfg.img_size or entry.config.img_size
+    data = load_data(cfg, d, model_img if isinstance(model_img, int) else model_img[0], entry.config.in_chans)
+    model = build_model(cfg, len(data.classes), data.channels).to(device)
+    model.class_names = data.classes
+    if model.num_classes != len(data.classes):
+        raise ConfigError(f"the model has {model.num_classes} classes but {cfg.dataset} has {len(data.classes)}")
+    plan = plan_steps(cfg, d, len(data.train))
+    inputs = build_inputs(cfg, data, model.preprocess, d, device)
+    precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
+    optimizer = build_optimizer(cfg, model, device)
+    scheduler = build_scheduler(cfg, optimizer, plan)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    ema = build_ema(cfg, model)
+    mixup = build_mixup(cfg, model.num_classes)
+    net = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    return Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
+                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup,
+                    criterion=build_criterion(cfg, mixup), precision=precision, plan=plan, quiet=quiet)
+
+
+def restore(tr: Training, ckpt: Checkpoint | None) -> State:
+    """Where training starts: the first step, or exactly where `ckpt` left off (weights, optimizer, schedule,
+    EMA, loss scale, RNGs, position in the epoch)."""
+    cfg, d = tr.cfg, tr.dist
+    if ckpt is None:
+        st = State()
+        seed_per_rank(cfg.seed, d)
+    else:
+        try:  # flags that change the model or the parameter groups make the checkpoint unloadable
+            check_state_dict(ckpt.model, tr.model)
+            tr.model.load_state_dict(ckpt.model)
+            tr.optimizer.load_state_dict(ckpt.optimizer)
+            tr.scheduler.load_state_dict(ckpt.scheduler)
+            if tr.ema is not None and ckpt.ema is not None:
+                tr.ema.module.load_state_dict(ckpt.ema)
+            if tr.scaler.is_enabled() and ckpt.scaler:
+                tr.scaler.load_state_dict(ckpt.scaler)
+            st = ckpt.state
+            seed_per_rank(cfg.seed, d, st.step, ckpt.rng)
+        except (VitError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{tr.out / runs.LAST} cannot be resumed with this run's settings (a flag that "
+                                  f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
+        if d.main:
+            runs.truncate_metrics(tr.out / runs.METRICS, st.epoch)
+        tr.say(f"resumed {tr.out} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
+    return st
+
+
+def describe(tr: Training) -> str:
+    cfg, data = tr.cfg, tr.inputs.data
+    n_params = sum(p.numel() for p in tr.model.parameters())
+    return (f"{cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.dataset}: {len(data.train)} train / "
+            f"{len(data.val)} val images, {len(data.classes)} classes; {tr.plan.epochs} epochs x "
+            f"{tr.plan.steps_per_epoch} steps of {cfg.batch_size}; {tr.device.type} {tr.precision}, "
+            f"{tr.dist.world} process(es); output {tr.out}")
+
+
+def train(tr: Training, st: State) -> bool:
+    """Epochs until the plan ends or a stop is asked for; True when stopped early (last.ckpt then holds the
+    position to resume from)."""
+    tr.plotted_at = time.perf_counter()
+    with tr.stopper:
+        while st.epoch < tr.plan.epochs:
+            with compiled_training_settings() if tr.cfg.compile else contextlib.nullcontext():
+                stop = train_one_epoch(tr, st)
+            if st.batch >= tr.plan.epoch_end(st.epoch):
+                stop = finish_epoch(tr, st, stop)
+            if stop and st.epoch < tr.plan.epochs:
+                return True
+    return False
+
+
+def train_one_epoch(tr: Training, st: State) -> bool:
+    """Train from batch st.batch to the end of epoch st.epoch. True when a signal (on any rank) or --max-steps
+    asks to stop; last.ckpt is then saved here if the epoch is not over (at its end finish_epoch saves)."""
+    cfg, end = tr.cfg, tr.plan.epoch_end(st.epoch)
+    tr.net.train()
+    with tqdm(total=end, initial=st.batch, desc=f"epoch {st.epoch + 1}/{tr.plan.epochs}", leave=False,
+              disable=tr.quiet or not tr.dist.main, dynamic_ncols=True) as bar:
+        t0 = time.perf_counter()
+        for x, y, skipped in train_batches(tr, st.epoch, st.batch, end):
+            st.batch += 1
+            st.skipped += skipped
+            if x is None:  # every image of this batch was unreadable (--on-corrupt skip)
+                continue
+            loss, lr, signalled = train_step(tr, st, x, y)
+            st.loss_sum += loss
+            st.loss_count += 1
+            st.images += len(x) * tr.dist.world
+            now = time.perf_counter()
+            st.train_s += now - t0
+            st.elapsed_s += now - t0
+            t0 = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", ips=f"{st.images / max(st.train_s, 1e-9):.0f}")
+            stop = signalled or tr.max_steps_reached(st)
+            if st.batch < end and (stop or (cfg.save_every and st.step % cfg.save_every == 0)):
+                save_last(tr, st)
+            if stop:
+                return True
+    return False
+
+
+def train_batches(tr: Training, epoch: int, start: int, end: int) -> Iterator[tuple]:
+    """(x, y, images skipped) for batches start..end-1 of `epoch`: this rank's share, augmented and normalised
+    on the device; x and y are None for a batch of unreadable images only."""
+    cfg, d, inputs, spe = tr.cfg, tr.dist, tr.inputs, tr.plan.steps_per_epoch
+    if start >= end:
+        return
+    if inputs.train_loader is None:
+        perm = D.epoch_permutation(len(inputs.data.train), cfg.seed, epoch)
+        for b in range(start, end):
+            x, y = D.memory_batch(inputs.data.train, perm, b, cfg.batch_size, d.rank, d.world,
+                                  D.step_generator(cfg.seed, epoch * spe + b), cfg.crop_pad, cfg.hflip)
+            x = inputs.normalize(x)
+            yield (inputs.erase(x) if inputs.erase is not None else x), y, 0
+        return
+    inputs.train_sampler.set_epoch(epoch, start)
+    for b, (x, y, skipped) in enumerate(inputs.train_loader, start):
+        if x is None:
+            yield None, None, skipped
+        else:
+            yield x.to(tr.device, non_blocking=True), y.to(tr.device, non_blocking=True), skipped
+        if b + 1 >= end:
+            return
+
+
+def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, bool]:
+    """One optimizer step on this rank's share of a global batch, in cfg.accum_steps micro-batches.
+
+    Returns (the loss averaged over ranks, the step's lr, whether any rank was signalled). A non-finite loss
+    raises NonFiniteLossError before the step can spoil the weights, on every rank alike.
+    """
+    cfg, d, scaler, opt = tr.cfg, tr.dist, tr.scaler, tr.optimizer
+    if tr.mixup is not None:
+        x, y = tr.mixup(x, y)
+    loss_total = torch.zeros((), device=tr.device)
+    micro = -(-len(x) // cfg.accum_steps)
+    for i, (xm, ym) in enumerate(zip(x.split(micro), y.split(micro))):
+        last = i == cfg.accum_steps - 1 or (i + 1) * micro >= len(x)
+        with contextlib.nullcontext() if last or d.world == 1 else tr.net.no_sync():
+            with autocast(tr.precision, tr.device):
+                loss = tr.criterion(tr.net(xm), ym) * (len(xm) / len(x))
+            scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
+        loss_total += loss.detach()
+    # One sync per step: the loss is checked before the step can spoil the weights, on every rank alike.
+    flags = torch.stack([loss_total.float(), (~torch.isfinite(loss_total)).float(),
+                         torch.tensor(float(tr.stopper.signum), device=tr.device)])
+    all_reduce_sum(flags, d)
+    loss_value, bad, signalled = flags[0].item() / d.world, flags[1].item(), flags[2].item()
+    lr = base_lr(opt.param_groups[0])
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss_value}) at step {st.step + 1} (epoch {st.epoch + 1}, lr {lr:.3g}); "
+            f"stopping without saving: {tr.out / runs.LAST} still holds the last good state. "
+            "Try a lower --lr, --clip-grad 1, or --precision fp32."
+        )
+    if cfg.clip_grad:
+        if scaler.is_enabled():
+            scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(tr.model.parameters(), cfg.clip_grad)
+    if scaler.is_enabled():
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    st.step += 1
+    tr.scheduler.step_update(st.step)
+    if tr.ema is not None:
+        tr.ema.update(tr.model, step=st.step)
+    return loss_value, lr, bool(signalled)
+
+
 @torch.no_grad()
-def evaluate(net, val, normalize, cfg: TrainConfig, precision: str, device, d: Dist, file_loader=None):
+def evaluate(tr: Training, net: nn.Module) -> tuple[float, float]:
     """(mean cross-entropy, top-1 %) over the whole validation split; each rank takes every world-th image."""
+    d, device, inputs = tr.dist, tr.device, tr.inputs
     net.eval()
     crit = nn.CrossEntropyLoss(reduction="sum")
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    if isinstance(val, D.TensorData):
+    val = inputs.data.val
+    if inputs.val_loader is None:
         idx = torch.arange(d.rank, len(val), d.world, device=val.images.device)
-        chunks = ((normalize(val.images[i]), val.labels[i]) for i in idx.split(max(cfg.batch_size, 256)))
+        chunks = ((inputs.normalize(val.images[i]), val.labels[i]) for i in idx.split(max(tr.cfg.batch_size, 256)))
     else:
         chunks = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                  for x, y, _ in file_loader if x is not None)
+                  for x, y, _ in inputs.val_loader if x is not None)
     for x, y in chunks:
-        with autocast(precision, device):
+        with autocast(tr.precision, device):
             logits = net(x)
         totals += torch.stack([crit(logits.float(), y).double(), (logits.argmax(1) == y).sum().double(),
                                torch.tensor(len(y), dtype=torch.float64, device=device)])
@@ -399,314 +672,74 @@ def evaluate(net, val, normalize, cfg: TrainConfig, precision: str, device, d: D
     return loss / max(n, 1), 100.0 * correct / max(n, 1)
 
 
-def train_one_epoch(ctx, st: State) -> bool:
-    """Train from batch st.batch to the end of epoch st.epoch. Returns False if stopped early."""
-    cfg, d, device = ctx.cfg, ctx.dist, ctx.device
-    net, model, opt, sched, scaler = ctx.net, ctx.model, ctx.optimizer, ctx.scheduler, ctx.scaler
-    spe = ctx.steps_per_epoch
-    bar = tqdm(total=spe, initial=st.batch, desc=f"epoch {st.epoch + 1}/{cfg.epochs}", leave=False,
-               disable=ctx.quiet or not d.main, dynamic_ncols=True)
-    if isinstance(ctx.data.train, D.TensorData):
-        perm = D.epoch_permutation(len(ctx.data.train), cfg.seed, st.epoch)
-
-        def batches():
-            for b in range(st.batch, spe):
-                x, y = D.memory_batch(ctx.data.train, perm, b, cfg.batch_size, d.rank, d.world,
-                                      D.step_generator(cfg.seed, st.epoch * spe + b), cfg.crop_pad, cfg.hflip)
-                x = ctx.normalize(x)
-                yield (ctx.erase(x) if ctx.erase is not None else x), y, 0
-    else:
-        ctx.train_sampler.set_epoch(st.epoch, st.batch)
-
-        def batches():
-            for x, y, skipped in ctx.train_loader:
-                if x is None:
-                    yield None, None, skipped
-                else:
-                    yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), skipped
-
-    net.train()
+def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
+    """Evaluate (the model, and its EMA copy), record the epoch (metrics.jsonl, best.safetensors, one printed
+    line), move to the next epoch and save last.ckpt there; redraw curves.png now and then. Returns whether
+    to stop: asked for during the epoch (`stop`), or by a signal while evaluating."""
+    cfg, d = tr.cfg, tr.dist
     t0 = time.perf_counter()
-    for x, y, skipped in batches():
-        st.batch += 1
-        st.skipped += skipped
-        if x is None:
-            continue
-        if ctx.mixup is not None:
-            x, y = ctx.mixup(x, y)
-        loss_total = torch.zeros((), device=device)
-        micro = -(-len(x) // cfg.accum_steps)
-        for i, (xm, ym) in enumerate(zip(x.split(micro), y.split(micro))):
-            last = i == cfg.accum_steps - 1 or (i + 1) * micro >= len(x)
-            sync = contextlib.nullcontext() if last or d.world == 1 else net.no_sync()
-            with sync:
-                with autocast(ctx.precision, device):
-                    loss = ctx.criterion(net(xm), ym) * (len(xm) / len(x))
-                scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
-            loss_total += loss.detach()
-        # One sync per step: the loss is checked before the step can spoil the weights, on every rank alike.
-        flags = torch.stack([loss_total.float(), (~torch.isfinite(loss_total)).float(),
-                             torch.tensor(float(ctx.stopper.signum), device=device)])
-        all_reduce_sum(flags, d)
-        loss_value, bad, signalled = flags[0].item() / d.world, flags[1].item(), flags[2].item()
-        lr = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)
-        if bad:
-            bar.close()
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss_value}) at step {st.step + 1} (epoch {st.epoch + 1}, lr {lr:.3g}); "
-                f"stopping without saving: {ctx.output / 'last.ckpt'} still holds the last good state. "
-                "Try a lower --lr, --clip-grad 1, or --precision fp32."
-            )
-        if cfg.clip_grad:
-            if scaler.is_enabled():
-                scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        if scaler.is_enabled():
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        st.step += 1
-        sched.step_update(st.step)
-        if ctx.ema is not None:
-            ctx.ema.update(model, step=st.step)
-        st.loss_sum += loss_value
-        st.loss_count += 1
-        st.images += len(x) * d.world
-        now = time.perf_counter()
-        st.train_s += now - t0
-        st.elapsed_s += now - t0
-        t0 = now
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", ips=f"{st.images / max(st.train_s, 1e-9):.0f}")
-        stop = signalled or (cfg.max_steps and st.step >= cfg.max_steps)
-        if stop or (cfg.save_every and st.step % cfg.save_every == 0 and st.batch < spe):
-            if st.batch < spe:  # mid-epoch: save the position; at the epoch's end run() saves after evaluating
-                save_last(ctx, st)
-            if stop:
-                bar.close()
-                return st.batch >= spe
-    bar.close()
-    return True
+    val_loss, val_top1 = evaluate(tr, tr.net)
+    row = dict(epoch=st.epoch + 1, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
+               val_loss=val_loss, val_top1=val_top1, lr=base_lr(tr.optimizer.param_groups[-1]),
+               images_per_s=st.images / max(st.train_s, 1e-9))
+    best_model, top1 = tr.model, val_top1
+    if tr.ema is not None:
+        ema_loss, ema_top1 = evaluate(tr, tr.ema.module)
+        row.update(ema_val_loss=ema_loss, ema_val_top1=ema_top1)
+        if ema_top1 > top1:
+            best_model, top1 = tr.ema.module, ema_top1
+    if st.skipped:
+        row["skipped_images"] = st.skipped
+    st.elapsed_s += time.perf_counter() - t0
+    row["elapsed_s"] = st.elapsed_s
+    if d.main:
+        if top1 > st.best_top1:
+            st.best_top1 = top1
+            save_best(best_model, tr.out / runs.BEST, tr.inputs.data.classes)
+        runs.append_metrics(tr.out / runs.METRICS, row)
+        line = (f"epoch {row['epoch']:3d}/{tr.plan.epochs}  train loss {row['train_loss']:.4f}  val loss "
+                f"{val_loss:.4f}  val top-1 {val_top1:6.2f}%")
+        if tr.ema is not None:
+            line += f"  ema top-1 {row['ema_val_top1']:6.2f}%"
+        print(line + f"  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {st.elapsed_s:.0f} s")
+    stop = stop or bool(tr.stopper.signum) or tr.max_steps_reached(st)
+    st.next_epoch()
+    save_last(tr, st)
+    if d.main and (time.perf_counter() - tr.plotted_at > PLOT_EVERY_S or st.epoch == tr.plan.epochs or stop):
+        plot(tr.out)
+        tr.plotted_at = time.perf_counter()
+    return stop
 
 
-def save_last(ctx, st: State) -> None:
-    if not ctx.dist.main:
+def save_last(tr: Training, st: State) -> None:
+    if not tr.dist.main:
         return
-    atomic_torch_save({
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "config": ctx.cfg.to_dict(), "recipe": ctx.recipe,
-        "model_config": ctx.model.config.to_dict(), "class_names": ctx.data.classes,
-        "model": ctx.model.state_dict(),
-        "optimizer": ctx.optimizer.state_dict(),
-        "scheduler": ctx.scheduler.state_dict(),
-        "ema": ctx.ema.module.state_dict() if ctx.ema is not None else None,
-        "scaler": ctx.scaler.state_dict() if ctx.scaler.is_enabled() else None,
-        "rng": rng_state(),
-        "state": vars(st).copy(),
-    }, ctx.output / "last.ckpt")
+    runs.save_checkpoint(tr.out / runs.LAST, Checkpoint(
+        config=tr.cfg.to_dict(), recipe=tr.recipe, model_config=tr.model.config.to_dict(),
+        class_names=tr.inputs.data.classes, model=tr.model.state_dict(), optimizer=tr.optimizer.state_dict(),
+        scheduler=tr.scheduler.state_dict(), ema=tr.ema.module.state_dict() if tr.ema is not None else None,
+        scaler=tr.scaler.state_dict() if tr.scaler.is_enabled() else None, rng=rng_state(), state=st,
+    ))
 
 
-def write_metrics(path: Path, row: dict) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
-
-
-def truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (written before a kill, then redone on resume) and a
-    line a crash tore; rewritten through a temporary file and a rename, so a kill here loses no line."""
-    if path.exists():
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # blank, or the torn tail of a write a crash cut short
-                continue
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        kept = [r for r in rows if isinstance(r, dict) and r.get("epoch", 0) <= epochs_done]
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, path)
-
-
-def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
-        ckpt: dict | None = None) -> int:
-    d, device = setup_distributed(cfg.device)
-    say = print if d.main else (lambda *a, **k: None)
-    torch.manual_seed(cfg.seed)  # the same initial weights (and EMA copy) on every rank
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)  # timm's Mixup draws from numpy: the same on every rank
-
-    out = output or resume or default_output(recipe)
-    lock = lock_output(out, resume is not None) if d.main else None
-
-    # ---- data and model
-    entry = get_entry(cfg.model)
-    model_img = cfg.img_size or entry.config.img_size
-    model_img = model_img if isinstance(model_img, int) else model_img[0]
-    first = cfg.download and d.world > 1  # rank 0 downloads alone; the others then read its files
-    if first and not d.main:
-        dist.barrier()
-    data = load_data(cfg, model_img, entry.config.in_chans)
-    if first and d.main:
-        dist.barrier()
-    model = build_model(cfg, len(data.classes), data.channels).to(device)
-    model.class_names = data.classes
-    if model.num_classes != len(data.classes):
-        raise ConfigError(f"the model has {model.num_classes} classes but {cfg.dataset} has {len(data.classes)}")
-    pre = model.preprocess
-    H, W = pre.input_size[1:]
-    local = cfg.batch_size // d.world
-    if cfg.batch_size % d.world or local % cfg.accum_steps:
-        raise ConfigError(f"--batch-size {cfg.batch_size} must split evenly over {d.world} rank(s) x "
-                          f"{cfg.accum_steps} accumulation step(s)")
-    if (cfg.mixup or cfg.cutmix) and local % 2:
-        raise ConfigError(f"Mixup/CutMix need an even per-rank batch, got {local}")
-    steps_per_epoch = len(data.train) // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
-
-    normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], (H, W), device)
-    train_loader = train_sampler = val_loader = erase = None
-    if isinstance(data.train, D.TensorData):
-        data.train, data.val = data.train.to(device), data.val.to(device)
-        if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
-            from timm.data.random_erasing import RandomErasing
-
-            erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
-    else:
-        pin = device.type == "cuda"
-        train_sampler = D.ShardSampler(len(data.train), cfg.batch_size, cfg.seed, d.rank, d.world)
-        train_loader = D.file_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
-                                     data.channels, cfg.on_corrupt, local, cfg.workers, train_sampler, pin)
-        val_loader = D.file_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt,
-                                   local, cfg.workers, list(range(d.rank, len(data.val), d.world)), pin)
-
-    # ---- optimisation
-    precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
-    optimizer = build_optimizer(cfg, model, device)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    ema = None
-    if cfg.ema_decay:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
-    mixup = build_mixup(cfg, model.num_classes)
-    if mixup is not None:
-        from timm.loss import SoftTargetCrossEntropy
-
-        criterion = SoftTargetCrossEntropy()  # Mixup already made the targets soft (and smoothed them)
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    if d.rank:
-        torch.manual_seed(cfg.seed + d.rank)  # from here on: each rank its own dropout / drop-path draws
-    # Random erasing draws from Python's RNG, which a first import above (sklearn's, for digits) also draws from.
-    random.seed(cfg.seed + d.rank)
-    st = State()
-    if ckpt is not None:
-        try:  # flags that change the model or the parameter groups make the checkpoint unloadable
-            check_state_dict(ckpt["model"], model)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ema is not None and ckpt["ema"] is not None:
-                ema.module.load_state_dict(ckpt["ema"])
-            if scaler.is_enabled() and ckpt["scaler"]:
-                scaler.load_state_dict(ckpt["scaler"])
-            st = State(**ckpt["state"])
-            set_rng_state(ckpt["rng"])
-        except (VitError, RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{out / 'last.ckpt'} cannot be resumed with this run's settings (a flag that "
-                                  f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
-        if d.rank:
-            torch.manual_seed(cfg.seed + d.rank + st.step)  # only rank 0's RNGs are saved
-            random.seed(cfg.seed + d.rank + st.step)
-        if d.main:
-            truncate_metrics(out / "metrics.jsonl", st.epoch)
-        say(f"resumed {out} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
-
-    net = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-
-    # The objects the loop works on: a plain namespace, no trainer class hierarchy.
-    ctx = SimpleNamespace(
-        cfg=cfg, recipe=recipe, dist=d, device=device, output=out, quiet=quiet, data=data, model=model, net=net,
-        optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup, erase=erase, criterion=criterion,
-        precision=precision, normalize=normalize, steps_per_epoch=steps_per_epoch, train_loader=train_loader,
-        train_sampler=train_sampler, stopper=Stopper(),
-    )
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"{cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.dataset}: {len(data.train)} train / {len(data.val)} "
-        f"val images, {len(data.classes)} classes; {cfg.epochs} epochs x {steps_per_epoch} steps of "
-        f"{cfg.batch_size}; {device.type} {precision}, {d.world} process(es); output {out}")
-
-    # ---- loop
-    ctx.stopper.install()
-    last_plot = time.perf_counter()
-    try:
-        while st.epoch < cfg.epochs:
-            with compiled_training_settings() if cfg.compile else contextlib.nullcontext():
-                finished = train_one_epoch(ctx, st)
-            if not finished:
-                reason = (f"signal {signal.Signals(ctx.stopper.signum).name}" if ctx.stopper.signum
-                          else f"--max-steps {cfg.max_steps}")
-                say(f"stopped by {reason} at step {st.step}; last.ckpt saved. Continue with: "
-                    f"python train.py --resume {out}")
-                return 128 + ctx.stopper.signum if ctx.stopper.signum else 0
-            t0 = time.perf_counter()
-            val_loss, val_top1 = evaluate(net, data.val, normalize, cfg, precision, device, d, val_loader)
-            row = dict(epoch=st.epoch + 1, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
-                       val_loss=val_loss, val_top1=val_top1, lr=scheduler.optimizer.param_groups[-1]["lr"]
-                       / scheduler.optimizer.param_groups[-1].get("lr_scale", 1.0),
-                       images_per_s=st.images / max(st.train_s, 1e-9))
-            best_model, top1 = model, val_top1
-            if ema is not None:
-                ema_loss, ema_top1 = evaluate(ema.module, data.val, normalize, cfg, precision, device, d, val_loader)
-                row.update(ema_val_loss=ema_loss, ema_val_top1=ema_top1)
-                if ema_top1 > top1:
-                    best_model, top1 = ema.module, ema_top1
-            if st.skipped:
-                row["skipped_images"] = st.skipped
-            st.elapsed_s += time.perf_counter() - t0
-            row["elapsed_s"] = st.elapsed_s
-            if d.main:
-                if top1 > st.best_top1:
-                    st.best_top1 = top1
-                    save_best(best_model, out / "best.safetensors", data.classes)
-                write_metrics(out / "metrics.jsonl", row)
-                line = (f"epoch {row['epoch']:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss "
-                        f"{val_loss:.4f}  val top-1 {val_top1:6.2f}%")
-                if ema is not None:
-                    line += f"  ema top-1 {row['ema_val_top1']:6.2f}%"
-                say(line + f"  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {st.elapsed_s:.0f} s")
-            stopped = ctx.stopper.signum or (cfg.max_steps and st.step >= cfg.max_steps)
-            st.epoch, st.batch = st.epoch + 1, 0
-            st.loss_sum, st.loss_count, st.train_s, st.images = 0.0, 0, 0.0, 0
-            save_last(ctx, st)
-            if d.main and (time.perf_counter() - last_plot > PLOT_EVERY_S or st.epoch == cfg.epochs or stopped):
-                plot(out)
-                last_plot = time.perf_counter()
-            if stopped and st.epoch < cfg.epochs:
-                say(f"stopped at step {st.step}; last.ckpt saved. Continue with: python train.py --resume {out}")
-                return 128 + ctx.stopper.signum if ctx.stopper.signum else 0
-    finally:
-        ctx.stopper.restore()
-        if d.world > 1:
-            dist.destroy_process_group()
-        if lock is not None:
-            lock.close()
-    say(f"done in {st.elapsed_s:.0f} s: best val top-1 {st.best_top1:.2f}%\n"
-        f"outputs in {out}/: best.safetensors, last.ckpt, metrics.jsonl, curves.png\n"
-        f"evaluate with: python evaluate.py {out / 'best.safetensors'} --dataset {cfg.dataset}"
-        + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
+def finish(tr: Training, st: State, stopped: bool) -> int:
+    """Say how the run ended and return the exit code: 0, or 128 + N after signal N (as a shell reports it)."""
+    signum = tr.stopper.signum
+    if stopped:
+        if signum:
+            reason = f"signal {signal.Signals(signum).name}"
+        elif tr.max_steps_reached(st):
+            reason = f"--max-steps {tr.cfg.max_steps}"
+        else:
+            reason = "a signal to another rank"
+        tr.say(f"stopped by {reason} at step {st.step}; last.ckpt saved. Continue with: "
+               f"python train.py --resume {tr.out}")
+        return 128 + signum if signum else 0
+    cfg = tr.cfg
+    tr.say(f"done in {st.elapsed_s:.0f} s: best val top-1 {st.best_top1:.2f}%\n"
+           f"outputs in {tr.out}/: {runs.BEST}, {runs.LAST}, {runs.METRICS}, {runs.CURVES}\n"
+           f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {cfg.dataset}"
+           + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
     return 0
 
 
@@ -737,7 +770,7 @@ def save_best(model, path: Path, classes: list[str]) -> None:
 def plot(out: Path) -> None:
     from .plots import plot_curves
 
-    plot_curves(out / "metrics.jsonl", out / "curves.png")
+    plot_curves(out / runs.METRICS, out / runs.CURVES)
 
 
 def main(argv=None) -> int:
@@ -747,8 +780,8 @@ def main(argv=None) -> int:
         ckpt = None
         resume = Path(args.resume) if args.resume else None
         if resume is not None:
-            ckpt = load_checkpoint(resume / "last.ckpt")
-            base, recipe = ckpt["config"], ckpt.get("recipe", args.recipe)
+            ckpt = runs.read_checkpoint(resume / runs.LAST)
+            base, recipe = ckpt.config, ckpt.recipe or args.recipe
             changed = {k: v for k, v in given.items() if base.get(k) != v}
             if changed:
                 print(f"resume: overriding the saved config with {changed}")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .errors import CheckpointError, ConfigError, OutputError
 from .model import ViTConfig, VisionTransformer, resample_pos_embed, to_2tuple
 from .preprocess import Preprocess
+from .runs import read_trained_model
 
 FORMAT_NAME = "vit"
 FORMAT_VERSION = 1  # bump when the metadata written by save_pretrained changes meaning
@@ -153,7 +154,8 @@ def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
 
 
 def _checkpoint_info(obj: dict) -> PretrainedInfo:
-    """Metadata inside a torch checkpoint dict, as train.py writes it ({"model": ..., "config": ...})."""
+    """Metadata beside the weights in a torch checkpoint dict other than train.py's (vit.runs reads those):
+    {"model": ..., "config" or "model_config": ..., "preprocess": ..., "class_names": ...}."""
     meta = {}
     config = obj.get("model_config", obj.get("config"))
     if isinstance(config, dict) and isinstance(config.get("model"), dict):  # a training config with a model part
@@ -219,6 +221,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    trained = read_trained_model(obj, path)  # train.py's last.ckpt: vit.runs knows its layout
+    if trained is not None:
+        meta = {"config": trained.model_config, "class_names": trained.class_names}
+        return trained.weights, _info_from_strings(meta)
     info = _checkpoint_info(obj)
     state = _unwrap(dict(obj))
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]

@@ -1,0 +1,328 @@
+"""The run folder train.py writes, and the one module that knows its layout.
+
+    OUT/
+      .lock              held (flock) by the train.py writing OUT; holds its pid
+      last.ckpt          everything needed to continue the run: `Checkpoint`, saved with torch.save and
+                         read back with torch.load(weights_only=True)
+      best.safetensors   the best model so far (vit.save_pretrained: weights, config, preprocessing, classes)
+      metrics.jsonl      one JSON object per finished epoch
+      curves.png         metrics.jsonl drawn (vit.plots)
+
+last.ckpt and curves.png are replaced through `atomic_write`, so a kill at any moment leaves the old file or
+the new one; metrics.jsonl is appended to, and rewritten that way when a resumed run drops the rows of
+epochs it redoes. Readers check what they read and name the file and the entry that is wrong
+(`CheckpointError`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
+
+import torch
+
+from .errors import CheckpointError, OutputError
+
+LOCK = ".lock"
+LAST = "last.ckpt"
+BEST = "best.safetensors"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+CHECKPOINT_FORMAT = "vit-train-checkpoint"
+CHECKPOINT_VERSION = 1  # bump when an entry changes meaning; readers refuse versions newer than theirs
+
+
+def default_folder(recipe: str) -> Path:
+    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write(file)` on a temporary file in `path`'s folder, fsync it, rename it over `path` and fsync
+    the folder: a kill at any moment leaves either the old file or the new one, never a torn one.
+
+    On failure (a full disk, an unwritable folder) the temporary file is removed and OutputError names
+    `path` and the space left there. A kill leaves its ".NAME.PID.tmp" behind; `lock_output` removes it.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its zip writer
+        tmp.unlink(missing_ok=True)
+        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize if path.parent.is_dir() else 0
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"the write was cut short ({e})"
+        raise OutputError(f"cannot write {path} ({free / 1e6:.1f} MB free there): {reason}") from e
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The lock: one train.py per folder
+
+
+def lock_output(out: Path, resume: bool) -> IO[str]:
+    """Create `out` and hold an exclusive lock on out/.lock for the life of the process (close the returned
+    file to let go earlier).
+
+    flock is released by the kernel when the process dies, even by SIGKILL, so a crash never leaves a
+    stale lock behind. A folder that already holds a run is refused unless resuming.
+    """
+    import fcntl
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK, "a+")
+    except OSError as e:
+        raise OutputError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "unknown"
+        fh.close()
+        raise OutputError(f"{out} is in use by another train.py (pid {pid}); wait for it, or pick another --output")
+    if not resume and (out / LAST).exists():
+        fh.close()
+        raise OutputError(f"{out} already holds a training run ({LAST}): continue it with --resume {out}, "
+                          "or pick another --output")
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    # Temporary files of writes a kill cut short (".last.ckpt.PID.tmp"): with the lock held, no writer is left.
+    for stale in out.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return fh
+
+
+# --------------------------------------------------------------------------------------------------------
+# last.ckpt
+
+
+@dataclass
+class State:
+    """Where training stands: last.ckpt's "state" entry."""
+
+    epoch: int = 0  # epoch in progress (0-based)
+    batch: int = 0  # next batch within the epoch
+    step: int = 0  # optimizer steps taken
+    elapsed_s: float = 0.0
+    best_top1: float = -1.0
+    loss_sum: float = 0.0  # this epoch's training loss so far, for metrics.jsonl
+    loss_count: int = 0
+    train_s: float = 0.0  # this epoch's training time so far
+    images: int = 0  # this epoch's training images so far
+    skipped: int = 0  # unreadable images skipped (DataLoader path)
+
+    def next_epoch(self) -> None:
+        """Move to the start of the next epoch; the per-epoch sums start again."""
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.loss_sum, self.loss_count, self.train_s, self.images = 0.0, 0, 0.0, 0
+
+
+@dataclass
+class Checkpoint:
+    """last.ckpt: these entries, plus "format" (CHECKPOINT_FORMAT) and "version", in one torch.save dict."""
+
+    config: dict  # the run's TrainConfig (vit.recipes) as a dict
+    recipe: str | None  # the recipe it started from
+    model_config: dict  # ViTConfig.to_dict(): the architecture, without the registry
+    class_names: list[str]
+    model: dict[str, torch.Tensor]  # the model's state dict
+    optimizer: dict
+    scheduler: dict
+    ema: dict[str, torch.Tensor] | None  # the EMA copy's state dict
+    scaler: dict | None  # the fp16 GradScaler's state
+    rng: dict  # python, numpy, torch (and cuda) RNG states of rank 0
+    state: State = field(default_factory=State)
+
+    def to_dict(self) -> dict:
+        entries = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **entries, "state": asdict(self.state)}
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The model part of last.ckpt: what rebuilding and naming the model needs, nothing of the optimizer."""
+
+    weights: dict[str, torch.Tensor]
+    model_config: dict
+    class_names: list[str]
+    training_config: dict
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    atomic_torch_save(ckpt.to_dict(), path)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """The whole of a last.ckpt (to resume from), every entry checked."""
+    obj = _load(path, mmap=False)
+    return Checkpoint(
+        config=_training_config(obj, path),
+        recipe=_entry(obj, path, "recipe", str, optional=True),
+        model_config=_entry(obj, path, "model_config", dict),
+        class_names=_class_names(obj, path),
+        model=_tensors(obj, path, "model"),
+        optimizer=_entry(obj, path, "optimizer", dict),
+        scheduler=_entry(obj, path, "scheduler", dict),
+        ema=_tensors(obj, path, "ema", optional=True),
+        scaler=_entry(obj, path, "scaler", dict, optional=True),
+        rng=_entry(obj, path, "rng", dict),
+        state=_state(obj, path),
+    )
+
+
+def read_training_config(path: Path) -> dict:
+    """A last.ckpt's TrainConfig dict, without reading the model or optimizer tensors into memory (the file is
+    memory-mapped and only the entries' structure is unpickled)."""
+    return _training_config(_load(path, mmap=True), path)
+
+
+def find_training_config(checkpoint: str | Path) -> dict | None:
+    """The config of the train.py run a checkpoint came from: in its last.ckpt, or in the last.ckpt beside a
+    best.safetensors (or in a run folder). None for checkpoints from elsewhere or an unreadable last.ckpt
+    (loading its weights reports what is wrong with it)."""
+    path = Path(checkpoint)
+    ckpt = path if path.suffix == ".ckpt" else (path if path.is_dir() else path.parent) / LAST
+    if not ckpt.is_file():
+        return None
+    try:
+        return read_training_config(ckpt)
+    except CheckpointError:
+        return None
+
+
+def read_trained_model(obj: Mapping, path: Path) -> TrainedModel | None:
+    """The model part of a last.ckpt that torch.load has already read (`obj`); None when `obj` is no train.py
+    checkpoint (another format of torch dict)."""
+    if obj.get("format") != CHECKPOINT_FORMAT:
+        return None
+    _check_version(obj, path)
+    return TrainedModel(_tensors(obj, path, "model"), _entry(obj, path, "model_config", dict),
+                        _class_names(obj, path), _training_config(obj, path))
+
+
+def _load(path: Path, mmap: bool) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise OutputError(f"no {path.name} in {path.parent}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated, not a checkpoint, or carrying code: torch says which
+        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a train.py checkpoint (no format {CHECKPOINT_FORMAT!r} entry)")
+    _check_version(obj, path)
+    return obj
+
+
+def _check_version(obj: Mapping, path: Path) -> None:
+    version = obj.get("version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version!r}; this vit reads versions 1 to "
+                              f"{CHECKPOINT_VERSION} (a newer vit wrote it?)")
+
+
+def _entry(obj: Mapping, path: Path, key: str, kind: type, optional: bool = False):
+    if key not in obj:
+        raise CheckpointError(f"{path}: the {key!r} entry is missing")
+    value = obj[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: the {key!r} entry is a {type(value).__name__}, expected a {kind.__name__}")
+    return value
+
+
+def _tensors(obj: Mapping, path: Path, key: str, optional: bool = False) -> dict[str, torch.Tensor] | None:
+    value = _entry(obj, path, key, dict, optional)
+    bad = [k for k, v in (value or {}).items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: the {key!r} entry is not a state dict ({key}.{bad[0]} is not a tensor)")
+    return value
+
+
+def _training_config(obj: Mapping, path: Path) -> dict:
+    config = _entry(obj, path, "config", dict)
+    for key in ("model", "dataset"):  # what readers of a run's config rely on
+        if not isinstance(config.get(key), str):
+            raise CheckpointError(f"{path}: config.{key} is {config.get(key)!r}, expected a str")
+    return config
+
+
+def _class_names(obj: Mapping, path: Path) -> list[str]:
+    names = _entry(obj, path, "class_names", list)
+    if not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: the 'class_names' entry holds something other than strings")
+    return names
+
+
+def _state(obj: Mapping, path: Path) -> State:
+    saved = _entry(obj, path, "state", dict)
+    known = {f.name: f for f in fields(State)}
+    for key, value in saved.items():
+        if key not in known:
+            raise CheckpointError(f"{path}: state.{key} is not a field of this vit's training state "
+                                  f"({', '.join(known)})")
+        number = known[key].type == "float"
+        if isinstance(value, bool) or not isinstance(value, (int, float) if number else int):
+            raise CheckpointError(f"{path}: state.{key} is {value!r}, not {'a number' if number else 'an integer'}")
+    return State(**saved)  # entries an older checkpoint lacks keep their defaults
+
+
+# --------------------------------------------------------------------------------------------------------
+# metrics.jsonl
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a blank line, or the torn tail of a write a crash cut short, is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop rows of epochs after the checkpoint (written before a kill, then redone on resume) and a line a
+    crash tore; rewritten atomically, so a kill here loses no row."""
+    if path.exists():
+        kept = [r for r in read_metrics(path) if r.get("epoch", 0) <= epochs_done]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
