@@ -38,7 +38,7 @@ def test_steps_that_fit_is_the_largest_count_that_fits(remaining, done, step_s, 
 
 
 def test_plan_keeps_a_reserve_and_replans_only_outside_the_band():
-    plan = B.Plan(budget_s=1000.0)
+    plan = B.Budget(budget_s=1000.0)
     total = plan.plan(used_s=20.0, done=10, step_s=1.0, eval_s=10.0, steps_per_epoch=100)
     assert cost(10, total, 1.0, 10.0, 100) <= 1000.0 * (1 - B.RESERVE) - 20.0
     # On plan: nothing changes.
@@ -51,8 +51,11 @@ def test_plan_keeps_a_reserve_and_replans_only_outside_the_band():
     before = plan.total_steps
     assert "faster" in plan.replan(used_s=220.0, done=200, step_s=0.5, eval_s=5.0, steps_per_epoch=100)
     assert plan.total_steps > before
-    assert B.Plan.from_dict(plan.to_dict()) == plan
+    assert B.Budget.from_dict(plan.to_dict()) == plan
 
 
-def test_seconds_since_launch_counts_from_the_process_start():
-    assert 0.0 <= B.seconds_since_launch() < 24 * 3600
+def test_clock_counts_from_the_process_start_or_from_now():
+    since_start = B.seconds_since_process_start()
+    assert 0.0 < since_start < 24 * 3600
+    assert B.Clock(from_process_start=True).elapsed() >= since_start - 0.5
+    assert B.Clock().elapsed() < 0.5

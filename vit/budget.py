@@ -20,8 +20,9 @@ from .errors import ConfigError
 
 PROBE_STEPS = 12  # steps timed before planning (after PROBE_SKIP warm-up steps, whose cost is start-up's)
 PROBE_SKIP = 2
-RESERVE = 0.02  # share of the budget kept back for what was not measured (saving files, plotting, exit)
-MIN_USE = 0.93  # a run projected to end before this share of its budget re-plans to use the rest
+RESERVE = 0.02  # share of the budget kept back for what was not measured (saving files, plotting, exit)...
+RESERVE_MIN_S = 0.5  # ... and at least this many seconds
+MIN_USE = 0.9  # a run projected to end before this share of its budget re-plans to use the rest
 
 _IMPORTED_AT = time.monotonic()
 
@@ -38,7 +39,11 @@ def parse_budget(text: str, flag: str = "--budget") -> float:
     return total
 
 
-def seconds_since_launch() -> float:
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def seconds_since_process_start() -> float:
     """Wall seconds since this process started (Linux: from /proc), else since vit.budget was imported."""
     try:
         with open("/proc/self/stat") as f:
@@ -48,6 +53,17 @@ def seconds_since_launch() -> float:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return time.monotonic() - _IMPORTED_AT
+
+
+class Clock:
+    """Wall time of a run: from the process's launch (a command: interpreter and imports count), or from now
+    (train.main called from Python, whose process may have started long before)."""
+
+    def __init__(self, from_process_start: bool = False):
+        self.start = time.monotonic() - (seconds_since_process_start() if from_process_start else 0.0)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
 
 def evaluations_between(done: int, total: int, steps_per_epoch: int) -> int:
@@ -73,8 +89,8 @@ def steps_that_fit(remaining_s: float, done: int, step_s: float, eval_s: float, 
 
 
 @dataclass
-class Plan:
-    """The step plan of a budgeted run; saved in last.ckpt."""
+class Budget:
+    """A budgeted run's plan: its measured costs, the step count they fix, and every re-plan; saved in last.ckpt."""
 
     budget_s: float
     total_steps: int = 0  # 0 until planned
@@ -84,7 +100,7 @@ class Plan:
     replans: list = field(default_factory=list)  # {"step", "total_steps", "step_s", "reason"}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
+    def from_dict(cls, d: dict) -> "Budget":
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -93,7 +109,7 @@ class Plan:
     def plan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int) -> int:
         """Fix total_steps from measured costs, with RESERVE of the budget kept back."""
         self.step_s, self.eval_s = step_s, eval_s
-        left = self.budget_s * (1.0 - RESERVE) - used_s
+        left = self.budget_s - max(RESERVE * self.budget_s, RESERVE_MIN_S) - used_s
         self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch)
         return self.total_steps
 
@@ -103,7 +119,7 @@ class Plan:
         Returns a line saying what changed, or None if the plan holds."""
         projected = used_s + (self.total_steps - done) * step_s + \
             evaluations_between(done, self.total_steps, steps_per_epoch) * eval_s
-        if MIN_USE * self.budget_s <= projected <= self.budget_s * (1.0 - RESERVE / 2) or done >= self.total_steps:
+        if MIN_USE * self.budget_s <= projected <= self.budget_s or done >= self.total_steps:
             return None
         old = self.total_steps
         new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch)
@@ -112,4 +128,4 @@ class Plan:
         reason = "slower" if projected > self.budget_s else "faster"
         self.replans.append(dict(step=done, total_steps=new, step_s=step_s, reason=reason))
         return (f"budget: steps cost {step_s * 1e3:.0f} ms now ({reason} than planned): the run would end at "
-                f"{projected / 60:.1f} of {self.budget_s / 60:.1f} min; re-planned from {old} to {new} steps")
+                f"{duration(projected)} of {duration(self.budget_s)}; re-planned from {old} to {new} steps")

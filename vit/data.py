@@ -245,6 +245,9 @@ def load_dataset(name: str, split: str, data_dir: str = "", download: bool = Fal
     For ImageFolder trees, data_mode "auto" decodes into memory when img_size <= MEMORY_MAX_SIDE; `img_size`
     and `channels` then say what to decode to.
     """
+    if name != "folder" and data_mode == "loader":
+        raise ConfigError(f"--data-mode loader reads image files from a folder; --dataset {name} is held in memory "
+                          "(leave --data-mode at auto)")
     if name == "digits":
         return digits_split(split)
     if name in ("mnist", "fashion-mnist"):

@@ -25,6 +25,7 @@ from typing import IO, Any, Callable, Mapping
 
 import torch
 
+from .budget import Budget
 from .errors import CheckpointError, OutputError
 
 LOCK = ".lock"
@@ -159,6 +160,7 @@ class Checkpoint:
     scaler: dict | None  # the fp16 GradScaler's state
     rng: dict  # python, numpy, torch (and cuda) RNG states of rank 0
     state: State = field(default_factory=State)
+    budget: dict | None = None  # a --budget run's plan (vit.budget.Budget.to_dict()); None without a budget
 
     def to_dict(self) -> dict:
         entries = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -194,6 +196,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         scaler=_entry(obj, path, "scaler", dict, optional=True),
         rng=_entry(obj, path, "rng", dict),
         state=_state(obj, path),
+        budget=_budget(obj, path),
     )
 
 
@@ -326,3 +329,22 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     if path.exists():
         kept = [r for r in read_metrics(path) if r.get("epoch", 0) <= epochs_done]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _budget(obj: Mapping, path: Path) -> dict | None:
+    """The budget plan, checked field by field (older checkpoints have none)."""
+    saved = obj.get("budget")
+    if saved is None:
+        return None
+    kinds = {"budget_s": (int, float), "total_steps": int, "step_s": (int, float), "eval_s": (int, float),
+             "spent_s": (int, float), "replans": list}
+    if not isinstance(saved, dict) or set(saved) - set(kinds):
+        raise CheckpointError(f"{path}: the 'budget' entry is not a budget plan")
+    for key, kind in kinds.items():
+        value = saved.get(key)
+        if key in saved and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise CheckpointError(f"{path}: budget.{key} is {value!r}, expected a {kind}")
+        if key in saved and key != "replans" and value < 0:
+            raise CheckpointError(f"{path}: budget.{key} is {value!r}, expected >= 0")
+    return Budget.from_dict(saved).to_dict()
+

@@ -35,7 +35,11 @@ from tqdm import tqdm
 
 from . import data as D
 from . import runs
+from .augment import RandAugment
+from .budget import Budget, Clock, parse_budget
+from . import budget as B
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
+from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
 from .registry import create_model, get_entry
@@ -206,28 +210,42 @@ class Inputs:
     data: Data
     normalize: D.Normalize
     erase: Callable[[torch.Tensor], torch.Tensor] | None = None  # in memory: timm's RandomErasing
+    randaug: RandAugment | None = None  # in memory: vit.augment's, per image on the uint8 batch
     train_loader: torch.utils.data.DataLoader | None = None  # from disk
     train_sampler: D.ShardSampler | None = None
     val_loader: torch.utils.data.DataLoader | None = None
 
 
-def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device) -> Inputs:
+# Flags that act in one data mode only; given on the command line in the other, they are an error.
+MEMORY_ONLY = ("crop_pad", "repeat_aug")
+LOADER_ONLY = ("workers",)
+
+
+def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device,
+                 given: frozenset = frozenset()) -> Inputs:
     normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
-    if isinstance(data.train, D.TensorData):
+    in_memory = isinstance(data.train, D.TensorData)
+    idle = given & set(LOADER_ONLY if in_memory else MEMORY_ONLY)
+    if idle:
+        mode = "in memory" if in_memory else "through the DataLoader (--data-mode loader)"
+        raise ConfigError(f"{', '.join('--' + flag(n) for n in sorted(idle))} has no effect when the images are "
+                          f"read {mode}; leave it out, or choose the other --data-mode")
+    if in_memory:
         data.train, data.val = data.train.to(device), data.val.to(device)
         erase = None
         if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
             from timm.data.random_erasing import RandomErasing
 
             erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
-        return Inputs(data, normalize, erase)
+        randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
+        return Inputs(data, normalize, erase, randaug)
     pin, local = device.type == "cuda", cfg.batch_size // d.world
     sampler = D.ShardSampler(len(data.train), cfg.batch_size, cfg.seed, d.rank, d.world)
     train_loader = D.file_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
                                  data.channels, cfg.on_corrupt, local, cfg.workers, sampler, pin)
     val_loader = D.file_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt, local,
                                cfg.workers, list(range(d.rank, len(data.val), d.world)), pin)
-    return Inputs(data, normalize, None, train_loader, sampler, val_loader)
+    return Inputs(data, normalize, None, None, train_loader, sampler, val_loader)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -248,69 +266,6 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
     return create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)
 
 
-def layer_id(name: str, depth: int) -> int:
-    """Depth of a parameter for layer-wise lr decay: embeddings 0, block i is i + 1, final norm/head depth + 1."""
-    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
-def param_groups(model, weight_decay: float, layer_decay: float) -> list[dict]:
-    """No weight decay on 1-D parameters (norms, biases) and on position embeddings and CLS/register tokens.
-
-    With layer_decay > 0 (BEiT, Bao et al., 2022), block i's lr is scaled by layer_decay ** (depth + 1 - i),
-    so early layers of a pretrained model move least; timm's scheduler applies the `lr_scale` of each group.
-    """
-    from timm.optim import param_groups_weight_decay
-
-    skip = model.no_weight_decay()
-    if not layer_decay:
-        return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
-    depth = len(model.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim <= 1 or name in skip
-        lid = layer_id(name, depth)
-        g = groups.setdefault((lid, no_decay), {
-            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-            "lr_scale": layer_decay ** (depth + 1 - lid),
-        })
-        g["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
-
-
-def muon_groups(model, groups: list[dict]) -> list[dict]:
-    """Split each group for Muon (Jordan et al., 2024): the blocks' and the patch embedding's weight matrices
-    get orthogonalised momentum; 1-D parameters, position embeddings, [CLS]/register tokens and the head, which
-    act as tables or read-outs rather than as maps between hidden spaces, get its Nesterov AdamW fallback."""
-    tables = {id(p) for n, p in model.named_parameters() if n.startswith(("pos_embed", "cls_token", "reg_token", "head."))}
-    split = []
-    for g in groups:
-        for fallback in (False, True):
-            params = [p for p in g["params"] if (p.ndim < 2 or id(p) in tables) == fallback]
-            if params:
-                split.append({**g, "params": params, "use_fallback": fallback})
-    return split
-
-
-def build_optimizer(cfg: TrainConfig, model, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
-    # The fused CUDA kernel updates every parameter in one launch; on CPU the foreach path is the fast one.
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if cfg.opt == "sgd":  # the ViT paper's fine-tuning optimizer; weight decay is coupled (L2) here
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
-    if cfg.opt == "muon":
-        from timm.optim import Muon
-
-        return Muon(muon_groups(model, groups), lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95,
-                    nesterov=True, adjust_lr_fn="match_rms_adamw", betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps, **fused)
-
-
 @dataclass
 class Plan:
     """The run's length in steps, fixed up front: the schedule spans it and the loop ends with it.
@@ -325,6 +280,10 @@ class Plan:
     @property
     def epochs(self) -> int:
         return -(-self.total_steps // self.steps_per_epoch)
+
+    @property
+    def epochs_label(self) -> str:
+        return "?" if self.total_steps >= UNPLANNED_STEPS else str(self.epochs)
 
     def epoch_end(self, epoch: int) -> int:
         """The batch at which `epoch` ends."""
@@ -341,17 +300,23 @@ def plan_steps(cfg: TrainConfig, d: Dist, n_train: int) -> Plan:
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
-    return Plan(steps_per_epoch, cfg.epochs * steps_per_epoch)
+    return Plan(steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> CosineLRScheduler:
-    """Per-step cosine decay from lr to min_lr over the whole plan, after a linear warm-up (timm's scheduler)."""
+    """A linear warm-up to lr, then per-step cosine decay to min_lr over the rest of the plan (timm's scheduler,
+    with the warm-up as a prefix, so the learning rate peaks where warm-up ends)."""
     from timm.scheduler import CosineLRScheduler
 
-    total = plan.total_steps
-    warmup = min(round(cfg.warmup_epochs * plan.steps_per_epoch), total - 1)
-    return CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup,
-                             warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
+    warmup = min(round(cfg.warmup_epochs * plan.steps_per_epoch), plan.total_steps - 1)
+    return CosineLRScheduler(optimizer, t_initial=plan.total_steps - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+                             warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+
+
+def set_total_steps(tr: Training, total: int) -> None:
+    """Change the plan's length (a budget's plan or re-plan): the loop and the cosine end at `total`."""
+    tr.plan.total_steps = total
+    tr.scheduler.t_initial = max(1, total - tr.scheduler.warmup_t)
 
 
 def base_lr(group: dict) -> float:
@@ -429,6 +394,9 @@ class Training:
     criterion: nn.Module
     precision: str
     plan: Plan
+    budget: Budget | None = None  # --budget: the plan's costs and re-plans (vit/budget.py)
+    probe: tuple[int, float] | None = None  # (step, perf_counter()) where timing the steps for the budget began
+    clock: Clock = field(default_factory=Clock)  # the run's wall time, for the budget
     quiet: bool = False  # no progress bars
     stopper: Stopper = field(default_factory=Stopper)
     plotted_at: float = 0.0  # perf_counter() of the last curves.png
@@ -440,20 +408,25 @@ class Training:
     def max_steps_reached(self, st: State) -> bool:
         return bool(self.cfg.max_steps) and st.step >= self.cfg.max_steps
 
+    def used_s(self) -> float:
+        """Budget used so far: earlier processes of this run, and this one since its launch."""
+        return (self.budget.spent_s if self.budget is not None else 0.0) + self.clock.elapsed()
+
 
 # --------------------------------------------------------------------------------------------------------
 # The run: set up, restore, train, finish
 
 
 def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
-        ckpt: Checkpoint | None = None) -> int:
+        ckpt: Checkpoint | None = None, given: frozenset = frozenset(), clock: Clock | None = None) -> int:
     """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`); returns the exit code."""
     d, device = setup_distributed(cfg.device)
     out = output or resume or runs.default_folder(recipe)
     lock = None
     try:
         lock = runs.lock_output(out, resume is not None) if d.main else None
-        tr = set_up(cfg, recipe, d, device, out, quiet)
+        tr = set_up(cfg, recipe, d, device, out, quiet, given)
+        tr.clock = clock or Clock()
         st = restore(tr, ckpt)
         tr.say(describe(tr))
         stopped = train(tr, st)
@@ -465,7 +438,8 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
             lock.close()
 
 
-def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool) -> Training:
+def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool,
+           given: frozenset = frozenset()) -> Training:
     """Data, model, optimizer, schedule, EMA, Mixup and loss: the same on every rank."""
     seed_shared(cfg.seed)
     entry = get_entry(cfg.model)
@@ -476,9 +450,12 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     if model.num_classes != len(data.classes):
         raise ConfigError(f"the model has {model.num_classes} classes but {cfg.dataset} has {len(data.classes)}")
     plan = plan_steps(cfg, d, len(data.train))
-    inputs = build_inputs(cfg, data, model.preprocess, d, device)
+    inputs = build_inputs(cfg, data, model.preprocess, d, device, given)
+    budget = Budget(parse_budget(cfg.budget)) if cfg.budget else None
+    if budget is not None:  # a placeholder length until the first steps are timed (warm-up does not depend on it)
+        plan.total_steps = max(plan.total_steps, UNPLANNED_STEPS)
     precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
-    optimizer = build_optimizer(cfg, model, device)
+    optimizer = build_optimizer(cfg, model, device, precision)
     scheduler = build_scheduler(cfg, optimizer, plan)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ema = build_ema(cfg, model)
@@ -490,7 +467,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
         net = torch.compile(net)
     return Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup,
-                    criterion=build_criterion(cfg, mixup), precision=precision, plan=plan, quiet=quiet)
+                    criterion=build_criterion(cfg, mixup), precision=precision, plan=plan, budget=budget, quiet=quiet)
 
 
 def restore(tr: Training, ckpt: Checkpoint | None) -> State:
@@ -512,6 +489,10 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
                 tr.scaler.load_state_dict(ckpt.scaler)
             st = ckpt.state
             seed_per_rank(cfg.seed, d, st.step, ckpt.rng)
+            if tr.budget is not None and ckpt.budget is not None:
+                tr.budget = Budget.from_dict(ckpt.budget)
+                if tr.budget.total_steps:  # the saved plan; the scheduler came back with its length
+                    tr.plan.total_steps = tr.budget.total_steps
         except (VitError, RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{tr.out / runs.LAST} cannot be resumed with this run's settings (a flag that "
                                   f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
@@ -524,9 +505,13 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
 def describe(tr: Training) -> str:
     cfg, data = tr.cfg, tr.inputs.data
     n_params = sum(p.numel() for p in tr.model.parameters())
+    if tr.budget is not None and not tr.budget.total_steps:
+        length = (f"a budget of {B.duration(tr.budget.budget_s)} (steps planned after timing the first "
+                  f"{B.PROBE_SKIP + B.PROBE_STEPS}), {tr.plan.steps_per_epoch} steps of {cfg.batch_size} an epoch")
+    else:
+        length = f"{tr.plan.epochs} epochs x {tr.plan.steps_per_epoch} steps of {cfg.batch_size}"
     return (f"{cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.dataset}: {len(data.train)} train / "
-            f"{len(data.val)} val images, {len(data.classes)} classes; {tr.plan.epochs} epochs x "
-            f"{tr.plan.steps_per_epoch} steps of {cfg.batch_size}; {tr.device.type} {tr.precision}, "
+            f"{len(data.val)} val images, {len(data.classes)} classes; {length}; {tr.device.type} {tr.precision}, "
             f"{tr.dist.world} process(es); output {tr.out}")
 
 
@@ -534,10 +519,12 @@ def train(tr: Training, st: State) -> bool:
     """Epochs until the plan ends or a stop is asked for; True when stopped early (last.ckpt then holds the
     position to resume from)."""
     tr.plotted_at = time.perf_counter()
+    tr.probe = None
+    probe_start = st.step + B.PROBE_SKIP  # the first steps of a process carry its start-up costs
     with tr.stopper:
         while st.epoch < tr.plan.epochs:
             with compiled_training_settings() if tr.cfg.compile else contextlib.nullcontext():
-                stop = train_one_epoch(tr, st)
+                stop = train_one_epoch(tr, st, probe_start)
             if st.batch >= tr.plan.epoch_end(st.epoch):
                 stop = finish_epoch(tr, st, stop)
             if stop and st.epoch < tr.plan.epochs:
@@ -545,12 +532,12 @@ def train(tr: Training, st: State) -> bool:
     return False
 
 
-def train_one_epoch(tr: Training, st: State) -> bool:
+def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
     """Train from batch st.batch to the end of epoch st.epoch. True when a signal (on any rank) or --max-steps
     asks to stop; last.ckpt is then saved here if the epoch is not over (at its end finish_epoch saves)."""
     cfg, end = tr.cfg, tr.plan.epoch_end(st.epoch)
     tr.net.train()
-    with tqdm(total=end, initial=st.batch, desc=f"epoch {st.epoch + 1}/{tr.plan.epochs}", leave=False,
+    with tqdm(total=end, initial=st.batch, desc=f"epoch {st.epoch + 1}/{tr.plan.epochs_label}", leave=False,
               disable=tr.quiet or not tr.dist.main, dynamic_ncols=True) as bar:
         t0 = time.perf_counter()
         for x, y, skipped in train_batches(tr, st.epoch, st.batch, end):
@@ -569,10 +556,15 @@ def train_one_epoch(tr: Training, st: State) -> bool:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", ips=f"{st.images / max(st.train_s, 1e-9):.0f}")
             stop = signalled or tr.max_steps_reached(st)
+            if tr.budget is not None and not tr.budget.total_steps:
+                probe_budget(tr, st, probe_start)
+                end = tr.plan.epoch_end(st.epoch)
             if st.batch < end and (stop or (cfg.save_every and st.step % cfg.save_every == 0)):
                 save_last(tr, st)
             if stop:
                 return True
+            if st.batch >= end:
+                break
     return False
 
 
@@ -586,7 +578,8 @@ def train_batches(tr: Training, epoch: int, start: int, end: int) -> Iterator[tu
         perm = D.epoch_permutation(len(inputs.data.train), cfg.seed, epoch)
         for b in range(start, end):
             x, y = D.memory_batch(inputs.data.train, perm, b, cfg.batch_size, d.rank, d.world,
-                                  D.step_generator(cfg.seed, epoch * spe + b), cfg.crop_pad, cfg.hflip)
+                                  D.step_generator(cfg.seed, epoch * spe + b), cfg.crop_pad, cfg.hflip,
+                                  inputs.randaug, cfg.repeat_aug)
             x = inputs.normalize(x)
             yield (inputs.erase(x) if inputs.erase is not None else x), y, 0
         return
@@ -690,25 +683,93 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
             best_model, top1 = tr.ema.module, ema_top1
     if st.skipped:
         row["skipped_images"] = st.skipped
-    st.elapsed_s += time.perf_counter() - t0
+    eval_s = time.perf_counter() - t0
+    st.elapsed_s += eval_s
     row["elapsed_s"] = st.elapsed_s
     if d.main:
         if top1 > st.best_top1:
             st.best_top1 = top1
             save_best(best_model, tr.out / runs.BEST, tr.inputs.data.classes)
         runs.append_metrics(tr.out / runs.METRICS, row)
-        line = (f"epoch {row['epoch']:3d}/{tr.plan.epochs}  train loss {row['train_loss']:.4f}  val loss "
+        line = (f"epoch {row['epoch']:3d}/{tr.plan.epochs_label}  train loss {row['train_loss']:.4f}  val loss "
                 f"{val_loss:.4f}  val top-1 {val_top1:6.2f}%")
         if tr.ema is not None:
             line += f"  ema top-1 {row['ema_val_top1']:6.2f}%"
         print(line + f"  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {st.elapsed_s:.0f} s")
     stop = stop or bool(tr.stopper.signum) or tr.max_steps_reached(st)
+    step_s = st.train_s / max(st.loss_count, 1)
     st.next_epoch()
+    if tr.budget is not None and tr.budget.total_steps and tr.cfg.replan and st.step < tr.plan.total_steps:
+        replan_budget(tr, st, step_s, eval_s)
     save_last(tr, st)
     if d.main and (time.perf_counter() - tr.plotted_at > PLOT_EVERY_S or st.epoch == tr.plan.epochs or stop):
         plot(tr.out)
         tr.plotted_at = time.perf_counter()
     return stop
+
+
+# --------------------------------------------------------------------------------------------------------
+# A time budget (vit/budget.py): time the first steps, fix the step count, re-plan at epoch ends
+
+UNPLANNED_STEPS = 10**12  # the plan's length while a budgeted run times its first steps
+
+
+def probe_budget(tr: Training, st: State, probe_start: int) -> None:
+    """After each step of a budgeted run not yet planned: start timing at `probe_start`, and once
+    PROBE_STEPS are timed, estimate an evaluation and fix the step count (rank 0's, on every rank)."""
+    if st.step < probe_start:
+        return
+    if tr.probe is None:
+        tr.probe = (st.step, time.perf_counter())
+        return
+    first, t0 = tr.probe
+    if st.step - first < B.PROBE_STEPS:
+        return
+    step_s = (time.perf_counter() - t0) / (st.step - first)
+    eval_s = time_evaluation(tr)
+    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch)
+    tr.budget.total_steps = total = agree(tr, total)
+    set_total_steps(tr, total)
+    tr.say(f"budget: {step_s * 1e3:.0f} ms a step and ~{eval_s:.1f} s an evaluation here: {total} steps "
+           f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}")
+
+
+def replan_budget(tr: Training, st: State, step_s: float, eval_s: float) -> None:
+    """At an epoch's end: if the last epoch's costs would take the run outside its budget, re-plan."""
+    line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch)
+    total = agree(tr, tr.budget.total_steps)
+    tr.budget.total_steps = total
+    if total != tr.plan.total_steps:
+        set_total_steps(tr, total)
+        tr.say(line)
+
+
+@torch.no_grad()
+def time_evaluation(tr: Training) -> float:
+    """Seconds one evaluation (model, and EMA) will take: one timed forward pass of a validation chunk, scaled
+    to this rank's share of the split. The first epoch's real evaluation corrects it (replan_budget)."""
+    val, d = tr.inputs.data.val, tr.dist
+    chunk = max(tr.cfg.batch_size, 256) if tr.inputs.val_loader is None else tr.cfg.batch_size // d.world
+    n = min(chunk, len(val))
+    if isinstance(val, D.TensorData):
+        x = tr.inputs.normalize(val.images[:n])
+    else:
+        x = torch.randn(n, *tr.model.preprocess.input_size, device=tr.device)
+    tr.model.eval()
+    t0 = time.perf_counter()
+    with autocast(tr.precision, tr.device):
+        tr.model(x)
+    forward_s = time.perf_counter() - t0
+    tr.model.train()
+    return forward_s / n * -(-len(val) // d.world) * (2 if tr.ema is not None else 1)
+
+
+def agree(tr: Training, value: int) -> int:
+    """Rank 0's value on every rank (timings differ between ranks; the plan must not)."""
+    if tr.dist.world == 1:
+        return value
+    t = torch.tensor([value if tr.dist.main else 0], dtype=torch.int64, device=tr.device)
+    return int(all_reduce_sum(t, tr.dist).item())
 
 
 def save_last(tr: Training, st: State) -> None:
@@ -719,6 +780,7 @@ def save_last(tr: Training, st: State) -> None:
         class_names=tr.inputs.data.classes, model=tr.model.state_dict(), optimizer=tr.optimizer.state_dict(),
         scheduler=tr.scheduler.state_dict(), ema=tr.ema.module.state_dict() if tr.ema is not None else None,
         scaler=tr.scaler.state_dict() if tr.scaler.is_enabled() else None, rng=rng_state(), state=st,
+        budget=({**tr.budget.to_dict(), "spent_s": tr.used_s()} if tr.budget is not None else None),
     ))
 
 
@@ -736,6 +798,9 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
                f"python train.py --resume {tr.out}")
         return 128 + signum if signum else 0
     cfg = tr.cfg
+    if tr.budget is not None:
+        tr.say(f"budget: {B.duration(tr.used_s())} of {B.duration(tr.budget.budget_s)} used, {st.step} steps "
+               f"({len(tr.budget.replans)} re-plan(s))")
     tr.say(f"done in {st.elapsed_s:.0f} s: best val top-1 {st.best_top1:.2f}%\n"
            f"outputs in {tr.out}/: {runs.BEST}, {runs.LAST}, {runs.METRICS}, {runs.CURVES}\n"
            f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {cfg.dataset}"
@@ -774,6 +839,8 @@ def plot(out: Path) -> None:
 
 
 def main(argv=None) -> int:
+    # A budget counts from the launch of a command; called from Python with arguments, from this call.
+    clock = Clock(from_process_start=argv is None)
     args, given = parse_args(argv)
     keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
     try:
@@ -789,9 +856,15 @@ def main(argv=None) -> int:
                 print("resume: the cosine schedule keeps the saved run's length; a longer run continues at --min-lr")
         else:
             base, recipe = get_recipe(args.recipe).overrides, args.recipe
+            fixed = [n for n in ("epochs", "steps") if n in given]
+            if fixed and given.get("budget"):
+                raise ConfigError(f"--budget sets the run's length itself: give it or --{fixed[0]}, not both")
+            if fixed:  # a length given on the command line replaces the recipe's budget
+                base = {**base, "budget": ""}
         cfg = TrainConfig.from_dict({**base, **given})
         with torch_settings(cfg):
-            return run(cfg, recipe, Path(args.output) if args.output else None, resume, args.quiet, ckpt)
+            return run(cfg, recipe, Path(args.output) if args.output else None, resume, args.quiet, ckpt,
+                       frozenset(k for k in given if k != "budget"), clock)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
