@@ -39,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import vit  # noqa: E402
 from vit import precision as vit_precision  # noqa: E402
-from vit.model import Attention, Mlp, ViTConfig, VisionTransformer  # noqa: E402
+from vit.model import ViTConfig, VisionTransformer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -131,10 +131,11 @@ def gemm_runner(device: torch.device, precision: str, n: int = 2048, k: int = 4)
 # Contenders: each builds a module with the identical architecture and returns logits
 
 
-def build_model(kind: str, fields: dict) -> nn.Module:
+def build_model(kind: str, fields: dict, **kernels) -> nn.Module:
+    """`kernels`: ours only, VisionTransformer's attn_kernel / mlp_kernel (vit.kernels policy names)."""
     f = fields
     if kind in ("ours", "ours-eager"):
-        return VisionTransformer(ViTConfig(**f))
+        return VisionTransformer(ViTConfig(**f), **kernels)
     if kind in ("timm", "timm-compiled"):
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 
@@ -197,20 +198,15 @@ class Runner:
 
 def make_runner(kind: str, fields: dict, batch: int, precision: str, mode: str, device: torch.device, *,
                 name: str | None = None, compiled: bool | None = None, attn_kernel: str | None = None,
-                recompute_gelu: bool | None = None, adamw: str = "fused", grad_checkpointing: bool = False,
+                mlp_kernel: str | None = None, adamw: str = "fused", grad_checkpointing: bool = False,
                 zero_to_none: bool = True) -> Runner:
-    """`compiled`, `attn_kernel` ("sdpa"/"matmul", ours only) and `adamw` ("fused", "foreach", "for-loop")
-    override the defaults; benchmarks/levers.py uses them for A/B comparisons."""
+    """`compiled`, `attn_kernel` ("auto"/"sdpa"/"matmul", ours only), `mlp_kernel` ("recompute"/"plain", ours
+    only) and `adamw` ("fused", "foreach", "for-loop") override the defaults; benchmarks/levers.py uses them
+    for A/B comparisons."""
     torch.manual_seed(0)
-    model = build_model(kind, fields).to(device)
+    kernels = {k: v for k, v in dict(attn_kernel=attn_kernel, mlp_kernel=mlp_kernel).items() if v}
+    model = build_model(kind, fields, **kernels).to(device)
     compiled = compiles(kind, mode) if compiled is None else compiled
-    if attn_kernel:
-        for m in model.modules():
-            if isinstance(m, Attention):
-                m.kernel = attn_kernel
-    for m in model.modules():
-        if recompute_gelu is not None and isinstance(m, Mlp):
-            m.recompute_gelu = recompute_gelu
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     x = torch.randn(batch, fields.get("in_chans", 3), fields["img_size"], fields["img_size"], device=device)
@@ -283,7 +279,7 @@ def memory_probe(spec: dict) -> dict:
     r = make_runner(spec["model"], fields, batch, spec["precision"], "train", device,
                     grad_checkpointing=spec.get("grad_checkpointing", False), zero_to_none=False,
                     attn_kernel=spec.get("attn_kernel"), compiled=spec.get("compiled"),
-                    recompute_gelu=spec.get("recompute_gelu"))
+                    mlp_kernel=spec.get("mlp_kernel"))
     r.step()
     gc.collect()
     if device.type == "cuda":

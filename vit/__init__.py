@@ -6,7 +6,8 @@
 """
 
 from .errors import CheckpointError, ConfigError, DataError, InputError, OutputError, VitError
-from .model import ViTConfig, VisionTransformer, count_flops, resample_pos_embed
+from .flops import count_flops
+from .model import ViTConfig, VisionTransformer, resample_pos_embed
 from .preprocess import Preprocess
 from .registry import create_model, get_entry, list_models, read_metadata
 from .weights import load_pretrained, save_pretrained

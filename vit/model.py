@@ -3,9 +3,11 @@
 Pre-norm encoder, [CLS] token, learned absolute position embeddings. Parameter names match timm's
 `VisionTransformer`, so a timm state dict of the same configuration loads with `strict=True`.
 
-Pure: no I/O, no argparse. Ordered bottom-up: position-embedding helpers, patch embedding, attention, MLP,
-block, config, model. Shape letters: B batch, N tokens, C channels/width, H heads, D head dim,
-h/w patch-grid height/width, P prefix tokens ([CLS] + registers).
+Pure: no I/O, no argparse. Ordered bottom-up: config, position embeddings, patch embedding, attention, MLP,
+block, model. How attention and the MLP are computed on a given device (fused kernels, custom autograd
+functions) is `vit.kernels`' business; each module picks its kernel by name once, when it is built.
+Shape letters: B batch, N tokens, C channels/width, H heads, D head dim, h/w patch-grid height/width,
+P prefix tokens ([CLS] + registers).
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from . import kernels
 from .errors import ConfigError, InputError, check_known_options
+
+# --------------------------------------------------------------------------------------------------------
+# Config
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # True is an int to Python, not a size
 
 
 def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
@@ -30,292 +40,6 @@ def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
     if len(x) != 2:
         raise ConfigError(f"expected an int or a pair (height, width), got {x!r}")
     return x
-
-
-# --------------------------------------------------------------------------------------------------------
-# Position embeddings
-
-
-def resample_pos_embed(
-    pos_embed: torch.Tensor,
-    new_size: Sequence[int],
-    old_size: Sequence[int] | None = None,
-    num_prefix_tokens: int = 1,
-    interpolation: str = "bicubic",
-    antialias: bool = True,
-) -> torch.Tensor:
-    """Resize a (1, P + h*w, C) position embedding to a new (h', w') patch grid.
-
-    The first `num_prefix_tokens` rows ([CLS], registers) are kept as they are; the grid part is resampled
-    as an image (bicubic with antialias, as timm does when fine-tuning at a new resolution). A square grid is
-    assumed when `old_size` is not given.
-    """
-    num_grid = pos_embed.shape[1] - num_prefix_tokens
-    if old_size is None:
-        side = math.isqrt(num_grid)
-        if side * side != num_grid:
-            raise ConfigError(
-                f"position embedding has {num_grid} grid tokens, which is not a square: pass old_size=(h, w)"
-            )
-        old_size = (side, side)
-    old_size, new_size = tuple(old_size), tuple(new_size)
-    if old_size[0] * old_size[1] != num_grid:
-        raise ConfigError(f"old_size {old_size} does not match the {num_grid} grid tokens of the position embedding")
-    if old_size == new_size:
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    grid = rearrange(grid.float(), "1 (h w) c -> 1 c h w", h=old_size[0], w=old_size[1])
-    grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
-    grid = rearrange(grid, "1 c h w -> 1 (h w) c").to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
-
-
-def sincos_pos_embed_2d(grid_size: Sequence[int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding, (1, h*w, dim): MoCo v3 / big_vision `posemb_sincos_2d`."""
-    if dim % 4 != 0:
-        raise ConfigError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
-    h, w = grid_size
-    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    omega = torch.arange(dim // 4, dtype=torch.float32) / max(dim // 4 - 1, 1)
-    omega = 1.0 / temperature**omega
-    y = y.flatten()[:, None] * omega[None, :]  # (h*w, dim/4)
-    x = x.flatten()[:, None] * omega[None, :]
-    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]  # (1, h*w, dim)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Layers
-
-
-class PatchEmbed(nn.Module):
-    """Image to patch tokens: a conv with kernel = stride = patch size. (B, C, H, W) -> (B, h, w, dim)."""
-
-    def __init__(self, img_size, patch_size, in_chans: int, embed_dim: int, strict_img_size: bool = True):
-        super().__init__()
-        self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(patch_size)
-        if any(s % p for s, p in zip(self.img_size, self.patch_size)):
-            raise ConfigError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.in_chans = in_chans
-        self.strict_img_size = strict_img_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise InputError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise InputError(f"expected a floating-point image tensor, got dtype {x.dtype}: convert with x.float()")
-        if x.shape[1] != self.in_chans:
-            raise InputError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
-        w = self.proj.weight
-        if x.device != w.device:
-            raise InputError(f"the input is on {x.device} but the model is on {w.device}: move one with .to()")
-        # Under autocast the conv casts its inputs itself; otherwise torch would fail deep inside conv2d.
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise InputError(f"the input is {x.dtype} but the model is {w.dtype}: convert with x.to({w.dtype}), "
-                             "or run under torch.autocast")
-        H, W = x.shape[-2:]
-        if self.strict_img_size:
-            if (H, W) != self.img_size:
-                raise InputError(
-                    f"expected image size {self.img_size[0]}x{self.img_size[1]}, got {H}x{W}: resize the input, "
-                    "or create the model with dynamic_img_size=True"
-                )
-        elif H % self.patch_size[0] or W % self.patch_size[1]:
-            raise InputError(f"image size {H}x{W} is not divisible by patch size {self.patch_size}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, dim)
-
-
-def sdpa_is_faster(q: torch.Tensor) -> bool:
-    """Attention kernel choice, measured (benchmarks/README.md): fused SDPA, or two matmuls and a softmax.
-
-    CUDA, and fp32 on CPU: SDPA (flash / memory-efficient kernels). bf16 on CPU: the matmul path while
-    training (SDPA's bf16 backward is slower), under torch.compile (inductor fuses its softmax: 2-3x faster
-    than the flash kernel at every length measured) and in eager inference up to SDPA_MIN_LEN_CPU_BF16
-    tokens (1.12x end to end); longer eager sequences take the flash kernel, which never holds N x N scores.
-    """
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
-        return True
-    if (torch.is_grad_enabled() and q.requires_grad) or torch.compiler.is_compiling():
-        return False
-    return q.shape[-2] > SDPA_MIN_LEN_CPU_BF16
-
-
-SDPA_MIN_LEN_CPU_BF16 = 256
-
-
-class _ScaledSoftmax(torch.autograd.Function):
-    """softmax(scores * scale) over the last dim, computed in fp32, returned and saved in the scores' dtype.
-
-    For torch.compile: inductor fuses it into one pass each way, and this form is not rewritten into SDPA
-    (whose CPU bf16 kernel is 2-3x slower at these lengths, benchmarks/README.md). Saving the probabilities in
-    bf16, as eager bf16 softmax does, keeps the compiled training step from holding them in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, scores, scale):
-        p = (scores.float() * scale).softmax(dim=-1).to(scores.dtype)
-        ctx.save_for_backward(p)
-        ctx.scale = scale
-        return p
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (p,) = ctx.saved_tensors
-        p32, g32 = p.float(), grad.float()
-        return (p32 * (g32 - (g32 * p32).sum(dim=-1, keepdim=True)) * ctx.scale).to(grad.dtype), None
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection.
-
-    `kernel`: "auto" picks per call with `sdpa_is_faster`; "sdpa" or "matmul" force one path (tests, benchmarks).
-    """
-
-    kernel = "auto"
-
-    def __init__(self, dim, num_heads, qkv_bias=True, qk_norm=False, attn_drop=0.0, proj_drop=0.0, norm_eps=1e-6):
-        super().__init__()
-        if dim % num_heads:
-            raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Views into the one qkv output, no copies: (B, N, 3C) -> 3 x (B, H, N, D) with strides over 3C.
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads).unbind(0)
-        return self.q_norm(q), self.k_norm(k), v
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x)
-        dropout_p = self.attn_drop if self.training else 0.0
-        if self.kernel == "sdpa" or (self.kernel == "auto" and sdpa_is_faster(q)):
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:
-            # Scaling the product, not q, keeps autograd from saving a scaled copy of q.
-            attn = q @ k.transpose(-2, -1)  # (B, H, N, N)
-            if torch.compiler.is_compiling():
-                attn = _ScaledSoftmax.apply(attn, self.scale)
-            else:
-                attn = (attn * self.scale).softmax(dim=-1)
-            x = F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v
-        x = rearrange(x, "b h n d -> b n (h d)")  # (B, N, C)
-        return self.proj_drop(self.proj(x))
-
-    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax attention weights (B, H, N, N), computed explicitly for visualisation (no dropout)."""
-        q, k, _ = self._qkv(x)
-        return ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
-
-
-class _GeluLinear(torch.autograd.Function):
-    """linear(gelu(h), weight, bias) that saves h but not gelu(h): backward recomputes the activation.
-
-    A training step then keeps B x N x hidden fewer activations per block (about a fifth of the step's
-    activation memory) for one extra GELU per block. Gradients are those of the composed ops.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, bias):
-        ctx.save_for_backward(h, weight)
-        return F.linear(F.gelu(h), weight, bias)  # under autocast the linear runs in the autocast dtype
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        h, weight = ctx.saved_tensors
-        a = F.gelu(h)
-        g = grad_out.reshape(-1, grad_out.shape[-1])  # (B*N, C); weight grads are cast back by autograd
-        grad_h = torch.ops.aten.gelu_backward(grad_out @ weight.to(grad_out.dtype), h)
-        grad_w = g.T @ a.reshape(-1, a.shape[-1]).to(g.dtype) if ctx.needs_input_grad[1] else None
-        return grad_h, grad_w, g.sum(0) if ctx.needs_input_grad[2] else None
-
-
-class Mlp(nn.Module):
-    recompute_gelu = True  # training memory lever (_GeluLinear); set False on an instance to compare
-
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)  # (B, N, hidden)
-        if self.recompute_gelu and h.requires_grad and self.drop1.p == 0.0:
-            return self.drop2(_GeluLinear.apply(h, self.fc2.weight, self.fc2.bias))
-        return self.drop2(self.fc2(self.drop1(self.act(h))))
-
-
-class LayerScale(nn.Module):
-    """Per-channel residual scale (CaiT, Touvron et al., 2021); `gamma` as timm names it."""
-
-    def __init__(self, dim: int, init_values: float):
-        super().__init__()
-        self.gamma = nn.Parameter(init_values * torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al., 2016): drop the whole residual branch per sample while training."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class Block(nn.Module):
-    """Pre-norm encoder block: x + attn(norm1(x)), then x + mlp(norm2(x)). Disabled options are Identity."""
-
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, qk_norm=False, init_values=None,
-                 proj_drop=0.0, attn_drop=0.0, drop_path=0.0, norm_eps=1e-6):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop, norm_eps)
-        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
-        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x
-
-
-# --------------------------------------------------------------------------------------------------------
-# Config and model
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)  # True is an int to Python, not a size
 
 
 @dataclass(frozen=True)
@@ -391,14 +115,222 @@ class ViTConfig:
         return replace(self, **overrides)
 
 
+# --------------------------------------------------------------------------------------------------------
+# Position embeddings
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_size: Sequence[int], old_size: Sequence[int] | None = None,
+                       num_prefix_tokens: int = 1, interpolation: str = "bicubic",
+                       antialias: bool = True) -> torch.Tensor:
+    """Resize a (1, P + h*w, C) position embedding to a new (h', w') patch grid.
+
+    The first `num_prefix_tokens` rows ([CLS], registers) are kept as they are; the grid part is resampled
+    as an image (bicubic with antialias, as timm does when fine-tuning at a new resolution). A square grid is
+    assumed when `old_size` is not given.
+    """
+    num_grid = pos_embed.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = math.isqrt(num_grid)
+        if side * side != num_grid:
+            raise ConfigError(f"position embedding has {num_grid} grid tokens, which is not a square: "
+                              "pass old_size=(h, w)")
+        old_size = (side, side)
+    old_size, new_size = tuple(old_size), tuple(new_size)
+    if old_size[0] * old_size[1] != num_grid:
+        raise ConfigError(f"old_size {old_size} does not match the {num_grid} grid tokens of the position embedding")
+    if old_size == new_size:
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    grid = rearrange(grid.float(), "1 (h w) c -> 1 c h w", h=old_size[0], w=old_size[1])
+    grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
+    grid = rearrange(grid, "1 c h w -> 1 (h w) c").to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_pos_embed_2d(grid_size: Sequence[int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, (1, h*w, dim): MoCo v3 / big_vision `posemb_sincos_2d`."""
+    if dim % 4 != 0:
+        raise ConfigError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
+    h, w = grid_size
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    omega = torch.arange(dim // 4, dtype=torch.float32) / max(dim // 4 - 1, 1)
+    omega = 1.0 / temperature**omega
+    y = y.flatten()[:, None] * omega[None, :]  # (h*w, dim/4)
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]  # (1, h*w, dim)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens (paper eq. 1, x_p E): a conv with kernel = stride = patch size."""
+
+    def __init__(self, *, img_size, patch_size, in_chans: int, embed_dim: int, strict_img_size: bool = True):
+        super().__init__()
+        self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(patch_size)
+        if any(s % p for s, p in zip(self.img_size, self.patch_size)):
+            raise ConfigError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_chans = in_chans
+        self.strict_img_size = strict_img_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise InputError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise InputError(f"expected a floating-point image tensor, got dtype {x.dtype}: convert with x.float()")
+        if x.shape[1] != self.in_chans:
+            raise InputError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        w = self.proj.weight
+        if x.device != w.device:
+            raise InputError(f"the input is on {x.device} but the model is on {w.device}: move one with .to()")
+        # Under autocast the conv casts its inputs itself; otherwise torch would fail deep inside conv2d.
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputError(f"the input is {x.dtype} but the model is {w.dtype}: convert with x.to({w.dtype}), "
+                             "or run under torch.autocast")
+        H, W = x.shape[-2:]
+        if self.strict_img_size and (H, W) != self.img_size:
+            raise InputError(f"expected image size {self.img_size[0]}x{self.img_size[1]}, got {H}x{W}: resize the "
+                             "input, or create the model with dynamic_img_size=True")
+        if H % self.patch_size[0] or W % self.patch_size[1]:
+            raise InputError(f"image size {H}x{W} is not divisible by patch size {self.patch_size}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, in_chans, H, W) -> (B, h, w, C)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (paper appendix A, eq. 5-8) with one fused qkv projection.
+
+    `kernel` names how softmax(q k^T / sqrt(D)) v is computed: "auto", "sdpa" or "matmul" (`vit.kernels`).
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_eps: float = 1e-6, kernel: str = "auto"):
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.attend = kernels.attention_kernel(kernel)  # (q, k, v, dropout_p) -> (B, H, N, D)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Views into the one qkv output, no copies: (B, N, 3C) -> 3 x (B, H, N, D) with strides over 3C.
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        x = self.attend(q, k, v, self.attn_drop if self.training else 0.0)  # (B, H, N, D)
+        x = rearrange(x, "b h n d -> b n (h d)")  # (B, N, C)
+        return self.proj_drop(self.proj(x))
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention weights (B, H, N, N), computed explicitly for visualisation (no dropout)."""
+        q, k, _ = self._qkv(x)
+        return ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+
+
+class Mlp(nn.Module):
+    """fc2(gelu(fc1(x))) (paper eq. 3). `kernel` names how gelu-then-fc2 is computed: "recompute" or "plain"."""
+
+    def __init__(self, *, dim: int, hidden_dim: int, drop: float = 0.0, kernel: str = "recompute"):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)  # after the GELU (inside the kernel) and after fc2
+        self.gelu_fc2 = kernels.mlp_kernel(kernel)  # (h, weight, bias, dropout_p) -> (B, N, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)  # (B, N, hidden)
+        dropout_p = self.drop.p if self.training else 0.0
+        return self.drop(self.gelu_fc2(h, self.fc2.weight, self.fc2.bias, dropout_p))  # (B, N, C)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale (CaiT, Touvron et al., 2021); `gamma` as timm names it."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016): drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block (paper eq. 2-3): x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    Disabled options (layer scale, stochastic depth) are Identity, so `forward` has no branches.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_norm: bool = False, init_values: float | None = None, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6,
+                 attn_kernel: str = "auto", mlp_kernel: str = "recompute"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
+                              proj_drop=proj_drop, norm_eps=norm_eps, kernel=attn_kernel)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio), drop=proj_drop, kernel=mlp_kernel)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model
+
+
 class VisionTransformer(nn.Module):
-    """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style)."""
+    """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style).
+
+    attn_kernel, mlp_kernel: how every block computes attention and its MLP (`vit.kernels`); not part of the
+    config, since they change speed and memory, not the function.
+    """
 
     # Set by create_model and the weight loaders, saved with the weights; data and evaluation code read them.
     preprocess = None  # a `vit.Preprocess`
     class_names: list[str] | None = None
 
-    def __init__(self, config: ViTConfig | None = None, **overrides):
+    def __init__(self, config: ViTConfig | None = None, *, attn_kernel: str = "auto", mlp_kernel: str = "recompute",
+                 **overrides):
         super().__init__()
         cfg = (config or ViTConfig()).replace(**overrides)
         self.config = cfg
@@ -410,8 +342,8 @@ class VisionTransformer(nn.Module):
         self.dynamic_img_size = cfg.dynamic_img_size
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim,
-                                      strict_img_size=not cfg.dynamic_img_size)
+        self.patch_embed = PatchEmbed(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
+                                      embed_dim=cfg.embed_dim, strict_img_size=not cfg.dynamic_img_size)
         D = cfg.embed_dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
@@ -422,8 +354,9 @@ class VisionTransformer(nn.Module):
 
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear rule
         self.blocks = nn.Sequential(*[
-            Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.qk_norm, cfg.init_values,
-                  cfg.proj_drop_rate, cfg.attn_drop_rate, dpr[i])
+            Block(dim=D, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                  qk_norm=cfg.qk_norm, init_values=cfg.init_values, proj_drop=cfg.proj_drop_rate,
+                  attn_drop=cfg.attn_drop_rate, drop_path=dpr[i], attn_kernel=attn_kernel, mlp_kernel=mlp_kernel)
             for i in range(cfg.depth)
         ])
         use_fc_norm = cfg.global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
@@ -463,6 +396,14 @@ class VisionTransformer(nn.Module):
         """Recompute block activations in the backward pass: less memory, about a third more compute."""
         self.grad_checkpointing = enable
 
+    def set_kernels(self, *, attn_kernel: str | None = None, mlp_kernel: str | None = None) -> None:
+        """Choose every block's attention and MLP kernel by name (`vit.kernels`); None keeps the current one."""
+        attend = kernels.attention_kernel(attn_kernel) if attn_kernel else None
+        gelu_fc2 = kernels.mlp_kernel(mlp_kernel) if mlp_kernel else None
+        for blk in self.blocks:
+            blk.attn.attend = attend or blk.attn.attend
+            blk.mlp.gelu_fc2 = gelu_fc2 or blk.mlp.gelu_fc2
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -497,7 +438,7 @@ class VisionTransformer(nn.Module):
         return torch.cat(prefix_tokens + [x], dim=1) + pos_embed  # (B, P + h*w, C)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pos_drop(self._pos_embed(self.patch_embed(x)))  # (B, N, C)
+        return self.pos_drop(self._pos_embed(self.patch_embed(x)))  # (B, N, C), paper eq. 1
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Keep a random subset of each image's patch tokens (PatchDropout, Liu et al., 2022; as timm's).
@@ -537,15 +478,9 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        return_prefix_tokens: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              return_prefix_tokens: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
         """Outputs of chosen blocks, as timm's method of the same name.
 
         indices: an int n takes the last n blocks, a sequence takes those block indices (negative counts from
@@ -586,7 +521,7 @@ class VisionTransformer(nn.Module):
     def forward_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-block softmax attention weights, each (B, H, N, N), for visualisation.
 
-        Recomputed explicitly next to the normal blocks, so `forward` keeps the fused attention kernel.
+        Recomputed explicitly next to the normal blocks, so `forward` keeps its fast attention kernel.
         """
         x = self._embed(x)
         maps = []
@@ -594,19 +529,3 @@ class VisionTransformer(nn.Module):
             maps.append(blk.attn.attention_map(blk.norm1(x)))
             x = blk(x)
         return maps
-
-
-def count_flops(config: ViTConfig, img_size: int | Sequence[int] | None = None) -> int:
-    """Forward FLOPs for one image (a multiply-add counts 2), matrix products only; norms etc. are noise.
-
-    Used for the README's model table and the benchmarks' model FLOP utilisation (training ~ 3x forward).
-    """
-    H, W = to_2tuple(img_size or config.img_size)
-    p, C = config.patch_size, config.embed_dim
-    n = (H // p) * (W // p)
-    N = n + int(config.class_token) + config.reg_tokens
-    hidden = int(C * config.mlp_ratio)
-    stem = 2 * n * C * config.in_chans * p * p
-    block = 2 * N * (3 * C * C + C * C + 2 * C * hidden) + 2 * 2 * N * N * C  # linears, then q@k^T and attn@v
-    head = 2 * C * config.num_classes
-    return stem + config.depth * block + head

@@ -18,6 +18,7 @@ import torch
 
 from . import weights
 from .errors import CheckpointError, ConfigError
+from .flops import count_flops
 from .model import ViTConfig, VisionTransformer, to_2tuple
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -227,8 +228,6 @@ def preprocess_for(preprocess: Preprocess, config: ViTConfig) -> Preprocess:
 
 def model_table() -> str:
     """The README's model table (Markdown), from the registry. A test keeps README.md equal to it."""
-    from .model import count_flops
-
     rows = ["| name | input | width/depth/heads | params (M) | GFLOPs | why |", "|---|---|---|---|---|---|"]
     for name in list_models():
         entry = MODELS[name]
