@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 8), one module for every entry point: the model, the weight loader, train.py
+"""The bad-input matrix, one module for every entry point: the model, the weight loader, train.py
 and evaluate.py.
 
 Each bad input must end in an error from `vit.errors` that names the problem and the file or argument (or a

@@ -1,4 +1,4 @@
-"""Fuzzing (issue 8): random valid and invalid model configurations and inputs for the model, random key
+"""Fuzzing: random valid and invalid model configurations and inputs for the model, random key
 sets, shapes and dtypes (and random bytes) for the weight loader. Every case must end in a correct output
 or one of the package's errors (`vit.VitError`); anything else -- a bare RuntimeError from inside torch, a
 TypeError, an IndexError -- fails.
@@ -9,6 +9,7 @@ Sizes are kept tiny (width <= 24, depth <= 2, images <= 12 px) so a few hundred 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -17,6 +18,18 @@ from hypothesis import strategies as st
 
 import vit
 from vit.model import ViTConfig, VisionTransformer
+
+@pytest.fixture(autouse=True, scope="module")
+def small_models():
+    """Drawn junk such as mlp_ratio 1e9 must be refused before it is built: a low parameter limit here."""
+    saved = os.environ.get("VIT_MAX_PARAMS")
+    os.environ["VIT_MAX_PARAMS"] = "2000000"
+    yield
+    if saved is None:
+        del os.environ["VIT_MAX_PARAMS"]
+    else:
+        os.environ["VIT_MAX_PARAMS"] = saved
+
 
 # Fields a drawn configuration leaves out come from here (ViTConfig's own defaults are ViT-B at 224 px).
 TINY = dict(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)

@@ -1,4 +1,4 @@
-"""Fault injection on train.py (issue 8): SIGKILL at random moments and resume, a kill in the middle of a
+"""Fault injection on train.py: SIGKILL at random moments and resume, a kill in the middle of a
 checkpoint write, two runs on one output folder, SIGINT/SIGTERM.
 
 The kill/resume test is the short version of `benchmarks/kill_resume.py` (same code, two kill points and

@@ -15,7 +15,7 @@ from vit.weights import read_checkpoint
 
 torch.backends.mkldnn.deterministic = True
 
-LOGIT_ATOL = 1e-5  # issue 3: max abs logit difference against the reference implementations, fp32
+LOGIT_ATOL = 1e-5  # max abs logit difference against the reference implementations, fp32
 
 
 def tiny(**overrides):

@@ -13,6 +13,7 @@ P prefix tokens ([CLS] + registers).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
@@ -40,6 +41,11 @@ def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
     if len(x) != 2:
         raise ConfigError(f"expected an int or a pair (height, width), got {x!r}")
     return x
+
+
+# Configurations above this many parameters are refused before they are built (ViT-H/14 has 0.63e9, ViT-G/14
+# 1.8e9): a size read from a file must not exhaust memory. The environment variable VIT_MAX_PARAMS raises it.
+MAX_PARAMS = 4_000_000_000
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,20 @@ class ViTConfig:
         size = self.img_size if isinstance(self.img_size, tuple) else (self.img_size,)
         if not 1 <= len(size) <= 2 or not all(_is_int(s) and s >= 1 for s in size):
             raise ConfigError(f"img_size must be a positive integer or a pair (height, width), got {self.img_size!r}")
+        limit = int(os.environ.get("VIT_MAX_PARAMS", MAX_PARAMS))
+        if self.num_params() > limit:  # checked before anything is allocated: sizes may come from a file
+            raise ConfigError(f"this configuration has ~{self.num_params():.3g} parameters, over the limit of "
+                              f"{limit:.3g} (embed_dim {self.embed_dim}, depth {self.depth}, mlp_ratio "
+                              f"{self.mlp_ratio}, img_size {self.img_size}, patch_size {self.patch_size}); "
+                              "raise it with the environment variable VIT_MAX_PARAMS")
+
+    def num_params(self) -> int:
+        """Parameter count from the fields alone (norms and biases included), nothing allocated."""
+        H, W = to_2tuple(self.img_size)
+        C, p, hidden = self.embed_dim, self.patch_size, int(self.embed_dim * self.mlp_ratio)
+        tokens = (H // p) * (W // p) + int(self.class_token) + self.reg_tokens
+        block = 4 * C * C + 2 * C * hidden + 9 * C + hidden
+        return self.depth * block + tokens * C + (self.in_chans * p * p + 3) * C + (C + 1) * self.num_classes
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":

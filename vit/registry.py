@@ -25,8 +25,8 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 # name: (embed_dim, depth, num_heads)
 SIZES = {
     "nano": (64, 6, 4),
-    "micro": (192, 6, 3),  # tiny's width at half its depth: the CPU time-to-accuracy recipes (issue 7)
-    "mini": (192, 9, 3),  # three quarters of tiny's depth: issue 6's CIFAR-size benchmark body
+    "micro": (192, 6, 3),  # tiny's width at half its depth: the CPU time-to-accuracy recipes
+    "mini": (192, 9, 3),  # three quarters of tiny's depth: the CIFAR-size throughput benchmark's body
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
     "base": (768, 12, 12),
@@ -68,7 +68,7 @@ SMALL_IMAGE_VARIANTS = [
     ("vit_micro_patch4_32", "micro", 4, 32, 3, 10, CIFAR_MEAN, CIFAR_STD,
      "CIFAR-10 in an hour on 2 CPU cores: width 192 runs bf16 matmuls ~1.4x as efficiently as width 128"),
     ("vit_mini_patch4_32", "mini", 4, 32, 3, 10, CIFAR_MEAN, CIFAR_STD,
-     "issue 6's CIFAR-size benchmark body; in an hour of 2 CPU cores it ties micro on CIFAR-10 (78.4%, 36 epochs)"),
+     "the CIFAR-size throughput benchmark's body; in an hour of 2 CPU cores it tied micro on CIFAR-10 (78.4%, 36 epochs)"),
     ("vit_tiny_patch4_28", "tiny", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
      "28x28 grayscale Fashion-MNIST/MNIST: 4x4 patches give a 7x7 grid"),
     ("vit_small_patch4_28", "small", 4, 28, 1, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
