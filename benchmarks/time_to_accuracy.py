@@ -1,5 +1,9 @@
 """Time to accuracy: run a recipe through train.py and print validation top-1 against wall-clock minutes.
 
+The recipes with a budget (fashion-mnist 15 min, cifar10 1 h) plan their own length on this machine; pass
+`-- --budget 7.5m` for another budget, or `-- --epochs N` for a fixed length. The summary names the CPU,
+whether it has native bf16, and the precision train.py chose.
+
 Wall time is measured here, from launching `python train.py` (imports and data loading included) to the
 moment train.py prints each epoch's line, i.e. just after that epoch's evaluation: the clock the
 recipes' stated times use. train.py's own `elapsed_s` (training and evaluation only) is shown beside it.
@@ -29,7 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/(\d+)")
+EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/(\S+)")
+PRECISION = re.compile(r"; (?:cpu|cuda)\S* (fp32|bf16|fp16), ")
 
 
 def cpu_name() -> str:
@@ -43,7 +48,14 @@ def cpu_name() -> str:
 
 
 def hardware() -> dict:
-    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()}
+    import torch
+
+    try:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native_bf16 = False
+    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "native_bf16": native_bf16,
+            "platform": platform.platform()}
 
 
 def run_recipe(recipe: str, seed: int, out: Path, extra: list[str]) -> dict:
@@ -55,20 +67,24 @@ def run_recipe(recipe: str, seed: int, out: Path, extra: list[str]) -> dict:
     print("$", " ".join(cmd), flush=True)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    epoch_wall = {}
+    epoch_wall, precision, budget_lines = {}, None, []
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1) as proc:
         for line in proc.stdout:
             m = EPOCH_LINE.match(line)
             if m:
                 epoch_wall[int(m.group(1))] = time.perf_counter() - start
+            if precision is None and PRECISION.search(line):
+                precision = PRECISION.search(line).group(1)
+            if line.startswith("budget:"):
+                budget_lines.append(line.strip())
             print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {line}", end="", flush=True)
     total = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"train.py exited with status {proc.returncode}")
     wall = {"command": " ".join(cmd[1:]), "recipe": recipe, "seed": seed, "hardware": hardware(),
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "epoch_wall_s": epoch_wall, "total_wall_s": total}
+            "precision": precision, "budget": budget_lines, "epoch_wall_s": epoch_wall, "total_wall_s": total}
     (out / "wall.json").write_text(json.dumps(wall, indent=1) + "\n")
     return wall
 
@@ -81,6 +97,7 @@ def report(out: Path, target: float | None) -> dict:
     epoch_wall = {int(k): v for k, v in wall.get("epoch_wall_s", {}).items()}
     has_ema = any("ema_val_top1" in r for r in rows)
     print(f"\n{out}" + (f"  (seed {wall['seed']}, {wall['hardware']['cpu']}, {wall['hardware']['cores']} cores, "
+                         f"native bf16 {wall['hardware'].get('native_bf16')}, {wall.get('precision')}, "
                          f"load average {wall['load_average_before'][0]:.1f} -> {wall['load_average_after'][0]:.1f})"
                          if wall else ""))
     print(f"{'epoch':>5} {'wall min':>8} {'train min':>9} {'train loss':>10} {'val top-1':>9}"
@@ -103,17 +120,23 @@ def report(out: Path, target: float | None) -> dict:
         print(f"target {target}%: " + (f"reached at epoch {reached[0]}, {reached[1] / 60:.2f} min" if reached
                                         else "not reached"))
     print(f"curves: {out / 'curves.png'}")
+    for line in wall.get("budget", []):
+        print(line)
     return {"run": str(out), "seed": wall.get("seed"), "final_top1": final_top1, "final_min": final_min,
+            "cpu": wall.get("hardware", {}).get("cpu"), "native_bf16": wall.get("hardware", {}).get("native_bf16"),
+            "precision": wall.get("precision"),
             "best_top1": max(max(r["val_top1"], r.get("ema_val_top1", -1.0)) for r in rows),
             "load": (wall.get("load_average_before", [None])[0], wall.get("load_average_after", [None])[0])}
 
 
 def summarise(results: list[dict]) -> None:
-    print("\n| seed | top-1 (%) | minutes | load avg before/after |\n|---|---|---|---|")
+    print("\n| seed | top-1 (%) | minutes | CPU | native bf16 | precision | load avg before/after |\n"
+          "|---|---|---|---|---|---|---|")
     for r in results:
         lb, la = r["load"]
         load = f"{lb:.1f} / {la:.1f}" if lb is not None else "n/a"
-        print(f"| {r['seed']} | {r['final_top1']:.2f} | {r['final_min']:.1f} | {load} |")
+        print(f"| {r['seed']} | {r['final_top1']:.2f} | {r['final_min']:.2f} | {r['cpu']} | {r['native_bf16']} | "
+              f"{r['precision']} | {load} |")
     if len(results) > 1:
         acc, mins = [r["final_top1"] for r in results], [r["final_min"] for r in results]
         print(f"mean top-1 {statistics.mean(acc):.2f}% (std {statistics.stdev(acc):.2f}, min {min(acc):.2f}, "
@@ -130,6 +153,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds, run one after another")
     p.add_argument("--target", type=float, default=None, help="report when val top-1 first reaches this (%%)")
     p.add_argument("--output-root", default="runs/tta")
+    p.add_argument("--tag", default="", help="added to each run folder's name (e.g. budget-7.5m)")
     p.add_argument("--report", nargs="+", metavar="RUN_DIR", help="only print existing run folders")
     args = p.parse_args(argv)
     if args.report:
@@ -137,7 +161,7 @@ def main() -> None:
         return
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        out = (ROOT / args.output_root / f"{args.recipe}-seed{seed}").resolve()
+        out = (ROOT / args.output_root / f"{args.recipe}{'-' + args.tag if args.tag else ''}-seed{seed}").resolve()
         run_recipe(args.recipe, seed, out, extra)
         results.append(report(out, args.target))
     summarise(results)

@@ -23,7 +23,7 @@ MLP policies, each a function (h, weight, bias, dropout_p) -> linear(dropout(gel
     "recompute" (default) while training, save h but not gelu(h) and recompute it backward (`_GeluLinear`).
     "plain"     the composed ops: autograd saves gelu(h).
 
-Figures: 2-core AMD EPYC (Zen 5, AVX-512 BF16), torch 2.14.1, the CIFAR-size model (32x32, patch 4, width 192,
+Figures: 2-core AMD EPYC (AVX-512 BF16), torch 2.14.1, the CIFAR-size model (32x32, patch 4, width 192,
 depth 9, 3 heads, batch 256) unless stated; benchmarks/README.md ("Levers") has the runs (`levers.py`).
 """
 
