@@ -17,6 +17,8 @@ from vit import train as T
 from vit.recipes import RECIPES, TrainConfig
 from vit.runs import lock_output
 
+from conftest import make_folder, make_idx_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 # A few quick steps on digits: 1,438 train images / 64 = 22 steps an epoch.
 FAST = ["--quiet", "--device", "cpu", "--precision", "fp32", "--batch-size", "64", "--warmup-epochs", "0"]
@@ -111,8 +113,6 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
 ])
 def test_flags_without_effect_in_the_data_mode_are_refused(tmp_path, capsys, flags, says):
     if flags[0] == "--folder":
-        from test_data import make_folder
-
         make_folder(tmp_path / "imgs", per_class=2, size=16)
         flags = ["--dataset", "folder", "--data-dir", str(tmp_path / "imgs"), "--data-mode", "loader",
                  "--model", "vit_nano_patch4_32", "--workers", "0", "--batch-size", "2", *flags[1:]]
@@ -200,8 +200,6 @@ def test_recipes_are_valid_and_documented():
 
 
 def test_folder_and_idx_sources_train(tmp_path):
-    from test_data import make_folder, make_idx_dir
-
     make_folder(tmp_path / "imgs", per_class=8, size=16)
     for mode in ("memory", "loader"):
         out = tmp_path / mode
@@ -221,8 +219,6 @@ def test_folder_and_idx_sources_train(tmp_path):
 def test_loader_path_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     """DataLoader workers with timm's random transforms: each sample is seeded from (seed, epoch, index), so
     a resumed run with 2 workers reads the same augmented batches as an uninterrupted run without workers."""
-    from test_data import make_folder
-
     make_folder(tmp_path / "imgs", per_class=8, size=20)
     args = FAST + ["--dataset", "folder", "--data-dir", str(tmp_path / "imgs"), "--data-mode", "loader",
                    "--model", "vit_nano_patch4_32", "--img-size", "16", "--val-size", "6", "--batch-size", "6",
@@ -241,8 +237,6 @@ def test_finetune_recipe_from_local_weights(tmp_path):
     """The imagenet-subset-finetune recipe's whole path on a tiny tree: pretrained weights from a file, a new
     head, position embeddings resized to a new image size, DataLoader workers with RandAugment and erasing,
     Mixup/CutMix, layer-wise lr decay and EMA."""
-    from test_data import make_folder
-
     src = vit.create_model("vit_nano_patch4_32", num_classes=7)
     vit.save_pretrained(src, tmp_path / "pre.safetensors")
     make_folder(tmp_path / "imgs", per_class=8, size=40)
@@ -257,9 +251,6 @@ def test_finetune_recipe_from_local_weights(tmp_path):
     trained = dict(model.named_parameters())
     assert not torch.equal(trained["head.weight"][:3], src.head.weight[:3])  # a new head, trained
     assert "ema_val_top1" in rows(out)[0]
-
-
-from test_data import tiny_cifar10  # noqa: E402,F401  (a fixture)
 
 
 def test_cifar_recipe_with_mixup_trains(tiny_cifar10, tmp_path):
