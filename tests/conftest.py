@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,23 @@ def make_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 6, s
 def digit_folder(root: Path, classes=("0", "1"), per_class: int = 10) -> Path:
     """Grey 8x8 PNGs in class folders named as digits' classes: what the digits model reads as it is."""
     return make_folder(root, classes=classes, per_class=per_class, size=8, mode="L", suffix=".png")
+
+
+def mixed_folder(root: Path) -> Path:
+    """Classes "0" and "1", each with grey and RGB PNGs of 5, 8, 13 and 40 pixels: what scripts must convert."""
+    for c in ("0", "1"):
+        for i, (size, mode) in enumerate([(8, "L"), (13, "RGB"), (40, "RGB"), (5, "L")] * 2):
+            write_image(root / c / f"{i}.png", value=i, size=size, mode=mode)
+    return root
+
+
+def unreadable_folder(root: Path) -> Path:
+    """Classes "0" and "1", three empty .png files each: not one image can be read."""
+    for c in ("0", "1"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            (root / c / f"{i}.png").write_bytes(b"")
+    return root
 
 
 def corrupt_jpeg(path: Path) -> Path:
@@ -186,13 +204,27 @@ def assert_no_code_ran(files: dict[str, Path]) -> None:
     assert not files["marker"].exists(), "unpickling the checkpoint ran its code"
 
 
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 2 MiB filesystem that fills up (needs root: mount), else the test is skipped."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
 # --------------------------------------------------------------------------------------------------------
 # One trained run
 
 # Two epochs of 22 steps on digits; fp32 and no label smoothing, so that the validation loss train.py records
 # is the plain cross-entropy evaluate.py reports.
-TRAINED_RUN_ARGS = ["--epochs", "2", "--batch-size", "64", "--warmup-epochs", "0", "--label-smoothing", "0",
-                    "--device", "cpu", "--precision", "fp32", "--quiet"]
+TRAINED_RUN_ARGS = ["--epochs", "2", "--batch-size", "64", "--lr", "4e-3", "--warmup-epochs", "0",
+                    "--label-smoothing", "0", "--device", "cpu", "--precision", "fp32", "--quiet"]
 
 
 @dataclass(frozen=True)
