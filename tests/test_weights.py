@@ -516,17 +516,18 @@ def test_hub_download_offline_from_cache(tmp_path):
     x = images(model)
     torch.save(x, tmp_path / "x.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["2", "0.875", "['a',", "'b']", "3"]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cached = subprocess.Popen([sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                              env=env, **pipes)
+    missing = subprocess.Popen([sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
+                               env={**env, "HF_HUB_CACHE": str(tmp_path / "empty")}, **pipes)  # both at once
+    out, err = cached.communicate(timeout=120)
+    assert cached.returncode == 0, err[-2000:]
+    assert out.split() == ["2", "0.875", "['a',", "'b']", "3"]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
-
-    env["HF_HUB_CACHE"] = str(tmp_path / "empty")
-    out = subprocess.run([sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert "CheckpointError" in out.stderr and "HF_HUB_OFFLINE" in out.stderr
+    _, err = missing.communicate(timeout=120)
+    assert "CheckpointError" in err and "HF_HUB_OFFLINE" in err
 
 
 @pytest.mark.slow
