@@ -4,8 +4,9 @@ ends bit-identical to an uninterrupted one.
     python benchmarks/kill_resume.py              # K=20 kill points; about 10 minutes on 2 shared CPU cores
     python benchmarks/kill_resume.py --kills 3 --seed 7
     python benchmarks/kill_resume.py --only 12    # rerun kill point 12 of the default seed alone
+    python benchmarks/kill_resume.py --kills 2 --epochs 2   # what the test suite runs
 
-The run (RUN_ARGS): the digits recipe, deterministic fp32 on CPU, 3 epochs of 11 steps with a checkpoint
+The run (`run_args()`): the digits recipe, deterministic fp32 on CPU, 3 epochs of 11 steps with a checkpoint
 after every step (--save-every 1, so kills often land in a checkpoint write), EMA, Mixup and padded-crop
 augmentation (so every RNG that feeds training must come back exactly). First one uninterrupted reference
 run (its checkpoint writes counted); then, for each kill point i, a fresh run is SIGKILLed at a moment drawn
@@ -19,7 +20,8 @@ last.ckpt must equal the reference's in every tensor bit and every value -- mode
 RNG states, step counters -- except wall-clock timings; best.safetensors and the metrics.jsonl rows (less
 timings) must match too. Prints a table; exits 1 on any difference.
 
-`tests/test_kill_resume.py` runs the same code with two kill points.
+`tests/test_train.py::test_sigkill_then_resume_is_bit_identical` runs the same code with two kill points and
+2 epochs.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_ARGS = ["--recipe", "digits", "--epochs", "3", "--batch-size", "128", "--save-every", "1",
+RUN_ARGS = ["--recipe", "digits", "--batch-size", "128", "--save-every", "1",
             "--ema-decay", "0.99", "--mixup", "0.2", "--crop-pad", "1",
             "--deterministic", "--device", "cpu", "--precision", "fp32", "--quiet"]
+EPOCHS = 3
 # Wall-clock fields: the only values allowed to differ between an interrupted and an uninterrupted run.
 TIMING_KEYS = {"elapsed_s", "train_s", "images_per_s"}
 # One thread per process: bit-exactness is compared between runs with the same setting, and on a shared
@@ -51,9 +54,14 @@ TIMING_KEYS = {"elapsed_s", "train_s", "images_per_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def train_cmd(out: Path, resume: bool = False) -> list[str]:
+def run_args(epochs: int = EPOCHS) -> list[str]:
+    """train.py's arguments for the run, `epochs` epochs long."""
+    return [*RUN_ARGS, "--epochs", str(epochs)]
+
+
+def train_cmd(out: Path, args: list[str], resume: bool = False) -> list[str]:
     run = ["--resume", str(out)] if resume else ["--output", str(out)]
-    return [sys.executable, str(ROOT / "train.py"), *RUN_ARGS, *run]
+    return [sys.executable, str(ROOT / "train.py"), *args, *run]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -63,6 +71,7 @@ def train_cmd(out: Path, resume: bool = False) -> list[str]:
 @dataclass
 class Reference:
     out: Path
+    args: list[str]  # train.py's arguments: the same for every run compared with this one
     seconds: float  # wall time of the whole run
     first_ckpt_s: float  # when its first last.ckpt appeared
     saves: int  # how many times it wrote last.ckpt
@@ -91,15 +100,15 @@ class SaveWatcher:
         return self.times[-1] - self.times[-2] if len(self.times) > 1 else 0.1
 
 
-def start_run(out: Path) -> subprocess.Popen:
-    return subprocess.Popen(train_cmd(out), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def start_run(out: Path, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(out, args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
-def reference_run(out: Path) -> Reference:
+def reference_run(out: Path, args: list[str]) -> Reference:
     """The uninterrupted run, timed, with its checkpoint writes counted (to aim the kills)."""
     start = time.perf_counter()
-    proc, watch, first = start_run(out), SaveWatcher(out), None
+    proc, watch, first = start_run(out, args), SaveWatcher(out), None
     while proc.poll() is None:
         if watch.poll() and first is None:
             first = time.perf_counter() - start
@@ -108,7 +117,7 @@ def reference_run(out: Path) -> Reference:
     log = proc.stdout.read()
     if proc.returncode != 0:
         raise SystemExit(f"the reference run failed (exit {proc.returncode}):\n{log}")
-    return Reference(out, seconds, first if first is not None else seconds, ckpt_step(out))
+    return Reference(out, args, seconds, first if first is not None else seconds, ckpt_step(out))
 
 
 def ckpt_step(out: Path) -> int | None:
@@ -141,7 +150,7 @@ def interrupt(out: Path, ref: Reference, rng: random.Random, signum: int = signa
         startup = False
     n = after_save if after_save is not None else 1 + int(u * ref.saves)
     start = time.perf_counter()
-    proc, watch = start_run(out), SaveWatcher(out)
+    proc, watch = start_run(out, ref.args), SaveWatcher(out)
     try:
         if startup:
             deadline = start + u * ref.first_ckpt_s
@@ -164,11 +173,11 @@ def interrupt(out: Path, ref: Reference, rng: random.Random, signum: int = signa
     return Interrupted(proc.returncode, at, "startup" if startup else f"save {n}+{v:.2f}", log)
 
 
-def finish(out: Path) -> tuple[str, int | None, str]:
-    """Resume the interrupted run in `out` to its end (or restart it if it never saved).
+def finish(out: Path, args: list[str]) -> tuple[str, int | None, str]:
+    """Resume the interrupted run in `out` (started with `args`) to its end, or restart it if it never saved.
     Returns (how, step resumed from, output)."""
     step = ckpt_step(out)
-    cmd = train_cmd(out, resume=step is not None)
+    cmd = train_cmd(out, args, resume=step is not None)
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[1:])} failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
@@ -260,7 +269,7 @@ def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
     killed = interrupt(out, ref, random.Random(seed + index))
     step = ckpt_step(out)  # must load: a torn last.ckpt fails here
     torn = len(list(out.glob(".*.tmp")))
-    how, _, _ = finish(out)
+    how, _, _ = finish(out, ref.args)
     diffs, max_diff = compare_runs(ref.out, out)
     return KillResult(index, seed + index, killed.at_s, killed.aim, killed.exit_code, step, torn, how, diffs,
                       max_diff, time.perf_counter() - start)
@@ -268,7 +277,7 @@ def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
 
 def print_table(results: list[KillResult], ref: Reference) -> None:
     print(f"\nreference: {ref.seconds:.1f} s, first last.ckpt at {ref.first_ckpt_s:.1f} s; "
-          f"train.py {' '.join(RUN_ARGS)}")
+          f"train.py {' '.join(ref.args)}")
     print(f"{'#':>3} {'seed':>6} {'kill at':>8} {'aimed at':>13} {'exit':>5} {'ckpt step':>9} {'mid-write':>9} "
           f"{'then':>8} {'max |dw|':>9} {'result':>10} {'time':>6}")
     for r in results:
@@ -285,6 +294,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=20, help="kill points (K)")
     p.add_argument("--seed", type=int, default=0, help="kill point i draws its moment from Random(seed + i)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="length of the run (11 steps an epoch)")
     p.add_argument("--only", type=int, default=None, help="run kill point ONLY alone")
     p.add_argument("--jobs", type=int, default=1, help="kill points run at once (1 keeps timings clean)")
     p.add_argument("--work", default=None, help="folder for the runs (default: a temporary one, removed)")
@@ -295,7 +305,7 @@ def main(argv=None) -> int:
     print(f"kill_resume: seed {args.seed}, {args.kills} kill points, runs in {work}", flush=True)
     try:
         shutil.rmtree(work / "reference", ignore_errors=True)
-        ref = reference_run(work / "reference")
+        ref = reference_run(work / "reference", run_args(args.epochs))
         print(f"reference run: {ref.seconds:.1f} s (first checkpoint at {ref.first_ckpt_s:.1f} s)", flush=True)
         indices = [args.only] if args.only is not None else range(args.kills)
         results = []

@@ -2,10 +2,7 @@
 and the on-device augmentation against per-image oracles."""
 
 import gzip
-import hashlib
 import logging
-import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -14,6 +11,8 @@ from PIL import Image
 
 from vit import data as D
 from vit.errors import ConfigError, DataError
+
+from conftest import make_folder, make_idx_dir
 
 # ---- digits
 
@@ -34,22 +33,6 @@ def test_digits_split_is_fixed_disjoint_and_complete():
 
 
 # ---- IDX (MNIST layout), written here byte by byte
-
-
-def write_idx(path, array: np.ndarray):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", s) for s in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def make_idx_dir(root, n_train=12, n_test=6, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        arrays[prefix] = (rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n))
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", arrays[prefix][0])
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", arrays[prefix][1])
-    return arrays
 
 
 def test_idx_files_load_exactly(tmp_path):
@@ -84,36 +67,6 @@ def test_real_fashion_mnist_if_installed():
 # ---- CIFAR pickles in torchvision's layout, read by torchvision's own CIFAR10 class
 
 
-def make_cifar10(root, n_per_batch=4, seed=0):
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    written = {}
-    for name in ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)  # rows: R plane, G plane, B plane
-        labels = rng.integers(0, 10, n_per_batch).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)
-        written[name] = (data, labels)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": names}, f)
-    return written
-
-
-@pytest.fixture
-def tiny_cifar10(tmp_path, monkeypatch):
-    """Tiny CIFAR-10 files; torchvision's integrity check runs against their real md5 sums."""
-    from torchvision.datasets import CIFAR10
-
-    written = make_cifar10(tmp_path)
-    md5 = lambda name: hashlib.md5((tmp_path / "cifar-10-batches-py" / name).read_bytes()).hexdigest()
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5("batches.meta")})
-    return tmp_path, written
-
-
 def test_cifar10_through_torchvision(tiny_cifar10):
     root, written = tiny_cifar10
     train = D.load_dataset("cifar10", "train", data_dir=str(root))
@@ -130,16 +83,6 @@ def test_cifar_missing_is_a_clear_error(tmp_path):
 
 
 # ---- ImageFolder trees of JPEGs
-
-
-def make_folder(root, classes=("cat", "dog", "emu"), per_class=6, size=12, seed=0):
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / c / f"{i}.jpg", quality=95)
-    return root
 
 
 def test_single_tree_carves_a_seeded_disjoint_val_split(tmp_path):

@@ -4,6 +4,11 @@ or one of the package's errors (`vit.VitError`); anything else -- a bare Runtime
 TypeError, an IndexError -- fails.
 
 Sizes are kept tiny (width <= 24, depth <= 2, images <= 12 px) so a few hundred examples run in seconds.
+
+These property-based tests stay in one file rather than in test_model.py and test_weights.py: the model and
+the weight loader draw from the same strategies (configurations, valid or junk, which a weight file's
+metadata carries too) and share one settings profile and parameter limit; `pytest tests/test_fuzz.py
+--hypothesis-show-statistics` shows how all the drawn cases split between outputs and errors.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from hypothesis import strategies as st
 
 import vit
 from vit.model import ViTConfig, VisionTransformer
+
 
 @pytest.fixture(autouse=True, scope="module")
 def small_models():

@@ -1,8 +1,15 @@
-"""vit.runs: the run folder's atomic writes, lock, last.ckpt schema and metrics.jsonl."""
+"""vit.runs: the run folder's atomic writes, lock, last.ckpt schema and metrics.jsonl.
+
+Processes killed for real where the kill is the point: a forked child of this process, SIGKILLed in the
+middle of a write or while it holds the lock.
+"""
 
 import errno
+import io
 import json
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -43,6 +50,72 @@ def test_atomic_write_failure_leaves_the_old_file(tmp_path):
     assert torch.equal(torch.load(path, weights_only=True)["new"], torch.ones(2))
 
 
+def in_child(work) -> int:
+    """Fork: the child runs `work(ready)`, which calls `ready()` once it has got where it is to be killed; the
+    child then waits, holding what `work` returned. Returns the child's pid once it is ready. The child never
+    returns into the test runner."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            held = work(lambda: os.write(w, b"1"))  # noqa: F841 (kept open until the kill)
+            time.sleep(600)
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.close(r)
+    if got != b"1":
+        os.waitpid(pid, 0)
+        raise AssertionError("the child process ended before it was ready")
+    return pid
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("how", ["atomic", "naive"])
+def test_kill_during_a_write_leaves_the_previous_file(tmp_path, how):
+    """SIGKILL half-way through writing a new last.ckpt: the atomic write leaves the old one loadable (and its
+    torn temporary file, never read); the naive write in place, the control, leaves a torn file."""
+    path = tmp_path / runs.LAST
+    old = {"format": "test", "step": 1, "model": {"w": torch.ones(250_000)}}
+    runs.atomic_torch_save(old, path)
+    new = {"format": "test", "step": 2, "model": {"w": torch.full((250_000,), 2.0)}}
+
+    def write_half(ready):
+        real_save = torch.save
+
+        def half_save(obj, f):  # the real bytes, cut off half-way: the kill lands mid-write
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            ready()
+            time.sleep(600)
+
+        torch.save = half_save  # in the child only
+        if how == "atomic":
+            runs.atomic_torch_save(new, path)  # how train.py writes last.ckpt
+        else:
+            with open(path, "wb") as f:
+                torch.save(new, f)
+
+    kill(in_child(write_half))
+    if how == "naive":
+        with pytest.raises(Exception):
+            torch.load(path, weights_only=True)
+        return
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["step"] == 1 and torch.equal(ckpt["model"]["w"], old["model"]["w"])
+    assert len(list(tmp_path.glob(f".{runs.LAST}.*.tmp"))) == 1
+
+
+
 # --------------------------------------------------------------------------------------------------------
 # The lock
 
@@ -56,11 +129,36 @@ def test_lock_refuses_a_second_holder_until_released(tmp_path):
     runs.lock_output(out, resume=True).close()
 
 
-def test_lock_refuses_a_folder_holding_a_run_unless_resuming(tmp_path):
-    (tmp_path / runs.LAST).write_bytes(b"")
-    with pytest.raises(OutputError, match="already holds a training run"):
-        runs.lock_output(tmp_path, resume=False)
-    runs.lock_output(tmp_path, resume=True).close()
+def test_lock_of_a_live_process_refuses_and_the_kernel_drops_it_when_killed(tmp_path):
+    out = tmp_path / "run"
+
+    def hold(ready):  # as a training train.py: the lock held, a last.ckpt written
+        lock = runs.lock_output(out, resume=False)
+        (out / runs.LAST).write_bytes(b"")
+        ready()
+        return lock
+
+    pid = in_child(hold)
+    try:
+        for resume in (False, True):  # even --resume: the run is alive
+            with pytest.raises(OutputError, match=rf"{out} is in use by another train.py \(pid {pid}\)"):
+                runs.lock_output(out, resume=resume)
+    finally:
+        kill(pid)
+    # SIGKILL left no stale lock: only the run in the folder stands in the way of a new one ...
+    with pytest.raises(OutputError, match=rf"{out} already holds a training run \(last.ckpt\): continue it "
+                                          rf"with --resume {out}"):
+        runs.lock_output(out, resume=False)
+    runs.lock_output(out, resume=True).close()  # ... and --resume may take the folder over
+
+
+def test_stale_temporary_files_are_removed_by_the_next_holder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.ckpt.12345.tmp").write_bytes(b"torn")
+    (out / runs.LAST).write_bytes(b"")  # so the folder counts as a run to resume
+    runs.lock_output(out, resume=True).close()
+    assert not (out / ".last.ckpt.12345.tmp").exists()
 
 
 # --------------------------------------------------------------------------------------------------------

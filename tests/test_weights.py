@@ -1,17 +1,19 @@
-"""Pretrained weights: save/load round trips, every import format against its own implementation, errors.
+"""vit.weights: save/load round trips, every import format against its own implementation, and every kind
+of bad file or state dict ending in a CheckpointError that names it.
 
 Reference implementations are the independent ones (torchvision, transformers, timm's npz loader and
 resampling functions); tolerances are stated per test (max abs logit difference, fp32).
 """
 
 import os
-import pickle
 
 import pytest
 import torch
 
 import vit
 from vit.weights import read_checkpoint
+
+from conftest import NANO, assert_no_code_ran, tiny_nano
 
 torch.backends.mkldnn.deterministic = True
 
@@ -103,28 +105,6 @@ def test_timm_config_json_names_an_architecture_the_registry_resolves(tmp_path):
     assert raw.model_args == {"depth": 2, "img_size": 32, "num_classes": 3}
     info = vit.read_metadata(tmp_path)
     assert info.config == model.config and info.class_names == list("abc")
-
-
-def test_weights_module_knows_no_model_names():
-    """vit.weights reads formats only: it imports neither the registry nor the training or evaluation code."""
-    import ast
-    from pathlib import Path
-
-    import vit.weights
-
-    tree = ast.parse(Path(vit.weights.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            # vit/weights.py sits in the package root, so a relative import (level 1) is from "vit"
-            module = node.module if not node.level else "vit" + (f".{node.module}" if node.module else "")
-            imported.add(module)
-            imported.update(f"{module}.{alias.name}" for alias in node.names)  # from . import registry
-    forbidden = {"vit.registry", "vit.train", "vit.evaluate"}
-    assert not forbidden & imported, f"vit.weights imports {sorted(forbidden & imported)}"
-    assert "vit.model" in imported  # the walk does see our own relative imports
 
 
 # ---- reference implementations: torchvision, transformers, timm's JAX loader
@@ -360,43 +340,84 @@ def test_head_reinitialised_for_new_classes(tmp_path):
     assert isinstance(features.head, torch.nn.Identity)
 
 
-# ---- security and errors
-
-
-class FileCreatingPayload:
-    """Unpickling this would call open(marker, "w"): the classic code-execution pickle."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
+# ---- unreadable files, code in pickles, wrong key sets and shapes (docs/troubleshooting.md's table)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("writer, message", [
-    ("torch.save", r"imports (io|builtins)\.open.*never unpickles"),
-    ("pickle-2", r"imports (io|builtins)\.open.*never unpickles"),
-    ("pickle-4", "unpickler refused it"),  # protocol 4's FRAME opcode is refused before the import is reached
+@pytest.mark.parametrize("case, match", [
+    ("truncated_safetensors", "is not a readable safetensors file"),
+    ("truncated_pt", "is not a readable PyTorch checkpoint"),
+    ("zero.safetensors", "is not a readable safetensors file"),
+    ("zero.pt", "is not a readable PyTorch checkpoint"),
+    ("zero.npz", "is not a readable .npz file"),
+    ("text", "is not a readable PyTorch checkpoint"),
+    ("random", "is not a readable PyTorch checkpoint"),
+    ("jpeg", "is not a readable PyTorch checkpoint"),
+    ("non_tensor", "is not a state dict: entries \\['epoch'\\] are not tensors"),
+    ("evil", r"\(it imports \w+\.system\); vit loads checkpoints .* never unpickles arbitrary code"),
+    ("evil5", "is not a readable PyTorch checkpoint: the unpickler refused it"),
+    ("evil_zip", "never unpickles arbitrary code"),
 ])
-def test_crafted_pickle_is_never_run(tmp_path, writer, message):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
-    payload = {"model": {"patch_embed.proj.weight": FileCreatingPayload(marker)}}
-    if writer == "torch.save":
-        torch.save(payload, path)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(payload, f, protocol=int(writer[-1]))
-    assert not marker.exists()
-    with pytest.raises(vit.CheckpointError, match=message):
-        vit.load_pretrained(tiny(), path)
-    with pytest.raises(vit.CheckpointError):
-        vit.create_model("vit_tiny_patch4_32", pretrained=path)
-    assert not marker.exists(), "the pickle's code ran"
+@pytest.mark.parametrize("entry", ["create_model", "load_pretrained"])
+def test_unreadable_files_name_the_file_and_never_run_code(weight_files, case, match, entry):
+    path = weight_files[case]
+    with pytest.raises(vit.CheckpointError, match=match) as e:
+        if entry == "create_model":
+            vit.create_model(NANO, pretrained=str(path), depth=1)
+        else:
+            vit.load_pretrained(tiny_nano(), path)
+    assert str(path) in str(e.value), "the error must name the file"
+    assert_no_code_ran(weight_files)
 
 
-def test_missing_and_unexpected_keys_are_listed():
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.pt"
+    with pytest.raises(vit.CheckpointError, match=f"no weights file at {path}"):
+        vit.create_model(NANO, pretrained=str(path))
+    with pytest.raises(vit.CheckpointError, match=f"no weights file at {path}"):
+        vit.load_pretrained(tiny_nano(), path)
+
+
+def test_another_architecture(weight_files):
+    with pytest.raises(vit.CheckpointError, match=r"pos_embed: expected shape \(1, 17, 64\), got \(1, 17, 32\)"):
+        vit.create_model(NANO, pretrained=str(weight_files["other_arch"]), depth=1)
+    with pytest.raises(vit.CheckpointError, match=r"missing keys .*blocks.1.*another architecture \(depth 6"):
+        vit.create_model(NANO, pretrained=str(weight_files["good"]), num_classes=10)  # a depth-1 file into depth 6
+
+
+def nano_state(**changes) -> dict[str, torch.Tensor]:
+    """The one-block digits model's state dict with entries replaced (None: removed); "__" stands for "."."""
+    sd = tiny_nano().state_dict()
+    for k, v in changes.items():
+        k = k.replace("__", ".")
+        if v is None:
+            del sd[k]
+        else:
+            sd[k] = v
+    return sd
+
+
+@pytest.mark.parametrize("sd, match", [
+    (lambda: nano_state(blocks__0__attn__qkv__weight=None), r"missing keys \(1: blocks.0.attn.qkv.weight\)"),
+    (lambda: nano_state(blocks__0__extra=torch.zeros(3)), r"unexpected keys \(1: blocks.0.extra\)"),
+    (lambda: nano_state(blocks__0__mlp__fc1__weight=torch.zeros(3, 3)),
+     r"shape mismatch for blocks.0.mlp.fc1.weight: the model expects \(256, 64\), the checkpoint has \(3, 3\)"),
+    (lambda: nano_state(pos_embed=torch.zeros(5)), r"pos_embed: expected shape \(1, 17, 64\), got \(5,\)"),
+    (lambda: nano_state(blocks__0__norm1__weight=torch.ones(64, dtype=torch.int64)),
+     r"blocks.0.norm1.weight has dtype torch.int64"),
+    (lambda: {"conv.weight": torch.zeros(3)}, r"unrecognised checkpoint format \(keys 1: conv.weight\); recognised "
+                                              r"formats: vit .*torchvision .*transformers .*jax"),
+], ids=["missing", "unexpected", "shape", "pos-embed-shape", "int-dtype", "unknown-format"])
+def test_key_sets_and_shapes(tmp_path, sd, match):
+    sd = sd()
+    with pytest.raises(vit.CheckpointError, match=match):
+        vit.load_pretrained(tiny_nano(), sd)
+    torch.save(sd, tmp_path / "w.pt")  # the same through a file
+    with pytest.raises(vit.CheckpointError, match=match):
+        vit.create_model(NANO, pretrained=str(tmp_path / "w.pt"), depth=1)
+
+
+def test_many_missing_and_unexpected_keys_are_counted_and_cut_short():
     model = tiny()
     state = model.state_dict()
     for key in ("blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc1.bias", "blocks.1.mlp.fc2.weight", "norm.bias"):
@@ -410,24 +431,22 @@ def test_missing_and_unexpected_keys_are_listed():
     assert "unexpected keys (7: extra.0, extra.1, extra.2, extra.3, extra.4 ... and 2 more)" in msg
 
 
-def test_shape_mismatch_names_key_and_shapes():
-    state = tiny(mlp_ratio=2.0).state_dict()
-    with pytest.raises(vit.CheckpointError, match=r"blocks\.0\.mlp\.fc1\.weight: the model expects \(768, 192\), "
-                                                  r"the checkpoint has \(384, 192\)"):
-        vit.load_pretrained(tiny(), state)
+def test_other_float_dtypes_load():
+    """A float16/bfloat16 file is a valid checkpoint: it loads, cast to the model's dtype."""
+    sd = {k: v.to(torch.bfloat16) for k, v in tiny_nano().state_dict().items()}
+    model = tiny_nano()
+    vit.load_pretrained(model, sd)
+    assert model.pos_embed.dtype == torch.float32
+    torch.testing.assert_close(model.pos_embed, sd["pos_embed"].float())
 
 
-def test_unknown_format_lists_the_recognised_ones(tmp_path):
-    with pytest.raises(vit.CheckpointError, match="recognised formats: vit .*torchvision.*transformers.*jax"):
-        vit.load_pretrained(tiny(), {"backbone.stem.weight": torch.zeros(1)})
+def test_metadata_of_an_unreadable_or_configless_file(tmp_path):
     bad = tmp_path / "junk.safetensors"
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(vit.CheckpointError, match="not a readable safetensors"):
         vit.read_metadata(bad)
-    with pytest.raises(vit.CheckpointError, match="no weights file"):
-        vit.load_pretrained(tiny(), tmp_path / "missing.pth")
+    torch.save(tiny().state_dict(), tmp_path / "bare.pth")
     with pytest.raises(vit.ConfigError, match="carries no model config"):
-        torch.save(tiny().state_dict(), tmp_path / "bare.pth")
         vit.create_model(pretrained=tmp_path / "bare.pth")
 
 
@@ -497,17 +516,18 @@ def test_hub_download_offline_from_cache(tmp_path):
     x = images(model)
     torch.save(x, tmp_path / "x.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["2", "0.875", "['a',", "'b']", "3"]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cached = subprocess.Popen([sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                              env=env, **pipes)
+    missing = subprocess.Popen([sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
+                               env={**env, "HF_HUB_CACHE": str(tmp_path / "empty")}, **pipes)  # both at once
+    out, err = cached.communicate(timeout=120)
+    assert cached.returncode == 0, err[-2000:]
+    assert out.split() == ["2", "0.875", "['a',", "'b']", "3"]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
-
-    env["HF_HUB_CACHE"] = str(tmp_path / "empty")
-    out = subprocess.run([sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert "CheckpointError" in out.stderr and "HF_HUB_OFFLINE" in out.stderr
+    _, err = missing.communicate(timeout=120)
+    assert "CheckpointError" in err and "HF_HUB_OFFLINE" in err
 
 
 @pytest.mark.slow

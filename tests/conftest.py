@@ -1,0 +1,247 @@
+"""Shared by the test files: builders of tiny data written here (IDX files, CIFAR pickles in torchvision's
+layout, image folders, unreadable images), weight files good and bad, and one trained digits run.
+
+Builders are plain functions (`from conftest import make_folder`); what costs time to make is a
+session-scoped fixture, made once and only read by the tests (a test that writes into it copies it first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vit
+
+ROOT = Path(__file__).resolve().parents[1]
+NANO = "vit_nano_patch2_8"  # the 8x8 grey digits model: 0.3M parameters
+DIGITS = [str(i) for i in range(10)]
+
+# --------------------------------------------------------------------------------------------------------
+# Image folders and single images
+
+
+def write_image(path: Path, value: int = 128, size: int = 8, mode: str = "L") -> Path:
+    """A random image (seeded by `value`) of `size` x `size` pixels, grey ("L") or "RGB", in the format the
+    suffix names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def make_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 6, size: int = 12, mode: str = "RGB",
+                suffix: str = ".jpg", seed: int = 0) -> Path:
+    """An ImageFolder tree ROOT/CLASS/i.SUFFIX of random images."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / c / f"{i}{suffix}")
+    return root
+
+
+def digit_folder(root: Path, classes=("0", "1"), per_class: int = 10) -> Path:
+    """Grey 8x8 PNGs in class folders named as digits' classes: what the digits model reads as it is."""
+    return make_folder(root, classes=classes, per_class=per_class, size=8, mode="L", suffix=".png")
+
+
+def mixed_folder(root: Path) -> Path:
+    """Classes "0" and "1", each with grey and RGB PNGs of 5, 8, 13 and 40 pixels: what scripts must convert."""
+    for c in ("0", "1"):
+        for i, (size, mode) in enumerate([(8, "L"), (13, "RGB"), (40, "RGB"), (5, "L")] * 2):
+            write_image(root / c / f"{i}.png", value=i, size=size, mode=mode)
+    return root
+
+
+def unreadable_folder(root: Path) -> Path:
+    """Classes "0" and "1", three empty .png files each: not one image can be read."""
+    for c in ("0", "1"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            (root / c / f"{i}.png").write_bytes(b"")
+    return root
+
+
+def corrupt_jpeg(path: Path) -> Path:
+    """A JPEG cut off after its header: PIL opens it, decoding fails."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------
+# IDX files (the MNIST layout), written byte by byte
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", s) for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_dir(root: Path, n_train: int = 12, n_test: int = 6, seed: int = 0) -> dict:
+    """Fashion-MNIST's four files with random 28x28 images; returns {prefix: (images, labels)}."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        arrays[prefix] = (rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n))
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", arrays[prefix][0])
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", arrays[prefix][1])
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------------------
+# CIFAR-10 pickles in torchvision's layout
+
+
+def make_cifar10(root: Path, n_per_batch: int = 4, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)  # rows: R plane, G plane, B plane
+        labels = rng.integers(0, 10, n_per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+        written[name] = (data, labels)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f)
+    return written
+
+
+@pytest.fixture
+def tiny_cifar10(tmp_path, monkeypatch):
+    """Tiny CIFAR-10 files; torchvision's integrity check runs against their real md5 sums.
+    Returns (root, {file name: (data, labels)})."""
+    from torchvision.datasets import CIFAR10
+
+    written = make_cifar10(tmp_path)
+    md5 = lambda name: hashlib.md5((tmp_path / "cifar-10-batches-py" / name).read_bytes()).hexdigest()
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5("batches.meta")})
+    return tmp_path, written
+
+
+# --------------------------------------------------------------------------------------------------------
+# Weight files, good and bad
+
+
+class Evil:
+    """Unpickling this runs `touch MARKER`: a checkpoint carrying code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def tiny_nano(**overrides):
+    """The digits model cut to one block."""
+    return vit.create_model(NANO, depth=1, **overrides).eval()
+
+
+@pytest.fixture(scope="session")
+def weight_files(tmp_path_factory) -> dict[str, Path]:
+    """Good and bad weight files next to each other, for the one-block digits model: "good" (safetensors with
+    class names), "good_pt" (a bare state dict), truncated and empty files, text, random bytes, a JPEG named
+    .pth, pickles that run code ("evil": protocol 2, "evil5": protocol 5, "evil_zip": torch.save's zip),
+    another width ("other_arch") and a state dict holding a string ("non_tensor"). "marker" is the file the
+    evil ones would create: `assert_no_code_ran` checks it is absent."""
+    d = tmp_path_factory.mktemp("weights")
+    model = tiny_nano()
+    good = vit.save_pretrained(model, d / "good.safetensors", class_names=DIGITS)
+    torch.save(model.state_dict(), d / "good.pt")
+    out = {"good": good, "good_pt": d / "good.pt"}
+    for name, src in (("truncated_safetensors", good), ("truncated_pt", d / "good.pt")):
+        data = src.read_bytes()
+        out[name] = d / f"truncated{src.suffix}"
+        out[name].write_bytes(data[: len(data) // 2])
+    for suffix in (".safetensors", ".pt", ".npz"):
+        (d / f"zero{suffix}").write_bytes(b"")
+        out[f"zero{suffix}"] = d / f"zero{suffix}"
+    out["text"] = d / "notes.pt"
+    out["text"].write_text("these are not the weights you are looking for\n")
+    out["random"] = d / "random.bin"
+    out["random"].write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    out["jpeg"] = write_image(d / "photo.jpg", mode="RGB").rename(d / "photo.pth")
+    out["marker"] = d / "code-ran"
+    with open(d / "evil.pt", "wb") as f:  # a plain pickle, as `pickle.dump` writes it
+        pickle.dump({"model": Evil(out["marker"])}, f, protocol=2)
+    with open(d / "evil5.pt", "wb") as f:  # protocol 5: refused before its import is even read
+        pickle.dump({"model": Evil(out["marker"])}, f, protocol=5)
+    torch.save({"model": model.state_dict(), "extra": Evil(out["marker"])}, d / "evil_zip.pt")  # torch's zip
+    out["evil"], out["evil5"], out["evil_zip"] = d / "evil.pt", d / "evil5.pt", d / "evil_zip.pt"
+    other = tiny_nano(embed_dim=32, num_heads=2)  # another width
+    out["other_arch"] = vit.save_pretrained(other, d / "other.safetensors")
+    torch.save({**model.state_dict(), "epoch": "three"}, d / "non_tensor.pt")
+    out["non_tensor"] = d / "non_tensor.pt"
+    return out
+
+
+def assert_no_code_ran(files: dict[str, Path]) -> None:
+    assert not files["marker"].exists(), "unpickling the checkpoint ran its code"
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 2 MiB filesystem that fills up (needs root: mount), else the test is skipped."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# One trained run
+
+# Two epochs of 22 steps on digits; fp32 and no label smoothing, so that the validation loss train.py records
+# is the plain cross-entropy evaluate.py reports.
+TRAINED_RUN_ARGS = ["--epochs", "2", "--batch-size", "64", "--lr", "4e-3", "--warmup-epochs", "0",
+                    "--label-smoothing", "0", "--device", "cpu", "--precision", "fp32", "--quiet"]
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    out: Path  # the run folder: last.ckpt, best.safetensors, metrics.jsonl, curves.png
+    stdout: str  # what train.py printed
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> TrainedRun:
+    """A real train.py run on digits (`train.main`, in this process), shared by the train, evaluate and
+    bad-input tests. Read it, never write into it: copy the folder first."""
+    from vit.train import main
+
+    out = tmp_path_factory.mktemp("trained") / "digits"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([*TRAINED_RUN_ARGS, "--output", str(out)])
+    assert code == 0, printed.getvalue()
+    return TrainedRun(out, printed.getvalue())

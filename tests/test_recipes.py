@@ -1,0 +1,23 @@
+"""vit.recipes: every recipe builds a valid TrainConfig and documents its command, hardware and measurement;
+every hyperparameter is a train.py flag."""
+
+import vit
+from vit import train as T
+from vit.data import digits_split
+from vit.recipes import RECIPES, TrainConfig
+
+
+def test_recipes_are_valid_and_documented():
+    assert {"digits", "fashion-mnist", "cifar10", "imagenet-subset-finetune"} <= set(RECIPES)
+    for r in RECIPES.values():
+        cfg = r.config(data_dir="x")
+        vit.get_entry(cfg.model)
+        assert "Command" in r.doc and "Hardware" in r.doc and "Measured" in r.doc
+    flags = T.build_parser().format_help()
+    for name in TrainConfig.__dataclass_fields__:  # every hyperparameter is a flag
+        assert "--" + name.replace("_", "-") in flags
+
+
+def test_digits_recipe_states_the_split_it_trains_on():
+    train, val = digits_split("train"), digits_split("val")
+    assert f"{len(train):,} train / {len(val)} held-out" in RECIPES["digits"].doc

@@ -1,0 +1,54 @@
+"""vit.registry: model names, `create_model` with overrides, and the README's model table.
+
+The per-model tests generated from the registry (forward, backward, timm parity) are in test_model.py.
+"""
+
+from pathlib import Path
+
+import pytest
+
+import vit
+from vit.registry import model_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_list_models():
+    assert "vit_base_patch16_224" in vit.list_models()
+    cifar = vit.list_models("vit_*_patch4_32")
+    assert {"vit_small_patch4_32", "vit_tiny_patch4_32"} <= set(cifar) and cifar == sorted(cifar)
+    assert all(n.endswith("_patch4_32") for n in cifar)
+    assert len(vit.list_models("vit_*_224")) >= 10
+
+
+def test_overrides_change_the_registered_config():
+    model = vit.create_model("vit_tiny_patch4_32", embed_dim=96, num_heads=2, depth=1, img_size=(32, 48))
+    assert model.embed_dim == 96 and model.config.img_size == (32, 48)
+    assert model.config.patch_size == vit.get_entry("vit_tiny_patch4_32").config.patch_size
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("vit_nano_patch3_8", {}, r"unknown model 'vit_nano_patch3_8'; closest: vit_nano_patch2_8"),
+    ("vit_base_patch16_244", {}, r"unknown model 'vit_base_patch16_244'; closest: vit_base_patch16_224"),
+    ("vit_nano_patch2_8", {"embed_dimm": 64}, r"unknown config option\(s\) \['embed_dimm'\]; valid options: .*'embed_dim'"),
+])
+def test_unknown_name_or_option_names_the_valid_ones(name, kwargs, match):
+    with pytest.raises(vit.ConfigError, match=match) as e:
+        vit.create_model(name, **kwargs)
+    assert isinstance(e.value, ValueError)  # for callers that don't know vit
+
+
+def test_readme_model_table_is_current():
+    """README.md's model table is generated: refresh it with `python tests/test_registry.py`."""
+    block = README.read_text().split("<!-- model-table:start -->\n")[1].split("<!-- model-table:end -->")[0]
+    assert block.strip() == model_table(), "README model table is stale: run `python tests/test_registry.py`"
+
+
+def write_model_table():
+    head, rest = README.read_text().split("<!-- model-table:start -->\n")
+    tail = rest.split("<!-- model-table:end -->")[1]
+    README.write_text(f"{head}<!-- model-table:start -->\n{model_table()}\n<!-- model-table:end -->{tail}")
+
+
+if __name__ == "__main__":
+    write_model_table()

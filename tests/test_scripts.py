@@ -1,0 +1,55 @@
+"""The top-level scripts as a user runs them: `python train.py`, `python evaluate.py` (and so the vit-train
+and vit-eval wrappers, `raise SystemExit(main())`). Exit code 0 after work done, 2 with one line on stderr
+after a bad input, never a traceback. What the scripts do is tested through their `main` in test_train.py
+and test_evaluate.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vit.data import digits_split
+
+from conftest import NANO, ROOT, assert_no_code_ran
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_scripts(*argvs, cwd=ROOT, timeout=120) -> list[subprocess.CompletedProcess]:
+    """Each argv as `python ARGV...`, all at once (the threads only wait on the processes)."""
+    with ThreadPoolExecutor(len(argvs)) as pool:
+        return list(pool.map(lambda argv: subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=ENV,
+                                                         capture_output=True, text=True, timeout=timeout), argvs))
+
+
+def test_exit_codes_and_no_traceback(trained_run, weight_files, tmp_path):
+    image = tmp_path / "seven.png"
+    Image.fromarray(digits_split("val").images[0, 0].numpy()).save(image)
+    predicted, bad_weights, bad_checkpoint = run_scripts(
+        ["evaluate.py", trained_run.out / "best.safetensors", "--predict", image],
+        ["train.py", "--pretrained", weight_files["truncated_pt"], "--output", tmp_path / "t"],
+        ["evaluate.py", weight_files["evil"], "--model", NANO, "--dataset", "digits"],
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert str(image) in predicted.stdout and "1. " in predicted.stdout
+    for r, says in [(bad_weights, "is not a readable PyTorch checkpoint"), (bad_checkpoint, "never unpickles")]:
+        assert r.returncode == 2, r.stderr
+        assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert_no_code_ran(weight_files)
+
+
+@pytest.mark.slow
+def test_no_argument_default_reaches_95_percent(tmp_path):
+    """`python train.py` exactly as `make train` runs it (about 2 minutes on 2 cores)."""
+    p, = run_scripts([ROOT / "train.py"], cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr
+    out = Path(p.stdout.split("outputs in ")[1].split(":")[0])
+    out = out if out.is_absolute() else tmp_path / out
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["val_top1"] >= 95.0 and (out / "best.safetensors").exists()
