@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import slice_draws
 from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.data")
@@ -344,8 +345,6 @@ def memory_batch(data: TensorData, perm: torch.Tensor, step: int, batch_size: in
     rows = slice(rank * local, (rank + 1) * local)
     x, y = x[rows], data.labels[idx][rows]
     if randaug is not None:
-        from .augment import slice_draws
-
         x = randaug.apply(x, slice_draws(randaug.draw(batch_size, gen), rows.start, rows.stop))
     return x, y
 

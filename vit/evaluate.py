@@ -114,7 +114,8 @@ def load_model(checkpoint: str, model_name: str | None = None):
         except ConfigError as e:
             # Asked only on failure (a second read of a large file costs seconds): without a name, weights that
             # say nothing of their architecture are the reason, and the command line is the way out.
-            if model_name is None and read_metadata(path).config is None:
+            info = read_metadata(path) if model_name is None else None
+            if info is not None and info.config is None and info.architecture is None:
                 raise CheckpointError(f"{path} carries no model config: name its architecture with --model NAME "
                                       "(see vit.list_models())") from e
             raise

@@ -36,8 +36,8 @@ from tqdm import tqdm
 from . import data as D
 from . import runs
 from .augment import RandAugment
-from .budget import Budget, Clock, parse_budget
 from . import budget as B
+from .budget import Budget, Clock, parse_budget
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
@@ -864,7 +864,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig.from_dict({**base, **given})
         with torch_settings(cfg):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume, args.quiet, ckpt,
-                       frozenset(k for k in given if k != "budget"), clock)
+                       frozenset(given), clock)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
