@@ -5,6 +5,7 @@ ends bit-identical to an uninterrupted one.
     python benchmarks/kill_resume.py --kills 3 --seed 7
     python benchmarks/kill_resume.py --only 12    # rerun kill point 12 of the default seed alone
     python benchmarks/kill_resume.py --kills 2 --epochs 2   # what the test suite runs
+    python benchmarks/kill_resume.py --budget 20s --kills 5  # a time-budgeted run (--no-replan)
 
 The run (`run_args()`): the digits recipe, deterministic fp32 on CPU, 3 epochs of 11 steps with a checkpoint
 after every step (--save-every 1, so kills often land in a checkpoint write), EMA, Mixup and padded-crop
@@ -19,6 +20,12 @@ folder (which must not be refused). The final
 last.ckpt must equal the reference's in every tensor bit and every value -- model, EMA, optimizer, scheduler,
 RNG states, step counters -- except wall-clock timings; best.safetensors and the metrics.jsonl rows (less
 timings) must match too. Prints a table; exits 1 on any difference.
+
+With `--budget`, the run is time-budgeted (`--budget B --no-replan`): it times its first steps and fixes its
+length, so killed runs may plan differently from the reference. Each resumed run must then end bit-identical
+to an uninterrupted run given its plan's step count (`--steps T`, T read from its last.ckpt): the plan it
+restored, not one made again. Only the fields that say how the length was chosen (`budget`, `steps`,
+`replan`) may differ.
 
 `tests/test_train.py::test_sigkill_then_resume_is_bit_identical` runs the same code with two kill points and
 2 epochs.
@@ -54,9 +61,13 @@ TIMING_KEYS = {"elapsed_s", "train_s", "images_per_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_args(epochs: int = EPOCHS) -> list[str]:
-    """train.py's arguments for the run, `epochs` epochs long."""
-    return [*RUN_ARGS, "--epochs", str(epochs)]
+# With --budget: how the length was chosen, the only other fields a budgeted run and its fixed-length twin differ in.
+LENGTH_KEYS = {"budget", "steps", "replan"}
+
+
+def run_args(epochs: int = EPOCHS, budget: str = "") -> list[str]:
+    """train.py's arguments for the run: `epochs` epochs long, or as many steps as fit in `budget`."""
+    return [*RUN_ARGS, "--budget", budget, "--no-replan"] if budget else [*RUN_ARGS, "--epochs", str(epochs)]
 
 
 def train_cmd(out: Path, args: list[str], resume: bool = False) -> list[str]:
@@ -188,22 +199,23 @@ def finish(out: Path, args: list[str]) -> tuple[str, int | None, str]:
 # Comparing
 
 
-def differences(a, b, path: str = "") -> list[str]:
-    """Paths where two checkpoint trees differ: tensors bit for bit (dtype, shape, every bit), the rest by ==."""
+def differences(a, b, path: str = "", skip: frozenset = frozenset()) -> list[str]:
+    """Paths where two checkpoint trees differ: tensors bit for bit (dtype, shape, every bit), the rest by ==.
+    Keys in TIMING_KEYS and `skip` are not compared."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b), key=str):
-            if k in TIMING_KEYS:
+            if k in TIMING_KEYS or k in skip:
                 continue
             if k not in a or k not in b:
                 out.append(f"{path}{k} (only in one)")
             else:
-                out += differences(a[k], b[k], f"{path}{k}.")
+                out += differences(a[k], b[k], f"{path}{k}.", skip)
         return out
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{path[:-1]} (length {len(a)} vs {len(b)})"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}{i}.")]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}{i}.", skip)]
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
         return [] if same else [path[:-1]]
@@ -225,13 +237,13 @@ def metrics_rows(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-def compare_runs(ref: Path, run: Path) -> tuple[list[str], float]:
+def compare_runs(ref: Path, run: Path, skip: frozenset = frozenset()) -> tuple[list[str], float]:
     """(differences, max |weight difference|) between two finished run folders."""
     from safetensors.torch import load_file
 
     a = torch.load(ref / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
-    diffs = [f"last.ckpt:{d}" for d in differences(a, b)]
+    diffs = [f"last.ckpt:{d}" for d in differences(a, b, skip=skip)]
     diffs += [f"best.safetensors:{d}" for d in differences(load_file(ref / "best.safetensors"),
                                                            load_file(run / "best.safetensors"))]
     if metrics_rows(ref) != metrics_rows(run):
@@ -262,6 +274,18 @@ class KillResult:
         return not self.diffs
 
 
+def fixed_length_twin(work: Path, ref: Reference, run: Path) -> Path:
+    """An uninterrupted run of the budgeted `ref.args` given the step count `run` planned, as --steps (kept
+    in `work` per count: several kill points may plan alike)."""
+    total = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["budget"]["total_steps"]
+    out = work / f"steps{total}"
+    if not (out / "last.ckpt").exists():
+        args = [a for a in ref.args if a != "--no-replan"]
+        i = args.index("--budget")
+        reference_run(out, args[:i] + ["--steps", str(total)] + args[i + 2:])
+    return out
+
+
 def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
     out = work / f"kill{index:02d}"
     shutil.rmtree(out, ignore_errors=True)
@@ -270,7 +294,10 @@ def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
     step = ckpt_step(out)  # must load: a torn last.ckpt fails here
     torn = len(list(out.glob(".*.tmp")))
     how, _, _ = finish(out, ref.args)
-    diffs, max_diff = compare_runs(ref.out, out)
+    if "--budget" in ref.args:
+        diffs, max_diff = compare_runs(fixed_length_twin(work, ref, out), out, frozenset(LENGTH_KEYS))
+    else:
+        diffs, max_diff = compare_runs(ref.out, out)
     return KillResult(index, seed + index, killed.at_s, killed.aim, killed.exit_code, step, torn, how, diffs,
                       max_diff, time.perf_counter() - start)
 
@@ -298,6 +325,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", type=int, default=None, help="run kill point ONLY alone")
     p.add_argument("--jobs", type=int, default=1, help="kill points run at once (1 keeps timings clean)")
     p.add_argument("--work", default=None, help="folder for the runs (default: a temporary one, removed)")
+    p.add_argument("--budget", default="", help="a time-budgeted run instead, e.g. 20s (its plan is compared)")
     args = p.parse_args(argv)
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kill_resume-"))
@@ -305,7 +333,7 @@ def main(argv=None) -> int:
     print(f"kill_resume: seed {args.seed}, {args.kills} kill points, runs in {work}", flush=True)
     try:
         shutil.rmtree(work / "reference", ignore_errors=True)
-        ref = reference_run(work / "reference", run_args(args.epochs))
+        ref = reference_run(work / "reference", run_args(args.epochs, args.budget))
         print(f"reference run: {ref.seconds:.1f} s (first checkpoint at {ref.first_ckpt_s:.1f} s)", flush=True)
         indices = [args.only] if args.only is not None else range(args.kills)
         results = []

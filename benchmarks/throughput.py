@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import vit  # noqa: E402
+from vit import kernels as vit_kernels  # noqa: E402
 from vit import precision as vit_precision  # noqa: E402
 from vit.model import ViTConfig, VisionTransformer  # noqa: E402
 
@@ -47,6 +48,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
     "cifar": (dict(img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=9, num_heads=3, num_classes=10), 256),
     "fmnist": (dict(img_size=28, patch_size=4, in_chans=1, embed_dim=192, depth=9, num_heads=3, num_classes=10), 256),
+    # the fashion-mnist recipe's model (vit_micro_patch7_28): 16 patch tokens
+    "fmnist-p7": (dict(img_size=28, patch_size=7, in_chans=1, embed_dim=192, depth=6, num_heads=3, num_classes=10), 256),
     "vit_ti16": (dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=1000), 32),
     "vit_s16": (dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, num_classes=1000), 32),
     # a very narrow model, for the --precision auto rule (bf16 casts can cost more than they save)
@@ -132,10 +135,11 @@ def gemm_runner(device: torch.device, precision: str, n: int = 2048, k: int = 4)
 
 
 def build_model(kind: str, fields: dict, **kernels) -> nn.Module:
-    """`kernels`: ours only, VisionTransformer's attn_kernel / mlp_kernel (vit.kernels policy names)."""
+    """`kernels`: ours only, attn_kernel / mlp_kernel (vit.kernels policy names; create_model's defaults)."""
     f = fields
     if kind in ("ours", "ours-eager"):
-        return VisionTransformer(ViTConfig(**f), **kernels)
+        return vit_kernels.use(VisionTransformer(ViTConfig(**f)), attn=kernels.get("attn_kernel", "auto"),
+                               mlp=kernels.get("mlp_kernel", "recompute"))
     if kind in ("timm", "timm-compiled"):
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 

@@ -59,3 +59,14 @@ def test_clock_counts_from_the_process_start_or_from_now():
     assert 0.0 < since_start < 24 * 3600
     assert B.Clock(from_process_start=True).elapsed() >= since_start - 0.5
     assert B.Clock().elapsed() < 0.5
+
+
+def test_crops_and_flips_follow_the_planned_length():
+    from vit.recipes import TrainConfig
+    from vit.train import Plan, augment_for
+
+    rule = TrainConfig(crop_pad=2, hflip=0.5, augment_min_epochs=3)
+    assert augment_for(rule, Plan(steps_per_epoch=10, total_steps=30)) == {"crop_pad": 2, "hflip": 0.5}
+    assert augment_for(rule, Plan(steps_per_epoch=10, total_steps=29)) == {"crop_pad": 0, "hflip": 0.0}
+    always = TrainConfig(crop_pad=2, hflip=0.5)  # augment_min_epochs 0
+    assert augment_for(always, Plan(steps_per_epoch=10, total_steps=1)) == {"crop_pad": 2, "hflip": 0.5}

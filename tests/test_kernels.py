@@ -21,7 +21,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def make(attn: str = "auto", mlp: str = "recompute", config: ViTConfig = SMALL, device: str = "cpu"):
     torch.manual_seed(0)
-    return VisionTransformer(config, attn_kernel=attn, mlp_kernel=mlp).to(device)
+    return kernels.use(VisionTransformer(config), attn=attn, mlp=mlp).to(device)
 
 
 def reference_logits(x: torch.Tensor, config: ViTConfig = SMALL) -> torch.Tensor:
@@ -41,22 +41,28 @@ def grads(model) -> dict[str, torch.Tensor]:
 # ---- choosing a kernel
 
 
-def test_kernels_are_chosen_by_name_at_construction_and_on_a_built_model():
+def test_kernels_are_chosen_by_name_on_a_built_model():
+    plain = VisionTransformer(SMALL)  # built directly: the reference ops
+    assert all(b.attn.attend is kernels.attend_sdpa and b.mlp.gelu_fc2 is kernels.gelu_linear_plain
+               for b in plain.blocks)
     model = make("matmul", "plain")
     assert all(b.attn.attend is kernels.attend_matmul and b.mlp.gelu_fc2 is kernels.gelu_linear_plain
                for b in model.blocks)
     default = vit.create_model("vit_nano_patch2_8")
     assert default.blocks[0].attn.attend is kernels.attend_auto
     assert default.blocks[0].mlp.gelu_fc2 is kernels.gelu_linear_recompute
-    default.set_kernels(attn_kernel="sdpa")  # None keeps the MLP's
+    kernels.use(default, attn="sdpa", mlp=None)  # None keeps the MLP's
     assert all(b.attn.attend is kernels.attend_sdpa and b.mlp.gelu_fc2 is kernels.gelu_linear_recompute
                for b in default.blocks)
+    chosen = vit.create_model("vit_nano_patch2_8", attn_kernel="matmul", mlp_kernel="plain")
+    assert chosen.blocks[0].attn.attend is kernels.attend_matmul
+    assert chosen.blocks[0].mlp.gelu_fc2 is kernels.gelu_linear_plain
 
 
 @pytest.mark.parametrize("build", [
     lambda: make(attn="flash"),
     lambda: make(mlp="fused"),
-    lambda: make().set_kernels(attn_kernel="flash"),
+    lambda: vit.create_model("vit_nano_patch2_8", attn_kernel="flash"),
 ])
 def test_unknown_kernel_names_list_the_valid_ones(build):
     with pytest.raises(vit.ConfigError, match=r"unknown (attention|MLP) kernel .*choose from \["):

@@ -11,6 +11,7 @@ from timm.layers import resample_abs_pos_embed
 
 import vit
 from vit.model import sincos_pos_embed_2d
+from vit.rollout import attention_maps
 
 torch.backends.mkldnn.deterministic = True
 
@@ -201,15 +202,15 @@ def test_sincos_pos_embed():
 def test_attention_maps_reproduce_the_fused_forward():
     model = vit.create_model("vit_tiny_patch4_32", depth=2).eval()
     x = make_input(model)
-    maps = model.forward_attention_maps(x)
+    maps = attention_maps(model, x)
     assert len(maps) == 2 and maps[0].shape == (2, 3, 65, 65)
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 3, 65))
     # Attention weights times V, projected, equal the fused SDPA output of the same block.
     with torch.no_grad():
-        tokens = model._embed(x)
+        tokens = model.embed(x)
         attn = model.blocks[0].attn
         h = model.blocks[0].norm1(tokens)
-        _, _, v = attn._qkv(h)
+        _, _, v = attn.qkv_heads(h)
         manual = attn.proj(rearrange(maps[0] @ v, "b h n d -> b n (h d)"))
         torch.testing.assert_close(manual, attn(h), rtol=1e-5, atol=1e-5)
 

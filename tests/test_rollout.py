@@ -3,7 +3,7 @@
 import torch
 
 import vit
-from vit.rollout import attention_rollout, rollout_heatmap
+from vit.rollout import attention_maps, attention_rollout, rollout_heatmap
 
 
 def random_attention(B, H, N, g):
@@ -38,7 +38,7 @@ def test_model_with_known_attention():
             blk.attn.qkv.weight[: 2 * C] = 0
             blk.attn.qkv.bias[: 2 * C] = 0
     x = torch.randn(2, 1, 8, 8)
-    maps = model.forward_attention_maps(x)
+    maps = attention_maps(model, x)
     N, L = maps[0].shape[-1], len(maps)
     expected = torch.eye(N) / 2**L + (1 - 1 / 2**L) * torch.full((N, N), 1 / N)
     torch.testing.assert_close(attention_rollout(maps), expected.expand(2, N, N))

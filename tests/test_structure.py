@@ -10,8 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vit"
-# What vit/model.py may import from the package: the errors it raises and the kernels it calls by name.
-MODEL_MAY_IMPORT = {"vit.errors", "vit.kernels"}
+# What vit/model.py may import from the package: the errors it raises. Its kernels are set from outside
+# (vit.kernels.use), so the model file stays the paper's computation in reference torch ops.
+MODEL_MAY_IMPORT = {"vit.errors"}
 
 
 def module_name(path: Path) -> str:
@@ -78,11 +79,11 @@ def test_package_imports_have_no_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_model_file_imports_nothing_of_ours_but_errors_and_kernels():
+def test_model_file_imports_nothing_of_ours_but_errors():
     graph = import_graph()
     assert "vit.errors" in graph["vit.model"]  # the walk sees relative imports (`from .errors import ...`)
     assert graph["vit.model"] <= MODEL_MAY_IMPORT, graph["vit.model"] - MODEL_MAY_IMPORT
-    assert graph["vit.kernels"] <= {"vit.errors"}
+    assert graph["vit.kernels"] <= {"vit.errors", "vit.model"}
 
 
 def test_weight_formats_know_nothing_of_the_registry_or_training():

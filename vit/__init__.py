@@ -7,10 +7,10 @@
 
 from .errors import CheckpointError, ConfigError, DataError, InputError, OutputError, VitError
 from .flops import count_flops
-from .model import ViTConfig, VisionTransformer, resample_pos_embed
+from .model import ViTConfig, VisionTransformer
 from .preprocess import Preprocess
 from .registry import create_model, get_entry, list_models, read_metadata
-from .weights import load_pretrained, save_pretrained
+from .weights import load_pretrained, resample_pos_embed, save_pretrained
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "InputError", "OutputError", "VitError",

@@ -98,6 +98,7 @@ class Budget:
     eval_s: float = 0.0  # measured seconds per evaluation (model and EMA)
     spent_s: float = 0.0  # budget used by earlier processes of this run (resumed runs)
     replans: list = field(default_factory=list)  # {"step", "total_steps", "step_s", "reason"}
+    decided: dict = field(default_factory=dict)  # settings fixed by the first plan's length (e.g. crop_pad)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Budget":

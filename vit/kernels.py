@@ -1,16 +1,16 @@
 """How the model's attention and MLP are computed: kernels chosen by name, and the measurements behind them.
 
-vit/model.py says what a block computes, softmax(q k^T / sqrt(D)) v and fc2(gelu(fc1(x))); this module holds
-the ways of computing it on different hardware. Every kernel computes the same function (tests/test_kernels.py
-holds each to the reference numerics), so the choice changes speed and memory only. It is therefore not a
-`ViTConfig` field and is not saved with the weights.
+vit/model.py says what a block computes, softmax(q k^T / sqrt(D)) v and fc2(gelu(fc1(x))), with the reference
+torch ops; this module holds the ways of computing it on different hardware. Every kernel computes the same
+function (tests/test_kernels.py holds each to the reference numerics), so the choice changes speed and memory
+only. It is therefore not a `ViTConfig` field and is not saved with the weights.
 
-Choosing. A module turns its policy name into a function once, when it is built (as timm's
-`self.fused_attn = use_fused_attn()`), and calls that function in `forward`:
+Choosing. Each Attention and Mlp module holds its function (`attend`, `gelu_fc2`) and calls it in `forward`;
+`use` sets it from a policy name, once, on every block of a built model. `create_model` applies the defaults:
 
-    VisionTransformer(config, attn_kernel="matmul", mlp_kernel="plain")  # Block takes the same keywords,
-                                                                         # Attention and Mlp take `kernel=`
-    model.set_kernels(attn_kernel="sdpa")  # a model already built (create_model, load_pretrained)
+    model = vit.create_model("vit_micro_patch4_32", attn_kernel="matmul", mlp_kernel="plain")
+    vit.kernels.use(model, attn="sdpa")  # any built model; None keeps a module's current function
+    VisionTransformer(config)  # built directly: the reference ops ("sdpa", "plain")
 
 Attention policies, each a function (q, k, v, dropout_p) -> softmax(q k^T / sqrt(D)) v, all (B, H, N, D). The
 scale is not an argument: SDPA uses its default 1/sqrt(D), the matmul kernel D**-0.5 (as timm's `scale`);
@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .model import attend as attend_sdpa
+from .model import gelu_linear as gelu_linear_plain
 
 # --------------------------------------------------------------------------------------------------------
 # Attention
@@ -82,10 +84,6 @@ class _ScaledSoftmax(torch.autograd.Function):
         (p,) = ctx.saved_tensors
         p32, g32 = p.float(), grad.float()
         return (p32 * (g32 - (g32 * p32).sum(dim=-1, keepdim=True)) * ctx.scale).to(grad.dtype), None
-
-
-def attend_sdpa(q, k, v, dropout_p: float) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 def attend_matmul(q, k, v, dropout_p: float) -> torch.Tensor:
@@ -142,11 +140,6 @@ class _GeluLinear(torch.autograd.Function):
         return grad_h, grad_w, g.sum(0) if ctx.needs_input_grad[2] else None
 
 
-def gelu_linear_plain(h, weight, bias, dropout_p: float) -> torch.Tensor:
-    a = F.gelu(h)
-    return F.linear(F.dropout(a, dropout_p) if dropout_p else a, weight, bias)
-
-
 def gelu_linear_recompute(h, weight, bias, dropout_p: float) -> torch.Tensor:
     # Only where there is something to save: a graph is being recorded, and no dropout mask sits in between.
     if h.requires_grad and not dropout_p:
@@ -166,3 +159,16 @@ def _lookup(table: dict, policy: str, what: str):
     if policy not in table:
         raise ConfigError(f"unknown {what} kernel {policy!r}; choose from {sorted(table)}")
     return table[policy]
+
+
+def use(model, attn: str | None = "auto", mlp: str | None = "recompute"):
+    """Set every block's attention and MLP function from policy names (None keeps the current one); returns
+    the model. Works on any module tree whose blocks hold `attn.attend` and `mlp.gelu_fc2`."""
+    attend = attention_kernel(attn) if attn else None
+    gelu_fc2 = mlp_kernel(mlp) if mlp else None
+    for m in model.modules():
+        if attend is not None and hasattr(m, "attend"):
+            m.attend = attend
+        if gelu_fc2 is not None and hasattr(m, "gelu_fc2"):
+            m.gelu_fc2 = gelu_fc2
+    return model

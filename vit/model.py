@@ -3,11 +3,11 @@
 Pre-norm encoder, [CLS] token, learned absolute position embeddings. Parameter names match timm's
 `VisionTransformer`, so a timm state dict of the same configuration loads with `strict=True`.
 
-Pure: no I/O, no argparse. Ordered bottom-up: config, position embeddings, patch embedding, attention, MLP,
-block, model. How attention and the MLP are computed on a given device (fused kernels, custom autograd
-functions) is `vit.kernels`' business; each module picks its kernel by name once, when it is built.
-Shape letters: B batch, N tokens, C channels/width, H heads, D head dim, h/w patch-grid height/width,
-P prefix tokens ([CLS] + registers).
+Pure: no I/O, no argparse, nothing of this package but its errors. Ordered bottom-up: config, position
+embeddings, patch embedding, attention, MLP, block, model. Attention and the MLP call the reference torch
+ops; `vit.kernels.use` (which `create_model` applies) swaps in kernels measured faster on a device.
+Shape letters: B batch, N tokens, C width, H heads, D head dim, h/w patch grid, P prefix tokens ([CLS] +
+registers).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from . import kernels
 from .errors import ConfigError, InputError, check_known_options
 
 # --------------------------------------------------------------------------------------------------------
@@ -78,32 +77,35 @@ class ViTConfig:
     patch_drop_rate: float = 0.0  # training only: drop this fraction of patch tokens per image (PatchDropout)
 
     def __post_init__(self):
+        def fail(name, rule):
+            raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
         if self.global_pool not in ("token", "avg"):
-            raise ConfigError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+            fail("global_pool", "'token' or 'avg'")
         if self.global_pool == "token" and not self.class_token:
             raise ConfigError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
         if self.pos_embed not in ("learn", "sincos"):
-            raise ConfigError(f"pos_embed must be 'learn' or 'sincos', got {self.pos_embed!r}")
+            fail("pos_embed", "'learn' or 'sincos'")
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                fail(name, "a positive integer")
         if not _is_int(self.num_classes) or self.num_classes < 0:
-            raise ConfigError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
+            fail("num_classes", "an integer >= 0 (0: no head)")
+        if not _is_int(self.reg_tokens) or self.reg_tokens < 0:
+            fail("reg_tokens", "an integer >= 0")
         if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio < math.inf:
-            raise ConfigError(f"mlp_ratio must be a positive finite number, got {self.mlp_ratio!r}")
+            fail("mlp_ratio", "a positive finite number")
         if int(self.embed_dim * self.mlp_ratio) < 1:
             raise ConfigError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden units at embed_dim {self.embed_dim}")
-        if not _is_int(self.reg_tokens) or self.reg_tokens < 0:
-            raise ConfigError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
         for name in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
                      "patch_drop_rate"):
             if not isinstance(getattr(self, name), (int, float)) or not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+                fail(name, "in [0, 1)")
         if isinstance(self.img_size, list):  # from JSON
             object.__setattr__(self, "img_size", tuple(self.img_size))
         size = self.img_size if isinstance(self.img_size, tuple) else (self.img_size,)
         if not 1 <= len(size) <= 2 or not all(_is_int(s) and s >= 1 for s in size):
-            raise ConfigError(f"img_size must be a positive integer or a pair (height, width), got {self.img_size!r}")
+            fail("img_size", "a positive integer or a pair (height, width)")
         limit = int(os.environ.get("VIT_MAX_PARAMS", MAX_PARAMS))
         if self.num_params() > limit:  # checked before anything is allocated: sizes may come from a file
             raise ConfigError(f"this configuration has ~{self.num_params():.3g} parameters, over the limit of "
@@ -139,32 +141,12 @@ class ViTConfig:
 # Position embeddings
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, new_size: Sequence[int], old_size: Sequence[int] | None = None,
-                       num_prefix_tokens: int = 1, interpolation: str = "bicubic",
-                       antialias: bool = True) -> torch.Tensor:
-    """Resize a (1, P + h*w, C) position embedding to a new (h', w') patch grid.
-
-    The first `num_prefix_tokens` rows ([CLS], registers) are kept as they are; the grid part is resampled
-    as an image (bicubic with antialias, as timm does when fine-tuning at a new resolution). A square grid is
-    assumed when `old_size` is not given.
-    """
-    num_grid = pos_embed.shape[1] - num_prefix_tokens
-    if old_size is None:
-        side = math.isqrt(num_grid)
-        if side * side != num_grid:
-            raise ConfigError(f"position embedding has {num_grid} grid tokens, which is not a square: "
-                              "pass old_size=(h, w)")
-        old_size = (side, side)
-    old_size, new_size = tuple(old_size), tuple(new_size)
-    if old_size[0] * old_size[1] != num_grid:
-        raise ConfigError(f"old_size {old_size} does not match the {num_grid} grid tokens of the position embedding")
-    if old_size == new_size:
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    grid = rearrange(grid.float(), "1 (h w) c -> 1 c h w", h=old_size[0], w=old_size[1])
-    grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
-    grid = rearrange(grid, "1 c h w -> 1 (h w) c").to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+def resample_grid(pos: torch.Tensor, old_size: Sequence[int], new_size: Sequence[int]) -> torch.Tensor:
+    """Position embeddings of a patch grid, (1, h*w, C) -> (1, h'*w', C): resampled as an image, bicubic with
+    antialias, as timm does when fine-tuning at a new resolution (`vit.resample_pos_embed` adds the checks)."""
+    grid = rearrange(pos.float(), "1 (h w) c -> 1 c h w", h=old_size[0], w=old_size[1])
+    grid = F.interpolate(grid, size=tuple(new_size), mode="bicubic", antialias=True)
+    return rearrange(grid, "1 c h w -> 1 (h w) c").to(pos.dtype)
 
 
 def sincos_pos_embed_2d(grid_size: Sequence[int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -224,58 +206,61 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)  # (B, in_chans, H, W) -> (B, h, w, C)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v over (B, H, N, D): the reference attention (`vit.kernels` has others)."""
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+
+def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """linear(dropout(gelu(h))): the MLP after fc1, as reference ops (`vit.kernels` has others)."""
+    a = F.gelu(h)
+    return F.linear(F.dropout(a, dropout_p) if dropout_p else a, weight, bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (paper appendix A, eq. 5-8) with one fused qkv projection.
 
-    `kernel` names how softmax(q k^T / sqrt(D)) v is computed: "auto", "sdpa" or "matmul" (`vit.kernels`).
+    `attend` computes softmax(q k^T / sqrt(D)) v; `vit.kernels.use` replaces it per module.
     """
 
     def __init__(self, *, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_eps: float = 1e-6, kernel: str = "auto"):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_eps: float = 1e-6):
         super().__init__()
         if dim % num_heads:
             raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.attend = kernels.attention_kernel(kernel)  # (q, k, v, dropout_p) -> (B, H, N, D)
+        self.attend = attend
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Views into the one qkv output, no copies: (B, N, 3C) -> 3 x (B, H, N, D) with strides over 3C.
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads).unbind(0)
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x)
+        q, k, v = self.qkv_heads(x)
         x = self.attend(q, k, v, self.attn_drop if self.training else 0.0)  # (B, H, N, D)
-        x = rearrange(x, "b h n d -> b n (h d)")  # (B, N, C)
-        return self.proj_drop(self.proj(x))
-
-    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax attention weights (B, H, N, N), computed explicitly for visualisation (no dropout)."""
-        q, k, _ = self._qkv(x)
-        return ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+        return self.proj_drop(self.proj(rearrange(x, "b h n d -> b n (h d)")))
 
 
 class Mlp(nn.Module):
-    """fc2(gelu(fc1(x))) (paper eq. 3). `kernel` names how gelu-then-fc2 is computed: "recompute" or "plain"."""
+    """fc2(gelu(fc1(x))) (paper eq. 3). `gelu_fc2` computes everything after fc1; `vit.kernels.use` replaces it."""
 
-    def __init__(self, *, dim: int, hidden_dim: int, drop: float = 0.0, kernel: str = "recompute"):
+    def __init__(self, *, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)  # after the GELU (inside the kernel) and after fc2
-        self.gelu_fc2 = kernels.mlp_kernel(kernel)  # (h, weight, bias, dropout_p) -> (B, N, C)
+        self.drop = nn.Dropout(drop)  # after the GELU (inside gelu_fc2) and after fc2
+        self.gelu_fc2 = gelu_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)  # (B, N, hidden)
         dropout_p = self.drop.p if self.training else 0.0
-        return self.drop(self.gelu_fc2(h, self.fc2.weight, self.fc2.bias, dropout_p))  # (B, N, C)
+        return self.drop(self.gelu_fc2(self.fc1(x), self.fc2.weight, self.fc2.bias, dropout_p))
 
 
 class LayerScale(nn.Module):
@@ -299,12 +284,8 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+        return x * mask / (1.0 - self.p)
 
 
 class Block(nn.Module):
@@ -315,23 +296,21 @@ class Block(nn.Module):
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_norm: bool = False, init_values: float | None = None, proj_drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6,
-                 attn_kernel: str = "auto", mlp_kernel: str = "recompute"):
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
-                              proj_drop=proj_drop, norm_eps=norm_eps, kernel=attn_kernel)
+                              proj_drop=proj_drop, norm_eps=norm_eps)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio), drop=proj_drop, kernel=mlp_kernel)
+        self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio), drop=proj_drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -339,18 +318,13 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style).
-
-    attn_kernel, mlp_kernel: how every block computes attention and its MLP (`vit.kernels`); not part of the
-    config, since they change speed and memory, not the function.
-    """
+    """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style)."""
 
     # Set by create_model and the weight loaders, saved with the weights; data and evaluation code read them.
     preprocess = None  # a `vit.Preprocess`
     class_names: list[str] | None = None
 
-    def __init__(self, config: ViTConfig | None = None, *, attn_kernel: str = "auto", mlp_kernel: str = "recompute",
-                 **overrides):
+    def __init__(self, config: ViTConfig | None = None, **overrides):
         super().__init__()
         cfg = (config or ViTConfig()).replace(**overrides)
         self.config = cfg
@@ -376,7 +350,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.Sequential(*[
             Block(dim=D, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                   qk_norm=cfg.qk_norm, init_values=cfg.init_values, proj_drop=cfg.proj_drop_rate,
-                  attn_drop=cfg.attn_drop_rate, drop_path=dpr[i], attn_kernel=attn_kernel, mlp_kernel=mlp_kernel)
+                  attn_drop=cfg.attn_drop_rate, drop_path=dpr[i])
             for i in range(cfg.depth)
         ])
         use_fc_norm = cfg.global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
@@ -416,14 +390,6 @@ class VisionTransformer(nn.Module):
         """Recompute block activations in the backward pass: less memory, about a third more compute."""
         self.grad_checkpointing = enable
 
-    def set_kernels(self, *, attn_kernel: str | None = None, mlp_kernel: str | None = None) -> None:
-        """Choose every block's attention and MLP kernel by name (`vit.kernels`); None keeps the current one."""
-        attend = kernels.attention_kernel(attn_kernel) if attn_kernel else None
-        gelu_fc2 = kernels.mlp_kernel(mlp_kernel) if mlp_kernel else None
-        for blk in self.blocks:
-            blk.attn.attend = attend or blk.attn.attend
-            blk.mlp.gelu_fc2 = gelu_fc2 or blk.mlp.gelu_fc2
-
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -445,11 +411,9 @@ class VisionTransformer(nn.Module):
         pos_embed = self.pos_embed
         if (h, w) != self.patch_embed.grid_size:  # only reachable with dynamic_img_size
             prefix = 0 if self.no_embed_class else self.num_prefix_tokens
-            if self.config.pos_embed == "sincos":
-                grid = sincos_pos_embed_2d((h, w), C).to(pos_embed)
-                pos_embed = torch.cat([pos_embed[:, :prefix], grid], dim=1)
-            else:
-                pos_embed = resample_pos_embed(pos_embed, (h, w), self.patch_embed.grid_size, prefix)
+            grid = (sincos_pos_embed_2d((h, w), C).to(pos_embed) if self.config.pos_embed == "sincos" else
+                    resample_grid(pos_embed[:, prefix:], self.patch_embed.grid_size, (h, w)))
+            pos_embed = torch.cat([pos_embed[:, :prefix], grid], dim=1)
         x = x.reshape(B, h * w, C)
         prefix_tokens = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         if self.no_embed_class:
@@ -457,8 +421,9 @@ class VisionTransformer(nn.Module):
             return torch.cat(prefix_tokens + [x], dim=1)
         return torch.cat(prefix_tokens + [x], dim=1) + pos_embed  # (B, P + h*w, C)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pos_drop(self._pos_embed(self.patch_embed(x)))  # (B, N, C), paper eq. 1
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, in_chans, H, W) -> tokens (B, P + h*w, C) with their positions (paper eq. 1)."""
+        return self.pos_drop(self._pos_embed(self.patch_embed(x)))
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Keep a random subset of each image's patch tokens (PatchDropout, Liu et al., 2022; as timm's).
@@ -475,7 +440,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> all tokens after the final norm, (B, P + h*w, C); fewer patch tokens in
         training with patch_drop_rate."""
-        x = self._embed(x)
+        x = self.embed(x)
         if self.training and self.config.patch_drop_rate > 0:
             x = self._drop_patches(x)
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -520,7 +485,7 @@ class VisionTransformer(nn.Module):
         if bad:
             raise ConfigError(f"block indices {bad} out of range for a model of depth {depth}")
         h, w = x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1]
-        x = self._embed(x)
+        x = self.embed(x)
         intermediates = []
         for i, blk in enumerate(self.blocks[: max(take) + 1] if intermediates_only else self.blocks):
             x = blk(x)
@@ -536,16 +501,3 @@ class VisionTransformer(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
-
-    @torch.no_grad()
-    def forward_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-block softmax attention weights, each (B, H, N, N), for visualisation.
-
-        Recomputed explicitly next to the normal blocks, so `forward` keeps its fast attention kernel.
-        """
-        x = self._embed(x)
-        maps = []
-        for blk in self.blocks:
-            maps.append(blk.attn.attention_map(blk.norm1(x)))
-            x = blk(x)
-        return maps

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import weights
+from . import kernels, weights
 from .errors import CheckpointError, ConfigError
 from .flops import count_flops
 from .model import ViTConfig, VisionTransformer, to_2tuple
@@ -135,7 +135,8 @@ def get_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def create_model(name: str | None = None, pretrained: bool | str = False, **overrides) -> VisionTransformer:
+def create_model(name: str | None = None, pretrained: bool | str = False, *, attn_kernel: str = "auto",
+                 mlp_kernel: str = "recompute", **overrides) -> VisionTransformer:
     """Build a registered model by name, with any `ViTConfig` field as an override.
 
     pretrained: False for random init; True for the entry's hub weights; "hf-hub:ORG/REPO", a folder or a
@@ -144,16 +145,18 @@ def create_model(name: str | None = None, pretrained: bool | str = False, **over
     (save_pretrained, train.py checkpoints, a timm or transformers config.json), so for such files the name
     may be left out. Weights that carry a config also give the class count (a trained head is kept), unless
     num_classes is overridden. Preprocessing and class names come with the weights.
+    attn_kernel, mlp_kernel: how the blocks compute attention and the MLP (`vit.kernels` policy names).
     """
     entry = get_entry(name) if name is not None else None
     if pretrained:
-        return _create_pretrained(name, entry, pretrained, overrides)
-    if entry is None:
+        model = _create_pretrained(name, entry, pretrained, overrides)
+    elif entry is None:
         raise ConfigError("create_model needs a model name (see vit.list_models()), or pretrained=PATH")
-    config = entry.config.replace(**overrides)
-    model = VisionTransformer(config)
-    model.preprocess = preprocess_for(entry.preprocess, config)
-    return model
+    else:
+        config = entry.config.replace(**overrides)
+        model = VisionTransformer(config)
+        model.preprocess = preprocess_for(entry.preprocess, config)
+    return kernels.use(model, attn=attn_kernel, mlp=mlp_kernel)
 
 
 def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool | str | os.PathLike,

@@ -17,6 +17,22 @@ from einops import rearrange
 from .errors import InputError
 
 
+@torch.no_grad()
+def attention_maps(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per-block softmax attention weights of a `VisionTransformer`, each (B, H, N, N), for visualisation.
+
+    Runs the blocks as they are and, next to each, recomputes its attention explicitly from the same input,
+    so the model's forward keeps whatever attention kernel it uses.
+    """
+    x = model.embed(x)
+    maps = []
+    for blk in model.blocks:
+        q, k, _ = blk.attn.qkv_heads(blk.norm1(x))
+        maps.append(((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).float().softmax(dim=-1))
+        x = blk(x)
+    return maps
+
+
 def attention_rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-block attention weights, each (B, H, N, N) with rows summing to one -> rollout (B, N, N).
 
@@ -42,7 +58,7 @@ def rollout_heatmap(model, images: torch.Tensor) -> torch.Tensor:
     Reads the [CLS] row; a model without a class token (global_pool="avg") uses the mean of the patch rows,
     which is what its pooled feature averages. Register tokens are dropped from the columns.
     """
-    rollout = attention_rollout(model.forward_attention_maps(images))  # (B, N, N)
+    rollout = attention_rollout(attention_maps(model, images))  # (B, N, N)
     P = model.num_prefix_tokens
     h, w = images.shape[-2] // model.patch_embed.patch_size[0], images.shape[-1] // model.patch_embed.patch_size[1]
     rows = rollout[:, 0] if model.config.class_token else rollout[:, P:].mean(dim=1)  # (B, N)

@@ -217,7 +217,7 @@ class Inputs:
 
 
 # Flags that act in one data mode only; given on the command line in the other, they are an error.
-MEMORY_ONLY = ("crop_pad", "repeat_aug")
+MEMORY_ONLY = ("crop_pad", "augment_min_epochs", "repeat_aug")
 LOADER_ONLY = ("workers",)
 
 
@@ -313,6 +313,14 @@ def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> CosineLRSchedule
                              warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
 
 
+def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
+    """Random-crop padding and flip probability for a plan of this length: none where it is shorter than
+    cfg.augment_min_epochs. A budgeted run with that rule decides when its plan is made, and neither crops nor
+    flips while its first steps are timed."""
+    on = plan.total_steps >= cfg.augment_min_epochs * plan.steps_per_epoch
+    return {"crop_pad": cfg.crop_pad if on else 0, "hflip": cfg.hflip if on else 0.0}
+
+
 def set_total_steps(tr: Training, total: int) -> None:
     """Change the plan's length (a budget's plan or re-plan): the loop and the cosine end at `total`."""
     tr.plan.total_steps = total
@@ -395,6 +403,8 @@ class Training:
     precision: str
     plan: Plan
     budget: Budget | None = None  # --budget: the plan's costs and re-plans (vit/budget.py)
+    crop_pad: int = 0  # cfg.crop_pad and cfg.hflip, or 0 where the plan is shorter than cfg.augment_min_epochs
+    hflip: float = 0.0
     probe: tuple[int, float] | None = None  # (step, perf_counter()) where timing the steps for the budget began
     clock: Clock = field(default_factory=Clock)  # the run's wall time, for the budget
     quiet: bool = False  # no progress bars
@@ -467,7 +477,9 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
         net = torch.compile(net)
     return Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup,
-                    criterion=build_criterion(cfg, mixup), precision=precision, plan=plan, budget=budget, quiet=quiet)
+                    criterion=build_criterion(cfg, mixup), precision=precision, plan=plan, budget=budget, quiet=quiet,
+                    **({"crop_pad": 0, "hflip": 0.0} if budget is not None and cfg.augment_min_epochs else
+                       augment_for(cfg, plan)))
 
 
 def restore(tr: Training, ckpt: Checkpoint | None) -> State:
@@ -493,6 +505,8 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
                 tr.budget = Budget.from_dict(ckpt.budget)
                 if tr.budget.total_steps:  # the saved plan; the scheduler came back with its length
                     tr.plan.total_steps = tr.budget.total_steps
+                    for name, value in tr.budget.decided.items():
+                        setattr(tr, name, value)
         except (VitError, RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{tr.out / runs.LAST} cannot be resumed with this run's settings (a flag that "
                                   f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
@@ -578,7 +592,7 @@ def train_batches(tr: Training, epoch: int, start: int, end: int) -> Iterator[tu
         perm = D.epoch_permutation(len(inputs.data.train), cfg.seed, epoch)
         for b in range(start, end):
             x, y = D.memory_batch(inputs.data.train, perm, b, cfg.batch_size, d.rank, d.world,
-                                  D.step_generator(cfg.seed, epoch * spe + b), cfg.crop_pad, cfg.hflip,
+                                  D.step_generator(cfg.seed, epoch * spe + b), tr.crop_pad, tr.hflip,
                                   inputs.randaug, cfg.repeat_aug)
             x = inputs.normalize(x)
             yield (inputs.erase(x) if inputs.erase is not None else x), y, 0
@@ -730,8 +744,13 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
     total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch)
     tr.budget.total_steps = total = agree(tr, total)
     set_total_steps(tr, total)
+    tr.budget.decided = augment_for(tr.cfg, tr.plan)
+    for name, value in tr.budget.decided.items():
+        setattr(tr, name, value)
+    cropping = "" if (tr.crop_pad, tr.hflip) == (tr.cfg.crop_pad, tr.cfg.hflip) else \
+        f"; no random crops or flips in a run under --augment-min-epochs {tr.cfg.augment_min_epochs:g}"
     tr.say(f"budget: {step_s * 1e3:.0f} ms a step and ~{eval_s:.1f} s an evaluation here: {total} steps "
-           f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}")
+           f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}{cropping}")
 
 
 def replan_budget(tr: Training, st: State, step_s: float, eval_s: float) -> None:
@@ -810,8 +829,10 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
 
 @contextlib.contextmanager
 def torch_settings(cfg: TrainConfig):
-    """Threads and determinism for one run, restored afterwards (train.main may run inside another program)."""
+    """Threads, denormals and determinism for one run, restored afterwards (train.main may run inside another
+    program)."""
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    flushing = cfg.flush_denormal and torch.set_flush_denormal(True)  # False where the CPU cannot
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -821,6 +842,8 @@ def torch_settings(cfg: TrainConfig):
     try:
         yield
     finally:
+        if flushing:
+            torch.set_flush_denormal(False)
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
         torch.backends.cudnn.benchmark = saved[2]

@@ -23,18 +23,42 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .errors import CheckpointError, ConfigError, OutputError
-from .model import ViTConfig, VisionTransformer, resample_pos_embed, to_2tuple
+from .model import ViTConfig, VisionTransformer, resample_grid, to_2tuple
 from .preprocess import Preprocess
 from .runs import read_trained_model
 
 FORMAT_NAME = "vit"
 FORMAT_VERSION = 1  # bump when the metadata written by save_pretrained changes meaning
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_size: Sequence[int], old_size: Sequence[int] | None = None,
+                       num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Resize a (1, P + h*w, C) position embedding to a new (h', w') patch grid.
+
+    The first `num_prefix_tokens` rows ([CLS], registers) are kept as they are; the grid part is resampled
+    as an image (`vit.model.resample_grid`: bicubic with antialias, as timm). A square grid is assumed when
+    `old_size` is not given.
+    """
+    num_grid = pos_embed.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = math.isqrt(num_grid)
+        if side * side != num_grid:
+            raise ConfigError(f"position embedding has {num_grid} grid tokens, which is not a square: "
+                              "pass old_size=(h, w)")
+        old_size = (side, side)
+    old_size, new_size = tuple(old_size), tuple(new_size)
+    if old_size[0] * old_size[1] != num_grid:
+        raise ConfigError(f"old_size {old_size} does not match the {num_grid} grid tokens of the position embedding")
+    if old_size == new_size:
+        return pos_embed
+    grid = resample_grid(pos_embed[:, num_prefix_tokens:], old_size, new_size)
+    return torch.cat([pos_embed[:, :num_prefix_tokens], grid], dim=1)
 
 
 def _summary(keys, n=5) -> str:
