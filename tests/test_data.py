@@ -186,3 +186,25 @@ def test_unknown_dataset_and_split():
         D.load_dataset("imagenet", "train")
     with pytest.raises(ConfigError, match="dev"):
         D.digits_split("dev")
+
+
+# ---- image files of unusual kinds
+
+
+def test_high_bit_depth_images_keep_their_contrast(tmp_path):
+    """PIL's own conversion clips 16-bit and float pixels (a mid-gray 16-bit PNG comes out white)."""
+    Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)).save(tmp_path / "gray16.png")
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "gray.tiff")
+    for name in ("gray16.png", "gray.tiff"):
+        assert np.asarray(D.load_image(str(tmp_path / name), "L")).tolist() == [[128] * 4] * 4, name
+    assert np.asarray(D.load_image(str(tmp_path / "gray16.png"), "RGB")).shape == (4, 4, 3)
+    Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32)).save(tmp_path / "nan.tiff")
+    with pytest.raises(DataError, match=r"nan.tiff.*NaN"):
+        D.load_image(str(tmp_path / "nan.tiff"), "L")
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over twice the limit, PIL refuses
+    with pytest.raises(DataError, match=r"bomb.png"):
+        D.load_image(str(tmp_path / "bomb.png"), "RGB")

@@ -316,3 +316,92 @@ def test_fuzz_contract_is_not_vacuous():
     model = VisionTransformer(SMALL).eval()
     assert expected_ok(model, torch.zeros(2, 1, 8, 8)) and not expected_ok(model, torch.zeros(2, 1, 8, 8).double())
     assert math.isfinite(model(torch.randn(1, 1, 8, 8)).sum().item())
+
+
+def json_values():
+    """Any JSON value: what a config.json or preprocessor_config.json beside downloaded weights may hold."""
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False),
+                        st.text(max_size=6))
+    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                        max_leaves=12)
+
+
+def sidecar_json():
+    """A transformers config.json, a timm one, or a preprocessor_config.json, with any field replaced."""
+    hf = dict(model_type="vit", hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+              image_size=8, patch_size=2, num_channels=1, id2label={"0": "a", "1": "b", "2": "c"})
+    timm_cfg = dict(architecture="vit_nano_patch2_8", num_classes=3, label_names=list("abc"),
+                    model_args=dict(embed_dim=8, depth=1, num_heads=2),
+                    pretrained_cfg=dict(input_size=[1, 8, 8], mean=[0.5], std=[0.5], crop_pct=1.0))
+    pre = dict(image_mean=[0.5], image_std=[0.5], size=8, resample=2)
+    base = st.sampled_from([("config.json", hf), ("config.json", timm_cfg), ("preprocessor_config.json", pre)])
+    return st.tuples(base, st.dictionaries(st.sampled_from(sorted({*hf, *timm_cfg, *pre})), json_values(),
+                                           max_size=3), st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=sidecar_json())
+def test_sidecar_json_files(tmp_path_factory, case):
+    """Weights without metadata, described by the JSON files beside them: each case builds a model that runs,
+    or ends in a VitError naming the JSON file, never another exception or a model built from junk."""
+    import json
+
+    from safetensors.torch import save_file
+
+    (name, base), changes, whole = case
+    d = tmp_path_factory.mktemp("sidecar")
+    save_file(VisionTransformer(SMALL).state_dict(), str(d / "model.safetensors"))
+    (d / name).write_text(json.dumps({**base, **changes} if whole else list(changes.values())))
+    try:
+        if name == "config.json":  # the architecture from the file
+            model = vit.create_model(pretrained=str(d))
+        else:
+            model = vit.create_model("vit_nano_patch2_8", pretrained=str(d), **{
+                k: getattr(SMALL, k) for k in ("embed_dim", "depth", "num_heads", "num_classes")})
+    except vit.VitError as e:
+        event("rejected")
+        assert str(d) in str(e), e  # the folder, or the JSON file in it
+        return
+    event("loaded")
+    check_loaded(model)
+
+
+def checkpoint_mutations():
+    """A last.ckpt entry (or a field of its state, config or budget) set to any value, or deleted."""
+    entries = ["config", "recipe", "model_config", "class_names", "model", "optimizer", "scheduler", "ema",
+               "scaler", "rng", "state", "budget", "version", "format", "state.epoch", "state.batch",
+               "state.step", "state.best_top1", "config.model", "config.dataset", "budget.total_steps",
+               "budget.decided", "budget.replans"]
+    return st.lists(st.tuples(st.sampled_from(entries), st.one_of(st.just("delete"), json_values())), max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(changes=checkpoint_mutations())
+def test_damaged_last_ckpt(tmp_path_factory, changes):
+    """A last.ckpt with entries deleted or replaced by any value: read_checkpoint gives a Checkpoint whose
+    entries have their documented types, or a CheckpointError naming the file."""
+    from vit import runs
+
+    path = tmp_path_factory.mktemp("ckpt") / runs.LAST
+    obj = runs.Checkpoint(
+        config={"model": "vit_nano_patch2_8", "dataset": "digits"}, recipe="digits", model_config=TINY,
+        class_names=list("abc"), model=VisionTransformer(SMALL).state_dict(), optimizer={"state": {}},
+        scheduler={}, ema=None, scaler=None, rng={}, budget={"budget_s": 60.0, "total_steps": 9}).to_dict()
+    for key, value in changes:
+        parent, _, leaf = key.rpartition(".")
+        target = obj.get(parent) if parent else obj
+        if isinstance(target, dict):
+            target.pop(leaf, None) if value == "delete" else target.__setitem__(leaf, value)
+    torch.save(obj, path)
+    try:
+        ckpt = runs.read_checkpoint(path)
+    except vit.VitError as e:
+        event("rejected")
+        assert str(path) in str(e), e
+        return
+    event("read")
+    assert isinstance(ckpt.config, dict) and isinstance(ckpt.state, runs.State)
+    assert all(isinstance(getattr(ckpt.state, f), (int, float)) and getattr(ckpt.state, f) >= 0
+               for f in ("epoch", "batch", "step"))
+    assert ckpt.budget is None or runs.Budget.from_dict(ckpt.budget).total_steps >= 0

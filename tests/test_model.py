@@ -177,6 +177,34 @@ def test_option_parity_with_timm(case):
         torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
 
 
+def test_intermediates_api_matches_timm():
+    """timm's full forward_intermediates signature (stop_early, output_dict, prefix tokens) and
+    prune_intermediate_layers, against timm's VisionTransformer with the same weights."""
+    ours = vit.create_model("vit_tiny_patch4_32", depth=3, reg_tokens=2).eval()
+    ref = timm_twin(ours)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = make_input(ours)
+    calls = [dict(indices=2, stop_early=True, output_fmt="NLC"),
+             dict(indices=[1], return_prefix_tokens=True, output_dict=True),
+             dict(indices=None, return_prefix_tokens=True, intermediates_only=True, output_dict=True),
+             dict(indices=[-1, 0], return_prefix_tokens=True, norm=True)]
+    with torch.no_grad():
+        for kw in calls:
+            a, b = ours.forward_intermediates(x, **kw), ref.forward_intermediates(x, **kw)
+            flat_a, flat_b = torch.utils._pytree.tree_flatten(a), torch.utils._pytree.tree_flatten(b)
+            assert flat_a[1] == flat_b[1], kw  # the same structure: tuples, lists, dict keys
+            for u, v in zip(flat_a[0], flat_b[0]):
+                torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
+        assert ours.prune_intermediate_layers([0, 1]) == ref.prune_intermediate_layers([0, 1]) == [0, 1]
+        assert len(ours.blocks) == len(ref.blocks) == 2 and ours.num_classes == 0
+        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), rtol=0, atol=1e-5)
+    for bad in (0, 4, [3], []):
+        with pytest.raises(vit.ConfigError, match="indices|out of range"):
+            ours.forward_intermediates(x, indices=bad, intermediates_only=True)
+    with pytest.raises(vit.ConfigError, match="takes no mask"):
+        ours.forward_intermediates(x, attn_mask=torch.ones(1, 1))
+
+
 def test_resample_pos_embed_matches_timm():
     pe = torch.randn(1, 1 + 7 * 7, 32)
     for new in [(10, 10), (4, 6), (7, 7)]:

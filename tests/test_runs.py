@@ -211,6 +211,8 @@ def test_training_config_is_read_without_the_optimizer_state(tmp_path):
     ("model not tensors", "'model' entry is not a state dict (model.w is not a tensor)"),
     ("unknown state field", "state.steps_left is not a field"),
     ("bad state value", "state.epoch is '1', not an integer"),
+    ("negative position", "state.batch is -3, expected a finite number >= 0"),
+    ("bad decided setting", "budget.decided is {'crop_pad': -1}"),
 ])
 def test_damaged_checkpoint_names_the_file_and_the_entry(tmp_path, damage, match):
     path = tmp_path / runs.LAST
@@ -229,6 +231,10 @@ def test_damaged_checkpoint_names_the_file_and_the_entry(tmp_path, damage, match
         obj["state"]["steps_left"] = 3
     elif damage == "bad state value":
         obj["state"]["epoch"] = "1"
+    elif damage == "negative position":
+        obj["state"]["batch"] = -3
+    elif damage == "bad decided setting":
+        obj["budget"] = {"budget_s": 60.0, "total_steps": 10, "decided": {"crop_pad": -1}}
     torch.save(obj, path)
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:1000])
@@ -259,3 +265,41 @@ def test_metrics_truncated_to_the_checkpoint_and_a_torn_line_dropped(tmp_path):
     assert [r["epoch"] for r in runs.read_metrics(path)] == [1, 2, 3]
     runs.truncate_metrics(path, epochs_done=2)
     assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_planted_symlink_is_never_written_through(tmp_path):
+    """The lock and the temporary file of an atomic write: a link planted under either name is refused or
+    replaced, and its target stays as it was."""
+    target = tmp_path / "precious"
+    target.write_text("keep")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runs.LOCK).symlink_to(target)
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        runs.lock_output(out, resume=False)
+    (out / runs.LOCK).unlink()
+    path = out / "report.json"
+    (out / f".report.json.{os.getpid()}.tmp").symlink_to(target)
+    runs.atomic_write_text(path, "new")
+    assert path.read_text() == "new" and target.read_text() == "keep"
+    path.unlink()
+    path.symlink_to(target)  # the destination itself: the rename replaces the link, not its target
+    runs.atomic_write_text(path, "new")
+    assert not path.is_symlink() and path.read_text() == "new" and target.read_text() == "keep"
+
+
+def test_unreadable_metrics_file_is_an_output_error(tmp_path):
+    folder = tmp_path / "as-folder"
+    folder.mkdir()
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe{")
+    for path in (folder, binary):
+        with pytest.raises(OutputError, match=rf"cannot read {path}"):
+            runs.truncate_metrics(path, 1)
+
+
+def test_budget_plan_and_its_decisions_round_trip(tmp_path):
+    path = tmp_path / runs.LAST
+    plan = {"budget_s": 60.0, "total_steps": 10, "decided": {"crop_pad": 0, "hflip": 0.0}}
+    runs.save_checkpoint(path, checkpoint(budget=plan))
+    assert runs.read_checkpoint(path).budget["decided"] == {"crop_pad": 0, "hflip": 0.0}

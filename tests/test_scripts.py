@@ -53,3 +53,15 @@ def test_no_argument_default_reaches_95_percent(tmp_path):
     out = out if out.is_absolute() else tmp_path / out
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["val_top1"] >= 95.0 and (out / "best.safetensors").exists()
+
+
+def test_gpu_check_runs_its_steps_on_a_tiny_cpu_config(tmp_path):
+    """benchmarks/gpu_check.py is run by hand on the day a GPU is lent: here its every step runs on the CPU
+    with a tiny model, so that the script cannot rot unnoticed."""
+    out = tmp_path / "check.json"
+    (r,) = run_scripts(["benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--out", out], timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(out.read_text())
+    assert [s["name"] for s in report["steps"]] == ["tests that need CUDA", "throughput against timm",
+                                                   "short training run"]
+    assert {row["model"] for row in report["throughput"]} == {"ours-eager", "timm"}

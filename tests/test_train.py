@@ -113,7 +113,7 @@ def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path):
     out = tmp_path / "run"
     assert T.main(FAST + ["--recipe", "cifar10", "--data-dir", str(root), "--batch-size", "10", "--epochs", "1",
                           "--img-size", "16", "--output", str(out)]) == 0
-    assert "ema_val_top1" in rows(out)[0]
+    assert "val_top1" in rows(out)[0] and (out / "best.safetensors").is_file()
 
 
 def test_finetune_recipe_from_local_weights(tmp_path):
@@ -310,10 +310,29 @@ def test_signal_stopped_run_resumes_exactly(reference, tmp_path, signum):
 # Other faults: a busy folder, a non-finite loss, a full or unwritable disk
 
 
+def test_a_restarted_torchrun_worker_resumes_its_folder(tmp_path, capsys, monkeypatch):
+    """torchrun --max-restarts starts the same command again: with TORCHELASTIC_RESTART_COUNT > 0 it resumes
+    the run in --output from last.ckpt instead of refusing the folder as one already holding a run."""
+    out = tmp_path / "run"
+    args = FAST + ["--epochs", "2", "--deterministic", "--output", str(out)]
+    assert T.main(args + ["--max-steps", "3"]) == 0
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert T.main(args + ["--max-steps", "0"]) == 0
+    assert "torchrun restart 1: continuing the run in" in capsys.readouterr().out
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    assert T.main(args[:-2] + ["--output", str(tmp_path / "whole")]) == 0
+    restarted, whole = ckpt(out), ckpt(tmp_path / "whole")
+    assert restarted["state"]["step"] == whole["state"]["step"]
+    for k in whole["model"]:
+        assert torch.equal(restarted["model"][k], whole["model"][k]), k
+
+
 def test_a_folder_in_use_or_holding_a_run_is_refused(tmp_path, capsys):
     """train.py takes the folder's lock before anything else (tests/test_runs.py: the lock across processes)."""
     out = tmp_path / "run"
-    assert T.main(FAST + ["--epochs", "1", "--max-steps", "2", "--output", str(out)]) == 0
+    assert T.main(FAST[1:] + ["--epochs", "1", "--max-steps", "2", "--output", str(out)]) == 0
+    # the command it prints runs to the end, not one step more (the saved config keeps --max-steps)
+    assert f"Continue with: python train.py --resume {out} --max-steps 0" in capsys.readouterr().out
     held = lock_output(out, resume=True)  # as a running train.py holds it
     for argv in (["--output", str(out)], ["--resume", str(out)]):  # even --resume: the run is alive
         assert T.main(FAST + ["--epochs", "1", *argv]) == 2
@@ -356,7 +375,7 @@ def test_disk_full_on_fsync(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(T.os, "fsync", no_space)
     out = tmp_path / "run"
     err = train_fails(capsys, "--output", out)
-    assert f"cannot write weights to {out}" in err and "No space left on device" in err
+    assert f"cannot write {out}" in err and "No space left on device" in err
     assert not list(out.glob(".*.tmp")), "the temporary file was left behind"
 
 
@@ -387,6 +406,9 @@ def test_unknown_flag_model_or_value(capsys, tmp_path):
         ("--beta2", "1.5", "--beta2 must be in [0, 1), got 1.5"),
         ("--img-size", "7", "img_size (7, 7) is not divisible by patch_size (2, 2)"),
         ("--batch-size", "5000", "--batch-size 5000 is larger than the training set"),  # no full batch
+        ("--seed", str(2**63), "--seed must be below 2**63"),
+        ("--threads", "100000", "--threads 100000: at most 4096"),
+        ("--device", "meta", "--device 'meta': vit trains and evaluates on cpu or cuda"),
     ]):
         err = train_fails(capsys, flag, value, "--output", tmp_path / f"b{i}")
         assert match in err
@@ -423,6 +445,9 @@ def test_bad_resume_checkpoint(weight_files, trained_run, capsys, tmp_path, case
     err = train_fails(capsys, "--resume", out)
     assert f"{ckpt_path}" in err
     assert ("is not a train.py checkpoint" if case == "weights-only" else "cannot load") in err
+    assert "weights_only=False" not in err  # never the advice to unpickle what was refused
+    if case == "evil":
+        assert "never runs code from a file" in err
     assert_no_code_ran(weight_files)
 
 

@@ -107,6 +107,28 @@ def test_timm_config_json_names_an_architecture_the_registry_resolves(tmp_path):
     assert info.config == model.config and info.class_names == list("abc")
 
 
+@pytest.mark.parametrize("name, content, match", [
+    ("config.json", [1, 2], "holds a JSON list"),
+    ("config.json", {"model_type": "vit", "hidden_size": 0}, "config.json cannot be used"),
+    ("config.json", {"model_type": "vit", "num_hidden_layers": 10**9}, "config.json cannot be used: .*parameters"),
+    ("config.json", {"model_type": "vit", "qkv_bias": "no", "image_size": "224"}, "config.json cannot be used"),
+    ("preprocessor_config.json", {"image_mean": [0.5], "image_std": [0.0], "size": 32}, "std"),
+    ("preprocessor_config.json", "text", "holds a JSON str"),
+])
+def test_hostile_sidecar_json_names_the_file(tmp_path, name, content, match):
+    """A config.json or preprocessor_config.json beside the weights is a file we did not write: any field of
+    the wrong type or range is a CheckpointError naming it, before anything is built from it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file(vit.create_model("vit_nano_patch2_8").state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / name).write_text(json.dumps(content))
+    with pytest.raises(vit.CheckpointError, match=match) as e:
+        vit.read_metadata(tmp_path)
+    assert name in str(e.value)
+
+
 # ---- reference implementations: torchvision, transformers, timm's JAX loader
 
 
@@ -165,6 +187,35 @@ def test_transformers_parity_hub_files_and_memory_names(tmp_path):
         assert rebuilt.config.depth == 2 and rebuilt.class_names == [f"LABEL_{i}" for i in range(5)]
         assert rebuilt.preprocess == vit.Preprocess((3, 32, 32), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
         assert max_diff(rebuilt(x), expected) <= LOGIT_ATOL
+
+
+def test_transformers_layer_norm_eps_from_config_json(tmp_path):
+    """transformers' default layer_norm_eps (1e-12) comes with config.json: with timm's 1e-6 instead, the logits
+    of this 2-block model differed by ~6e-5."""
+    from transformers import ViTConfig as HFConfig, ViTForImageClassification
+
+    cfg = HFConfig(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768,
+                   image_size=32, patch_size=4, num_labels=5)
+    assert cfg.layer_norm_eps == 1e-12
+    ref = randomize_(ViTForImageClassification(cfg)).eval()
+    ref.save_pretrained(tmp_path)
+    model = vit.create_model(pretrained=tmp_path).eval()
+    assert model.config.norm_eps == 1e-12 and model.blocks[0].norm1.eps == model.norm.eps == 1e-12
+    x = images(model)
+    with torch.no_grad():
+        assert max_diff(model(x), ref(pixel_values=x).logits) <= LOGIT_ATOL
+
+
+def test_reset_classifier_to_avg_pool_saves_and_loads_back(tmp_path):
+    """The norms stay as built when the pool changes (as timm's), and the saved config says so."""
+    model = tiny()
+    model.reset_classifier(3, global_pool="avg")
+    assert model.config.global_pool == "avg" and model.config.fc_norm is False
+    path = vit.save_pretrained(model, tmp_path / "w.safetensors")
+    back = vit.create_model(pretrained=str(path)).eval()
+    x = images(model)
+    with torch.no_grad():
+        assert torch.equal(back(x), model.eval()(x))
 
 
 def test_transformers_headless_vitmodel():
@@ -456,21 +507,17 @@ def test_pos_embed_that_cannot_fit_is_a_checkpoint_error():
         vit.load_pretrained(tiny(reg_tokens=4, no_embed_class=True, img_size=16), state)
 
 
-def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
-    import safetensors.torch
-
-    model = tiny()
-    path = vit.save_pretrained(model, tmp_path / "best.safetensors")
+def test_full_disk_keeps_the_old_file(tiny_tmpfs):
+    """A real filesystem that fills up (safetensors' own writer would raise SafetensorError here)."""
+    model = vit.create_model("vit_nano_patch2_8", depth=2)  # 0.4 MB: fits the 2 MiB filesystem once
+    path = vit.save_pretrained(model, tiny_tmpfs / "best.safetensors")
     before = path.read_bytes()
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
-    with pytest.raises(vit.OutputError, match="No space left"):
-        vit.save_pretrained(tiny(), path)
+    with open(tiny_tmpfs / "filler", "wb") as f:  # leave less room than a second copy needs
+        f.write(b"\0" * (os.statvfs(tiny_tmpfs).f_bavail * os.statvfs(tiny_tmpfs).f_frsize - len(before) // 2))
+    with pytest.raises(vit.OutputError, match=r"cannot write .*best.safetensors .*No space left"):
+        vit.save_pretrained(vit.create_model("vit_nano_patch2_8", depth=2), path)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["best.safetensors", "filler"]
 
 
 # ---- hub: a real huggingface_hub cache, read offline
@@ -520,7 +567,11 @@ def test_hub_download_offline_from_cache(tmp_path):
     cached = subprocess.Popen([sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
                               env=env, **pipes)
     missing = subprocess.Popen([sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
-                               env={**env, "HF_HUB_CACHE": str(tmp_path / "empty")}, **pipes)  # both at once
+                               env={**env, "HF_HUB_CACHE": str(tmp_path / "empty")}, **pipes)  # all at once
+    online = {k: v for k, v in env.items() if k != "HF_HUB_OFFLINE"}  # a hub that refuses the connection at once
+    unreachable = subprocess.Popen(
+        [sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
+        env={**online, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_ENDPOINT": "http://127.0.0.1:9"}, **pipes)
     out, err = cached.communicate(timeout=120)
     assert cached.returncode == 0, err[-2000:]
     assert out.split() == ["2", "0.875", "['a',", "'b']", "3"]
@@ -528,6 +579,8 @@ def test_hub_download_offline_from_cache(tmp_path):
         assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
     _, err = missing.communicate(timeout=120)
     assert "CheckpointError" in err and "HF_HUB_OFFLINE" in err
+    _, err = unreachable.communicate(timeout=120)
+    assert "CheckpointError" in err and "cannot reach the Hugging Face hub for hf-hub:timm/nothing" in err, err[-2000:]
 
 
 @pytest.mark.slow
@@ -544,3 +597,42 @@ def test_full_size_torchvision_vit_b_16():
         # fp32 sums over 12 blocks of width 768 round differently: measured 3.2e-5 on logits of size ~4,
         # so the bound here is relative: 4e-5 times the largest logit.
         assert max_diff(model(x), logits) <= 4e-5 * logits.abs().max().item()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("std", [0.0]), ("std", [-1.0]), ("mean", [float("nan")]), ("std", "0.5"), ("input_size", [1, 0, 8]),
+    ("input_size", [1, True, 8]), ("crop_pct", "0.9"), ("interpolation", 3),
+])
+def test_preprocessing_from_a_file_is_checked(field, value):
+    """Values from a weights file's metadata or a preprocessor_config.json: a std of 0 would give NaN logits."""
+    good = {"input_size": [1, 8, 8], "mean": [0.5], "std": [0.5], "interpolation": "bicubic", "crop_pct": 0.9}
+    with pytest.raises(vit.ConfigError, match=field if field != "std" else "std|mean"):
+        vit.Preprocess.from_dict({**good, field: value})
+    with pytest.raises(vit.ConfigError, match="JSON object"):
+        vit.Preprocess.from_dict([1, 2])
+
+
+@pytest.mark.parametrize("case, match", [
+    ("npy renamed", "not an .npz archive"),
+    ("lying header", r"claims shape \(1000000000000,\)"),
+    ("structured dtype", "not numbers"),
+])
+def test_hostile_npz_is_refused_before_allocating(tmp_path, case, match):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    path = tmp_path / "w.npz"
+    if case == "npy renamed":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(4, dtype=np.float32))
+    elif case == "lying header":  # 16 bytes of data under a header that claims 4 TB
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("embedding/kernel.npy", buf.getvalue() + bytes(16))
+    else:
+        np.savez(path, **{"embedding/kernel": np.zeros(3, dtype=[("x", "<f4"), ("y", "<i4")])})
+    with pytest.raises(vit.CheckpointError, match=match):
+        vit.create_model("vit_tiny_patch16_224", pretrained=str(path))

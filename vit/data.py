@@ -202,14 +202,35 @@ def folder_split(root: str | Path, split: str, val_size: float = 0.1, seed: int 
 
 
 def load_image(path: str, mode: str):
-    """PIL image in `mode` ("RGB"/"L"), fully decoded; a `DataError` naming the file if it cannot be read."""
+    """PIL image in `mode` ("RGB"/"L"), fully decoded; a `DataError` naming the file if it cannot be read.
+
+    16-bit and 32-bit integer images are scaled to 8 bits from their full range, float images from [0, 1]
+    (PIL's own conversion clips them, which turns most such images white or black). PIL's decompression-bomb
+    refusal, which is not an OSError, is a DataError too.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                im = _to_8bit(im, path)
             return im.convert(mode)
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
         raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def _to_8bit(im, path: str):
+    """A single-channel 16/32-bit integer or float PIL image as an 8-bit grayscale one."""
+    from PIL import Image
+
+    a = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise DataError(f"cannot read image {path}: it holds NaN or infinite pixel values")
+    if im.mode == "F":
+        scale = 255.0
+    else:  # 16-bit unless a value says otherwise
+        scale = 255.0 / (65535.0 if a.max(initial=0) <= 65535 else 4294967295.0)
+    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L")
 
 
 def decode_folder(data: FileData, size: int, channels: int, on_corrupt: str = "skip") -> TensorData:

@@ -49,7 +49,8 @@ MAX_PARAMS = 4_000_000_000
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Everything that defines the architecture. Field names are timm's `VisionTransformer` arguments."""
+    """Everything that defines the architecture. Field names are timm's `VisionTransformer` arguments (and
+    norm_eps, the eps of its norm_layer)."""
 
     img_size: int | tuple[int, int] = 224
     patch_size: int = 16
@@ -75,6 +76,7 @@ class ViTConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly from 0 to this at the last block
     patch_drop_rate: float = 0.0  # training only: drop this fraction of patch tokens per image (PatchDropout)
+    norm_eps: float = 1e-6  # every LayerNorm's epsilon: timm's and JAX's 1e-6; transformers' configs say 1e-12
 
     def __post_init__(self):
         def fail(name, rule):
@@ -93,6 +95,14 @@ class ViTConfig:
             fail("num_classes", "an integer >= 0 (0: no head)")
         if not _is_int(self.reg_tokens) or self.reg_tokens < 0:
             fail("reg_tokens", "an integer >= 0")
+        for name in ("qkv_bias", "qk_norm", "class_token", "no_embed_class", "dynamic_img_size"):
+            if not isinstance(getattr(self, name), bool):  # a config from a file: "no" is not False
+                fail(name, "True or False")
+        if self.fc_norm is not None and not isinstance(self.fc_norm, bool):
+            fail("fc_norm", "True, False or None")
+        if self.init_values is not None and (not isinstance(self.init_values, (int, float)) or
+                                             isinstance(self.init_values, bool) or not 0 <= self.init_values < math.inf):
+            fail("init_values", "None or a finite number >= 0 (0: off)")
         if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio < math.inf:
             fail("mlp_ratio", "a positive finite number")
         if int(self.embed_dim * self.mlp_ratio) < 1:
@@ -101,6 +111,9 @@ class ViTConfig:
                      "patch_drop_rate"):
             if not isinstance(getattr(self, name), (int, float)) or not 0.0 <= getattr(self, name) < 1.0:
                 fail(name, "in [0, 1)")
+        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) or \
+                not 0 < self.norm_eps < 1:
+            fail("norm_eps", "a number in (0, 1)")
         if isinstance(self.img_size, list):  # from JSON
             object.__setattr__(self, "img_size", tuple(self.img_size))
         size = self.img_size if isinstance(self.img_size, tuple) else (self.img_size,)
@@ -350,12 +363,12 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.Sequential(*[
             Block(dim=D, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                   qk_norm=cfg.qk_norm, init_values=cfg.init_values, proj_drop=cfg.proj_drop_rate,
-                  attn_drop=cfg.attn_drop_rate, drop_path=dpr[i])
+                  attn_drop=cfg.attn_drop_rate, drop_path=dpr[i], norm_eps=cfg.norm_eps)
             for i in range(cfg.depth)
         ])
         use_fc_norm = cfg.global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
-        self.norm = nn.LayerNorm(D, eps=1e-6) if not use_fc_norm else nn.Identity()
-        self.fc_norm = nn.LayerNorm(D, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps) if not use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()
@@ -396,7 +409,9 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head, features out)."""
         global_pool = global_pool or self.global_pool
-        self.config = self.config.replace(num_classes=num_classes, global_pool=global_pool)
+        # The norms stay as built (as timm's): the config says so, so that saved weights load back alike.
+        self.config = self.config.replace(num_classes=num_classes, global_pool=global_pool,
+                                          fc_norm=isinstance(self.fc_norm, nn.LayerNorm))
         self.num_classes, self.global_pool = num_classes, global_pool
         ref = self.pos_embed
         self.head = nn.Linear(self.embed_dim, num_classes).to(ref.device, ref.dtype) if num_classes > 0 else nn.Identity()
@@ -463,41 +478,69 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
-                              return_prefix_tokens: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):
-        """Outputs of chosen blocks, as timm's method of the same name.
+    def take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """Block indices as timm's `feature_take_indices`: None all, an int n the last n, a sequence those
+        indices (negative from the end)."""
+        depth = len(self.blocks)
+        if indices is None or isinstance(indices, int):
+            n = depth if indices is None else indices
+            if not 0 < n <= depth:
+                raise ConfigError(f"indices={n}: take the last 1 to {depth} blocks")
+            return list(range(depth - n, depth))
+        take = [i + depth if i < 0 else i for i in indices]
+        if not take or not all(0 <= i < depth for i in take):
+            raise ConfigError(f"block indices {list(indices)} out of range for a model of depth {depth}")
+        return take
 
-        indices: an int n takes the last n blocks, a sequence takes those block indices (negative counts from
-        the end), None takes all. output_fmt "NCHW" gives (B, C, h, w) patch maps, "NLC" gives (B, h*w, C).
-        Returns the intermediates, or (final normed tokens, intermediates) unless intermediates_only.
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
+                              attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        """Outputs of chosen blocks, with timm's signature and results (`indices` as `take_indices`).
+
+        output_fmt "NCHW" gives (B, C, h, w) patch maps, "NLC" (B, h*w, C). Returns the intermediates, or
+        (final normed tokens, intermediates) unless intermediates_only, or with output_dict timm's dict
+        ("image_intermediates", "image_intermediates_prefix", "image_features"). Attention masks are not
+        supported: this model's attention is unmasked.
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ConfigError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        depth = len(self.blocks)
-        if indices is None:
-            take = list(range(depth))
-        elif isinstance(indices, int):
-            take = list(range(depth - indices, depth))
-        else:
-            take = [i % depth if -depth <= i < depth else i for i in indices]
-        bad = [i for i in take if not 0 <= i < depth]
-        if bad:
-            raise ConfigError(f"block indices {bad} out of range for a model of depth {depth}")
+        if attn_mask is not None or is_causal:
+            raise ConfigError("attn_mask / is_causal: this ViT's attention takes no mask")
+        take = self.take_indices(indices)
         h, w = x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1]
         x = self.embed(x)
         intermediates = []
-        for i, blk in enumerate(self.blocks[: max(take) + 1] if intermediates_only else self.blocks):
+        for i, blk in enumerate(self.blocks[: max(take) + 1] if stop_early else self.blocks):
             x = blk(x)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
         P = self.num_prefix_tokens
-        prefixes = [y[:, :P] for y in intermediates]
+        prefixes = [y[:, :P] for y in intermediates] if P else None
         intermediates = [y[:, P:] for y in intermediates]
         if output_fmt == "NCHW":
-            intermediates = [rearrange(y, "b (h w) c -> b c h w", h=h, w=w) for y in intermediates]
-        if return_prefix_tokens:
+            intermediates = [rearrange(y, "b (h w) c -> b c h w", h=h, w=w).contiguous() for y in intermediates]
+        if output_dict:
+            out = {"image_intermediates": intermediates}
+            if return_prefix_tokens and prefixes is not None:
+                out["image_intermediates_prefix"] = prefixes
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and prefixes is not None:
             intermediates = list(zip(intermediates, prefixes))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last of `indices` (and the final norm, the head), as timm's; returns the
+        indices kept."""
+        take = self.take_indices(indices)
+        self.blocks = self.blocks[: max(take) + 1]
+        self.config = self.config.replace(depth=len(self.blocks))
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return take

@@ -28,9 +28,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as e:
         raise ConfigError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from e
+    if dev.type not in ("cpu", "cuda"):  # meta holds no data, and the rest are not supported here
+        raise ConfigError(f"--device {device!r}: vit trains and evaluates on cpu or cuda (auto picks one)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def cpu_has_bf16() -> bool:

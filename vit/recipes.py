@@ -8,6 +8,7 @@ changes from the defaults. Unknown fields are an error, in recipes as on the com
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 from .augment import check_policy
@@ -119,6 +120,11 @@ class TrainConfig:
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("seed", "split_seed"):  # torch's generators take 64-bit seeds
+            if getattr(self, name) >= 2**63:
+                raise ConfigError(f"--{flag(name)} must be below 2**63, got {getattr(self, name)}")
+        if self.threads > 4096:
+            raise ConfigError(f"--threads {self.threads}: at most 4096 (this machine has {os.cpu_count()} CPUs)")
         if not 0.0 <= self.patch_drop < 1.0:
             raise ConfigError(f"--patch-drop must be in [0, 1), got {self.patch_drop}")
         if self.budget:
@@ -214,7 +220,7 @@ RECIPES = {r.name: r for r in [
         # of model and EMA.
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=2, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, augment_min_epochs=12,
-             hflip=0.5, ema_decay=0.999, patch_drop=0.5),
+             hflip=0.5, patch_drop=0.5),
     ),
     Recipe(
         "imagenet-subset-finetune",

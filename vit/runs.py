@@ -17,7 +17,10 @@ epochs it redoes. Readers check what they read and name the file and the entry t
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -56,7 +59,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # created anew, never through a link planted under its name
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -96,7 +100,10 @@ def lock_output(out: Path, resume: bool) -> IO[str]:
 
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / LOCK, "a+")
+        if (out / LOCK).is_symlink():
+            raise OutputError(f"{out / LOCK} is a symbolic link: train.py writes its lock only to a plain file; "
+                              "remove the link or pick another --output")
+        fh = os.fdopen(os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
     except OSError as e:
         raise OutputError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
     try:
@@ -236,7 +243,13 @@ def _load(path: Path, mmap: bool) -> dict:
         raise OutputError(f"no {path.name} in {path.parent}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # truncated, not a checkpoint, or carrying code: torch says which
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler refused it: it carries code, or is no pickle
+        refused = re.search(r"GLOBAL (\S+)", str(e))
+        raise CheckpointError(f"cannot load {path}: " + (
+            f"it holds Python objects other than tensors (it imports {refused.group(1)}); train.py reads "
+            "checkpoints as tensors and plain containers only and never runs code from a file" if refused else
+            "the unpickler refused it: not a train.py checkpoint, or damaged")) from e
+    except Exception as e:  # truncated, or not a checkpoint: torch says which
         raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a train.py checkpoint (no format {CHECKPOINT_FORMAT!r} entry)")
@@ -295,6 +308,8 @@ def _state(obj: Mapping, path: Path) -> State:
         number = known[key].type == "float"
         if isinstance(value, bool) or not isinstance(value, (int, float) if number else int):
             raise CheckpointError(f"{path}: state.{key} is {value!r}, not {'a number' if number else 'an integer'}")
+        if key != "best_top1" and not 0 <= value < math.inf:
+            raise CheckpointError(f"{path}: state.{key} is {value!r}, expected a finite number >= 0")
     return State(**saved)  # entries an older checkpoint lacks keep their defaults
 
 
@@ -312,8 +327,13 @@ def append_metrics(path: Path, row: dict) -> None:
 
 def read_metrics(path: Path) -> list[dict]:
     """The rows of metrics.jsonl; a blank line, or the torn tail of a write a crash cut short, is skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OutputError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}; "
+                          "move it aside to start the run's metrics afresh") from e
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -337,14 +357,19 @@ def _budget(obj: Mapping, path: Path) -> dict | None:
     if saved is None:
         return None
     kinds = {"budget_s": (int, float), "total_steps": int, "step_s": (int, float), "eval_s": (int, float),
-             "spent_s": (int, float), "replans": list}
+             "spent_s": (int, float), "replans": list, "decided": dict}
     if not isinstance(saved, dict) or set(saved) - set(kinds) or "budget_s" not in saved:
         raise CheckpointError(f"{path}: the 'budget' entry is not a budget plan")
     for key, kind in kinds.items():
         value = saved.get(key)
         if key in saved and (not isinstance(value, kind) or isinstance(value, bool)):
             raise CheckpointError(f"{path}: budget.{key} is {value!r}, expected a {kind}")
-        if key in saved and key != "replans" and value < 0:
+        if key in saved and key not in ("replans", "decided") and value < 0:
             raise CheckpointError(f"{path}: budget.{key} is {value!r}, expected >= 0")
+    decided = saved.get("decided", {})
+    crop, flip = decided.get("crop_pad", 0), decided.get("hflip", 0.0)
+    if set(decided) - {"crop_pad", "hflip"} or not isinstance(crop, int) or isinstance(crop, bool) or crop < 0 \
+            or not isinstance(flip, (int, float)) or isinstance(flip, bool) or not 0 <= flip <= 1:
+        raise CheckpointError(f"{path}: budget.decided is {decided!r}, expected crop_pad >= 0 and hflip in [0, 1]")
     return Budget.from_dict(saved).to_dict()
 

@@ -557,7 +557,7 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
         for x, y, skipped in train_batches(tr, st.epoch, st.batch, end):
             st.batch += 1
             st.skipped += skipped
-            if x is None:  # every image of this batch was unreadable (--on-corrupt skip)
+            if batch_is_empty(tr, x):  # every image of this batch was unreadable on some rank (--on-corrupt skip)
                 continue
             loss, lr, signalled = train_step(tr, st, x, y)
             st.loss_sum += loss
@@ -580,6 +580,15 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
             if st.batch >= end:
                 break
     return False
+
+
+def batch_is_empty(tr: Training, x: torch.Tensor | None) -> bool:
+    """Whether to skip this step: on one process, when its batch had no readable image; across ranks (the
+    DataLoader path), when any rank's had none, so that every rank skips the same steps and none waits alone."""
+    if tr.dist.world == 1 or tr.inputs.train_loader is None:
+        return x is None
+    flag = torch.tensor([float(x is None)], device=tr.device)
+    return all_reduce_sum(flag, tr.dist).item() > 0
 
 
 def train_batches(tr: Training, epoch: int, start: int, end: int) -> Iterator[tuple]:
@@ -629,7 +638,8 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
     flags = torch.stack([loss_total.float(), (~torch.isfinite(loss_total)).float(),
                          torch.tensor(float(tr.stopper.signum), device=tr.device)])
     all_reduce_sum(flags, d)
-    loss_value, bad, signalled = flags[0].item() / d.world, flags[1].item(), flags[2].item()
+    loss_value, bad, signalled = flags.tolist()  # the step's one host sync
+    loss_value /= d.world
     lr = base_lr(opt.param_groups[0])
     if bad:
         raise NonFiniteLossError(
@@ -813,8 +823,9 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
             reason = f"--max-steps {tr.cfg.max_steps}"
         else:
             reason = "a signal to another rank"
+        more = " --max-steps 0" if reason.startswith("--max-steps") else ""  # the saved config still has it
         tr.say(f"stopped by {reason} at step {st.step}; last.ckpt saved. Continue with: "
-               f"python train.py --resume {tr.out}")
+               f"python train.py --resume {tr.out}{more}")
         return 128 + signum if signum else 0
     cfg = tr.cfg
     if tr.budget is not None:
@@ -831,8 +842,11 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
 def torch_settings(cfg: TrainConfig):
     """Threads, denormals and determinism for one run, restored afterwards (train.main may run inside another
     program)."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.get_float32_matmul_precision())
     flushing = cfg.flush_denormal and torch.set_flush_denormal(True)  # False where the CPU cannot
+    if resolve_device(cfg.device).type == "cuda" and not cfg.deterministic:
+        torch.set_float32_matmul_precision("high")  # fp32 matrix products on TF32 tensor cores
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -847,6 +861,7 @@ def torch_settings(cfg: TrainConfig):
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
+        torch.set_float32_matmul_precision(saved[3])
 
 
 def save_best(model, path: Path, classes: list[str]) -> None:
@@ -861,14 +876,23 @@ def plot(out: Path) -> None:
     plot_curves(out / runs.METRICS, out / runs.CURVES)
 
 
+def elastic_restart(output: str | None) -> Path | None:
+    """Under torchrun with --max-restarts, a restarted worker (TORCHELASTIC_RESTART_COUNT > 0) continues the
+    run its command names with --output from the last.ckpt there, instead of refusing the folder."""
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts and output and (Path(output) / runs.LAST).is_file():
+        print(f"resume: torchrun restart {restarts}: continuing the run in {output} from its {runs.LAST}")
+        return Path(output)
+    return None
+
+
 def main(argv=None) -> int:
     # A budget counts from the launch of a command; called from Python with arguments, from this call.
     clock = Clock(from_process_start=argv is None)
     args, given = parse_args(argv)
-    keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
     try:
         ckpt = None
-        resume = Path(args.resume) if args.resume else None
+        resume = Path(args.resume) if args.resume else elastic_restart(args.output)
         if resume is not None:
             ckpt = runs.read_checkpoint(resume / runs.LAST)
             base, recipe = ckpt.config, ckpt.recipe or args.recipe
@@ -885,6 +909,8 @@ def main(argv=None) -> int:
             if fixed:  # a length given on the command line replaces the recipe's budget
                 base = {**base, "budget": ""}
         cfg = TrainConfig.from_dict({**base, **given})
+        if resolve_device(cfg.device).type == "cpu":
+            keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume, args.quiet, ckpt,
                        frozenset(given), clock)

@@ -19,7 +19,6 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from .errors import CheckpointError, ConfigError, OutputError
 from .model import ViTConfig, VisionTransformer, resample_grid, to_2tuple
 from .preprocess import Preprocess
-from .runs import read_trained_model
+from .runs import atomic_write, read_trained_model
 
 FORMAT_NAME = "vit"
 FORMAT_VERSION = 1  # bump when the metadata written by save_pretrained changes meaning
@@ -100,7 +99,7 @@ def save_pretrained(
     file in the same folder is fsynced and renamed over `path`, so a crash never leaves a half-written file.
     class_names / preprocess default to the model's own attributes.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     path = Path(path)
     class_names = list(class_names) if class_names is not None else model.class_names
@@ -120,20 +119,11 @@ def save_pretrained(
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise OutputError(f"cannot write weights to {path}: {e}") from e
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write weights to {path}: {e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        raise OutputError(f"cannot write weights to {path}: {e.strerror or e}") from e
+    # Serialised in memory, then written by the one atomic writer: a full disk is an OutputError naming the
+    # file (safetensors' own writer reports it as a SafetensorError), and no torn file is left.
+    atomic_write(path, lambda f: f.write(safetensors_bytes(tensors, metadata=metadata)))
     return path
 
 
@@ -280,10 +270,43 @@ def _read_npz(path: Path) -> dict[str, torch.Tensor]:
         return torch.from_numpy(np.asarray(a, dtype=np.float32))
 
     try:
+        _check_npz(path)
         with np.load(path, allow_pickle=False) as arrays:
             return {k: to_tensor(arrays[k]) for k in arrays.files}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is not a readable .npz file of arrays: {type(e).__name__}: {e}") from e
+
+
+MAX_NPZ_BYTES = 16 * 2**30  # what an .npz may unpack to (ViT-H/14 in float32: 2.5 GB)
+
+
+def _check_npz(path: Path) -> None:
+    """Refuse an .npz before numpy allocates anything for it: not a zip (an .npy renamed), more than
+    MAX_NPZ_BYTES unpacked, an array header that claims more bytes than its member holds, a structured dtype."""
+    import numpy as np
+
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not an .npz archive (a zip of .npy arrays): an .npy file renamed?")
+    with zipfile.ZipFile(path) as z:
+        members = z.infolist()
+        if sum(m.file_size for m in members) > MAX_NPZ_BYTES:
+            raise CheckpointError(f"{path} unpacks to {sum(m.file_size for m in members) / 1e9:.1f} GB, over the "
+                                  f"{MAX_NPZ_BYTES / 1e9:.0f} GB an .npz of ViT weights may hold")
+        for m in members:
+            with z.open(m) as f:
+                try:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f, max_header_size=10_000)
+                except ValueError as e:
+                    raise CheckpointError(f"{path}: {m.filename} is not an .npy array: {e}") from e
+                if dtype.fields is not None or dtype.kind not in "fiuV" or (dtype.kind == "V" and dtype.itemsize != 2):
+                    raise CheckpointError(f"{path}: {m.filename} has dtype {dtype}, not numbers")
+                claimed = math.prod(shape) * dtype.itemsize
+                if claimed != m.file_size - f.tell():
+                    raise CheckpointError(f"{path}: {m.filename} claims shape {shape} of {dtype} ({claimed:,} bytes) "
+                                          f"but holds {m.file_size - f.tell():,}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -595,7 +618,13 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
     def fetch(filename):
         try:
             return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
-        except (EntryNotFoundError, LocalEntryNotFoundError):  # not in the repo, or offline and not cached
+        except LocalEntryNotFoundError:  # not in the cache, and the hub was not asked (offline) or not reached
+            if _hub_offline():
+                return None  # try the next file name in the cache
+            raise CheckpointError(
+                f"cannot reach the Hugging Face hub for hf-hub:{repo_id}, and {filename} is not in the local "
+                "cache (offline? set HF_HUB_OFFLINE=1 to use the cache alone, or pass a local file)") from None
+        except EntryNotFoundError:  # the repo has no such file: try the next name
             return None
         except (HfHubHTTPError, OSError, ValueError) as e:
             raise CheckpointError(f"cannot download {filename} from hf-hub:{repo_id}: {e}") from e
@@ -631,8 +660,10 @@ def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
     """
     try:
         cfg = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object of model settings")
     if cfg.get("model_type") == "vit":
         return _info_from_transformers_config(cfg)
     if "architecture" not in cfg:
@@ -660,12 +691,12 @@ def _info_from_transformers_config(cfg: dict) -> PretrainedInfo:
     labels = cfg.get("id2label", {})
     names = [labels[str(i)] for i in range(len(labels))] if labels else None
     hidden = cfg.get("hidden_size", 768)
-    # transformers' layer_norm_eps defaults to 1e-12 where ours is 1e-6 (timm, JAX): the logits differ by ~1e-6.
+    # transformers' layer_norm_eps defaults to 1e-12 where timm's and JAX's is 1e-6: kept, for equal logits.
     config = ViTConfig(
         img_size=cfg.get("image_size", 224), patch_size=cfg.get("patch_size", 16), in_chans=cfg.get("num_channels", 3),
         num_classes=0 if headless else len(labels) or 2, embed_dim=hidden, depth=cfg.get("num_hidden_layers", 12),
         num_heads=cfg.get("num_attention_heads", 12), mlp_ratio=cfg.get("intermediate_size", 4 * hidden) / hidden,
-        qkv_bias=cfg.get("qkv_bias", True))
+        qkv_bias=cfg.get("qkv_bias", True), norm_eps=cfg.get("layer_norm_eps", 1e-12))
     return PretrainedInfo(config, None, None if headless else names)
 
 
@@ -692,8 +723,10 @@ def _info_from_preprocessor_config(path: Path) -> PretrainedInfo:
     """transformers' preprocessor_config.json (ViTImageProcessor): resize straight to `size`, no crop."""
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object of preprocessing settings")
     if not {"image_mean", "image_std", "size"} <= set(cfg):
         return PretrainedInfo()
     size = cfg["size"]
@@ -710,7 +743,13 @@ def _with_sidecars(path: Path, info: PretrainedInfo) -> PretrainedInfo:
         sidecar = path.parent / name
         says_model = info.config is not None or info.architecture is not None
         if not (says_model and info.preprocess is not None and info.class_names is not None) and sidecar.is_file():
-            info = _merge(info, reader(sidecar))
+            try:
+                info = _merge(info, reader(sidecar))
+            except CheckpointError:
+                raise
+            except (ConfigError, AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError,
+                    ZeroDivisionError) as e:  # a field of the wrong type or range, from a file we did not write
+                raise CheckpointError(f"{sidecar} cannot be used: {type(e).__name__}: {e}") from e
     return info
 
 
