@@ -1,17 +1,17 @@
 """A trained model's fp32 training step on the CPU, with and without flushing denormal floats, against timm.
 
-A freshly initialised model makes almost no denormal numbers (magnitudes under ~1.2e-38); a trained one does
-(small activations and gradients deep in its blocks), and x86 CPUs handle each one in microcode, many times
-slower than a normal float. train.py flushes them to zero on the CPU (`--flush-denormal`, on by default).
-This script loads the same trained weights into our model and into timm's `VisionTransformer` (the parameter
-names match) and times a training step (forward, backward) of each, in interleaved rounds, with the
-processor's denormal handling as torch leaves it and with flushing on.
+A trained model can make denormal numbers (magnitudes under ~1.2e-38), which x86 CPUs handle in microcode,
+many times slower than normal floats; `torch.set_flush_denormal(True)` treats them as zero. This script loads
+the same trained weights into our model and into timm's `VisionTransformer` (the parameter names match) and
+times a training step (forward, backward) of each, in interleaved rounds, with torch's default denormal
+handling and with flushing on, beside the same model freshly initialised. On the Zen 3 CPU flushing made no
+difference (benchmarks/LOG.md), so train.py leaves the default; rerun it for a model or CPU of your own.
 
     python benchmarks/denormals.py runs/tta/fashion-mnist-seed0/best.safetensors
     python benchmarks/denormals.py WEIGHTS --batch-size 128 --rounds 7
 
-Prints a table and writes benchmarks/results/denormals-<model>.json. Figures are medians; the CPU's name
-and whether it has native bf16 are recorded with them.
+Prints a table and writes benchmarks/results/denormals-<run>.json. Figures are medians; the CPU's name and
+whether it has native bf16 are recorded with them.
 """
 
 from __future__ import annotations

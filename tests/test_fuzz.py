@@ -340,7 +340,7 @@ def sidecar_json():
                                            max_size=3), st.booleans())
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(case=sidecar_json())
 def test_sidecar_json_files(tmp_path_factory, case):
     """Weights without metadata, described by the JSON files beside them: each case builds a model that runs,
@@ -376,7 +376,7 @@ def checkpoint_mutations():
     return st.lists(st.tuples(st.sampled_from(entries), st.one_of(st.just("delete"), json_values())), max_size=3)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(changes=checkpoint_mutations())
 def test_damaged_last_ckpt(tmp_path_factory, changes):
     """A last.ckpt with entries deleted or replaced by any value: read_checkpoint gives a Checkpoint whose

@@ -840,11 +840,10 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
 
 @contextlib.contextmanager
 def torch_settings(cfg: TrainConfig):
-    """Threads, denormals and determinism for one run, restored afterwards (train.main may run inside another
-    program)."""
+    """Threads, determinism and CUDA matmul precision for one run, restored afterwards (train.main may run
+    inside another program)."""
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
              torch.get_float32_matmul_precision())
-    flushing = cfg.flush_denormal and torch.set_flush_denormal(True)  # False where the CPU cannot
     if resolve_device(cfg.device).type == "cuda" and not cfg.deterministic:
         torch.set_float32_matmul_precision("high")  # fp32 matrix products on TF32 tensor cores
     if cfg.threads:
@@ -856,8 +855,6 @@ def torch_settings(cfg: TrainConfig):
     try:
         yield
     finally:
-        if flushing:
-            torch.set_flush_denormal(False)
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
