@@ -12,4 +12,3 @@ def test_precision_auto_rule_on_cpu():
     assert resolve_precision("auto", cpu, CPU_BF16_MIN_WIDTH, training=False) == bf16
     assert resolve_precision("auto", cpu, 64, training=True) == bf16
     assert resolve_precision("fp32", cpu, 768, training=True) == "fp32"
-

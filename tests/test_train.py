@@ -215,7 +215,8 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     (--no-replan: the plan alone decides; warm-up covers the timed steps, whose lr the length does not set).
     A rule on the plan's length (--augment-min-epochs) is decided with the plan and saved with it."""
     args = FAST + ["--deterministic", "--warmup-epochs", "1", "--ema-decay", "0.9", "--crop-pad", "2",
-                   "--hflip", "0.5", "--augment-min-epochs", "1000", "--randaug", "rand-m9-mstd0.5-inc1", "--repeat-aug", "2"]
+                   "--hflip", "0.5", "--augment-min-epochs", "1000", "--randaug", "rand-m9-mstd0.5-inc1",
+                   "--repeat-aug", "2"]
     assert T.main(args + ["--budget", "6s", "--output", str(tmp_path / "whole")]) == 0
     whole = ckpt(tmp_path / "whole")
     assert whole["state"]["step"] == whole["budget"]["total_steps"] > 30

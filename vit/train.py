@@ -321,6 +321,11 @@ def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
     return {"crop_pad": cfg.crop_pad if on else 0, "hflip": cfg.hflip if on else 0.0}
 
 
+def use_augment(tr: Training, settings: dict) -> None:
+    """Train with the crop padding and flip probability `augment_for` decided (a plan's, or a saved one)."""
+    tr.crop_pad, tr.hflip = settings.get("crop_pad", tr.crop_pad), settings.get("hflip", tr.hflip)
+
+
 def set_total_steps(tr: Training, total: int) -> None:
     """Change the plan's length (a budget's plan or re-plan): the loop and the cosine end at `total`."""
     tr.plan.total_steps = total
@@ -478,8 +483,8 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     return Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup,
                     criterion=build_criterion(cfg, mixup), precision=precision, plan=plan, budget=budget, quiet=quiet,
-                    **({"crop_pad": 0, "hflip": 0.0} if budget is not None and cfg.augment_min_epochs else
-                       augment_for(cfg, plan)))
+                    # a budgeted run's length is not known yet: a rule on it holds crops and flips back until then
+                    **augment_for(cfg, plan if budget is None else Plan(plan.steps_per_epoch, 0)))
 
 
 def restore(tr: Training, ckpt: Checkpoint | None) -> State:
@@ -505,8 +510,7 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
                 tr.budget = Budget.from_dict(ckpt.budget)
                 if tr.budget.total_steps:  # the saved plan; the scheduler came back with its length
                     tr.plan.total_steps = tr.budget.total_steps
-                    for name, value in tr.budget.decided.items():
-                        setattr(tr, name, value)
+                    use_augment(tr, tr.budget.decided)
         except (VitError, RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{tr.out / runs.LAST} cannot be resumed with this run's settings (a flag that "
                                   f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
@@ -755,8 +759,7 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
     tr.budget.total_steps = total = agree(tr, total)
     set_total_steps(tr, total)
     tr.budget.decided = augment_for(tr.cfg, tr.plan)
-    for name, value in tr.budget.decided.items():
-        setattr(tr, name, value)
+    use_augment(tr, tr.budget.decided)
     cropping = "" if (tr.crop_pad, tr.hflip) == (tr.cfg.crop_pad, tr.cfg.hflip) else \
         f"; no random crops or flips in a run under --augment-min-epochs {tr.cfg.augment_min_epochs:g}"
     tr.say(f"budget: {step_s * 1e3:.0f} ms a step and ~{eval_s:.1f} s an evaluation here: {total} steps "

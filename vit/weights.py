@@ -289,8 +289,9 @@ def _check_npz(path: Path) -> None:
         raise CheckpointError(f"{path} is not an .npz archive (a zip of .npy arrays): an .npy file renamed?")
     with zipfile.ZipFile(path) as z:
         members = z.infolist()
-        if sum(m.file_size for m in members) > MAX_NPZ_BYTES:
-            raise CheckpointError(f"{path} unpacks to {sum(m.file_size for m in members) / 1e9:.1f} GB, over the "
+        unpacked = sum(m.file_size for m in members)
+        if unpacked > MAX_NPZ_BYTES:
+            raise CheckpointError(f"{path} unpacks to {unpacked / 1e9:.1f} GB, over the "
                                   f"{MAX_NPZ_BYTES / 1e9:.0f} GB an .npz of ViT weights may hold")
         for m in members:
             with z.open(m) as f:
@@ -649,6 +650,17 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file that must hold one object (a config.json or preprocessor_config.json beside weights)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object of {what}")
+    return obj
+
+
 def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
     """Config, preprocessing and class names from a timm or transformers `config.json`.
 
@@ -658,12 +670,7 @@ def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
     transformers: {"model_type": "vit", "hidden_size", "num_hidden_layers", ...}.
     Anything else gives an empty PretrainedInfo.
     """
-    try:
-        cfg = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object of model settings")
+    cfg = _read_json_object(path, "model settings")
     if cfg.get("model_type") == "vit":
         return _info_from_transformers_config(cfg)
     if "architecture" not in cfg:
@@ -721,12 +728,7 @@ def resolve_source(source: str | os.PathLike, cache_dir=None) -> Path:
 
 def _info_from_preprocessor_config(path: Path) -> PretrainedInfo:
     """transformers' preprocessor_config.json (ViTImageProcessor): resize straight to `size`, no crop."""
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object of preprocessing settings")
+    cfg = _read_json_object(path, "preprocessing settings")
     if not {"image_mean", "image_std", "size"} <= set(cfg):
         return PretrainedInfo()
     size = cfg["size"]
