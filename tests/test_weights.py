@@ -537,7 +537,8 @@ torch.save(model.eval()(x), sys.argv[2])
 
 def test_hub_download_offline_from_cache(tmp_path):
     """Lay out a hub cache as huggingface_hub does (refs/main -> snapshots/<commit>/ -> blobs), then load it
-    through the real library with HF_HUB_OFFLINE=1 in a fresh process."""
+    through the real library in fresh processes: with HF_HUB_OFFLINE=1, and with a hub that does not answer
+    (the cache serves; an uncached repo fails at once with "cannot reach", not after ~25 s of retries)."""
     import json
     import subprocess
     import sys
@@ -572,11 +573,16 @@ def test_hub_download_offline_from_cache(tmp_path):
     unreachable = subprocess.Popen(
         [sys.executable, "-c", "import vit; vit.create_model(pretrained='hf-hub:timm/nothing')"],
         env={**online, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_ENDPOINT": "http://127.0.0.1:9"}, **pipes)
-    out, err = cached.communicate(timeout=120)
-    assert cached.returncode == 0, err[-2000:]
-    assert out.split() == ["2", "0.875", "['a',", "'b']", "3"]
+    cached_unreachable = subprocess.Popen(  # a hub that does not answer: the cache serves, without retries
+        [sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "x.pt"), str(tmp_path / "y2.pt")],
+        env={**online, "HF_ENDPOINT": "http://127.0.0.1:9"}, **pipes)
+    for process in (cached, cached_unreachable):
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
+        assert out.split() == ["2", "0.875", "['a',", "'b']", "3"]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
+        assert torch.equal(torch.load(tmp_path / "y2.pt"), model(x))
     _, err = missing.communicate(timeout=120)
     assert "CheckpointError" in err and "HF_HUB_OFFLINE" in err
     _, err = unreachable.communicate(timeout=120)

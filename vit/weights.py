@@ -613,18 +613,37 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
     Honours HF_HUB_OFFLINE (cache only), HF_HUB_CACHE / HF_HOME and HF_TOKEN, as huggingface_hub does.
     Returns the local path of the weights; config.json lies beside it in the same snapshot folder.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-    def fetch(filename):
+    def unreachable(filename, reason):
+        return CheckpointError(
+            f"cannot reach the Hugging Face hub for hf-hub:{repo_id} ({reason}), and {filename} is not in the "
+            "local cache (offline? set HF_HUB_OFFLINE=1 to use the cache alone, or pass a local file)")
+
+    def fetch(filename, required=True):
+        if not _hub_offline():
+            # One request without retries first: huggingface_hub retries an unreachable hub for ~25 s before
+            # it falls back to the cache, and a user offline should hear so at once.
+            try:
+                get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=10)
+            except EntryNotFoundError:  # the repo has no such file: try the next name
+                return None
+            except HfHubHTTPError as e:  # the hub answered: no such repo, gated, ...
+                raise CheckpointError(f"cannot download {filename} from hf-hub:{repo_id}: {e}") from None
+            except Exception as e:  # no answer at all (refused, timed out, no route): the cache may still have it
+                try:
+                    return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True))
+                except LocalEntryNotFoundError:
+                    if not required:
+                        return None
+                    raise unreachable(filename, type(e).__name__) from None
         try:
             return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
         except LocalEntryNotFoundError:  # not in the cache, and the hub was not asked (offline) or not reached
-            if _hub_offline():
+            if _hub_offline() or not required:
                 return None  # try the next file name in the cache
-            raise CheckpointError(
-                f"cannot reach the Hugging Face hub for hf-hub:{repo_id}, and {filename} is not in the local "
-                "cache (offline? set HF_HUB_OFFLINE=1 to use the cache alone, or pass a local file)") from None
+            raise unreachable(filename, "no answer") from None
         except EntryNotFoundError:  # the repo has no such file: try the next name
             return None
         except (HfHubHTTPError, OSError, ValueError) as e:
@@ -634,7 +653,7 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
         weights = fetch(filename)
         if weights is not None:
             for sidecar in HUB_SIDECAR_FILES:  # optional; they land beside the weights in the snapshot
-                fetch(sidecar)
+                fetch(sidecar, required=False)
             return weights
     offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if _hub_offline() else ""
     raise CheckpointError(f"hf-hub:{repo_id} has none of {', '.join(HUB_WEIGHT_FILES)}{offline}")
