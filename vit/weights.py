@@ -95,13 +95,18 @@ def save_pretrained(
 ) -> Path:
     """Write the model's weights as safetensors, with its config, preprocessing and class names as metadata.
 
-    `create_model(pretrained=path)` rebuilds the model from the file alone. The write is atomic: a temporary
+    `create_model(pretrained=path)` rebuilds the model from the file alone. A model with LoRA adapters is
+    saved with them merged into the weights they adapt. The write is atomic: a temporary
     file in the same folder is fsynced and renamed over `path`, so a crash never leaves a half-written file.
     class_names / preprocess default to the model's own attributes.
     """
     from safetensors.torch import save as safetensors_bytes
 
+    from .finetune import has_lora, merge_lora
+
     path = Path(path)
+    if has_lora(model):  # LoRA adapters (vit.finetune) merged into plain weights: the file loads without peft
+        model = merge_lora(model)
     class_names = list(class_names) if class_names is not None else model.class_names
     preprocess = preprocess if preprocess is not None else model.preprocess
     if class_names is not None and model.num_classes and len(class_names) != model.num_classes:
