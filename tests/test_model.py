@@ -318,6 +318,8 @@ def test_no_weight_decay_names_real_parameters():
     names = dict(model.named_parameters())
     assert {"pos_embed", "cls_token", "reg_token"} <= model.no_weight_decay()
     assert all(n in names for n in model.no_weight_decay())
+    distilled = vit.create_model("vit_tiny_patch4_32", depth=1, distilled=True)
+    assert distilled.no_weight_decay() == {"pos_embed", "cls_token", "dist_token"}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -414,7 +414,7 @@ class VisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "dist_token", "reg_token"}
+        return {n for n in ("pos_embed", "cls_token", "dist_token", "reg_token") if getattr(self, n) is not None}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
