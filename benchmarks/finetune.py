@@ -8,7 +8,7 @@ the device), validated on the first --val-images of its official test set (a sub
 the run times its steps and fits its length to the budget, so each gets the same wall time, whatever else
 the machine runs. Peak memory is the run's peak resident set (the process, data and libraries included).
 
-    python benchmarks/finetune.py runs/cifar10/best.safetensors --minutes 2.5   # ~11 min on 2 CPU cores
+    python benchmarks/finetune.py runs/cifar10/best.safetensors --minutes 2.5   # ~11 min on a 2-core CPU
 
 Prints a Markdown table and writes JSON to benchmarks/results/<--machine>/finetune-fashion-mnist-from-cifar10.json.
 """
@@ -88,7 +88,9 @@ def main(argv=None) -> None:
     p.add_argument("backbone", help="a vit_micro_patch4_32 checkpoint (the cifar10 recipe's best.safetensors)")
     p.add_argument("--minutes", type=float, default=2.5, help="each variant's budget, launch to last evaluation")
     p.add_argument("--val-images", type=int, default=2000, help="the first N images of the official test set")
-    p.add_argument("--threads", type=int, default=2)
+    # One thread: with other jobs on the 2 cores (load 3.5), a training step of this model took 1.77 s on one
+    # thread and 2.85 s on two, which wait on each other; on an idle machine give --threads 2.
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--machine", default="epyc-zen3-2core", help="results folder name: the CPU it ran on")
     args = p.parse_args(argv)
 
