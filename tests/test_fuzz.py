@@ -74,6 +74,7 @@ def config_fields(with_junk: bool = True):
         "pos_embed": maybe(st.sampled_from(["learn", "sincos"])),
         "fc_norm": st.one_of(st.none(), st.booleans()),
         "dynamic_img_size": st.booleans(),
+        "distilled": st.booleans(),
         "drop_rate": maybe(st.floats(0.0, 0.9)),
         "drop_path_rate": maybe(st.floats(0.0, 0.9)),
         **({"bogus_option": st.integers()} if with_junk else {}),

@@ -20,6 +20,12 @@ ALL_MODELS = vit.list_models()
 TIMM_MODELS = [n for n in ALL_MODELS if n in timm.list_models()]
 
 
+def sized_twins_slow(names):
+    """DeiT's distilled S and B differ from its T only in sizes the vit_ entries cover: their costlier tests
+    (timm's init at width 768, gradient checkpointing) run with `-m slow`."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n.startswith(("deit_small", "deit_base")) else n for n in names]
+
+
 def capped_overrides(name: str) -> dict:
     """Small but representative: depth <= 2 and a patch grid of at most 4x4."""
     cfg = vit.get_entry(name).config
@@ -83,7 +89,7 @@ def test_reset_classifier_and_feature_widths(name):
     assert model(x).shape == (2, model.embed_dim)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", sized_twins_slow(ALL_MODELS))
 def test_grad_checkpointing_matches(name):
     torch.manual_seed(0)
     model = vit.create_model(name, **capped_overrides(name))
@@ -112,7 +118,7 @@ def test_dynamic_img_size(name):
 # ---- parity with timm, both directions
 
 
-@pytest.mark.parametrize("name", TIMM_MODELS)
+@pytest.mark.parametrize("name", sized_twins_slow(TIMM_MODELS))
 def test_timm_parity(name):
     overrides = capped_overrides(name)
     ours = vit.create_model(name, **overrides).eval()
@@ -138,7 +144,8 @@ def test_small_image_variant_parity(name):
         assert (ours(x) - ref(x)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_base_patch32_384", "vit_large_patch14_224"])
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_base_patch32_384", "vit_large_patch14_224",
+                                  "deit_tiny_distilled_patch16_224"])
 def test_timm_parity_dynamic_img_size(name):
     overrides = dict(depth=2, dynamic_img_size=True)
     ours = vit.create_model(name, **overrides).eval()
@@ -175,6 +182,38 @@ def test_option_parity_with_timm(case):
         b = ref.forward_intermediates(x, indices=[0, -1], norm=True, intermediates_only=True)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
+
+
+def test_distilled_heads_match_timm_in_training_and_eval():
+    """timm's VisionTransformerDistilled: (cls, dist) logits while distilled_training, their mean otherwise."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    ours = vit.create_model("vit_tiny_patch4_32", depth=2, distilled=True)
+    ref = VisionTransformerDistilled(img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=3, num_classes=10)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = make_input(ours)
+    with torch.no_grad():
+        ours.eval(), ref.eval()
+        assert (ours(x) - ref(x)).abs().max() <= 1e-5  # the mean of the two heads
+        torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                                   ref.forward_head(ref.forward_features(x), pre_logits=True), rtol=0, atol=1e-5)
+        assert ours.forward_features(x).shape[1] == 2 + 64 and ours.num_prefix_tokens == 2
+        ours.train(), ref.train()
+        ours.set_distilled_training(), ref.set_distilled_training()
+        (cls, dist), (ref_cls, ref_dist) = ours(x), ref(x)
+        assert (cls - ref_cls).abs().max() <= 1e-5 and (dist - ref_dist).abs().max() <= 1e-5
+        ours.set_distilled_training(False)  # the flag off: the mean while training too
+        torch.testing.assert_close(ours(x), (ref_cls + ref_dist) / 2, rtol=0, atol=1e-5)
+    assert ours.get_classifier() == (ours.head, ours.head_dist)
+    ours.reset_classifier(3)
+    assert ours.head_dist.out_features == 3 and ours(x).shape == (2, 3)
+
+
+def test_num_params_counts_every_parameter():
+    for kw in [{}, dict(distilled=True), dict(reg_tokens=4), dict(reg_tokens=2, no_embed_class=True),
+               dict(num_classes=0, distilled=True), dict(class_token=False, global_pool="avg")]:
+        model = vit.create_model("vit_nano_patch4_32", depth=2, **kw)
+        assert model.config.num_params() == sum(p.numel() for p in model.parameters()), kw
 
 
 def test_intermediates_api_matches_timm():
@@ -279,6 +318,8 @@ def test_no_weight_decay_names_real_parameters():
     names = dict(model.named_parameters())
     assert {"pos_embed", "cls_token", "reg_token"} <= model.no_weight_decay()
     assert all(n in names for n in model.no_weight_decay())
+    distilled = vit.create_model("vit_tiny_patch4_32", depth=1, distilled=True)
+    assert distilled.no_weight_decay() == {"pos_embed", "cls_token", "dist_token"}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -317,6 +358,9 @@ def test_config_round_trip_and_unknown_field():
     ({"patch_drop_rate": 1.0}, r"patch_drop_rate must be in \[0, 1\), got 1.0"),
     ({"global_pool": "max"}, r"global_pool must be 'token' or 'avg'"),
     ({"mlp_ratio": 1e9}, r"~4.95e\+13 parameters, over the limit of 4e\+09 .*VIT_MAX_PARAMS"),
+    ({"distilled": 1}, r"distilled must be True or False, got 1"),
+    ({"distilled": True, "global_pool": "avg"}, r"distilled=True .* global_pool='token' \(got 'avg'\)"),
+    ({"distilled": True, "reg_tokens": 4}, r"distilled=True .* no reg_tokens \(got 4\)"),
 ])
 def test_bad_config_values(kwargs, match):
     with pytest.raises(vit.ConfigError, match=match) as e:

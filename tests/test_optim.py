@@ -22,6 +22,37 @@ def test_param_groups_no_decay_and_layer_decay():
     assert scale["patch_embed.proj.weight"] == scale["pos_embed"] == 0.5 ** 7
 
 
+@pytest.mark.parametrize("overrides", [{}, dict(distilled=True)])
+def test_layer_decay_equals_timms_helper_through_group_matcher(overrides, caplog):
+    """timm's `param_groups_layer_decay` reads the model's `group_matcher` (timm's own groups): the scale of
+    every parameter is ours, and no "no effect" warning, except the final norm, which timm's groups put with
+    the last block and ours (BEiT's rule) with the head."""
+    from timm.optim import param_groups_layer_decay
+
+    model = vit.create_model("vit_nano_patch2_8", **overrides)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = {names[id(p)]: g["lr_scale"] for g in O.param_groups(model, 0.05, 0.65) for p in g["params"]}
+    timm_groups = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.65)
+    theirs = {names[id(p)]: g["lr_scale"] for g in timm_groups for p in g["params"]}
+    assert "no effect" not in caplog.text
+    assert ours.keys() == theirs.keys() == set(names.values())
+    for name in ours:
+        want = theirs["blocks.5.norm1.weight"] if name.startswith("norm.") else ours[name]
+        assert theirs[name] == pytest.approx(want, rel=1e-12), name
+    assert theirs["head.weight"] == ours["norm.weight"] == 1.0 and theirs["pos_embed"] == pytest.approx(0.65 ** 7)
+    # ...and the groups of timm's own model of this configuration
+    import timm
+
+    c = model.config
+    twin = (timm.models.deit.VisionTransformerDistilled if c.distilled else timm.models.VisionTransformer)(
+        img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
+        embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads)
+    twin_names = {id(p): n for n, p in twin.named_parameters()}
+    timm_own = {twin_names[id(p)]: g["lr_scale"] for g in param_groups_layer_decay(twin, 0.05, layer_decay=0.65)
+                for p in g["params"]}
+    assert timm_own == theirs
+
+
 def test_muon_steps_weight_matrices_by_their_polar_factor_and_the_rest_like_nadamw():
     """--opt muon: one step from zero momentum moves each block/patch-embedding matrix W by
     -lr * (wd * W + 0.2 * sqrt(max(shape)) * polar(G)), polar(G) = U V^T from the SVD (Newton-Schulz only

@@ -192,6 +192,25 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, capsys, opt):
     assert not list(cut.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("flags", [
+    ["--pretrained", "TRAINED", "--lora-rank", "4", "--teacher", "TRAINED", "--distill", "soft"],  # [CLS]-head student
+    ["--freeze", "3", "--distilled", "--teacher", "TRAINED"],  # a distilled student, hard distillation
+], ids=["lora-soft", "freeze-distilled-hard"])
+def test_finetuning_and_distillation_resume_exactly(trained_run, tmp_path, flags):
+    """LoRA adapters, frozen blocks and a teacher: stopped after 2 of 5 steps and resumed, the same weights
+    as never stopped."""
+    flags = [str(trained_run.out / "best.safetensors") if f == "TRAINED" else f for f in flags]
+    args = FAST + ["--epochs", "1", "--batch-size", "256", "--deterministic", *flags]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert T.main(args + ["--output", str(full)]) == 0
+    assert T.main(args + ["--output", str(cut), "--max-steps", "2"]) == 0
+    assert T.main(["--resume", str(cut), "--max-steps", "0"]) == 0
+    a, b = ckpt(full), ckpt(cut)
+    assert a["state"]["step"] == b["state"]["step"] == 5
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def test_loader_path_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     """DataLoader workers with timm's random transforms: each sample is seeded from (seed, epoch, index), so
     a resumed run with 2 workers reads the same augmented batches as an uninterrupted run without workers."""

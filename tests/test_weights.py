@@ -206,6 +206,29 @@ def test_transformers_layer_norm_eps_from_config_json(tmp_path):
         assert max_diff(model(x), ref(pixel_values=x).logits) <= LOGIT_ATOL
 
 
+def test_transformers_deit_with_teacher_parity(tmp_path):
+    """DeiTForImageClassificationWithTeacher (its default layer_norm_eps 1e-12): from its hub folder the model is
+    built distilled from config.json alone; its in-memory (transformers 5) names load too."""
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    cfg = DeiTConfig(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768,
+                     image_size=32, patch_size=4, num_labels=5)
+    ref = randomize_(DeiTForImageClassificationWithTeacher(cfg))
+    ref.save_pretrained(tmp_path)
+    model = vit.create_model(pretrained=tmp_path).eval()
+    assert model.config.distilled and model.config.norm_eps == 1e-12 and model.num_prefix_tokens == 2
+    x = images(model)
+    with torch.no_grad():
+        out = ref(pixel_values=x)
+        assert max_diff(model(x), out.logits) <= LOGIT_ATOL
+        model.train().set_distilled_training()
+        cls, dist = model(x)
+        assert max_diff(cls, out.cls_logits) <= LOGIT_ATOL and max_diff(dist, out.distillation_logits) <= LOGIT_ATOL
+        from_memory = tiny(distilled=True, norm_eps=1e-12)
+        vit.load_pretrained(from_memory, ref.state_dict())
+        assert max_diff(from_memory(x), out.logits) <= LOGIT_ATOL
+
+
 def test_reset_classifier_to_avg_pool_saves_and_loads_back(tmp_path):
     """The norms stay as built when the pool changes (as timm's), and the saved config says so."""
     model = tiny()
@@ -339,6 +362,7 @@ def saved(tmp_path, **overrides):
     (dict(img_size=(24, 40)), dict(img_size=32)),  # non-square 6x10 -> 8x8 (grid read from the file's config)
     (dict(reg_tokens=4), dict(reg_tokens=4, img_size=(40, 24))),  # [CLS] + 4 registers in the position table
     (dict(reg_tokens=4, no_embed_class=True), dict(reg_tokens=4, no_embed_class=True, img_size=16)),
+    (dict(distilled=True), dict(distilled=True, img_size=48)),  # [CLS] and distillation rows kept
 ])
 def test_pos_embed_resampling_matches_timm(tmp_path, src, dst):
     from timm.layers import resample_abs_pos_embed

@@ -15,9 +15,9 @@ def count_flops(config: ViTConfig, img_size: int | Sequence[int] | None = None) 
     H, W = to_2tuple(img_size or config.img_size)
     p, C = config.patch_size, config.embed_dim
     n = (H // p) * (W // p)
-    N = n + int(config.class_token) + config.reg_tokens
+    N = n + int(config.class_token) + int(config.distilled) + config.reg_tokens
     hidden = int(C * config.mlp_ratio)
     stem = 2 * n * C * config.in_chans * p * p
     block = 2 * N * (3 * C * C + C * C + 2 * C * hidden) + 2 * 2 * N * N * C  # linears, then q@k^T and attn@v
-    head = 2 * C * config.num_classes
+    head = 2 * C * config.num_classes * (1 + int(config.distilled))  # DeiT's second head
     return stem + config.depth * block + head

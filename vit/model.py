@@ -6,8 +6,8 @@ Pre-norm encoder, [CLS] token, learned absolute position embeddings. Parameter n
 Pure: no I/O, no argparse, nothing of this package but its errors. Ordered bottom-up: config, position
 embeddings, patch embedding, attention, MLP, block, model. Attention and the MLP call the reference torch
 ops; `vit.kernels.use` (which `create_model` applies) swaps in kernels measured faster on a device.
-Shape letters: B batch, N tokens, C width, H heads, D head dim, h/w patch grid, P prefix tokens ([CLS] +
-registers).
+Shape letters: B batch, N tokens, C width, H heads, D head dim, h/w patch grid, P prefix tokens ([CLS],
+DeiT's distillation token, registers).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class ViTConfig:
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly from 0 to this at the last block
     patch_drop_rate: float = 0.0  # training only: drop this fraction of patch tokens per image (PatchDropout)
     norm_eps: float = 1e-6  # every LayerNorm's epsilon: timm's and JAX's 1e-6; transformers' configs say 1e-12
+    distilled: bool = False  # DeiT (Touvron et al., 2021): a distillation token after [CLS], read by `head_dist`
 
     def __post_init__(self):
         def fail(name, rule):
@@ -95,11 +96,15 @@ class ViTConfig:
             fail("num_classes", "an integer >= 0 (0: no head)")
         if not _is_int(self.reg_tokens) or self.reg_tokens < 0:
             fail("reg_tokens", "an integer >= 0")
-        for name in ("qkv_bias", "qk_norm", "class_token", "no_embed_class", "dynamic_img_size"):
+        for name in ("qkv_bias", "qk_norm", "class_token", "no_embed_class", "dynamic_img_size", "distilled"):
             if not isinstance(getattr(self, name), bool):  # a config from a file: "no" is not False
                 fail(name, "True or False")
         if self.fc_norm is not None and not isinstance(self.fc_norm, bool):
             fail("fc_norm", "True, False or None")
+        if self.distilled and (self.global_pool != "token" or self.reg_tokens or self.fc_norm):
+            raise ConfigError("distilled=True reads the [CLS] and distillation tokens after the final norm (as timm's "
+                              f"VisionTransformerDistilled): it needs global_pool='token' (got {self.global_pool!r}), "
+                              f"no reg_tokens (got {self.reg_tokens}) and no fc_norm (got {self.fc_norm})")
         if self.init_values is not None and (not isinstance(self.init_values, (int, float)) or
                                              isinstance(self.init_values, bool) or not 0 <= self.init_values < math.inf):
             fail("init_values", "None or a finite number >= 0 (0: off)")
@@ -130,9 +135,11 @@ class ViTConfig:
         """Parameter count from the fields alone (norms and biases included), nothing allocated."""
         H, W = to_2tuple(self.img_size)
         C, p, hidden = self.embed_dim, self.patch_size, int(self.embed_dim * self.mlp_ratio)
-        tokens = (H // p) * (W // p) + int(self.class_token) + self.reg_tokens
+        prefix = int(self.class_token) + int(self.distilled) + self.reg_tokens  # [CLS], distillation, registers
+        tokens = (H // p) * (W // p) + (0 if self.no_embed_class else prefix) + prefix  # position rows, then tokens
         block = 4 * C * C + 2 * C * hidden + 9 * C + hidden
-        return self.depth * block + tokens * C + (self.in_chans * p * p + 3) * C + (C + 1) * self.num_classes
+        heads = (C + 1) * self.num_classes * (1 + int(self.distilled))
+        return self.depth * block + tokens * C + (self.in_chans * p * p + 3) * C + heads
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
@@ -331,7 +338,12 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style)."""
+    """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style).
+
+    With distilled=True, DeiT's: a distillation token after [CLS] and a second head on it (`head_dist`). The
+    output is the mean of the two heads' logits, or both, (cls, dist), while training with
+    `set_distilled_training()` (timm's `VisionTransformerDistilled`).
+    """
 
     # Set by create_model and the weight loaders, saved with the weights; data and evaluation code read them.
     preprocess = None  # a `vit.Preprocess`
@@ -344,7 +356,8 @@ class VisionTransformer(nn.Module):
         self.num_classes = cfg.num_classes
         self.global_pool = cfg.global_pool
         self.embed_dim = self.num_features = cfg.embed_dim
-        self.num_prefix_tokens = int(cfg.class_token) + cfg.reg_tokens
+        self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled) + cfg.reg_tokens
+        self.distilled_training = False  # distilled: return (cls, dist) logits in training, as timm's flag
         self.no_embed_class = cfg.no_embed_class
         self.dynamic_img_size = cfg.dynamic_img_size
         self.grad_checkpointing = False
@@ -353,6 +366,7 @@ class VisionTransformer(nn.Module):
                                       embed_dim=cfg.embed_dim, strict_img_size=not cfg.dynamic_img_size)
         D = cfg.embed_dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
         embed_len = self.patch_embed.num_patches + (0 if cfg.no_embed_class else self.num_prefix_tokens)
         # Fixed sin-cos embeddings stay a (frozen) parameter so state-dict names match the learned case.
@@ -371,6 +385,8 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        if cfg.distilled:  # absent otherwise: timm's VisionTransformer has no such key
+            self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # ---- initialisation and timm-style model API
@@ -388,6 +404,8 @@ class VisionTransformer(nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)  # as DeiT's
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -396,15 +414,26 @@ class VisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "reg_token"}
+        return {n for n in ("pos_embed", "cls_token", "dist_token", "reg_token") if getattr(self, n) is not None}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth, as timm's (its layer-decay helper reads them): stem, blocks, final norm."""
+        return dict(stem=r"^cls_token|dist_token|reg_token|pos_embed|patch_embed",
+                    blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """A distilled model returns (cls, dist) logits while training, for a distillation loss."""
+        self.distilled_training = enable
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass: less memory, about a third more compute."""
         self.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    def get_classifier(self) -> nn.Module | tuple[nn.Module, nn.Module]:
+        return (self.head, self.head_dist) if self.dist_token is not None else self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head, features out)."""
@@ -413,11 +442,12 @@ class VisionTransformer(nn.Module):
         self.config = self.config.replace(num_classes=num_classes, global_pool=global_pool,
                                           fc_norm=isinstance(self.fc_norm, nn.LayerNorm))
         self.num_classes, self.global_pool = num_classes, global_pool
-        ref = self.pos_embed
-        self.head = nn.Linear(self.embed_dim, num_classes).to(ref.device, ref.dtype) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        for name in ("head", "head_dist") if self.dist_token is not None else ("head",):
+            head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            if num_classes > 0:
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
+            setattr(self, name, head.to(self.pos_embed.device, self.pos_embed.dtype))
 
     # ---- forward
 
@@ -430,7 +460,7 @@ class VisionTransformer(nn.Module):
                     resample_grid(pos_embed[:, prefix:], self.patch_embed.grid_size, (h, w)))
             pos_embed = torch.cat([pos_embed[:, :prefix], grid], dim=1)
         x = x.reshape(B, h * w, C)
-        prefix_tokens = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        prefix_tokens = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
         if self.no_embed_class:
             x = x + pos_embed
             return torch.cat(prefix_tokens + [x], dim=1)
@@ -470,8 +500,17 @@ class VisionTransformer(nn.Module):
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         return x[:, 0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, N, C) -> logits (B, num_classes), or the pooled, normed features with pre_logits."""
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, C) -> logits (B, num_classes), or the pooled, normed features with pre_logits.
+
+        Distilled: the mean of the [CLS] head's and the distillation head's logits (features with pre_logits),
+        or the two apart while training with `distilled_training`."""
+        if self.dist_token is not None:
+            x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+            if pre_logits:
+                return (x + x_dist) / 2
+            x, x_dist = self.head(x), self.head_dist(x_dist)
+            return (x, x_dist) if self.distilled_training and self.training else (x + x_dist) / 2
         x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 

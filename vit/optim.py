@@ -45,7 +45,7 @@ def newton_schulz_dtype(precision: str) -> torch.dtype:
 
 def layer_id(name: str, depth: int) -> int:
     """Depth of a parameter for layer-wise lr decay: embeddings 0, block i is i + 1, final norm/head depth + 1."""
-    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
+    if name.startswith(("cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -82,7 +82,8 @@ def muon_groups(model, groups: list[dict]) -> list[dict]:
     """Split each group for Muon (Jordan et al., 2024): the blocks' and the patch embedding's weight matrices
     get orthogonalised momentum; 1-D parameters, position embeddings, [CLS]/register tokens and the head, which
     act as tables or read-outs rather than as maps between hidden spaces, get its Nesterov AdamW fallback."""
-    tables = {id(p) for n, p in model.named_parameters() if n.startswith(("pos_embed", "cls_token", "reg_token", "head."))}
+    tables = {id(p) for n, p in model.named_parameters()
+              if n.startswith(("pos_embed", "cls_token", "dist_token", "reg_token", "head.", "head_dist."))}
     split = []
     for g in groups:
         for fallback in (False, True):

@@ -31,6 +31,21 @@ class TrainConfig:
     num_classes: int = _f(0, "classifier classes (0 = the dataset's)")
     drop_path: float = _f(0.0, "stochastic depth rate at the last block (linear from 0)")
     patch_drop: float = _f(0.0, "fraction of patch tokens dropped per training image (PatchDropout; 0 = off)")
+    distilled: bool = _f(False, "give the model DeiT's distillation token and second head, a student for --teacher "
+                         "(the deit_*_distilled models have them)")
+    # ---- fine-tuning and distillation (vit/finetune.py, vit/distill.py)
+    freeze: str = _f("", "'backbone': train the head alone (linear probe); N: freeze the embeddings and blocks "
+                     "0..N-1 ('' = train everything)")
+    lora_rank: int = _f(0, "LoRA adapters of this rank (peft) on every block's attn.qkv, attn.proj, mlp.fc1, mlp.fc2; "
+                        "all else frozen but the head; best.safetensors holds the merged weights (0 = off)")
+    lora_alpha: float = _f(0.0, "LoRA scale numerator: adapters add (alpha / rank) B A x (0 = the rank, a scale of 1)")
+    teacher: str = _f("", "distil from this teacher (DeiT): weights this package loads (file, folder, hf-hub:ORG/REPO), "
+                      "or a timm model name with --teacher-pretrained ('' = none)")
+    teacher_pretrained: bool = _f(False, "--teacher is a timm model name, built by timm with its pretrained weights")
+    distill: str = _f("", "DeiT's distillation loss: hard (cross-entropy on the teacher's argmax) or soft (KL at "
+                      "--distill-tau); '' = hard when --teacher is given", ("", "hard", "soft"))
+    distill_alpha: float = _f(0.5, "weight of the distillation term against the label term (DeiT: 0.5)")
+    distill_tau: float = _f(1.0, "soft distillation's temperature (DeiT: 1.0)")
     # ---- data
     dataset: str = _f("digits", "dataset name; 'folder' reads an ImageFolder tree at --data-dir", DATASETS)
     data_dir: str = _f("", "dataset root ('' = the dataset's default; required for folder)")
@@ -110,12 +125,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup_epochs", "augment_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "label_smoothing",
+        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "label_smoothing",
                      "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size",
                      "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path"):
+        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path",
+                     "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         for name in ("seed", "split_seed"):  # torch's generators take 64-bit seeds
@@ -129,8 +145,25 @@ class TrainConfig:
             parse_budget(self.budget)
         if self.randaug:
             check_policy(self.randaug)
+        self._check_finetuning()
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir ROOT (an ImageFolder tree)")
+
+    def _check_finetuning(self) -> None:
+        """Freezing, LoRA and distillation flags that contradict or need each other."""
+        if self.freeze and self.freeze != "backbone" and not (self.freeze.isdigit() and int(self.freeze) >= 1):
+            raise ConfigError(f"--freeze {self.freeze!r}: 'backbone' or a number of blocks >= 1")
+        if self.lora_rank and self.freeze:
+            raise ConfigError("--lora-rank with --freeze: LoRA already freezes every weight but its adapters and "
+                              "the head; give one of them")
+        if self.lora_alpha and not self.lora_rank:
+            raise ConfigError("--lora-alpha needs --lora-rank R (LoRA is off without a rank)")
+        if not self.teacher:
+            given = [f"--{flag(n)}" for n in ("distill", "teacher_pretrained") if getattr(self, n)]
+            if given:
+                raise ConfigError(f"{' and '.join(given)} needs --teacher SOURCE (the model to distil from)")
+        if not self.distill_tau > 0:
+            raise ConfigError(f"--distill-tau must be > 0, got {self.distill_tau}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -51,6 +51,10 @@ IMAGENET_VARIANTS = [
     ("huge", 14, 224, "orig_in21k", 0),
 ]
 
+# DeiT's distilled models (Touvron et al., 2021), trained on ImageNet-1k from a RegNetY-16GF teacher: (size,
+# resolution) wherever timm 1.0 registers deit_{size}_distilled_patch16_{resolution}; its tag is "fb_in1k".
+DEIT_DISTILLED_VARIANTS = [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]
+
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 DIGITS_MEAN, DIGITS_STD = (0.3,), (0.38,)  # sklearn digits scaled from 0..16 to 0..1
@@ -107,6 +111,19 @@ def _imagenet_entries():
         )
 
 
+def _deit_distilled_entries():
+    for size, res in DEIT_DISTILLED_VARIANTS:
+        dim, depth, heads = SIZES[size]
+        name = f"deit_{size}_distilled_patch16_{res}"
+        yield ModelEntry(
+            name=name,
+            config=ViTConfig(img_size=res, patch_size=16, embed_dim=dim, depth=depth, num_heads=heads, distilled=True),
+            preprocess=Preprocess((3, res, res), IMAGENET_MEAN, IMAGENET_STD, "bicubic", 0.9 if res == 224 else 1.0),
+            description=f"DeiT-{size[0].upper()}/16 distilled at {res}px: [CLS] and distillation heads, ImageNet-1k",
+            hf_hub_id=f"timm/{name}.fb_in1k",
+        )
+
+
 def _small_image_entries():
     for name, size, patch, res, chans, classes, mean, std, reason in SMALL_IMAGE_VARIANTS:
         dim, depth, heads = SIZES[size]
@@ -119,7 +136,8 @@ def _small_image_entries():
         )
 
 
-MODELS: dict[str, ModelEntry] = {e.name: e for e in [*_imagenet_entries(), *_small_image_entries()]}
+MODELS: dict[str, ModelEntry] = {e.name: e for e in [*_imagenet_entries(), *_deit_distilled_entries(),
+                                                       *_small_image_entries()]}
 
 
 def list_models(pattern: str | None = None) -> list[str]:

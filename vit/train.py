@@ -34,10 +34,12 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import data as D
+from . import finetune as FT
 from . import runs
 from .augment import RandAugment
 from . import budget as B
 from .budget import Budget, Clock, parse_budget
+from .distill import DistillationLoss, load_teacher
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
@@ -261,6 +263,8 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
         overrides["drop_path_rate"] = cfg.drop_path
     if cfg.patch_drop:
         overrides["patch_drop_rate"] = cfg.patch_drop
+    if cfg.distilled:
+        overrides["distilled"] = True
     if not cfg.pretrained and entry.config.in_chans != data_channels:
         overrides["in_chans"] = data_channels  # e.g. a grey dataset on an RGB variant, trained from scratch
     return create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)
@@ -405,6 +409,7 @@ class Training:
     ema: ModelEmaV3 | None
     mixup: Mixup | None
     criterion: nn.Module
+    distill: DistillationLoss | None  # --teacher: DeiT's loss around criterion (vit/distill.py)
     precision: str
     plan: Plan
     budget: Budget | None = None  # --budget: the plan's costs and re-plans (vit/budget.py)
@@ -464,6 +469,10 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     model.class_names = data.classes
     if model.num_classes != len(data.classes):
         raise ConfigError(f"the model has {model.num_classes} classes but {cfg.dataset} has {len(data.classes)}")
+    if cfg.freeze:  # before the optimizer: frozen parameters are left out of it
+        FT.freeze(model, cfg.freeze)
+    if cfg.lora_rank:
+        FT.add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     plan = plan_steps(cfg, d, len(data.train))
     inputs = build_inputs(cfg, data, model.preprocess, d, device, given)
     budget = Budget(parse_budget(cfg.budget)) if cfg.budget else None
@@ -475,6 +484,11 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ema = build_ema(cfg, model)
     mixup = build_mixup(cfg, model.num_classes)
+    criterion, distill = build_criterion(cfg, mixup), None
+    if cfg.teacher:
+        teacher, view = load_teacher(cfg.teacher, model, device, cfg.teacher_pretrained)
+        distill = DistillationLoss(criterion, teacher, view, cfg.distill or "hard", cfg.distill_alpha, cfg.distill_tau)
+        model.set_distilled_training()  # a distilled student returns (cls, dist) logits while training
     net = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -482,7 +496,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
         net = torch.compile(net)
     return Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup,
-                    criterion=build_criterion(cfg, mixup), precision=precision, plan=plan, budget=budget, quiet=quiet,
+                    criterion=criterion, distill=distill, precision=precision, plan=plan, budget=budget, quiet=quiet,
                     # a budgeted run's length is not known yet: a rule on it holds crops and flips back until then
                     **augment_for(cfg, plan if budget is None else Plan(plan.steps_per_epoch, 0)))
 
@@ -522,12 +536,17 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
 
 def describe(tr: Training) -> str:
     cfg, data = tr.cfg, tr.inputs.data
-    n_params = sum(p.numel() for p in tr.model.parameters())
+    n_params, trainable = sum(p.numel() for p in tr.model.parameters()), FT.trainable_parameters(tr.model)
     if tr.budget is not None and not tr.budget.total_steps:
         length = (f"a budget of {B.duration(tr.budget.budget_s)} (steps planned after timing the first "
                   f"{B.PROBE_SKIP + B.PROBE_STEPS}), {tr.plan.steps_per_epoch} steps of {cfg.batch_size} an epoch")
     else:
         length = f"{tr.plan.epochs} epochs x {tr.plan.steps_per_epoch} steps of {cfg.batch_size}"
+    if trainable != n_params:
+        length += f"; {trainable:,} parameters trained" + (f" (LoRA rank {cfg.lora_rank})" if cfg.lora_rank else
+                                                         f" (--freeze {cfg.freeze})" if cfg.freeze else "")
+    if tr.distill is not None:
+        length += f"; distilling from {cfg.teacher} ({tr.distill.kind})"
     return (f"{cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.dataset}: {len(data.train)} train / "
             f"{len(data.val)} val images, {len(data.classes)} classes; {length}; {tr.device.type} {tr.precision}, "
             f"{tr.dist.world} process(es); output {tr.out}")
@@ -634,8 +653,9 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
     for i, (xm, ym) in enumerate(zip(x.split(micro), y.split(micro))):
         last = i == cfg.accum_steps - 1 or (i + 1) * micro >= len(x)
         with contextlib.nullcontext() if last or d.world == 1 else tr.net.no_sync():
-            with autocast(tr.precision, tr.device):
-                loss = tr.criterion(tr.net(xm), ym) * (len(xm) / len(x))
+            with autocast(tr.precision, tr.device):  # the teacher, too, runs in the training precision
+                out = tr.net(xm)
+                loss = (tr.criterion(out, ym) if tr.distill is None else tr.distill(out, ym, xm)) * (len(xm) / len(x))
             scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
         loss_total += loss.detach()
     # One sync per step: the loss is checked before the step can spoil the weights, on every rank alike.

@@ -95,13 +95,18 @@ def save_pretrained(
 ) -> Path:
     """Write the model's weights as safetensors, with its config, preprocessing and class names as metadata.
 
-    `create_model(pretrained=path)` rebuilds the model from the file alone. The write is atomic: a temporary
+    `create_model(pretrained=path)` rebuilds the model from the file alone. A model with LoRA adapters is
+    saved with them merged into the weights they adapt. The write is atomic: a temporary
     file in the same folder is fsynced and renamed over `path`, so a crash never leaves a half-written file.
     class_names / preprocess default to the model's own attributes.
     """
     from safetensors.torch import save as safetensors_bytes
 
+    from .finetune import has_lora, merge_lora
+
     path = Path(path)
+    if has_lora(model):  # LoRA adapters (vit.finetune) merged into plain weights: the file loads without peft
+        model = merge_lora(model)
     class_names = list(class_names) if class_names is not None else model.class_names
     preprocess = preprocess if preprocess is not None else model.preprocess
     if class_names is not None and model.num_classes and len(class_names) != model.num_classes:
@@ -380,11 +385,15 @@ TORCHVISION_RULES = [
     (r"^heads\.head\.", "head."),
 ]
 
-# transformers ViT, after the optional "vit." prefix is removed. Hub files use the v4 names
+# transformers ViT and DeiT, after the optional "vit." / "deit." prefix is removed. Hub files use the v4 names
 # (encoder.layer.{i}.attention.attention.query ...); transformers 5 names modules layers.{i}.attention.q_proj
 # in memory (and renames on load). The pooler (tanh dense) and mask token are not used for classification.
+# DeiTForImageClassificationWithTeacher's two heads are cls_classifier and distillation_classifier.
 TRANSFORMERS_RULES = [
     (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.distillation_token$", "dist_token"),
+    (r"^cls_classifier\.", "head."),
+    (r"^distillation_classifier\.", "head_dist."),
     (r"^embeddings\.position_embeddings$", "pos_embed"),
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
     (r"^embeddings\.mask_token$", None),
@@ -494,7 +503,7 @@ def to_vit_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     if fmt == "torchvision":
         return _rename(state, TORCHVISION_RULES)
     if fmt == "transformers":
-        state = _strip_prefix(state, "vit.")
+        state = _strip_prefix(_strip_prefix(state, "vit."), "deit.")
         return _pack_qkv(_rename(state, TRANSFORMERS_RULES))
     return convert_jax(state)
 
@@ -572,11 +581,14 @@ def adapt_state_dict(
                 f"({prefix} prefix rows): {e}. For a non-square grid, pass load_pretrained(..., source_grid=(h, w))"
             ) from e
 
-    # The head: a different class count (or no head wanted) means a fresh head, not an error.
-    for key in ("head.weight", "head.bias"):
+    # The heads: a different class count (or no head wanted) means fresh heads, not an error.
+    for key in HEAD_KEYS:
         if key in state and (key not in target or state[key].shape != target[key].shape):
             del state[key]
     return state
+
+
+HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")  # fresh where the file has none
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], model: VisionTransformer, allow_missing=()) -> None:
@@ -686,11 +698,11 @@ def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
     timm: {"architecture": "vit_base_patch16_224.augreg_in21k", "num_classes", "model_args", "label_names",
     "pretrained_cfg": {"input_size", "mean", "std", "interpolation", "crop_pct"}}: the architecture and its
     model_args (with num_classes) are returned as they are, for the registry to resolve.
-    transformers: {"model_type": "vit", "hidden_size", "num_hidden_layers", ...}.
+    transformers: {"model_type": "vit" or "deit", "hidden_size", "num_hidden_layers", ...}.
     Anything else gives an empty PretrainedInfo.
     """
     cfg = _read_json_object(path, "model settings")
-    if cfg.get("model_type") == "vit":
+    if cfg.get("model_type") in ("vit", "deit"):
         return _info_from_transformers_config(cfg)
     if "architecture" not in cfg:
         return PretrainedInfo()
@@ -713,7 +725,7 @@ def info_from_config_json(path: str | os.PathLike) -> PretrainedInfo:
 def _info_from_transformers_config(cfg: dict) -> PretrainedInfo:
     if cfg.get("hidden_act", "gelu") != "gelu":
         raise CheckpointError(f"transformers ViT with hidden_act={cfg['hidden_act']!r}: only exact 'gelu' is supported")
-    headless = cfg.get("architectures") == ["ViTModel"]
+    headless = cfg.get("architectures") in (["ViTModel"], ["DeiTModel"])
     labels = cfg.get("id2label", {})
     names = [labels[str(i)] for i in range(len(labels))] if labels else None
     hidden = cfg.get("hidden_size", 768)
@@ -722,7 +734,8 @@ def _info_from_transformers_config(cfg: dict) -> PretrainedInfo:
         img_size=cfg.get("image_size", 224), patch_size=cfg.get("patch_size", 16), in_chans=cfg.get("num_channels", 3),
         num_classes=0 if headless else len(labels) or 2, embed_dim=hidden, depth=cfg.get("num_hidden_layers", 12),
         num_heads=cfg.get("num_attention_heads", 12), mlp_ratio=cfg.get("intermediate_size", 4 * hidden) / hidden,
-        qkv_bias=cfg.get("qkv_bias", True), norm_eps=cfg.get("layer_norm_eps", 1e-12))
+        qkv_bias=cfg.get("qkv_bias", True), norm_eps=cfg.get("layer_norm_eps", 1e-12),
+        distilled=cfg.get("model_type") == "deit")  # every DeiT model has the distillation token
     return PretrainedInfo(config, None, None if headless else names)
 
 
@@ -813,7 +826,7 @@ def load_pretrained(
     try:
         state = adapt_state_dict(to_vit_state_dict(state), model, source_grid)
         # A headless checkpoint (transformers ViTModel, big_vision without head) leaves the model's new head.
-        check_state_dict(state, model, allow_missing=("head.weight", "head.bias"))
+        check_state_dict(state, model, allow_missing=HEAD_KEYS)
     except CheckpointError as e:
         if isinstance(source, Mapping):
             raise

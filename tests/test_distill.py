@@ -1,0 +1,124 @@
+"""vit.distill: DeiT's loss against a hand computation, which head learns from what, the teacher's view of
+the student's inputs, and train.py --teacher end to end on digits with a teacher trained there first."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import vit
+from vit import data as D
+from vit import train as T
+from vit.distill import DistillationLoss, TeacherView
+
+from test_train import FAST, ckpt, rows, train_fails
+
+
+class LinearTeacher(nn.Module):
+    """A fixed map from images to logits: any teacher will do for the loss."""
+
+    def __init__(self, in_features, classes, seed=0):
+        super().__init__()
+        self.w = torch.randn(in_features, classes, generator=torch.Generator().manual_seed(seed))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w
+
+
+def hand_loss(cls, dist, teacher, y, kind, alpha, tau, smoothing):
+    """DeiT's loss from its definitions, one image and one class at a time, in float64."""
+    B, K = cls.shape
+    cls, dist, teacher = cls.double(), dist.double(), teacher.double()
+
+    def log_softmax(row, T=1.0):
+        z = [v / T for v in row.tolist()]
+        m = max(z)
+        lse = m + math.log(sum(math.exp(v - m) for v in z))
+        return [v - lse for v in z]
+
+    base = 0.0
+    for b in range(B):
+        lp = log_softmax(cls[b])
+        base += (1 - smoothing) * -lp[y[b]] + smoothing * sum(-v for v in lp) / K
+    base /= B
+    if kind == "hard":
+        kd = sum(-log_softmax(dist[b])[int(teacher[b].argmax())] for b in range(B)) / B
+    else:  # tau^2 * sum of p_t (log p_t - log p_s) over every image and class, / (B * K)
+        kd = 0.0
+        for b in range(B):
+            ls, lt = log_softmax(dist[b], tau), log_softmax(teacher[b], tau)
+            kd += sum(math.exp(t) * (t - s) for s, t in zip(ls, lt))
+        kd = kd * tau * tau / (B * K)
+    return (1 - alpha) * base + alpha * kd
+
+
+@pytest.mark.parametrize("kind, alpha, tau", [("hard", 0.5, 1.0), ("soft", 0.5, 1.0), ("soft", 0.3, 3.0)])
+@pytest.mark.parametrize("student_distilled", [True, False])
+def test_loss_equals_hand_computation(kind, alpha, tau, student_distilled):
+    """A distilled student's (cls, dist) logits, or one [CLS] head's logits for both terms."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)
+    cls = torch.randn(6, 10, generator=g)
+    dist = torch.randn(6, 10, generator=g) if student_distilled else cls
+    teacher = LinearTeacher(64, 10)
+    pre = vit.Preprocess((1, 8, 8), (0.5,), (0.5,), "bilinear", 1.0)
+    loss_fn = DistillationLoss(nn.CrossEntropyLoss(label_smoothing=0.1), teacher, TeacherView(pre, pre), kind, alpha, tau)
+    got = loss_fn((cls, dist) if student_distilled else cls, y, x)
+    want = hand_loss(cls, dist, teacher(x), y.tolist(), kind, alpha, tau, 0.1)
+    assert got.item() == pytest.approx(want, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("alpha, learns, stays", [(1.0, "head_dist", "head"), (0.0, "head", "head_dist")])
+def test_labels_reach_the_cls_head_and_the_teacher_the_distillation_head(alpha, learns, stays):
+    student = vit.create_model("vit_nano_patch2_8", depth=1, distilled=True).train()
+    student.set_distilled_training()
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    view = TeacherView(student.preprocess, student.preprocess)
+    loss_fn = DistillationLoss(nn.CrossEntropyLoss(), LinearTeacher(64, 10), view, "hard", alpha)
+    loss_fn(student(x), y, x).backward()
+    assert getattr(student, learns).weight.grad.abs().sum() > 0
+    stays_grad = getattr(student, stays).weight.grad
+    assert stays_grad is None or not stays_grad.any()
+
+
+def test_teacher_view_is_the_teachers_own_preprocessing():
+    """Grey 8x8 digits normalised for the student, seen by an RGB 16x16 teacher with other statistics: what
+    the teacher's own normalisation (vit.data.Normalize, grey expanded, resized) makes of the same pixels."""
+    pixels = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    student = vit.Preprocess((1, 8, 8), (0.3,), (0.38,), "bilinear", 1.0)
+    teacher = vit.Preprocess((3, 16, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 1.0)
+    cpu = torch.device("cpu")
+    seen = TeacherView(student, teacher)(D.Normalize(student.mean, student.std, 1, (8, 8), cpu)(pixels))
+    torch.testing.assert_close(seen, D.Normalize(teacher.mean, teacher.std, 3, (16, 16), cpu)(pixels), rtol=0, atol=1e-5)
+    same = torch.randn(2, 1, 8, 8)
+    assert TeacherView(student, student)(same) is same
+
+
+def test_distilling_from_a_teacher_trained_on_digits(trained_run, tmp_path, capsys):
+    """The mechanics end to end: the teacher train.py trained on digits, a distilled student trained from it
+    (hard), the student's best.safetensors a distilled model of its own, without the teacher's weights."""
+    teacher = trained_run.out / "best.safetensors"
+    out = tmp_path / "student"
+    assert T.main([*FAST, "--epochs", "1", "--lr", "4e-3", "--distilled", "--teacher", str(teacher),
+                   "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"distilling from {teacher} (hard)" in printed
+    assert len(rows(out)) == 1 and all(r["images_per_s"] > 0 for r in rows(out))
+    assert set(ckpt(out)["model"]) == set(vit.create_model("vit_nano_patch2_8", distilled=True).state_dict())
+    student = vit.create_model(pretrained=out / "best.safetensors").eval()
+    assert student.config.distilled and not student.distilled_training
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():  # evaluation: the mean of the two heads
+        tokens = student.forward_features(x)
+        torch.testing.assert_close(student(x), (student.head(tokens[:, 0]) + student.head_dist(tokens[:, 1])) / 2)
+
+
+def test_distillation_flags_that_do_not_fit(trained_run, tmp_path, capsys):
+    teacher = str(trained_run.out / "best.safetensors")
+    assert "--distill needs --teacher" in train_fails(capsys, "--distill", "soft")
+    assert "--teacher-pretrained needs --teacher" in train_fails(capsys, "--teacher-pretrained")
+    assert "neither a file, a folder nor hf-hub" in train_fails(capsys, "--teacher", tmp_path / "missing.safetensors")
+    five = vit.save_pretrained(vit.create_model("vit_nano_patch2_8", depth=1, num_classes=5), tmp_path / "five.safetensors")
+    assert "predicts 5 classes, the student 10" in train_fails(capsys, "--teacher", five)
+    assert "--distill-tau must be > 0" in train_fails(capsys, "--teacher", teacher, "--distill-tau", "0")
