@@ -225,3 +225,21 @@ def test_timm_posterize_at_zero_bits_gives_black_as_torchvision():
     assert torch.equal(TF.pil_to_tensor(op(img)), TF.posterize(pixels, 0))
     op.magnitude = 5  # 2 bits: timm's own path, as before
     assert torch.equal(TF.pil_to_tensor(op(img)), TF.posterize(pixels, 2))
+
+
+def test_seeded_rngs_draw_as_the_global_seeds_and_put_the_states_back():
+    """A sample's draws are those of random.seed, np.random.seed and torch.manual_seed with its seed (what timm's
+    transforms read), and the main process's generators go on as if nothing had drawn."""
+    import random
+
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.randint(0, 9, (2,)).tolist()
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    after = draws()
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    reference = draws()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    with D.seeded_rngs(5):
+        assert draws() == reference
+    assert draws() == after

@@ -381,18 +381,25 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 @contextmanager
 def seeded_rngs(seed: int):
-    """Seed python's, numpy's and torch's global RNGs (timm's transforms draw from all three) for one sample,
-    then put back the states they had, so a DataLoader without workers leaves the main process's RNGs alone."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Seed python's, numpy's and torch's CPU global RNGs (timm's transforms draw from all three) for one
+    sample. In the main process (a DataLoader without workers) the states they had are put back after, so the
+    model's draws stay its own; a worker's RNGs serve its samples only, and saving them would cost 0.16 ms.
+
+    torch's CPU generator is seeded directly: torch.manual_seed would also queue a seed for every CUDA device,
+    formatting a stack trace each time (0.4 ms here, a tenth of a 224-px RandAugment sample; benchmarks/loader.py).
+    """
+    main = torch.utils.data.get_worker_info() is None
+    states = (random.getstate(), np.random.get_state(), torch.default_generator.get_state()) if main else None
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
+        if states is not None:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.default_generator.set_state(states[2])
 
 
 class FileDataset(torch.utils.data.Dataset):
