@@ -69,6 +69,7 @@ def build_inputs(source: Path, work: Path, n: int, resize: tuple[int, int] | Non
     import webdataset as wds
     from PIL import Image
 
+    datasets.disable_progress_bars()
     classes = sorted(p.name for p in source.iterdir() if p.is_dir())
     per_class = n // len(classes)
     samples = []
@@ -95,9 +96,10 @@ def build_inputs(source: Path, work: Path, n: int, resize: tuple[int, int] | Non
                                         "label": [y for _, _, y in records]}, features=features)
     (work / "parquet").mkdir(exist_ok=True)
     table.to_parquet(str(work / "parquet" / "train.parquet"))
-    differ = [int((torch.from_numpy(np.asarray(decode_pil(b))).int() - torch.from_numpy(np.asarray(decode_tv(b))).int())
-                  .abs().max()) for _, b, _ in records]
-    return {"classes": classes, "images": len(records), "mean_jpeg_bytes": sum(len(b) for _, b, _ in records) / len(records),
+    differ = [int(np.abs(np.array(decode_pil(b), dtype=np.int16) - np.array(decode_tv(b), dtype=np.int16)).max())
+              for _, b, _ in records]
+    return {"classes": classes, "images": len(records),
+            "mean_jpeg_bytes": sum(len(b) for _, b, _ in records) / len(records),
             "size": f"{resize[0]}x{resize[1]}" if resize else "as stored",
             "decoders_identical": sum(d == 0 for d in differ), "decoders_max_abs_diff": max(differ)}
 
@@ -231,7 +233,8 @@ def make_rows(work: Path, batch_size: int, workers: list[int]) -> list[Row]:
             rows.append(Row("folder", dec_name, "Decoded", w,
                             lambda w=w, dec=dec, tf=tf: loader_for(Decoded(folder, n, dec, tf), batch_size, w)))
             rows.append(Row("WebDataset", dec_name, "webdataset", w,
-                            lambda w=w, dec=dec, tf=tf: loader_for(webdataset_pipeline(shards, dec, tf), batch_size, w)))
+                            lambda w=w, dec=dec, tf=tf: loader_for(webdataset_pipeline(shards, dec, tf), batch_size,
+                                                                   w)))
             rows.append(Row("parquet", dec_name, "Decoded", w,
                             lambda w=w, dec=dec, tf=tf: loader_for(Decoded(parquet, n, dec, tf), batch_size, w)))
     return rows
@@ -291,6 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=2000, help="balanced subset size")
     p.add_argument("--resize", default="", help="re-encode the subset at WxH (e.g. 500x375); default: as stored")
     p.add_argument("--workers", default="1,2")
+    p.add_argument("--sources", default="folder,WebDataset,parquet", help="which sources' rows to time")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--work-dir", default="", help="where the inputs are built (default: a temporary folder)")
@@ -306,7 +310,9 @@ def main(argv=None) -> int:
               f"folder, {SHARDS} WebDataset shards and parquet in {work} ({time.perf_counter() - t0:.0f} s); "
               f"decode_jpeg gives PIL's pixels exactly for {info['decoders_identical']} of them (max abs difference "
               f"{info['decoders_max_abs_diff']})")
-        rows = make_rows(work, args.batch_size, [int(w) for w in args.workers.split(",")])
+        sources = args.sources.split(",")
+        rows = [r for r in make_rows(work, args.batch_size, [int(w) for w in args.workers.split(",")])
+                if r.source in sources]
         loads = [os.getloadavg()[0]]
         for r in rows:
             r.rates, r.per_cpu = [], []
@@ -336,15 +342,19 @@ def report(rows: list[Row], info: dict, args, loads: list[float]) -> None:
     print("| source | decode | reader | workers | img/s (wall) | img per CPU-second | x train.py's |\n"
           "|---|---|---|---|---|---|---|")
     for r in rows:
+        ratio = f"{core[r.name] / ref[r.workers]:.2f}x" if r.workers in ref else "-"
         print(f"| {r.source} | {r.decoder} | {r.loader} | {r.workers} | {wall[r.name]:.0f} | {core[r.name]:.0f} | "
-              f"{core[r.name] / ref[r.workers]:.2f}x |")
+              f"{ratio} |")
     print()
-    for w in sorted(ref):
+    for w in sorted({r.workers for r in rows}):
         line = []
         for source, loader in (("folder", "Decoded"), ("WebDataset", "webdataset"), ("parquet", "Decoded")):
+            if source not in args.sources.split(","):
+                continue
             pil, tv = core[f"{source} / PIL / {loader} / {w}w"], core[f"{source} / decode_jpeg / {loader} / {w}w"]
             line.append(f"{source} {tv / pil:.2f}x")
-        print(f"decode_jpeg against PIL, img per CPU-second, {w} worker(s): " + ", ".join(line))
+        if line:
+            print(f"decode_jpeg against PIL, img per CPU-second, {w} worker(s): " + ", ".join(line))
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
