@@ -208,3 +208,38 @@ def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over twice the limit, PIL refuses
     with pytest.raises(DataError, match=r"bomb.png"):
         D.load_image(str(tmp_path / "bomb.png"), "RGB")
+
+
+def test_timm_posterize_at_zero_bits_gives_black_as_torchvision():
+    """timm's RandAugment can draw magnitude 10 (0 bits kept) for PosterizeIncreasing, which Pillow refuses:
+    the loader's transform makes it a black image, torchvision's posterize(0) on the same pixels."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from vit import Preprocess
+
+    tf = D.file_transforms(Preprocess((3, 16, 16)), train=True, randaug="rand-m10-mstd0-inc1")
+    (op,) = [op for t in tf.transforms for op in getattr(t, "ops", ()) if op.name == "PosterizeIncreasing"]
+    op.prob = 1.0
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 9, 3), dtype=np.uint8))
+    pixels = TF.pil_to_tensor(img)
+    assert torch.equal(TF.pil_to_tensor(op(img)), TF.posterize(pixels, 0))
+    op.magnitude = 5  # 2 bits: timm's own path, as before
+    assert torch.equal(TF.pil_to_tensor(op(img)), TF.posterize(pixels, 2))
+
+
+def test_seeded_rngs_draw_as_the_global_seeds_and_put_the_states_back():
+    """A sample's draws are those of random.seed, np.random.seed and torch.manual_seed with its seed (what timm's
+    transforms read), and the main process's generators go on as if nothing had drawn."""
+    import random
+
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.randint(0, 9, (2,)).tolist()
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    after = draws()
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    reference = draws()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    with D.seeded_rngs(5):
+        assert draws() == reference
+    assert draws() == after

@@ -65,3 +65,24 @@ def test_gpu_check_runs_its_steps_on_a_tiny_cpu_config(tmp_path):
     assert [s["name"] for s in report["steps"]] == ["tests that need CUDA", "throughput against timm",
                                                    "short training run"]
     assert {row["model"] for row in report["throughput"]} == {"ours-eager", "timm"}
+
+
+@pytest.mark.slow
+def test_loader_benchmark_runs_every_row_on_a_tiny_folder(tmp_path):
+    """benchmarks/loader.py on 24 small JPEGs: each source, decoder, reader and worker count gives a figure."""
+    pytest.importorskip("webdataset")
+    pytest.importorskip("datasets")
+    from conftest import make_folder
+
+    make_folder(tmp_path / "jpegs", per_class=8, size=40)
+    out = tmp_path / "loader.json"
+    (r,) = run_scripts(["benchmarks/loader.py", "--data", tmp_path / "jpegs", "--images", "24", "--rounds", "1",
+                        "--workers", "1", "--batch-size", "4", "--out", out], timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(out.read_text())
+    assert report["inputs"]["images"] == 24 and report["inputs"]["decoders_identical"] == 24
+    rows = {(row["source"], row["decoder"], row["reader"]) for row in report["rows"]}
+    assert rows == {("folder", "PIL", "train.py"), ("folder", "PIL", "timm")} | {
+        (source, decoder, reader) for source, reader in [("folder", "Decoded"), ("WebDataset", "webdataset"),
+                                                         ("parquet", "Decoded")] for decoder in ("PIL", "decode_jpeg")}
+    assert all(row["median_img_per_s"] > 0 and row["median_img_per_cpu_s"] > 0 for row in report["rows"])

@@ -381,18 +381,25 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 @contextmanager
 def seeded_rngs(seed: int):
-    """Seed python's, numpy's and torch's global RNGs (timm's transforms draw from all three) for one sample,
-    then put back the states they had, so a DataLoader without workers leaves the main process's RNGs alone."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Seed python's, numpy's and torch's CPU global RNGs (timm's transforms draw from all three) for one
+    sample. In the main process (a DataLoader without workers) the states they had are put back after, so the
+    model's draws stay its own; a worker's RNGs serve its samples only, and saving them would cost 0.16 ms.
+
+    torch's CPU generator is seeded directly: torch.manual_seed would also queue a seed for every CUDA device,
+    formatting a stack trace each time (0.4 ms here, a tenth of a 224-px RandAugment sample; benchmarks/loader.py).
+    """
+    main = torch.utils.data.get_worker_info() is None
+    states = (random.getstate(), np.random.get_state(), torch.default_generator.get_state()) if main else None
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
+        if states is not None:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.default_generator.set_state(states[2])
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -462,11 +469,39 @@ def file_transforms(preprocess, train: bool, hflip: float = 0.5, randaug: str = 
     crop for evaluation, both normalising with the model's mean/std."""
     from timm.data import create_transform
 
-    return create_transform(
+    return posterize_any_bits(create_transform(
         input_size=tuple(preprocess.input_size), is_training=train, hflip=hflip, auto_augment=randaug or None,
         re_prob=reprob, interpolation=preprocess.interpolation, mean=preprocess.mean, std=preprocess.std,
         crop_pct=preprocess.crop_pct,
-    )
+    ))
+
+
+def posterize_any_bits(transform):
+    """`transform` (timm's), its auto-augment Posterize ops taking 0 bits too: a black image, as vit.augment
+    and torchvision give. timm's magnitude noise (mstd > 0) reaches magnitude 10 now and then, which is 0 bits
+    for PosterizeIncreasing, and Pillow 13 refuses 0 bits with a ValueError: with rand-m9-mstd0.5-inc1 about one
+    image in 650 would stop the DataLoader."""
+    from timm.data import auto_augment
+
+    def ops(t):
+        for op in getattr(t, "ops", ()):  # RandAugment, AugMix
+            yield op
+        for sub_policy in getattr(t, "policy", ()):  # AutoAugment
+            yield from sub_policy
+
+    for t in getattr(transform, "transforms", ()):
+        for op in ops(t):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
+def _posterize(img, bits_to_keep, **_):
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    from timm.data.auto_augment import posterize
+
+    return posterize(img, bits_to_keep)
 
 
 def file_loader(data: FileData, transform, channels: int, on_corrupt: str, batch_size: int, workers: int,

@@ -111,6 +111,10 @@ class TrainConfig:
     max_steps: int = _f(0, "stop after this many optimizer steps, saving last.ckpt (0 = run all epochs); "
                         "the schedule still spans --epochs")
     save_every: int = _f(0, "also write last.ckpt every N optimizer steps (0 = once per epoch)")
+    tensorboard: bool = _f(False, "also write TensorBoard event files (losses, accuracy, lr, images/s, hyperparameters; "
+                           "confusion matrix and attention rollouts at the end) in the run folder; needs tensorboard")
+    log_dir: str = _f("", "TensorBoard event files in LOG_DIR/RUN instead, RUN the run folder's name (turns "
+                      "--tensorboard on; one LOG_DIR holds many runs)")
 
     def __post_init__(self):
         for f in fields(self):

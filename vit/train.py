@@ -36,11 +36,13 @@ from tqdm import tqdm
 from . import data as D
 from . import finetune as FT
 from . import runs
+from . import tensorboard as TB
 from .augment import RandAugment
 from . import budget as B
 from .budget import Budget, Clock, parse_budget
 from .distill import DistillationLoss, load_teacher
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
+from .metrics import confusion_matrix
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="digits", choices=list(RECIPES), help="named recipe (vit/recipes.py)")
     p.add_argument("--output", default=None, help="output folder (default: runs/RECIPE-DATE-TIME)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.ckpt")
-    p.add_argument("--quiet", action="store_true", help="no progress bars: one line per epoch")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars: one line per epoch (so too when stdout or stderr is not a terminal)")
     for f in TrainConfig.__dataclass_fields__.values():
         kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"] + f" (default: recipe, else {f.default!r})")
         if isinstance(f.default, bool):
@@ -418,6 +421,7 @@ class Training:
     probe: tuple[int, float] | None = None  # (step, perf_counter()) where timing the steps for the budget began
     clock: Clock = field(default_factory=Clock)  # the run's wall time, for the budget
     quiet: bool = False  # no progress bars
+    board: TB.Board | None = None  # rank 0's TensorBoard writer (--tensorboard, --log-dir)
     stopper: Stopper = field(default_factory=Stopper)
     plotted_at: float = 0.0  # perf_counter() of the last curves.png
 
@@ -442,18 +446,28 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`); returns the exit code."""
     d, device = setup_distributed(cfg.device)
     out = output or resume or runs.default_folder(recipe)
-    lock = None
+    lock = board = None
     try:
+        if TB.enabled(cfg):
+            TB.require()
         lock = runs.lock_output(out, resume is not None) if d.main else None
         tr = set_up(cfg, recipe, d, device, out, quiet, given)
         tr.clock = clock or Clock()
         st = restore(tr, ckpt)
         tr.say(describe(tr))
+        if TB.enabled(cfg) and d.main:
+            tr.board = board = TB.Board(TB.folder_for(cfg, out), st.step if ckpt is not None else None)
+            board.hparams(cfg.to_dict(), recipe)
+            tr.say(f"TensorBoard events in {board.folder} (tensorboard --logdir {board.folder})")
         stopped = train(tr, st)
+        if board is not None and not stopped:
+            board.end(tr.model, tr.inputs.data.val, tr.inputs.data.classes, device, st.step)
         return finish(tr, st, stopped)
     finally:
         if d.world > 1:
             dist.destroy_process_group()
+        if board is not None:
+            board.close()
         if lock is not None:
             lock.close()
 
@@ -592,6 +606,8 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
             t0 = now
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", ips=f"{st.images / max(st.train_s, 1e-9):.0f}")
+            if tr.board is not None:
+                tr.board.step(st.step, loss, lr, st.images / max(st.train_s, 1e-9))
             stop = signalled or tr.max_steps_reached(st)
             if tr.budget is not None and not tr.budget.total_steps:
                 probe_budget(tr, st, probe_start)
@@ -689,8 +705,9 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
 
 
 @torch.no_grad()
-def evaluate(tr: Training, net: nn.Module) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 %) over the whole validation split; each rank takes every world-th image."""
+def evaluate(tr: Training, net: nn.Module, confusion: torch.Tensor | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 %) over the whole validation split; each rank takes every world-th image.
+    `confusion`, a (K, K) int64 tensor on the device, receives the counts (rows: true class) of every rank."""
     d, device, inputs = tr.dist, tr.device, tr.inputs
     net.eval()
     crit = nn.CrossEntropyLoss(reduction="sum")
@@ -707,7 +724,11 @@ def evaluate(tr: Training, net: nn.Module) -> tuple[float, float]:
             logits = net(x)
         totals += torch.stack([crit(logits.float(), y).double(), (logits.argmax(1) == y).sum().double(),
                                torch.tensor(len(y), dtype=torch.float64, device=device)])
+        if confusion is not None:
+            confusion += confusion_matrix(logits.argmax(1), y, len(confusion))
     all_reduce_sum(totals, d)
+    if confusion is not None:
+        all_reduce_sum(confusion, d)
     loss, correct, n = totals.tolist()
     net.train()
     return loss / max(n, 1), 100.0 * correct / max(n, 1)
@@ -719,7 +740,9 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
     to stop: asked for during the epoch (`stop`), or by a signal while evaluating."""
     cfg, d = tr.cfg, tr.dist
     t0 = time.perf_counter()
-    val_loss, val_top1 = evaluate(tr, tr.net)
+    K = len(tr.inputs.data.classes)
+    confusion = torch.zeros(K, K, dtype=torch.int64, device=tr.device) if TB.enabled(cfg) else None
+    val_loss, val_top1 = evaluate(tr, tr.net, confusion)
     row = dict(epoch=st.epoch + 1, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
                val_loss=val_loss, val_top1=val_top1, lr=base_lr(tr.optimizer.param_groups[-1]),
                images_per_s=st.images / max(st.train_s, 1e-9))
@@ -739,6 +762,8 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
             st.best_top1 = top1
             save_best(best_model, tr.out / runs.BEST, tr.inputs.data.classes)
         runs.append_metrics(tr.out / runs.METRICS, row)
+        if tr.board is not None:
+            tr.board.epoch(row, st.train_s + eval_s, confusion)
         line = (f"epoch {row['epoch']:3d}/{tr.plan.epochs_label}  train loss {row['train_loss']:.4f}  val loss "
                 f"{val_loss:.4f}  val top-1 {val_top1:6.2f}%")
         if tr.ema is not None:
@@ -827,6 +852,8 @@ def agree(tr: Training, value: int) -> int:
 def save_last(tr: Training, st: State) -> None:
     if not tr.dist.main:
         return
+    if tr.board is not None:  # what a resume keeps (steps up to last.ckpt's) is on disk before last.ckpt is
+        tr.board.flush()
     runs.save_checkpoint(tr.out / runs.LAST, Checkpoint(
         config=tr.cfg.to_dict(), recipe=tr.recipe, model_config=tr.model.config.to_dict(),
         class_names=tr.inputs.data.classes, model=tr.model.state_dict(), optimizer=tr.optimizer.state_dict(),
@@ -896,6 +923,11 @@ def plot(out: Path) -> None:
     plot_curves(out / runs.METRICS, out / runs.CURVES)
 
 
+def on_terminal() -> bool:
+    """Progress bars only on a terminal: in a log file (stdout or stderr redirected) each redraw is a line."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def elastic_restart(output: str | None) -> Path | None:
     """Under torchrun with --max-restarts, a restarted worker (TORCHELASTIC_RESTART_COUNT > 0) continues the
     run its command names with --output from the last.ckpt there, instead of refusing the folder."""
@@ -932,8 +964,8 @@ def main(argv=None) -> int:
         if resolve_device(cfg.device).type == "cpu":
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg):
-            return run(cfg, recipe, Path(args.output) if args.output else None, resume, args.quiet, ckpt,
-                       frozenset(given), clock)
+            return run(cfg, recipe, Path(args.output) if args.output else None, resume,
+                       args.quiet or not on_terminal(), ckpt, frozenset(given), clock)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
