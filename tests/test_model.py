@@ -350,6 +350,16 @@ def test_bad_inputs(make_input, match):
 def test_dynamic_size_input_not_divisible_names_the_patch_size():
     with pytest.raises(vit.InputError, match=r"image size 9x8 is not divisible by patch size \(2, 2\)"):
         nano(dynamic_img_size=True)(torch.randn(1, 1, 9, 8))
+    for H, W in [(0, 0), (0, 8), (8, 0)]:
+        with pytest.raises(vit.InputError, match=rf"image size {H}x{W} holds no patch"):
+            nano(dynamic_img_size=True)(torch.randn(1, 1, H, W))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float64_under_autocast_is_named(dtype):
+    """autocast casts float32 and half inputs but leaves float64 alone, which conv2d would then refuse."""
+    with torch.autocast("cpu", dtype=dtype), pytest.raises(vit.InputError, match=r"float64.*casts no float64"):
+        nano()(torch.randn(2, 1, 8, 8, dtype=torch.float64))
 
 
 def test_empty_batch_gives_empty_logits():

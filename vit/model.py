@@ -203,16 +203,20 @@ class PatchEmbed(nn.Module):
         w = self.proj.weight
         if x.device != w.device:
             raise InputError(f"the input is on {x.device} but the model is on {w.device}: move one with .to()")
-        # Under autocast the conv casts its inputs itself; otherwise torch would fail deep inside conv2d.
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise InputError(f"the input is {x.dtype} but the model is {w.dtype}: convert with x.to({w.dtype}), "
-                             "or run under torch.autocast")
+        # Under autocast the conv casts its inputs itself, float64 excepted; otherwise torch would fail deep
+        # inside conv2d.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.dtype != w.dtype and (not autocast or x.dtype == torch.float64):
+            how = ("torch.autocast casts no float64 input: convert with x.float()" if autocast else
+                   f"convert with x.to({w.dtype}), or run under torch.autocast")
+            raise InputError(f"the input is {x.dtype} but the model is {w.dtype}: {how}")
         H, W = x.shape[-2:]
         if self.strict_img_size and (H, W) != self.img_size:
             raise InputError(f"expected image size {self.img_size[0]}x{self.img_size[1]}, got {H}x{W}: resize the "
                              "input, or create the model with dynamic_img_size=True")
-        if H % self.patch_size[0] or W % self.patch_size[1]:
-            raise InputError(f"image size {H}x{W} is not divisible by patch size {self.patch_size}")
+        if H % self.patch_size[0] or W % self.patch_size[1] or not (H and W):
+            raise InputError(f"image size {H}x{W} is not divisible by patch size {self.patch_size}"
+                             if H and W else f"image size {H}x{W} holds no patch")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
