@@ -82,6 +82,31 @@ def test_cifar_missing_is_a_clear_error(tmp_path):
         D.load_dataset("cifar10", "train", data_dir=str(tmp_path))
 
 
+def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
+    """A refused connection, and a server that accepts and never answers (no hang: a socket timeout), each
+    give a DataError naming the dataset and the folder; --download of a dataset it cannot fetch is refused."""
+    import socket
+
+    from torchvision.datasets import CIFAR10
+
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never accepts or answers
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connection refused
+    monkeypatch.setattr(D, "DOWNLOAD_TIMEOUT_S", 0.5)
+    try:
+        for port, reason in [(closed_port, "refused"), (silent.getsockname()[1], "timed out")]:
+            monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+            with pytest.raises(DataError, match=rf"cannot download cifar10 into {tmp_path}: .*{reason}.*"
+                                                r"cifar-10-batches-py/ \(or cifar-10-python.tar.gz\)"):
+                D.load_dataset("cifar10", "train", data_dir=str(tmp_path), download=True)
+    finally:
+        silent.close()
+    assert socket.getdefaulttimeout() is None  # put back
+    with pytest.raises(ConfigError, match="--download fetches cifar10 and cifar100 only, not --dataset digits"):
+        D.load_dataset("digits", "train", download=True)
+
+
 # ---- ImageFolder trees of JPEGs
 
 

@@ -481,6 +481,15 @@ def test_unreadable_images(capsys, caplog, tmp_path, bad):
     assert "skipped 1 unreadable image(s)" in caplog.text and str(path) in caplog.text
 
 
+def test_unreadable_image_in_a_worker(capsys, tmp_path):
+    """--on-corrupt error in a DataLoader worker: one line naming the file, not the worker's traceback."""
+    root = digit_folder(tmp_path / "data", per_class=6)
+    (root / "1" / "torn.png").write_bytes(b"\x89PNG\r\n")
+    err = train_fails(capsys, *folder_args(root, tmp_path / "a", "--on-corrupt", "error", "--data-mode", "loader",
+                                           "--workers", "1"))
+    assert err.count("\n") == 1 and f"error: cannot read image {root / '1' / 'torn.png'}" in err, err
+
+
 def test_no_readable_image_at_all(capsys, tmp_path):
     """Skipping every image would leave an empty dataset: an error, not an empty batch."""
     err = train_fails(capsys, *folder_args(unreadable_folder(tmp_path / "data"), tmp_path / "a"))

@@ -474,18 +474,9 @@ def main(argv=None) -> int:
     try:
         run(args)
     except VitError as e:
-        print(f"evaluate.py: error: {error_message(e)}", file=sys.stderr)
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
     return 0
-
-
-def error_message(e: Exception) -> str:
-    """The message alone; an error re-raised from a DataLoader worker carries the worker's traceback first."""
-    text = str(e)
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]  # "vit.errors.DataError: cannot read image ..."
-        text = last.split(": ", 1)[-1]
-    return text
 
 
 if __name__ == "__main__":
