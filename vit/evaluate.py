@@ -33,7 +33,7 @@ from . import data as vdata
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
 from .metrics import ClassificationMetrics
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
-from .runs import BEST, LAST, find_training_config
+from .runs import BEST, LAST, atomic_write_text, find_training_config
 
 log = logging.getLogger("vit.evaluate")
 
@@ -458,10 +458,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    try:
-        path.write_text(json.dumps(obj, indent=2) + "\n")
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e}") from e
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
