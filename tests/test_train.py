@@ -11,6 +11,7 @@ import errno
 import importlib.util
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -570,3 +571,48 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
     assert T.main(args["sgd"] + ["--seed", "1", "--output", str(tmp_path / "other")]) == 0
     other = ckpt(tmp_path / "other")["model"]
     assert max((v - other[k]).abs().max() for k, v in runs["sgd"][0].items()) > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------------
+# torchrun: a lost rank (SIGKILL to one worker) and a preemption (SIGTERM to torchrun, which passes it to every
+# rank), each against an uninterrupted 2-rank job (benchmarks/kill_resume.py --elastic's code)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> "kr.Reference":
+    """The uninterrupted job: 2 gloo ranks under torchrun --max-restarts 2, 2 epochs of 11 steps, --deterministic,
+    a last.ckpt after every step."""
+    return kr.reference_run(tmp_path_factory.mktemp("elastic") / "reference", kr.run_args(epochs=2), elastic=True)
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_worker_bit_identically(two_ranks, tmp_path):
+    """A worker (rank drawn from the seed) SIGKILLed after the 6th of 22 checkpoints: torchrun stops the other,
+    starts both again, train.py resumes from last.ckpt by itself, and the job ends bit-identical to the
+    uninterrupted one, with exit 0 and nothing done by hand."""
+    out = tmp_path / "run"
+    killed = kr.interrupt(out, two_ranks, random.Random(SEED), after_save=6)
+    assert killed.at_s < math.inf, "the job ended before the kill"
+    assert killed.exit_code == 0, killed.log
+    assert "torchrun restart 1: continuing the run in" in killed.log, killed.log
+    assert 6 <= kr.restarted_from(killed.log) < 22, killed.log
+    diffs, _ = kr.compare_runs(two_ranks.out, out)
+    assert not diffs, diffs[:5]
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes_exactly(two_ranks, tmp_path):
+    """A preemption: SIGTERM to torchrun reaches every rank; they stop at the same step, rank 0 saves, and the
+    job resumed with --resume (under torchrun again) ends bit-identical to the uninterrupted one."""
+    out = tmp_path / "run"
+    stopped = kr.interrupt(out, two_ranks, random.Random(SEED), signal.SIGTERM, after_save=6)
+    step = kr.ckpt_step(out)
+    assert 6 <= step < 22, stopped.log
+    assert f"stopped by signal SIGTERM at step {step}; last.ckpt saved. Continue with: torchrun --nproc_per_node 2 " \
+           f"train.py --resume {out}" in stopped.log, stopped.log
+    resumed = subprocess.run(kr.train_cmd(out, two_ranks.args, resume=True, elastic=True), cwd=ROOT, env=kr.ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed {out} at epoch {step // 11 + 1}, batch {step % 11}, step {step}" in resumed.stdout
+    diffs, _ = kr.compare_runs(two_ranks.out, out)
+    assert not diffs, diffs[:5]

@@ -115,8 +115,24 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **restart_store(rank, world))
     return Dist(rank, world, local_rank), device
+
+
+def restart_store(rank: int, world: int) -> dict:
+    """init_process_group's store under a single torchrun agent: its own key prefix for each restart.
+
+    The agent serves one store for the whole job (TORCHELASTIC_USE_AGENT_STORE), and process groups write
+    the same keys in every round, so the workers of a restart would read their dead predecessors' addresses
+    there (gloo: "connectFullMesh failed ... Connection refused"). With one agent every worker of a round has
+    the same restart count; several agents count their restarts apart, so there the store is left as it is.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" \
+            or os.environ.get("GROUP_WORLD_SIZE") != "1":
+        return {}
+    store, _, _ = next(dist.rendezvous("env://"))
+    return dict(store=dist.PrefixStore(f"vit/restart{restart}", store), rank=rank, world_size=world)
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -827,8 +843,10 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
         else:
             reason = "a signal to another rank"
         more = " --max-steps 0" if reason.startswith("--max-steps") else ""  # the saved config still has it
+        launcher = "python" if tr.dist.world == 1 else \
+            f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', tr.dist.world)}"
         tr.say(f"stopped by {reason} at step {st.step}; last.ckpt saved. Continue with: "
-               f"python train.py --resume {tr.out}{more}")
+               f"{launcher} train.py --resume {tr.out}{more}")
         return 128 + signum if signum else 0
     cfg = tr.cfg
     if tr.budget is not None:
@@ -881,7 +899,8 @@ def elastic_restart(output: str | None) -> Path | None:
     run its command names with --output from the last.ckpt there, instead of refusing the folder."""
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restarts and output and (Path(output) / runs.LAST).is_file():
-        print(f"resume: torchrun restart {restarts}: continuing the run in {output} from its {runs.LAST}")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"resume: torchrun restart {restarts}: continuing the run in {output} from its {runs.LAST}")
         return Path(output)
     return None
 
