@@ -309,14 +309,17 @@ def test_config_round_trip_and_unknown_field():
     ({"embed_dim": 63}, r"embed_dim 63 is not divisible by num_heads 4"),
     ({"img_size": 7}, r"img_size \(7, 7\) is not divisible by patch_size \(2, 2\)"),
     ({"img_size": 0}, r"img_size must be a positive integer"),
-    ({"depth": 0}, r"depth must be a positive integer, got 0"),
-    ({"mlp_ratio": float("nan")}, r"mlp_ratio must be a positive finite number, got nan"),
+    ({"depth": 0}, r"depth must be a positive integer up to 2147483647, got 0"),
+    ({"mlp_ratio": float("nan")}, r"mlp_ratio must be a positive finite number .*, got nan"),
     ({"reg_tokens": -1}, r"reg_tokens must be an integer >= 0"),
     ({"drop_rate": "0.1"}, r"drop_rate must be in \[0, 1\)"),
     ({"drop_path_rate": 1.5}, r"drop_path_rate must be in \[0, 1\), got 1.5"),
     ({"patch_drop_rate": 1.0}, r"patch_drop_rate must be in \[0, 1\), got 1.0"),
     ({"global_pool": "max"}, r"global_pool must be 'token' or 'avg'"),
-    ({"mlp_ratio": 1e9}, r"~4.95e\+13 parameters, over the limit of 4e\+09 .*VIT_MAX_PARAMS"),
+    ({"depth": 10**6}, r"~5e\+10 parameters, over the limit of 4e\+09 .*VIT_MAX_PARAMS"),
+    ({"mlp_ratio": 1e308}, r"mlp_ratio must be a positive finite number \(MLP width .* up to 2147483647\), got 1e\+308"),
+    ({"embed_dim": 2**40}, r"embed_dim must be a positive integer up to 2147483647, got 1099511627776"),
+    ({"qkv_bias": "no"}, r"qkv_bias must be True or False, got 'no'"),
 ])
 def test_bad_config_values(kwargs, match):
     with pytest.raises(vit.ConfigError, match=match) as e:

@@ -5,6 +5,7 @@ Reference implementations are the independent ones (torchvision, transformers, t
 resampling functions); tolerances are stated per test (max abs logit difference, fp32).
 """
 
+import json
 import os
 
 import pytest
@@ -127,6 +128,39 @@ def test_hostile_sidecar_json_names_the_file(tmp_path, name, content, match):
     with pytest.raises(vit.CheckpointError, match=match) as e:
         vit.read_metadata(tmp_path)
     assert name in str(e.value)
+
+
+NANO_1 = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depth=1, num_heads=4)
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"config": {**NANO_1, "depth": 10**9}}, r"'config': this configuration has ~.* parameters, over the limit"),
+    ({"config": {**NANO_1, "mlp_ratio": 1e308}}, r"'config': mlp_ratio must be a positive finite number"),
+    ({"config": {**NANO_1, "embed_dim": 2**40}}, r"'config': embed_dim must be a positive integer up to"),
+    ({"config": {**NANO_1, "qkv_bias": "false"}}, r"'config': qkv_bias must be True or False, got 'false'"),
+    ({"config": [1, 2]}, r"'config' must be a JSON object of model settings, got \[1, 2\]"),
+    ({"config": "{"}, r"'config' is not JSON"),
+    ({"preprocess": {"input_size": [1, 8, 8], "mean": [0.5], "std": [0]}}, r"'preprocess': .*std"),
+    ({"preprocess": {"input_size": [1, 8, 8], "mean": [0.5], "std": [0.5], "interpolation": "cubic"}},
+     r"'preprocess': preprocessing interpolation must be one of"),
+    ({"class_names": '"abcdefghij"'}, r"'class_names' must be a JSON list of strings, got 'abcdefghij'"),
+    ({"class_names": list(range(10))}, r"'class_names' must be a list of strings"),
+    ({"format_version": "2"}, r"format_version 2; this vit reads versions 1 to 1"),
+    ({"format_version": "1" * 5000}, r"format_version '1111.*\(5002 characters\)"),
+], ids=["depth-1e9", "mlp-1e308", "width-2**40", "bool-as-string", "config-list", "config-not-json", "std-0",
+        "interpolation", "names-string", "names-ints", "newer-version", "version-5000-digits"])
+def test_hostile_metadata_names_the_file_and_field(tmp_path, meta, match):
+    """A weights file's own metadata (as save_pretrained writes it: JSON strings) is untrusted: every field is
+    type- and range-checked before a model is sized by it, and the error names the file, the field and the value."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in {"config": NANO_1, **meta}.items()}
+    save_file(tiny_nano().state_dict(), str(path), metadata={"format": "vit", **strings})
+    for read in (vit.read_metadata, lambda p: vit.create_model(pretrained=p)):
+        with pytest.raises(vit.CheckpointError, match=match) as e:
+            read(path)
+        assert str(e.value).startswith(f"{path}: metadata ")
 
 
 # ---- reference implementations: torchvision, transformers, timm's JAX loader

@@ -127,24 +127,49 @@ def save_pretrained(
     return path
 
 
-def _info_from_strings(meta: Mapping[str, object]) -> PretrainedInfo:
-    """Parse save_pretrained's metadata (JSON strings) or a training checkpoint's entries (dicts/lists)."""
+def _info_from_strings(meta: Mapping[str, object], source: Path) -> PretrainedInfo:
+    """Parse and check save_pretrained's metadata (JSON strings) or a training checkpoint's entries (dicts and
+    lists): each field's type and range, before anything is sized by it. Errors name `source`, the field
+    and its value."""
 
-    def parsed(key):
+    def parsed(key: str, kind: type, what: str):
         value = meta.get(key)
-        return json.loads(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise CheckpointError(f"{source}: metadata {key!r} is not JSON ({e}): {_shown(meta.get(key))}") from e
+        if value is not None and not isinstance(value, kind):
+            raise CheckpointError(f"{source}: metadata {key!r} must be {what}, got {_shown(value)}")
+        return value
 
+    config = parsed("config", dict, "a JSON object of model settings")
+    preprocess = parsed("preprocess", dict, "a JSON object of preprocessing settings")
+    class_names = parsed("class_names", list, "a JSON list of strings")
+    if class_names is not None and not all(isinstance(n, str) for n in class_names):
+        raise CheckpointError(f"{source}: metadata 'class_names' must be a list of strings, got {_shown(class_names)}")
+    version = meta.get("format_version")
+    if isinstance(version, str) and re.fullmatch(r"\d{1,9}", version, re.ASCII):
+        version = int(version)
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or
+                                not 1 <= version <= FORMAT_VERSION):
+        raise CheckpointError(f"{source}: metadata format_version {_shown(version)}; this vit reads versions 1 to "
+                              f"{FORMAT_VERSION} (written by a newer vit?)")
     try:
-        config = parsed("config")
-        config = ViTConfig.from_dict(config) if isinstance(config, dict) else None
-        preprocess = parsed("preprocess")
-        preprocess = Preprocess.from_dict(preprocess) if isinstance(preprocess, dict) else None
-        class_names = parsed("class_names")
-        version = meta.get("format_version")
-        return PretrainedInfo(config, preprocess, list(class_names) if class_names is not None else None,
-                              int(version) if version is not None else None)
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"the checkpoint's metadata cannot be read: {e}") from e
+        config = ViTConfig.from_dict(config) if config is not None else None
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: metadata 'config': {e}") from e
+    try:
+        preprocess = Preprocess.from_dict(preprocess) if preprocess is not None else None
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: metadata 'preprocess': {e}") from e
+    return PretrainedInfo(config, preprocess, class_names, version)
+
+
+def _shown(value, limit: int = 120) -> str:
+    """repr of a value read from a file, cut to `limit` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
@@ -157,7 +182,7 @@ def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
     """
     path = resolve_source(source)
     if path.suffix == ".safetensors":
-        info = _info_from_strings(_safetensors_metadata(path))
+        info = _info_from_strings(_safetensors_metadata(path), path)
     else:
         info = read_checkpoint(path)[1]
     return _with_sidecars(path, info)
@@ -167,7 +192,7 @@ def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
 # Reading files: safetensors, torch zip/pickle (weights only), numpy .npz
 
 
-def _checkpoint_info(obj: dict) -> PretrainedInfo:
+def _checkpoint_info(obj: dict, path: Path) -> PretrainedInfo:
     """Metadata beside the weights in a torch checkpoint dict other than train.py's (vit.runs reads those):
     {"model": ..., "config" or "model_config": ..., "preprocess": ..., "class_names": ...}."""
     meta = {}
@@ -179,7 +204,7 @@ def _checkpoint_info(obj: dict) -> PretrainedInfo:
     for key in ("preprocess", "class_names", "format_version"):
         if key in obj:
             meta[key] = obj[key]
-    return _info_from_strings(meta)
+    return _info_from_strings(meta, path)
 
 
 # Wrapper keys around a state dict: DeiT and train.py ("model"), Lightning-style ("state_dict"), EMA copies.
@@ -211,7 +236,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-        return state, _info_from_strings(_safetensors_metadata(path))
+        return state, _info_from_strings(_safetensors_metadata(path), path)
     if path.suffix == ".npz":
         return _read_npz(path), PretrainedInfo()
     try:
@@ -238,8 +263,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
     trained = read_trained_model(obj, path)  # train.py's last.ckpt: vit.runs knows its layout
     if trained is not None:
         meta = {"config": trained.model_config, "class_names": trained.class_names}
-        return trained.weights, _info_from_strings(meta)
-    info = _checkpoint_info(obj)
+        return trained.weights, _info_from_strings(meta, path)
+    info = _checkpoint_info(obj, path)
     state = _unwrap(dict(obj))
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
