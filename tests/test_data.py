@@ -233,3 +233,19 @@ def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over twice the limit, PIL refuses
     with pytest.raises(DataError, match=r"bomb.png"):
         D.load_image(str(tmp_path / "bomb.png"), "RGB")
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    """A 100-byte PNG whose header claims 12,000 x 12,000 pixels: between PIL's limit and twice it, where PIL
+    itself only warns and would allocate 144 million pixels before finding the data missing."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1)).save(tmp_path / "big.png")
+    data = bytearray((tmp_path / "big.png").read_bytes())
+    struct.pack_into(">II", data, 16, 12000, 12000)  # IHDR's width and height, then its CRC
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    (tmp_path / "big.png").write_bytes(bytes(data))
+    assert Image.MAX_IMAGE_PIXELS < 12000**2 < 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match=r"big.png: 12000x12000 pixels, over PIL's limit of 89478485"):
+        D.load_image(str(tmp_path / "big.png"), "RGB")

@@ -646,10 +646,26 @@ def test_preprocessing_from_a_file_is_checked(field, value):
         vit.Preprocess.from_dict([1, 2])
 
 
+def set_declared_sizes(path, size: int, stored: bool) -> None:
+    """Rewrite the (uncompressed, and for a stored member also compressed) sizes a one-member zip declares, in
+    its local header and its central directory, as a crafted archive would."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    for sizes_at in (local + 18, central + 20):  # (compressed, uncompressed), 4 bytes each
+        if stored:
+            struct.pack_into("<I", data, sizes_at, size)
+        struct.pack_into("<I", data, sizes_at + 4, size)
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("case, match", [
     ("npy renamed", "not an .npz archive"),
     ("lying header", r"claims shape \(1000000000000,\)"),
     ("structured dtype", "not numbers"),
+    ("deflate bomb", r"would inflate [\d,]+ bytes to 2,147,483,776 \(\d+-fold\): a compression bomb"),
+    ("stored size lie", r"claims 4,294,967,168 bytes that the file does not hold"),
 ])
 def test_hostile_npz_is_refused_before_allocating(tmp_path, case, match):
     import io
@@ -658,7 +674,15 @@ def test_hostile_npz_is_refused_before_allocating(tmp_path, case, match):
     import numpy as np
 
     path = tmp_path / "w.npz"
-    if case == "npy renamed":
+    if case in ("deflate bomb", "stored size lie"):  # a header and directory that claim 2 or 4 GB; a 1 MB file
+        buf = io.BytesIO()
+        n = 2**29 if case == "deflate bomb" else 2**30 - 64
+        np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (n,)})
+        method = zipfile.ZIP_DEFLATED if case == "deflate bomb" else zipfile.ZIP_STORED
+        with zipfile.ZipFile(path, "w", compression=method) as z:
+            z.writestr("embedding/kernel.npy", buf.getvalue() + bytes(2**20))
+        set_declared_sizes(path, 4 * n + len(buf.getvalue()), stored=case == "stored size lie")
+    elif case == "npy renamed":
         with open(path, "wb") as f:
             np.save(f, np.zeros(4, dtype=np.float32))
     elif case == "lying header":  # 16 bytes of data under a header that claims 4 TB

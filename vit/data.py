@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,13 +227,21 @@ def load_image(path: str, mode: str):
     """PIL image in `mode` ("RGB"/"L"), fully decoded; a `DataError` naming the file if it cannot be read.
 
     16-bit and 32-bit integer images are scaled to 8 bits from their full range, float images from [0, 1]
-    (PIL's own conversion clips them, which turns most such images white or black). PIL's decompression-bomb
-    refusal, which is not an OSError, is a DataError too.
+    (PIL's own conversion clips them, which turns most such images white or black). An image of more pixels
+    than PIL's limit (Image.MAX_IMAGE_PIXELS, ~89 million) is refused from its header, before decoding:
+    PIL itself refuses only past twice that, after a warning, and decodes what lies between.
     """
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's warning for what is refused here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.width * im.height > limit:
+                raise DataError(f"cannot read image {path}: {im.width}x{im.height} pixels, over PIL's limit of "
+                                f"{limit} (a decompression bomb?)")
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 im = _to_8bit(im, path)
             return im.convert(mode)

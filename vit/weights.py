@@ -298,11 +298,16 @@ def _read_npz(path: Path) -> dict[str, torch.Tensor]:
         _check_npz(path)
         with np.load(path, allow_pickle=False) as arrays:
             return {k: to_tensor(arrays[k]) for k in arrays.files}
+    except CheckpointError:
+        raise
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is not a readable .npz file of arrays: {type(e).__name__}: {e}") from e
 
 
 MAX_NPZ_BYTES = 16 * 2**30  # what an .npz may unpack to (ViT-H/14 in float32: 2.5 GB)
+# Weights deflate to ~0.9 of their size; a member that claims to inflate 100-fold (and past 64 MiB) is a bomb,
+# refused from the zip's directory before numpy allocates the array its header claims.
+MAX_NPZ_RATIO, NPZ_RATIO_FROM = 100, 2**26
 
 
 def _check_npz(path: Path) -> None:
@@ -318,6 +323,16 @@ def _check_npz(path: Path) -> None:
         if unpacked > MAX_NPZ_BYTES:
             raise CheckpointError(f"{path} unpacks to {unpacked / 1e9:.1f} GB, over the "
                                   f"{MAX_NPZ_BYTES / 1e9:.0f} GB an .npz of ViT weights may hold")
+        size = path.stat().st_size
+        for m in members:
+            stored = m.compress_type == zipfile.ZIP_STORED
+            if m.header_offset + m.compress_size > size or (stored and m.compress_size != m.file_size):
+                raise CheckpointError(f"{path}: {m.filename} claims {m.file_size:,} bytes that the file does not hold "
+                                      "(truncated or damaged)")
+            if not stored and m.file_size > max(NPZ_RATIO_FROM, MAX_NPZ_RATIO * m.compress_size):
+                raise CheckpointError(f"{path}: {m.filename} would inflate {m.compress_size:,} bytes to "
+                                      f"{m.file_size:,} ({m.file_size / max(m.compress_size, 1):.0f}-fold): a "
+                                      "compression bomb, not weights (which deflate to ~0.9 of their size)")
         for m in members:
             with z.open(m) as f:
                 try:
