@@ -453,6 +453,25 @@ def test_bad_resume_checkpoint(weight_files, trained_run, capsys, tmp_path, case
     assert_no_code_ran(weight_files)
 
 
+@pytest.mark.parametrize("entry, value, match", [
+    ("config.epochs", "3", "its saved training config: --epochs must be an int, got '3'"),
+    ("config.compile", "yes", "its saved training config: --compile must be a bool, got 'yes'"),
+    ("config.label_smoothing", 2.0, r"its saved training config: --label-smoothing must be in [0, 1], got 2.0"),
+    ("config.bogus", 1, "its saved training config: unknown training option(s) ['bogus']"),
+    ("state.batch", -1, "state.batch is -1, expected a finite number >= 0"),
+])
+def test_resume_from_a_crafted_checkpoint(trained_run, capsys, tmp_path, entry, value, match):
+    """last.ckpt's entries are a file's values: each wrong type or range is one line naming the file."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_run.out, out)
+    saved = ckpt(out)
+    part, key = entry.split(".")
+    saved[part][key] = value
+    torch.save(saved, out / "last.ckpt")
+    err = train_fails(capsys, "--resume", out)
+    assert f"{out / 'last.ckpt'}" in err and match in err, err
+
+
 @pytest.mark.parametrize("flag, value, match", [
     ("--model", "vit_nano_patch4_28", "shape mismatch for pos_embed"),
     ("--img-size", "16", "shape mismatch for pos_embed: the model expects (1, 65, 64)"),

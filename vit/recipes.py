@@ -98,7 +98,13 @@ class TrainConfig:
     save_every: int = _f(0, "also write last.ckpt every N optimizer steps (0 = once per epoch)")
 
     def __post_init__(self):
-        for f in fields(self):
+        for f in fields(self):  # a config read back from last.ckpt is a file's dict: every field's type first
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"--{flag(f.name)} must be {'an' if kind is int else 'a'} {kind.__name__}, "
+                                  f"got {value!r}")
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"--{flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
@@ -110,12 +116,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup_epochs", "augment_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "label_smoothing",
+        for name in ("lr", "warmup_epochs", "augment_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix",
                      "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size",
                      "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path"):
+        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path",
+                     "label_smoothing"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         for name in ("seed", "split_seed"):  # torch's generators take 64-bit seeds

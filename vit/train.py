@@ -247,6 +247,9 @@ def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device:
         raise ConfigError(f"{', '.join('--' + flag(n) for n in sorted(idle))} has no effect when the images are "
                           f"read {mode}; leave it out, or choose the other --data-mode")
     if in_memory:
+        side = min(data.train.images.shape[-2:])
+        if cfg.crop_pad > side:  # a crop shifted past the whole image: only padding left
+            raise ConfigError(f"--crop-pad {cfg.crop_pad} is more than the images' side ({side} pixels)")
         data.train, data.val = data.train.to(device), data.val.to(device)
         erase = None
         if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
@@ -915,6 +918,10 @@ def main(argv=None) -> int:
         if resume is not None:
             ckpt = runs.read_checkpoint(resume / runs.LAST)
             base, recipe = ckpt.config, ckpt.recipe or args.recipe
+            try:  # the saved config is a file's dict: checked as such, before the command line's flags join it
+                TrainConfig.from_dict(base)
+            except ConfigError as e:
+                raise CheckpointError(f"{resume / runs.LAST}: its saved training config: {e}") from e
             changed = {k: v for k, v in given.items() if base.get(k) != v}
             if changed:
                 print(f"resume: overriding the saved config with {changed}")

@@ -45,6 +45,9 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_size: Sequence[int], old_siz
     `old_size` is not given.
     """
     num_grid = pos_embed.shape[1] - num_prefix_tokens
+    if num_grid < 1:
+        raise ConfigError(f"position embedding has {pos_embed.shape[1]} rows: no grid tokens after its "
+                          f"{num_prefix_tokens} prefix rows")
     if old_size is None:
         side = math.isqrt(num_grid)
         if side * side != num_grid:
@@ -806,6 +809,24 @@ def read_pretrained(source: str | os.PathLike, cache_dir=None) -> tuple[dict[str
 # Loading
 
 
+def check_tensors(state: Mapping) -> None:
+    """What every converter assumes of a state dict, checked before any of them runs: string keys, and values
+    that are dense tensors on the CPU holding no more elements than their storage (a crafted file can carry
+    integer keys, sparse or meta tensors, and stride-0 views of one value as 10^12 elements, which a
+    conversion would materialise)."""
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"the state dict has a key {key!r} ({type(key).__name__}); weight names are strings")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{key} is a {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided or value.device.type != "cpu":
+            raise CheckpointError(f"{key} is a {value.layout} tensor on {value.device}; weights are dense CPU tensors")
+        if value.numel() and value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise CheckpointError(f"{key} is a view of {value.numel():,} elements over "
+                                  f"{value.untyped_storage().nbytes() // value.element_size():,} stored values "
+                                  f"(shape {tuple(value.shape)}, strides {value.stride()}); save it with .contiguous()")
+
+
 def patch_grid(config: ViTConfig) -> tuple[int, int]:
     """The (h, w) patch grid of a config: what `load_pretrained(..., source_grid=)` needs for weights of it."""
     H, W = to_2tuple(config.img_size)
@@ -829,6 +850,10 @@ def load_pretrained(
         state, info = dict(source), PretrainedInfo()
     else:
         state, info = read_pretrained(source)
+    try:
+        check_tensors(state)
+    except CheckpointError as e:
+        raise e if isinstance(source, Mapping) else CheckpointError(f"{source}: {e}") from e
     if source_grid is None and info.config is not None:
         source_grid = patch_grid(info.config)
     try:
