@@ -17,6 +17,9 @@ from .data import DATASETS
 from .errors import ConfigError, check_known_options
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _f(default, help: str, choices: tuple | None = None):
     """A config field with its flag's help text (and allowed values) stored as metadata."""
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -108,7 +111,8 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"--{flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
-            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+            # float32's range: the optimizer holds these in float32 tensors
+            if isinstance(getattr(self, f.name), float) and not abs(getattr(self, f.name)) <= FLOAT32_MAX:
                 raise ConfigError(f"--{flag(f.name)} must be a finite number, got {getattr(self, f.name)}")
         for name in ("beta1", "beta2", "momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -130,6 +134,9 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be below 2**63, got {getattr(self, name)}")
         if self.threads > 4096:
             raise ConfigError(f"--threads {self.threads}: at most 4096 (this machine has {os.cpu_count()} CPUs)")
+        if self.repeat_aug > self.batch_size:
+            raise ConfigError(f"--repeat-aug {self.repeat_aug} is more than --batch-size {self.batch_size}: a batch "
+                              "holds at least one image")
         if not 0.0 <= self.patch_drop < 1.0:
             raise ConfigError(f"--patch-drop must be in [0, 1), got {self.patch_drop}")
         if self.budget:
