@@ -150,7 +150,7 @@ def test_memory_mode_random_erasing_reaches_the_batches(tmp_path):
     (["--workers", "2"], "--workers has no effect when the images are read in memory"),
     (["--data-mode", "loader"], "--data-mode loader reads image files from a folder"),
     (["--folder", "--crop-pad", "2"], "--crop-pad has no effect when the images are read through the DataLoader"),
-    (["--folder", "--repeat-aug", "3"], "--repeat-aug has no effect"),
+    (["--folder", "--repeat-aug", "2"], "--repeat-aug has no effect"),
     (["--randaug", "augmix-m5"], "in-memory data takes RandAugment policies"),
     (["--randaug", "rand-m9-q2"], "unknown part 'q2'"),
 ])

@@ -434,7 +434,7 @@ def test_head_reinitialised_for_new_classes(tmp_path):
     ("truncated_pt", "is not a readable PyTorch checkpoint"),
     ("zero.safetensors", "is not a readable safetensors file"),
     ("zero.pt", "is not a readable PyTorch checkpoint"),
-    ("zero.npz", "is not a readable .npz file"),
+    ("zero.npz", "is not an .npz archive"),
     ("text", "is not a readable PyTorch checkpoint"),
     ("random", "is not a readable PyTorch checkpoint"),
     ("jpeg", "is not a readable PyTorch checkpoint"),
