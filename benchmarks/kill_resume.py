@@ -6,6 +6,7 @@ ends bit-identical to an uninterrupted one.
     python benchmarks/kill_resume.py --only 12    # rerun kill point 12 of the default seed alone
     python benchmarks/kill_resume.py --kills 2 --epochs 2   # what the test suite runs
     python benchmarks/kill_resume.py --budget 20s --kills 5  # a time-budgeted run (--no-replan)
+    python benchmarks/kill_resume.py --elastic --kills 5     # 2 gloo ranks under torchrun --max-restarts 2
 
 The run (`run_args()`): the digits recipe, deterministic fp32 on CPU, 3 epochs of 11 steps with a checkpoint
 after every step (--save-every 1, so kills often land in a checkpoint write), EMA, Mixup and padded-crop
@@ -27,8 +28,14 @@ to an uninterrupted run given its plan's step count (`--steps T`, T read from it
 restored, not one made again. Only the fields that say how the length was chosen (`budget`, `steps`,
 `replan`) may differ.
 
+With `--elastic`, every run is a job of 2 gloo ranks under `torchrun --max-restarts 2` (the reference too:
+2 ranks do not sum gradients in one process's order). A kill point SIGKILLs one worker process (a rank
+drawn from the same generator), as a lost rank or node would die: torchrun stops the other rank, starts
+both again, and train.py, seeing TORCHELASTIC_RESTART_COUNT > 0, resumes from the folder's last.ckpt by
+itself. Nothing is rerun by hand; the job must end with exit 0 and bit-identical to the reference.
+
 `tests/test_train.py::test_sigkill_then_resume_is_bit_identical` runs the same code with two kill points and
-2 epochs.
+2 epochs; `test_torchrun_restarts_a_killed_worker_bit_identically` one elastic kill point.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -59,6 +67,9 @@ TIMING_KEYS = {"elapsed_s", "train_s", "images_per_s"}
 # One thread per process: bit-exactness is compared between runs with the same setting, and on a shared
 # 2-core machine more threads only make the kill moments less reproducible.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# --elastic: the launcher, 2 CPU ranks that torchrun starts again (twice at most) when one dies.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "--max-restarts", "2"]
 
 
 # With --budget: how the length was chosen, the only other fields a budgeted run and its fixed-length twin differ in.
@@ -70,9 +81,9 @@ def run_args(epochs: int = EPOCHS, budget: str = "") -> list[str]:
     return [*RUN_ARGS, "--budget", budget, "--no-replan"] if budget else [*RUN_ARGS, "--epochs", str(epochs)]
 
 
-def train_cmd(out: Path, args: list[str], resume: bool = False) -> list[str]:
+def train_cmd(out: Path, args: list[str], resume: bool = False, elastic: bool = False) -> list[str]:
     run = ["--resume", str(out)] if resume else ["--output", str(out)]
-    return [sys.executable, str(ROOT / "train.py"), *args, *run]
+    return [*(TORCHRUN if elastic else [sys.executable]), str(ROOT / "train.py"), *args, *run]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -86,6 +97,7 @@ class Reference:
     seconds: float  # wall time of the whole run
     first_ckpt_s: float  # when its first last.ckpt appeared
     saves: int  # how many times it wrote last.ckpt
+    elastic: bool = False  # 2 ranks under torchrun --max-restarts (`TORCHRUN`)
 
 
 class SaveWatcher:
@@ -111,15 +123,15 @@ class SaveWatcher:
         return self.times[-1] - self.times[-2] if len(self.times) > 1 else 0.1
 
 
-def start_run(out: Path, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(train_cmd(out, args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def start_run(out: Path, args: list[str], elastic: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(out, args, elastic=elastic), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
-def reference_run(out: Path, args: list[str]) -> Reference:
+def reference_run(out: Path, args: list[str], elastic: bool = False) -> Reference:
     """The uninterrupted run, timed, with its checkpoint writes counted (to aim the kills)."""
     start = time.perf_counter()
-    proc, watch, first = start_run(out, args), SaveWatcher(out), None
+    proc, watch, first = start_run(out, args, elastic), SaveWatcher(out), None
     while proc.poll() is None:
         if watch.poll() and first is None:
             first = time.perf_counter() - start
@@ -128,7 +140,7 @@ def reference_run(out: Path, args: list[str]) -> Reference:
     log = proc.stdout.read()
     if proc.returncode != 0:
         raise SystemExit(f"the reference run failed (exit {proc.returncode}):\n{log}")
-    return Reference(out, args, seconds, first if first is not None else seconds, ckpt_step(out))
+    return Reference(out, args, seconds, first if first is not None else seconds, ckpt_step(out), elastic)
 
 
 def ckpt_step(out: Path) -> int | None:
@@ -149,19 +161,39 @@ class Interrupted:
     log: str
 
 
+def worker_pids(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the train.py processes torchrun (pid `launcher`) runs now, read from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0") if ppid == launcher else []
+        except (ValueError, IndexError, OSError):  # not a process, or one that has just exited
+            continue
+        rank = next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            found[rank] = int(entry.name)
+    return found
+
+
 def interrupt(out: Path, ref: Reference, rng: random.Random, signum: int = signal.SIGKILL,
               after_save: int | None = None) -> Interrupted:
     """Start a run into `out` and send it `signum` at a moment drawn from `rng`: with probability STARTUP_P
     during start-up (uniform over the reference's time to its first checkpoint), otherwise after its n-th
     checkpoint write (n uniform over the reference's writes) plus a uniform fraction of the time between
     its last two writes -- so kills land in steps, writes and evaluations alike, however loaded the machine.
-    `after_save` picks n instead of the draw."""
+    `after_save` picks n instead of the draw.
+
+    An elastic run's SIGKILL goes to one worker (rank drawn from `rng`), as a lost rank dies; other signals go
+    to torchrun, which passes them to every rank, as a preemption does. The run's output and exit code are
+    then torchrun's, after its restarts."""
     startup, u, v = rng.random() < STARTUP_P, rng.random(), rng.random()
+    victim_rank = rng.randrange(2) if ref.elastic else None
     if after_save is not None:
         startup = False
     n = after_save if after_save is not None else 1 + int(u * ref.saves)
     start = time.perf_counter()
-    proc, watch = start_run(out, ref.args), SaveWatcher(out)
+    proc, watch = start_run(out, ref.args, ref.elastic), SaveWatcher(out)
     try:
         if startup:
             deadline = start + u * ref.first_ckpt_s
@@ -171,9 +203,12 @@ def interrupt(out: Path, ref: Reference, rng: random.Random, signum: int = signa
             deadline = time.perf_counter() + v * watch.gap()
         while time.perf_counter() < deadline and proc.poll() is None:
             time.sleep(0.002)
+        victim = proc.pid
+        while victim_rank is not None and signum == signal.SIGKILL and victim == proc.pid and proc.poll() is None:
+            victim = worker_pids(proc.pid).get(victim_rank, proc.pid)  # a start-up kill waits for the worker
         at = time.perf_counter() - start
         if proc.poll() is None:
-            proc.send_signal(signum)
+            os.kill(victim, signum)
         else:
             at = float("inf")
         log, _ = proc.communicate(timeout=600)
@@ -181,7 +216,8 @@ def interrupt(out: Path, ref: Reference, rng: random.Random, signum: int = signa
         proc.kill()  # never leave a training run behind
         proc.wait()
         raise
-    return Interrupted(proc.returncode, at, "startup" if startup else f"save {n}+{v:.2f}", log)
+    aim = ("startup" if startup else f"save {n}+{v:.2f}") + (f" r{victim_rank}" if victim_rank is not None else "")
+    return Interrupted(proc.returncode, at, aim, log)
 
 
 def finish(out: Path, args: list[str]) -> tuple[str, int | None, str]:
@@ -263,8 +299,8 @@ class KillResult:
     aim: str
     exit_code: int
     ckpt_step: int | None  # the step last.ckpt held after the kill (None: no checkpoint yet)
-    torn_tmp: int  # temporary files the kill left behind (it landed in the middle of a write)
-    how: str  # "resume" or "restart"
+    torn_tmp: int  # temporary files the kill left behind (it landed in the middle of a write); -1: not known
+    how: str  # "resume" or "restart" (by hand), "torchrun" (an elastic run restarted by torchrun)
     diffs: list[str]
     max_diff: float
     seconds: float
@@ -286,6 +322,13 @@ def fixed_length_twin(work: Path, ref: Reference, run: Path) -> Path:
     return out
 
 
+def restarted_from(log: str) -> int | None:
+    """The step an elastic run's restart resumed from (its "resumed DIR at ..., step S" line); None when
+    the restart started afresh (the kill came before the first last.ckpt)."""
+    found = re.findall(r"^resumed .* at epoch \d+, batch \d+, step (\d+)$", log, re.MULTILINE)
+    return int(found[-1]) if found else None
+
+
 def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
     out = work / f"kill{index:02d}"
     shutil.rmtree(out, ignore_errors=True)
@@ -293,7 +336,12 @@ def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
     killed = interrupt(out, ref, random.Random(seed + index))
     step = ckpt_step(out)  # must load: a torn last.ckpt fails here
     torn = len(list(out.glob(".*.tmp")))
-    how, _, _ = finish(out, ref.args)
+    if ref.elastic:  # torchrun has restarted the job and finished it
+        if killed.exit_code != 0:
+            raise RuntimeError(f"the elastic run did not survive the kill (exit {killed.exit_code}):\n{killed.log}")
+        how, step, torn = "torchrun", restarted_from(killed.log), -1  # the restart removed any torn file
+    else:
+        how, _, _ = finish(out, ref.args)
     if "--budget" in ref.args:
         diffs, max_diff = compare_runs(fixed_length_twin(work, ref, out), out, frozenset(LENGTH_KEYS))
     else:
@@ -305,11 +353,11 @@ def kill_point(index: int, seed: int, ref: Reference, work: Path) -> KillResult:
 def print_table(results: list[KillResult], ref: Reference) -> None:
     print(f"\nreference: {ref.seconds:.1f} s, first last.ckpt at {ref.first_ckpt_s:.1f} s; "
           f"train.py {' '.join(ref.args)}")
-    print(f"{'#':>3} {'seed':>6} {'kill at':>8} {'aimed at':>13} {'exit':>5} {'ckpt step':>9} {'mid-write':>9} "
+    print(f"{'#':>3} {'seed':>6} {'kill at':>8} {'aimed at':>16} {'exit':>5} {'ckpt step':>9} {'mid-write':>9} "
           f"{'then':>8} {'max |dw|':>9} {'result':>10} {'time':>6}")
     for r in results:
-        print(f"{r.index:>3} {r.seed:>6} {r.kill_s:>7.2f}s {r.aim:>13} {r.exit_code:>5} "
-              f"{'-' if r.ckpt_step is None else r.ckpt_step:>9} {'yes' if r.torn_tmp else 'no':>9} {r.how:>8} "
+        print(f"{r.index:>3} {r.seed:>6} {r.kill_s:>7.2f}s {r.aim:>16} {r.exit_code:>5} "
+              f"{'-' if r.ckpt_step is None else r.ckpt_step:>9} {'?' if r.torn_tmp < 0 else 'yes' if r.torn_tmp else 'no':>9} {r.how:>8} "
               f"{r.max_diff:>9.1e} {'identical' if r.ok else 'DIFFERENT':>10} {r.seconds:>5.0f}s")
         for d in r.diffs[:5]:
             print(f"      differs: {d}")
@@ -326,6 +374,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="kill points run at once (1 keeps timings clean)")
     p.add_argument("--work", default=None, help="folder for the runs (default: a temporary one, removed)")
     p.add_argument("--budget", default="", help="a time-budgeted run instead, e.g. 20s (its plan is compared)")
+    p.add_argument("--elastic", action="store_true", help="2 ranks under torchrun --max-restarts 2; SIGKILL one "
+                   "worker, torchrun restarts the job, train.py resumes by itself")
     args = p.parse_args(argv)
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kill_resume-"))
@@ -333,7 +383,9 @@ def main(argv=None) -> int:
     print(f"kill_resume: seed {args.seed}, {args.kills} kill points, runs in {work}", flush=True)
     try:
         shutil.rmtree(work / "reference", ignore_errors=True)
-        ref = reference_run(work / "reference", run_args(args.epochs, args.budget))
+        if args.elastic and args.budget:
+            p.error("--elastic runs fixed-length jobs: leave out --budget")
+        ref = reference_run(work / "reference", run_args(args.epochs, args.budget), args.elastic)
         print(f"reference run: {ref.seconds:.1f} s (first checkpoint at {ref.first_ckpt_s:.1f} s)", flush=True)
         indices = [args.only] if args.only is not None else range(args.kills)
         results = []

@@ -82,6 +82,31 @@ def test_cifar_missing_is_a_clear_error(tmp_path):
         D.load_dataset("cifar10", "train", data_dir=str(tmp_path))
 
 
+def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
+    """A refused connection, and a server that accepts and never answers (no hang: a socket timeout), each
+    give a DataError naming the dataset and the folder; --download of a dataset it cannot fetch is refused."""
+    import socket
+
+    from torchvision.datasets import CIFAR10
+
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never accepts or answers
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connection refused
+    monkeypatch.setattr(D, "DOWNLOAD_TIMEOUT_S", 0.5)
+    try:
+        for port, reason in [(closed_port, "refused"), (silent.getsockname()[1], "timed out")]:
+            monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+            with pytest.raises(DataError, match=rf"cannot download cifar10 into {tmp_path}: .*{reason}.*"
+                                                r"cifar-10-batches-py/ \(or cifar-10-python.tar.gz\)"):
+                D.load_dataset("cifar10", "train", data_dir=str(tmp_path), download=True)
+    finally:
+        silent.close()
+    assert socket.getdefaulttimeout() is None  # put back
+    with pytest.raises(ConfigError, match="--download fetches cifar10 and cifar100 only, not --dataset digits"):
+        D.load_dataset("digits", "train", download=True)
+
+
 # ---- ImageFolder trees of JPEGs
 
 
@@ -243,3 +268,19 @@ def test_seeded_rngs_draw_as_the_global_seeds_and_put_the_states_back():
     with D.seeded_rngs(5):
         assert draws() == reference
     assert draws() == after
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    """A 100-byte PNG whose header claims 12,000 x 12,000 pixels: between PIL's limit and twice it, where PIL
+    itself only warns and would allocate 144 million pixels before finding the data missing."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1)).save(tmp_path / "big.png")
+    data = bytearray((tmp_path / "big.png").read_bytes())
+    struct.pack_into(">II", data, 16, 12000, 12000)  # IHDR's width and height, then its CRC
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    (tmp_path / "big.png").write_bytes(bytes(data))
+    assert Image.MAX_IMAGE_PIXELS < 12000**2 < 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match=r"big.png: 12000x12000 pixels, over PIL's limit of 89478485"):
+        D.load_image(str(tmp_path / "big.png"), "RGB")

@@ -9,6 +9,7 @@ the script itself.
 import gc
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -357,6 +358,14 @@ def test_unwritable_output(weight_files, capsys, tmp_path):
 
 
 def test_disk_full(weight_files, capsys, tiny_tmpfs):
-    (tiny_tmpfs / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 - 8192))
-    err = evaluate_fails(capsys, weight_files["good"], "--dataset", "digits", "--output", tiny_tmpfs / "eval")
-    assert str(tiny_tmpfs / "eval") in err and "No space left on device" in err
+    """A real full disk: an OutputError naming the file, and the previous report and pictures left whole."""
+    out = tiny_tmpfs / "eval"
+    assert evaluate_main([str(weight_files["good"]), "--dataset", "digits", "--output", str(out), "--device", "cpu",
+                          "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["confusion.png", "reliability.png", "report.json"]
+    st = os.statvfs(tiny_tmpfs)
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 4096))
+    err = evaluate_fails(capsys, weight_files["good"], "--dataset", "digits", "--output", out)
+    assert f"cannot write {out / 'report.json'} (0.0 MB free there): No space left on device" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,6 +1,7 @@
 """Exported models agree with PyTorch on a batch size other than the one they were traced with."""
 
 import json
+import os
 
 import pytest
 
@@ -43,3 +44,18 @@ def test_variant_parity(tmp_path):
 def test_unknown_format(model, tmp_path):
     with pytest.raises(vit.ConfigError, match="onnx"):
         export_model(model, "tflite", tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported-program"])
+def test_full_disk_keeps_the_previous_export(fmt, tiny_tmpfs):
+    """On a real filesystem that fills up: an OutputError, the previous export untouched, nothing half-written
+    left (torch's own zip writer would abort the process here, leaving a torn file)."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    path, _ = export_model(vit.create_model("vit_nano_patch2_8", depth=1), fmt, tiny_tmpfs)
+    before = {p.name: p.read_bytes() for p in tiny_tmpfs.iterdir()}  # ONNX: model.onnx and model.onnx.data
+    st = os.statvfs(tiny_tmpfs)
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - sum(map(len, before.values())) // 2))
+    with pytest.raises(vit.OutputError, match=rf"cannot write {path} \(.* MB free there\)"):
+        export_model(vit.create_model("vit_nano_patch2_8", depth=1), fmt, tiny_tmpfs)
+    assert {p.name: p.read_bytes() for p in tiny_tmpfs.iterdir() if p.name != "filler"} == before

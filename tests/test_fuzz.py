@@ -1,28 +1,94 @@
-"""Fuzzing: random valid and invalid model configurations and inputs for the model, random key
-sets, shapes and dtypes (and random bytes) for the weight loader. Every case must end in a correct output
-or one of the package's errors (`vit.VitError`); anything else -- a bare RuntimeError from inside torch, a
-TypeError, an IndexError -- fails.
+"""Fuzzing (Hypothesis): hostile input at every boundary where data enters -- model configurations and input
+tensors, state-dict key/shape/dtype sets (integer keys, sparse and expanded tensors, empty position tables),
+weight files (random bytes, truncated files, crafted .npz archives), the metadata a weights file carries, the
+JSON files beside it, damaged last.ckpt files, image files (every PIL mode, truncated, lying headers) and
+train.py / evaluate.py command lines. Every case must end in a correct result or one of the package's errors
+(`vit.VitError`) naming what was wrong; anything else -- a bare RuntimeError from inside torch, a TypeError,
+an IndexError, a traceback from a script -- fails.
 
-Sizes are kept tiny (width <= 24, depth <= 2, images <= 12 px) so a few hundred examples run in seconds.
+Each case runs under `case_limits`: CASE_SECONDS of wall time (SIGALRM) and CASE_MEMORY of address space above
+what the process already holds (RLIMIT_AS), so a case that would hang or allocate without bound fails
+as itself instead of stalling or exhausting the machine. Sizes are otherwise kept tiny (width <= 24,
+depth <= 2, images <= 16 px) so the file runs in about half a minute; `pytest tests/test_fuzz.py
+--hypothesis-show-statistics` shows how many cases ran and how they split between results and errors.
 
-These property-based tests stay in one file rather than in test_model.py and test_weights.py: the model and
-the weight loader draw from the same strategies (configurations, valid or junk, which a weight file's
-metadata carries too) and share one settings profile and parameter limit; `pytest tests/test_fuzz.py
---hypothesis-show-statistics` shows how all the drawn cases split between outputs and errors.
+These property-based tests stay in one file rather than in test_model.py, test_weights.py and the others:
+they draw from shared strategies (configurations, valid or junk, which a weight file's metadata carries too)
+and share one settings profile, one parameter limit and the per-case limits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import json
 import math
 import os
+import resource
+import signal
+import struct
+import zipfile
+import zlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import vit
 from vit.model import ViTConfig, VisionTransformer
+
+CASE_SECONDS = 20  # a case's wall time (the first case of a test also imports what it uses)
+CASE_MEMORY = 1536 * 2**20  # address space a case may add to what the process holds
+
+
+class CaseTooSlow(Exception):
+    """A case ran past CASE_SECONDS: something hung or looped over a size taken from the input."""
+
+
+@contextlib.contextmanager
+def case_limits(seconds: float = CASE_SECONDS, memory: int = CASE_MEMORY):
+    """Run one case with a time limit (SIGALRM raises CaseTooSlow) and a memory limit (RLIMIT_AS: an allocation
+    past it fails in the case, as MemoryError or torch's "can't allocate memory"); both restored after."""
+    def too_slow(signum, frame):
+        raise CaseTooSlow(f"the case ran past {seconds} s")
+
+    held = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = held + memory if hard == resource.RLIM_INFINITY else min(held + memory, hard)
+    old_handler = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+
+
+def limited(test):
+    """Each Hypothesis case of `test` under `case_limits` (put it under @given)."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        with case_limits():
+            return test(*args, **kwargs)
+    return run
+
+
+def test_the_limits_hold():
+    """Teeth: an allocation past CASE_MEMORY and a loop past the time limit each fail inside the case."""
+    with pytest.raises((MemoryError, RuntimeError), match="alloc|memory|^$"):
+        with case_limits():
+            torch.empty(2 * CASE_MEMORY, dtype=torch.uint8).fill_(1)
+    with pytest.raises(CaseTooSlow):
+        with case_limits(seconds=0.2):
+            while True:
+                pass
+    torch.empty(2 * CASE_MEMORY, dtype=torch.uint8)  # and both are lifted after the case
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,7 +105,7 @@ def small_models():
 
 # Fields a drawn configuration leaves out come from here (ViTConfig's own defaults are ViT-B at 224 px).
 TINY = dict(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def junk():
@@ -116,6 +182,7 @@ def expected_ok(model, x) -> bool:
 
 @FUZZ
 @given(fields=st.one_of(config_fields(with_junk=False), config_fields()), data=st.data())
+@limited
 def test_model_configs_and_inputs(fields, data):
     model = build(fields)
     if isinstance(model, vit.VitError):
@@ -139,8 +206,9 @@ def test_model_configs_and_inputs(fields, data):
     assert torch.isfinite(y).all()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(fields=config_fields(with_junk=False))
+@limited
 def test_valid_configs_round_trip_and_train(fields):
     """Whatever builds also survives to_dict/from_dict and a backward pass on a correct input."""
     model = build(fields)
@@ -219,8 +287,9 @@ def check_loaded(model):
     assert y.shape == (2, model.num_classes or model.embed_dim)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=30)
 @given(state=benign_states())
+@limited
 def test_weight_loader_accepts_benign_changes(state):
     model = VisionTransformer(SMALL)
     vit.load_pretrained(model, state)
@@ -229,6 +298,7 @@ def test_weight_loader_accepts_benign_changes(state):
 
 @FUZZ
 @given(state=mutated_states())
+@limited
 def test_weight_loader_on_random_state_dicts(state):
     model = VisionTransformer(SMALL)
     try:
@@ -243,6 +313,7 @@ def test_weight_loader_on_random_state_dicts(state):
 
 @settings(max_examples=40, deadline=None)
 @given(state=mutated_states(), fmt=st.sampled_from(["pt", "safetensors"]))
+@limited
 def test_weight_loader_on_random_files(tmp_path_factory, state, fmt):
     """The same through files, read back by create_model(pretrained=...)."""
     from safetensors.torch import save_file
@@ -261,33 +332,71 @@ def test_weight_loader_on_random_files(tmp_path_factory, state, fmt):
     check_loaded(model)
 
 
-@settings(max_examples=60, deadline=None)
-@given(fields=st.one_of(config_fields(with_junk=False), config_fields()),
-       extra=st.dictionaries(st.sampled_from(["preprocess", "class_names", "format_version"]),
-                             st.one_of(st.text(max_size=8), st.just("{}"), st.just('{"mean": [0.5]}'),
-                                       st.just('["a", "b", "c"]'), st.just("2"))))
-def test_weight_loader_on_random_metadata(tmp_path_factory, fields, extra):
-    """The config a file carries (as vit.save_pretrained writes it) is untrusted input too."""
-    import json
+def hostile_scalars():
+    """Values a crafted file may put in any field: wrong kinds, strings standing for bools and numbers, sizes
+    far past any real model, NaN and infinities (JSON as Python writes it carries them)."""
+    return st.one_of(st.none(), st.booleans(), st.sampled_from(["true", "no", "0", "", "NaN", "1e9", "bicubic"]),
+                     st.integers(-3, 70), st.sampled_from([10**9, 2**31, 2**63, 10**30, -(10**9)]),
+                     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e308, 5e-324, -0.0]))
 
+
+def hostile_values():
+    return st.recursive(hostile_scalars(), lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=3)), max_leaves=8)
+
+
+GOOD_PREPROCESS = dict(input_size=[1, 8, 8], mean=[0.5], std=[0.5], interpolation="bicubic", crop_pct=0.9)
+
+
+def metadata_field(base: dict, keys: list[str]):
+    """One metadata entry as save_pretrained writes it (a JSON string): `base` with up to three fields replaced
+    by hostile values, any JSON value, or text that is no JSON at all."""
+    changed = st.dictionaries(st.sampled_from(keys), hostile_values(), max_size=3)
+    return st.one_of(st.just(json.dumps(base)), changed.map(lambda c: json.dumps({**base, **c})),
+                     hostile_values().map(json.dumps), st.text(max_size=10))
+
+
+def weight_metadata():
+    config_keys = [f.name for f in ViTConfig.__dataclass_fields__.values()] + ["bogus"]
+    names = st.one_of(st.lists(st.text(max_size=3), min_size=2, max_size=4).map(json.dumps),  # 3 classes
+                      hostile_values().map(json.dumps), st.text(max_size=6))
+    return st.fixed_dictionaries({"config": metadata_field(TINY, config_keys)}, optional={
+        "preprocess": metadata_field(GOOD_PREPROCESS, [*GOOD_PREPROCESS, "bogus"]),
+        "class_names": names,
+        "format_version": st.one_of(st.sampled_from(["1", "2", "0", "-1", "01", "1" * 5000]), st.text(max_size=4)),
+    })
+
+
+@settings(max_examples=60, deadline=None)
+@given(meta=weight_metadata())
+@limited
+def test_hostile_weight_metadata(tmp_path_factory, meta):
+    """The config, preprocessing and class names a weights file carries (save_pretrained's safetensors
+    metadata) are untrusted: a model that runs, with finite positive normalisation and one string per class,
+    or a CheckpointError naming the file -- never a model sized by junk, a NaN later, or another exception."""
     from safetensors.torch import save_file
 
     path = tmp_path_factory.mktemp("meta") / "w.safetensors"
-    config = {**TINY, **fields}
-    save_file(reference_state(), str(path), metadata={"format": "vit", "config": json.dumps(config), **extra})
+    save_file(reference_state(), str(path), metadata={"format": "vit", **meta})
     try:
         model = vit.create_model(pretrained=str(path))
     except vit.VitError as e:
         event("rejected")
-        assert str(path) in str(e) or "metadata" in str(e) or "config" in str(e), e
+        assert str(path) in str(e), e
         return
     event("loaded")
     check_loaded(model)
+    pre = model.preprocess
+    assert pre is None or (pre.input_size[0] == model.config.in_chans and all(math.isfinite(m) for m in pre.mean)
+                           and all(0 < s < math.inf for s in pre.std))
+    names = model.class_names
+    assert names is None or (len(names) == model.num_classes and all(isinstance(n, str) for n in names))
 
 
 @settings(max_examples=60, deadline=None)
 @given(blob=st.one_of(st.binary(max_size=512), st.integers(1, 99).map(lambda pct: ("truncate", pct))),
        suffix=st.sampled_from([".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt"]))
+@limited
 def test_weight_loader_on_random_bytes(tmp_path_factory, blob, suffix):
     """Random bytes, and a real checkpoint cut at a random point: always a CheckpointError naming the file."""
     d = tmp_path_factory.mktemp("bytes")
@@ -343,6 +452,7 @@ def sidecar_json():
 
 @settings(max_examples=60, deadline=None)
 @given(case=sidecar_json())
+@limited
 def test_sidecar_json_files(tmp_path_factory, case):
     """Weights without metadata, described by the JSON files beside them: each case builds a model that runs,
     or ends in a VitError naming the JSON file, never another exception or a model built from junk."""
@@ -379,6 +489,7 @@ def checkpoint_mutations():
 
 @settings(max_examples=60, deadline=None)
 @given(changes=checkpoint_mutations())
+@limited
 def test_damaged_last_ckpt(tmp_path_factory, changes):
     """A last.ckpt with entries deleted or replaced by any value: read_checkpoint gives a Checkpoint whose
     entries have their documented types, or a CheckpointError naming the file."""
@@ -406,3 +517,299 @@ def test_damaged_last_ckpt(tmp_path_factory, changes):
     assert all(isinstance(getattr(ckpt.state, f), (int, float)) and getattr(ckpt.state, f) >= 0
                for f in ("epoch", "batch", "step"))
     assert ckpt.budget is None or runs.Budget.from_dict(ckpt.budget).total_steps >= 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# State dicts with what a crafted file can hold: integer keys, sparse and expanded tensors, an empty position
+# table, values that are no tensors
+
+
+@st.composite
+def hostile_states(draw):
+    state = draw(mutated_states())
+    keys = sorted(k for k in state if isinstance(k, str))
+    for change in draw(st.lists(st.sampled_from(["int key", "sparse", "empty pos_embed", "not a tensor", "expanded",
+                                                 "0-dim"]), min_size=1, max_size=3)):
+        key = draw(st.sampled_from(keys)) if keys else "pos_embed"
+        if change == "int key":
+            state[draw(st.integers(-2, 3))] = torch.zeros(2)
+        elif change == "sparse" and isinstance(state.get(key), torch.Tensor) and state[key].ndim \
+                and state[key].is_floating_point():
+            state[key] = state[key].to_sparse()
+        elif change == "empty pos_embed":
+            state["pos_embed"] = torch.zeros(1, 0, SMALL.embed_dim)
+        elif change == "not a tensor":
+            state[key] = draw(st.sampled_from([3, "three", [1.0], None, {"a": torch.zeros(1)}]))
+        elif change == "expanded":  # one stored value, a view of up to 10^12 elements: must never be materialised
+            n = draw(st.sampled_from([10**3, 10**6, 10**9]))
+            state[draw(st.sampled_from([key, "pos_embed"]))] = torch.zeros(1, 1, 1).expand(1, n, SMALL.embed_dim)
+        elif change == "0-dim":
+            state[key] = torch.tensor(1.0)
+    return state
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch's, on loading a sparse tensor
+@settings(max_examples=50, deadline=None)
+@given(state=hostile_states(), through_file=st.booleans())
+@limited
+def test_weight_loader_on_hostile_state_dicts(tmp_path_factory, state, through_file):
+    """In memory (load_pretrained) and through a torch file (create_model): loaded and running, or a
+    CheckpointError (naming the file where there is one)."""
+    model = VisionTransformer(SMALL)
+    try:
+        if through_file:
+            path = tmp_path_factory.mktemp("hostile") / "w.pt"
+            torch.save(state, path)
+            model = vit.create_model("vit_nano_patch2_8", pretrained=str(path), **{
+                k: getattr(SMALL, k) for k in ("embed_dim", "depth", "num_heads", "num_classes")})
+        else:
+            vit.load_pretrained(model, state)
+    except vit.VitError as e:
+        event("rejected")
+        assert not through_file or str(path) in str(e), e
+        return
+    event("loaded")
+    check_loaded(model)
+
+
+# --------------------------------------------------------------------------------------------------------
+# .npz archives: members of any dtype and shape, headers that lie, truncated members, directories that lie
+
+
+NPZ_KEYS = ["embedding/kernel", "cls", "head/kernel", "Transformer/posembed_input/pos_embedding", "x"]
+NPY_DTYPES = ["<f4", "<f2", "<i8", "|u1", "|b1", "<c8", "|V2", "<U2", "O", [("x", "<f4"), ("y", "<i4")]]
+
+
+@st.composite
+def npz_archives(draw) -> bytes:
+    members = []
+    for name in draw(st.lists(st.sampled_from(NPZ_KEYS), min_size=1, max_size=3, unique=True)):
+        dtype = np.dtype(draw(st.sampled_from(NPY_DTYPES)))
+        shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(shape, dtype=dtype), allow_pickle=True)  # object arrays become a pickle
+        data = buf.getvalue()
+        if draw(st.booleans()):  # a header claiming another shape over the same data
+            head = io.BytesIO()
+            lie = draw(st.sampled_from([(10**12,), (2**31, 2**31), (0,), (3, 10**6), (2**62,)]))
+            np.lib.format.write_array_header_1_0(head, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                        "fortran_order": False, "shape": lie})
+            data = head.getvalue() + data[len(data) - int(np.prod(shape)) * dtype.itemsize:]
+        if draw(st.booleans()):
+            data = data[: draw(st.integers(0, len(data)))]
+        members.append((name + ".npy", data))
+    if draw(st.integers(0, 9)) == 0:  # an .npy named .npz
+        return members[0][1]
+    method = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=method) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    archive = bytearray(out.getvalue())
+    if draw(st.booleans()):  # the directory lies about the first member's size (a bomb, or a truncated file)
+        size = draw(st.sampled_from([2**20, 2**27, 2**32 - 1, 0]))
+        local, central = archive.find(b"PK\x03\x04"), archive.find(b"PK\x01\x02")
+        for at in (local + 22, central + 24):  # the uncompressed size
+            struct.pack_into("<I", archive, at, size)
+    if draw(st.booleans()):
+        archive = archive[: draw(st.integers(0, len(archive)))]
+    return bytes(archive)
+
+
+@settings(max_examples=50, deadline=None)
+@given(archive=npz_archives())
+@limited
+def test_npz_archives(tmp_path_factory, archive):
+    """JAX-style .npz weights as a crafted file may be: read (and then loaded or refused like any state dict),
+    or a CheckpointError naming the file -- never an allocation the archive's few bytes do not hold."""
+    path = tmp_path_factory.mktemp("npz") / "w.npz"
+    path.write_bytes(archive)
+    try:
+        state, _ = vit.weights.read_checkpoint(path)
+    except vit.VitError as e:
+        event("refused")
+        assert str(path) in str(e), e
+        return
+    event("read")
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in state.values())
+    assert sum(v.numel() * 4 for v in state.values()) <= 4 * len(archive) + 4096 or \
+        zipfile.ZipFile(path).infolist()[0].compress_type == zipfile.ZIP_DEFLATED
+
+
+# --------------------------------------------------------------------------------------------------------
+# Image files: every PIL mode in every format, truncated files, headers that claim huge sizes, random bytes
+
+
+PIL_MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "I", "I;16", "F", "LA", "YCbCr", "HSV", "LAB"]
+IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp",
+                 "PPM": ".ppm"}
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header (IHDR, with its CRC) claims width x height pixels."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@st.composite
+def image_files(draw) -> tuple[bytes, str]:
+    kind = draw(st.sampled_from(["image", "image", "image", "truncated", "huge header", "random bytes"]))
+    if kind == "random bytes":
+        return draw(st.binary(max_size=256)), draw(st.sampled_from(list(IMAGE_FORMATS.values())))
+    if kind == "huge header":
+        return png_claiming(*draw(st.sampled_from([(12000, 12000), (100000, 100000), (2**31 - 1, 1), (0, 5)]))), ".png"
+    mode, fmt = draw(st.sampled_from(PIL_MODES)), draw(st.sampled_from(sorted(IMAGE_FORMATS)))
+    w, h = draw(st.integers(1, 16)), draw(st.integers(1, 16))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    if mode in ("I", "I;16", "F"):
+        values = {"I": rng.integers(-2**31, 2**31 - 1, (h, w), dtype=np.int32),
+                  "I;16": rng.integers(0, 2**16, (h, w), dtype=np.uint16),
+                  "F": rng.standard_normal((h, w)).astype(np.float32) * draw(st.sampled_from([1.0, 1e30]))}[mode]
+        if mode == "F" and draw(st.booleans()):
+            values[0, 0] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        im = Image.fromarray(values)  # int32: "I", uint16: "I;16", float32: "F"
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").convert(mode)
+    buf = io.BytesIO()
+    try:
+        im.save(buf, fmt)
+    except (OSError, ValueError, KeyError, TypeError):  # a mode the format cannot hold
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, fmt)
+    data = buf.getvalue()
+    if kind == "truncated":
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    return data, IMAGE_FORMATS[fmt]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's about the damaged files it is given here
+@settings(max_examples=40, deadline=None)
+@given(image=image_files(), channels=st.sampled_from([1, 3]))
+@limited
+def test_image_files(tmp_path_factory, image, channels):
+    """Every reader of images goes through vit.data.load_image: an image in the asked mode that the evaluation
+    transform turns into finite numbers, or a DataError naming the file."""
+    from vit import data as D
+
+    data, suffix = image
+    path = tmp_path_factory.mktemp("img") / f"x{suffix}"
+    path.write_bytes(data)
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        im = D.load_image(str(path), mode)
+    except vit.DataError as e:
+        event("refused")
+        assert str(path) in str(e), e
+        return
+    event("read")
+    assert im.mode == mode and 0 < im.width * im.height <= 16 * 16
+    pre = vit.Preprocess((channels, 8, 8), (0.5,) * channels, (0.25,) * channels, "bilinear", 1.0)
+    x = D.file_transforms(pre, train=False)(im)
+    assert x.shape == (channels, 8, 8) and torch.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command lines: train.py and evaluate.py with hostile flag values
+
+
+def flag_numbers(integer: bool):
+    if integer:
+        return st.one_of(st.integers(-3, 6), st.sampled_from([2**31, 2**63, 10**30, -(2**63)])).map(str)
+    return st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                     st.sampled_from(["nan", "inf", "-inf", "1e308", "0", "-1", "0.5", "abc", ""]))
+
+
+def run_script(main, argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a script's main(argv), run here (argparse exits with SystemExit)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+TRAIN_FLAGS = {
+    **{f: flag_numbers(True) for f in ["--seed", "--split-seed", "--batch-size", "--epochs", "--steps",
+                                        "--accum-steps", "--num-classes", "--save-every", "--crop-pad",
+                                        "--repeat-aug"]},
+    "--max-steps": st.sampled_from(["1", "2", "-1", "x"]),  # the run stays one or two steps long
+    **{f: flag_numbers(False) for f in ["--lr", "--min-lr", "--warmup-epochs", "--weight-decay", "--label-smoothing",
+                                         "--drop-path", "--patch-drop", "--mixup", "--cutmix", "--hflip", "--reprob",
+                                         "--clip-grad", "--ema-decay", "--val-size", "--augment-min-epochs"]},
+    "--threads": st.sampled_from(["0", "1", "2", "-1", "5000", str(2**63)]),
+    "--img-size": st.sampled_from(["0", "1", "7", "8", "16", "-8", "4096", str(10**9)]),
+    "--randaug": st.one_of(st.sampled_from(["rand-m9-mstd0.5-inc1", "rand-n2", "bogus-m9", "rand-m99999999999",
+                                            "rand-mnan", "augmix", "rand--"]), st.text(max_size=8)),
+    "--budget": st.one_of(st.sampled_from(["15m", "0s", "-1m", "1e9h", "nanm", "1h30"]), st.text(max_size=5)),
+    "--device": st.sampled_from(["cpu", "meta", "cuda:7", "xla", "", "cpu:0", "mps", "auto"]),
+    "--precision": st.sampled_from(["fp32", "bf16", "fp16", "auto", "int8"]),
+    "--opt": st.sampled_from(["adamw", "sgd", "muon", "lamb"]),
+    "--model": st.sampled_from(["vit_nano_patch2_8", "vit_nano_patch2_8", "vit_huge_patch14_224", "nope", ""]),
+    "--dataset": st.sampled_from(["digits", "digits", "folder", "mnist", "cifar10", "junk"]),
+    "--data-mode": st.sampled_from(["auto", "memory", "loader", "disk"]),
+    "--on-corrupt": st.sampled_from(["skip", "error", "ignore"]),
+}
+
+
+@settings(max_examples=30, deadline=None)
+@given(flags=st.dictionaries(st.sampled_from(sorted(TRAIN_FLAGS)), st.none(), min_size=1, max_size=4).flatmap(
+    lambda chosen: st.fixed_dictionaries({f: TRAIN_FLAGS[f] for f in chosen})))
+@limited
+def test_train_command_lines(tmp_path_factory, flags):
+    """train.py with up to four hostile flag values (one step at most): it trains, or exits 2 with one
+    `error:` line (argparse's usage line and `error:` for a value of the wrong kind), or 1 for a non-finite
+    loss -- never a traceback."""
+    from vit import train as T
+
+    out = tmp_path_factory.mktemp("flags") / "run"
+    argv = ["--quiet", "--device", "cpu", "--epochs", "1", "--max-steps", "1", "--batch-size", "64",
+            "--output", str(out), *(a for f, v in flags.items() for a in (f, v))]
+    code, _, err = run_script(T.main, argv)
+    event(f"exit {code}")
+    assert "Traceback" not in err, err
+    assert code in (0, 1, 2), (code, err)
+    if code:
+        assert "error:" in err or "non-finite loss" in err, err
+
+
+@pytest.fixture(scope="module")
+def predict_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict")
+    model = VisionTransformer(SMALL)
+    model.preprocess = vit.Preprocess((1, 8, 8), (0.5,), (0.5,), "bicubic", 1.0)
+    vit.save_pretrained(model, d / "w.safetensors", class_names=list("abc"))
+    Image.new("L", (9, 7), 128).save(d / "x.png")
+    return d
+
+
+EVALUATE_FLAGS = {
+    "--batch-size": flag_numbers(True), "--topk": flag_numbers(True), "--workers": flag_numbers(True),
+    "--split-seed": flag_numbers(True), "--val-size": flag_numbers(False),
+    "--device": st.sampled_from(["cpu", "meta", "cuda:7", "", "auto"]),
+    "--precision": st.sampled_from(["fp32", "bf16", "fp16", "auto", "int8"]),
+    "--model": st.sampled_from(["vit_nano_patch2_8", "nope", ""]),
+    "--split": st.sampled_from(["val", "test", "train"]), "--on-corrupt": st.sampled_from(["skip", "error", "x"]),
+}
+
+
+@settings(max_examples=30, deadline=None)
+@given(flags=st.dictionaries(st.sampled_from(sorted(EVALUATE_FLAGS)), st.none(), min_size=1, max_size=4).flatmap(
+    lambda chosen: st.fixed_dictionaries({f: EVALUATE_FLAGS[f] for f in chosen})))
+@limited
+def test_evaluate_command_lines(predict_files, flags):
+    """evaluate.py --predict with up to four hostile flag values: predictions, or exit 2 with an `error:` line."""
+    from vit.evaluate import main
+
+    argv = [str(predict_files / "w.safetensors"), "--predict", str(predict_files / "x.png"), "--device", "cpu",
+            "--output", str(predict_files / "out"), *(a for f, v in flags.items() for a in (f, v))]
+    code, out, err = run_script(main, argv)
+    event(f"exit {code}")
+    assert "Traceback" not in err, err
+    assert code in (0, 2), (code, err)
+    assert "error:" in err if code else "1. " in out

@@ -350,8 +350,8 @@ def test_config_round_trip_and_unknown_field():
     ({"embed_dim": 63}, r"embed_dim 63 is not divisible by num_heads 4"),
     ({"img_size": 7}, r"img_size \(7, 7\) is not divisible by patch_size \(2, 2\)"),
     ({"img_size": 0}, r"img_size must be a positive integer"),
-    ({"depth": 0}, r"depth must be a positive integer, got 0"),
-    ({"mlp_ratio": float("nan")}, r"mlp_ratio must be a positive finite number, got nan"),
+    ({"depth": 0}, r"depth must be a positive integer up to 2147483647, got 0"),
+    ({"mlp_ratio": float("nan")}, r"mlp_ratio must be a positive finite number .*, got nan"),
     ({"reg_tokens": -1}, r"reg_tokens must be an integer >= 0"),
     ({"drop_rate": "0.1"}, r"drop_rate must be in \[0, 1\)"),
     ({"drop_path_rate": 1.5}, r"drop_path_rate must be in \[0, 1\), got 1.5"),
@@ -361,6 +361,10 @@ def test_config_round_trip_and_unknown_field():
     ({"distilled": 1}, r"distilled must be True or False, got 1"),
     ({"distilled": True, "global_pool": "avg"}, r"distilled=True .* global_pool='token' \(got 'avg'\)"),
     ({"distilled": True, "reg_tokens": 4}, r"distilled=True .* no reg_tokens \(got 4\)"),
+    ({"depth": 10**6}, r"~5e\+10 parameters, over the limit of 4e\+09 .*VIT_MAX_PARAMS"),
+    ({"mlp_ratio": 1e308}, r"mlp_ratio must be a positive finite number \(MLP width .* up to 2147483647\), got 1e\+308"),
+    ({"embed_dim": 2**40}, r"embed_dim must be a positive integer up to 2147483647, got 1099511627776"),
+    ({"qkv_bias": "no"}, r"qkv_bias must be True or False, got 'no'"),
 ])
 def test_bad_config_values(kwargs, match):
     with pytest.raises(vit.ConfigError, match=match) as e:
@@ -394,6 +398,16 @@ def test_bad_inputs(make_input, match):
 def test_dynamic_size_input_not_divisible_names_the_patch_size():
     with pytest.raises(vit.InputError, match=r"image size 9x8 is not divisible by patch size \(2, 2\)"):
         nano(dynamic_img_size=True)(torch.randn(1, 1, 9, 8))
+    for H, W in [(0, 0), (0, 8), (8, 0)]:
+        with pytest.raises(vit.InputError, match=rf"image size {H}x{W} holds no patch"):
+            nano(dynamic_img_size=True)(torch.randn(1, 1, H, W))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float64_under_autocast_is_named(dtype):
+    """autocast casts float32 and half inputs but leaves float64 alone, which conv2d would then refuse."""
+    with torch.autocast("cpu", dtype=dtype), pytest.raises(vit.InputError, match=r"float64.*casts no float64"):
+        nano()(torch.randn(2, 1, 8, 8, dtype=torch.float64))
 
 
 def test_empty_batch_gives_empty_logits():

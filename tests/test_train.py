@@ -11,6 +11,7 @@ import errno
 import importlib.util
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -149,7 +150,7 @@ def test_memory_mode_random_erasing_reaches_the_batches(tmp_path):
     (["--workers", "2"], "--workers has no effect when the images are read in memory"),
     (["--data-mode", "loader"], "--data-mode loader reads image files from a folder"),
     (["--folder", "--crop-pad", "2"], "--crop-pad has no effect when the images are read through the DataLoader"),
-    (["--folder", "--repeat-aug", "3"], "--repeat-aug has no effect"),
+    (["--folder", "--repeat-aug", "2"], "--repeat-aug has no effect"),
     (["--randaug", "augmix-m5"], "in-memory data takes RandAugment policies"),
     (["--randaug", "rand-m9-q2"], "unknown part 'q2'"),
 ])
@@ -471,6 +472,25 @@ def test_bad_resume_checkpoint(weight_files, trained_run, capsys, tmp_path, case
     assert_no_code_ran(weight_files)
 
 
+@pytest.mark.parametrize("entry, value, match", [
+    ("config.epochs", "3", "its saved training config: --epochs must be an int, got '3'"),
+    ("config.compile", "yes", "its saved training config: --compile must be a bool, got 'yes'"),
+    ("config.label_smoothing", 2.0, r"its saved training config: --label-smoothing must be in [0, 1], got 2.0"),
+    ("config.bogus", 1, "its saved training config: unknown training option(s) ['bogus']"),
+    ("state.batch", -1, "state.batch is -1, expected a finite number >= 0"),
+])
+def test_resume_from_a_crafted_checkpoint(trained_run, capsys, tmp_path, entry, value, match):
+    """last.ckpt's entries are a file's values: each wrong type or range is one line naming the file."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_run.out, out)
+    saved = ckpt(out)
+    part, key = entry.split(".")
+    saved[part][key] = value
+    torch.save(saved, out / "last.ckpt")
+    err = train_fails(capsys, "--resume", out)
+    assert f"{out / 'last.ckpt'}" in err and match in err, err
+
+
 @pytest.mark.parametrize("flag, value, match", [
     ("--model", "vit_nano_patch4_28", "shape mismatch for pos_embed"),
     ("--img-size", "16", "shape mismatch for pos_embed: the model expects (1, 65, 64)"),
@@ -498,6 +518,15 @@ def test_unreadable_images(capsys, caplog, tmp_path, bad):
     with caplog.at_level(logging.WARNING):  # the default: skip, with a count in the log
         assert T.main([*FAST, "--epochs", "1", *folder_args(root, tmp_path / "b")]) == 0
     assert "skipped 1 unreadable image(s)" in caplog.text and str(path) in caplog.text
+
+
+def test_unreadable_image_in_a_worker(capsys, tmp_path):
+    """--on-corrupt error in a DataLoader worker: one line naming the file, not the worker's traceback."""
+    root = digit_folder(tmp_path / "data", per_class=6)
+    (root / "1" / "torn.png").write_bytes(b"\x89PNG\r\n")
+    err = train_fails(capsys, *folder_args(root, tmp_path / "a", "--on-corrupt", "error", "--data-mode", "loader",
+                                           "--workers", "1"))
+    assert err.count("\n") == 1 and f"error: cannot read image {root / '1' / 'torn.png'}" in err, err
 
 
 def test_no_readable_image_at_all(capsys, tmp_path):
@@ -574,3 +603,48 @@ def test_ddp_two_gloo_processes_equal_one_process(opt, tmp_path):
     assert T.main(args + ["--seed", "1", "--output", str(tmp_path / "other")]) == 0
     other = ckpt(tmp_path / "other")["model"]
     assert max((v - other[k]).abs().max() for k, v in one.items()) > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------------
+# torchrun: a lost rank (SIGKILL to one worker) and a preemption (SIGTERM to torchrun, which passes it to every
+# rank), each against an uninterrupted 2-rank job (benchmarks/kill_resume.py --elastic's code)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> "kr.Reference":
+    """The uninterrupted job: 2 gloo ranks under torchrun --max-restarts 2, 2 epochs of 11 steps, --deterministic,
+    a last.ckpt after every step."""
+    return kr.reference_run(tmp_path_factory.mktemp("elastic") / "reference", kr.run_args(epochs=2), elastic=True)
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_worker_bit_identically(two_ranks, tmp_path):
+    """A worker (rank drawn from the seed) SIGKILLed after the 6th of 22 checkpoints: torchrun stops the other,
+    starts both again, train.py resumes from last.ckpt by itself, and the job ends bit-identical to the
+    uninterrupted one, with exit 0 and nothing done by hand."""
+    out = tmp_path / "run"
+    killed = kr.interrupt(out, two_ranks, random.Random(SEED), after_save=6)
+    assert killed.at_s < math.inf, "the job ended before the kill"
+    assert killed.exit_code == 0, killed.log
+    assert "torchrun restart 1: continuing the run in" in killed.log, killed.log
+    assert 6 <= kr.restarted_from(killed.log) < 22, killed.log
+    diffs, _ = kr.compare_runs(two_ranks.out, out)
+    assert not diffs, diffs[:5]
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes_exactly(two_ranks, tmp_path):
+    """A preemption: SIGTERM to torchrun reaches every rank; they stop at the same step, rank 0 saves, and the
+    job resumed with --resume (under torchrun again) ends bit-identical to the uninterrupted one."""
+    out = tmp_path / "run"
+    stopped = kr.interrupt(out, two_ranks, random.Random(SEED), signal.SIGTERM, after_save=6)
+    step = kr.ckpt_step(out)
+    assert 6 <= step < 22, stopped.log
+    assert f"stopped by signal SIGTERM at step {step}; last.ckpt saved. Continue with: torchrun --nproc_per_node 2 " \
+           f"train.py --resume {out}" in stopped.log, stopped.log
+    resumed = subprocess.run(kr.train_cmd(out, two_ranks.args, resume=True, elastic=True), cwd=ROOT, env=kr.ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed {out} at epoch {step // 11 + 1}, batch {step % 11}, step {step}" in resumed.stdout
+    diffs, _ = kr.compare_runs(two_ranks.out, out)
+    assert not diffs, diffs[:5]

@@ -5,6 +5,7 @@ Reference implementations are the independent ones (torchvision, transformers, t
 resampling functions); tolerances are stated per test (max abs logit difference, fp32).
 """
 
+import json
 import os
 
 import pytest
@@ -127,6 +128,39 @@ def test_hostile_sidecar_json_names_the_file(tmp_path, name, content, match):
     with pytest.raises(vit.CheckpointError, match=match) as e:
         vit.read_metadata(tmp_path)
     assert name in str(e.value)
+
+
+NANO_1 = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depth=1, num_heads=4)
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"config": {**NANO_1, "depth": 10**9}}, r"'config': this configuration has ~.* parameters, over the limit"),
+    ({"config": {**NANO_1, "mlp_ratio": 1e308}}, r"'config': mlp_ratio must be a positive finite number"),
+    ({"config": {**NANO_1, "embed_dim": 2**40}}, r"'config': embed_dim must be a positive integer up to"),
+    ({"config": {**NANO_1, "qkv_bias": "false"}}, r"'config': qkv_bias must be True or False, got 'false'"),
+    ({"config": [1, 2]}, r"'config' must be a JSON object of model settings, got \[1, 2\]"),
+    ({"config": "{"}, r"'config' is not JSON"),
+    ({"preprocess": {"input_size": [1, 8, 8], "mean": [0.5], "std": [0]}}, r"'preprocess': .*std"),
+    ({"preprocess": {"input_size": [1, 8, 8], "mean": [0.5], "std": [0.5], "interpolation": "cubic"}},
+     r"'preprocess': preprocessing interpolation must be one of"),
+    ({"class_names": '"abcdefghij"'}, r"'class_names' must be a JSON list of strings, got 'abcdefghij'"),
+    ({"class_names": list(range(10))}, r"'class_names' must be a list of strings"),
+    ({"format_version": "2"}, r"format_version 2; this vit reads versions 1 to 1"),
+    ({"format_version": "1" * 5000}, r"format_version '1111.*\(5002 characters\)"),
+], ids=["depth-1e9", "mlp-1e308", "width-2**40", "bool-as-string", "config-list", "config-not-json", "std-0",
+        "interpolation", "names-string", "names-ints", "newer-version", "version-5000-digits"])
+def test_hostile_metadata_names_the_file_and_field(tmp_path, meta, match):
+    """A weights file's own metadata (as save_pretrained writes it: JSON strings) is untrusted: every field is
+    type- and range-checked before a model is sized by it, and the error names the file, the field and the value."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in {"config": NANO_1, **meta}.items()}
+    save_file(tiny_nano().state_dict(), str(path), metadata={"format": "vit", **strings})
+    for read in (vit.read_metadata, lambda p: vit.create_model(pretrained=p)):
+        with pytest.raises(vit.CheckpointError, match=match) as e:
+            read(path)
+        assert str(e.value).startswith(f"{path}: metadata ")
 
 
 # ---- reference implementations: torchvision, transformers, timm's JAX loader
@@ -424,7 +458,7 @@ def test_head_reinitialised_for_new_classes(tmp_path):
     ("truncated_pt", "is not a readable PyTorch checkpoint"),
     ("zero.safetensors", "is not a readable safetensors file"),
     ("zero.pt", "is not a readable PyTorch checkpoint"),
-    ("zero.npz", "is not a readable .npz file"),
+    ("zero.npz", "is not an .npz archive"),
     ("text", "is not a readable PyTorch checkpoint"),
     ("random", "is not a readable PyTorch checkpoint"),
     ("jpeg", "is not a readable PyTorch checkpoint"),
@@ -642,10 +676,26 @@ def test_preprocessing_from_a_file_is_checked(field, value):
         vit.Preprocess.from_dict([1, 2])
 
 
+def set_declared_sizes(path, size: int, stored: bool) -> None:
+    """Rewrite the (uncompressed, and for a stored member also compressed) sizes a one-member zip declares, in
+    its local header and its central directory, as a crafted archive would."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    for sizes_at in (local + 18, central + 20):  # (compressed, uncompressed), 4 bytes each
+        if stored:
+            struct.pack_into("<I", data, sizes_at, size)
+        struct.pack_into("<I", data, sizes_at + 4, size)
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("case, match", [
     ("npy renamed", "not an .npz archive"),
     ("lying header", r"claims shape \(1000000000000,\)"),
     ("structured dtype", "not numbers"),
+    ("deflate bomb", r"would inflate [\d,]+ bytes to 2,147,483,776 \(\d+-fold\): a compression bomb"),
+    ("stored size lie", r"claims 4,294,967,168 bytes that the file does not hold"),
 ])
 def test_hostile_npz_is_refused_before_allocating(tmp_path, case, match):
     import io
@@ -654,7 +704,15 @@ def test_hostile_npz_is_refused_before_allocating(tmp_path, case, match):
     import numpy as np
 
     path = tmp_path / "w.npz"
-    if case == "npy renamed":
+    if case in ("deflate bomb", "stored size lie"):  # a header and directory that claim 2 or 4 GB; a 1 MB file
+        buf = io.BytesIO()
+        n = 2**29 if case == "deflate bomb" else 2**30 - 64
+        np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (n,)})
+        method = zipfile.ZIP_DEFLATED if case == "deflate bomb" else zipfile.ZIP_STORED
+        with zipfile.ZipFile(path, "w", compression=method) as z:
+            z.writestr("embedding/kernel.npy", buf.getvalue() + bytes(2**20))
+        set_declared_sizes(path, 4 * n + len(buf.getvalue()), stored=case == "stored size lie")
+    elif case == "npy renamed":
         with open(path, "wb") as f:
             np.save(f, np.zeros(4, dtype=np.float32))
     elif case == "lying header":  # 16 bytes of data under a header that claims 4 TB

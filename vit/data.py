@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,12 +147,33 @@ def cifar_split(name: str, root: str | Path, split: str, download: bool) -> Tens
     _check_split(split)
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
-        ds = cls(str(root), train=split == "train", download=download)
+        with network_timeout(DOWNLOAD_TIMEOUT_S):
+            ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         raise DataError(f"{name} not found or corrupted under {root}: pass --download, or --data-dir with "
                         f"torchvision's {cls.base_folder}/ inside") from e
+    except OSError as e:  # --download: no network (urllib's URLError), a timeout, a full or unwritable disk
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise DataError(f"cannot download {name} into {root}: {reason}; without a network, put torchvision's "
+                        f"{cls.base_folder}/ (or {cls.filename}) there and leave out --download") from e
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
     return TensorData(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+DOWNLOAD_TIMEOUT_S = 60.0  # a connection that stalls this long fails the download instead of hanging it
+
+
+@contextmanager
+def network_timeout(seconds: float):
+    """A timeout for sockets opened meanwhile (torchvision's download opens its own, with none)."""
+    import socket
+
+    saved = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(saved)
 
 
 def scan_image_folder(root: str | Path) -> FileData:
@@ -205,13 +227,21 @@ def load_image(path: str, mode: str):
     """PIL image in `mode` ("RGB"/"L"), fully decoded; a `DataError` naming the file if it cannot be read.
 
     16-bit and 32-bit integer images are scaled to 8 bits from their full range, float images from [0, 1]
-    (PIL's own conversion clips them, which turns most such images white or black). PIL's decompression-bomb
-    refusal, which is not an OSError, is a DataError too.
+    (PIL's own conversion clips them, which turns most such images white or black). An image of more pixels
+    than PIL's limit (Image.MAX_IMAGE_PIXELS, ~89 million) is refused from its header, before decoding:
+    PIL itself refuses only past twice that, after a warning, and decodes what lies between.
     """
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's warning for what is refused here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.width * im.height > limit:
+                raise DataError(f"cannot read image {path}: {im.width}x{im.height} pixels, over PIL's limit of "
+                                f"{limit} (a decompression bomb?)")
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 im = _to_8bit(im, path)
             return im.convert(mode)
@@ -270,6 +300,8 @@ def load_dataset(name: str, split: str, data_dir: str = "", download: bool = Fal
     if name != "folder" and data_mode == "loader":
         raise ConfigError(f"--data-mode loader reads image files from a folder; --dataset {name} is held in memory "
                           "(leave --data-mode at auto)")
+    if download and name not in ("cifar10", "cifar100"):
+        raise ConfigError(f"--download fetches cifar10 and cifar100 only, not --dataset {name}")
     if name == "digits":
         return digits_split(split)
     if name in ("mnist", "fashion-mnist"):
@@ -421,9 +453,9 @@ class FileDataset(torch.utils.data.Dataset):
         path, label = self.samples[i]
         try:
             im = load_image(path, self.mode)
-        except DataError:
+        except DataError as e:
             if self.on_corrupt == "error":
-                raise
+                return Unreadable(str(e))  # raised by FileLoader, in the main process
             log.warning("skipping unreadable image %s", path)
             return None
         if seed is None:
@@ -432,8 +464,21 @@ class FileDataset(torch.utils.data.Dataset):
             return self.transform(im), label
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """An image that could not be read under --on-corrupt error: the DataError's message, carried out of the
+    DataLoader worker as a value. Raised there, it would reach the main process re-raised with the worker's
+    whole traceback inside its message."""
+
+    message: str
+
+
 def collate_skipping(batch):
-    """Default collation without the unreadable samples; also returns how many were dropped."""
+    """Default collation without the unreadable samples; also returns how many were dropped (or the first
+    `Unreadable`, for FileLoader to raise)."""
+    failed = next((b for b in batch if isinstance(b, Unreadable)), None)
+    if failed is not None:
+        return failed
     kept = [b for b in batch if b is not None]
     if not kept:
         return None, None, len(batch)
@@ -504,9 +549,19 @@ def _posterize(img, bits_to_keep, **_):
     return posterize(img, bits_to_keep)
 
 
+class FileLoader(torch.utils.data.DataLoader):
+    """A DataLoader of `collate_skipping` batches that raises an `Unreadable` image as its DataError."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, Unreadable):
+                raise DataError(batch.message)
+            yield batch
+
+
 def file_loader(data: FileData, transform, channels: int, on_corrupt: str, batch_size: int, workers: int,
-                sampler, pin_memory: bool) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
+                sampler, pin_memory: bool) -> FileLoader:
+    return FileLoader(
         FileDataset(data, transform, channels, on_corrupt), batch_size=batch_size, sampler=sampler,
         num_workers=workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_skipping,
         persistent_workers=workers > 0,

@@ -33,7 +33,7 @@ from . import data as vdata
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
 from .metrics import ClassificationMetrics
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
-from .runs import BEST, LAST, find_training_config
+from .runs import BEST, LAST, atomic_write_text, find_training_config
 
 log = logging.getLogger("vit.evaluate")
 
@@ -458,10 +458,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    try:
-        path.write_text(json.dumps(obj, indent=2) + "\n")
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e}") from e
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
@@ -474,18 +471,9 @@ def main(argv=None) -> int:
     try:
         run(args)
     except VitError as e:
-        print(f"evaluate.py: error: {error_message(e)}", file=sys.stderr)
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
     return 0
-
-
-def error_message(e: Exception) -> str:
-    """The message alone; an error re-raised from a DataLoader worker carries the worker's traceback first."""
-    text = str(e)
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]  # "vit.errors.DataError: cannot read image ..."
-        text = last.split(": ", 1)[-1]
-    return text
 
 
 if __name__ == "__main__":

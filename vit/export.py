@@ -4,11 +4,17 @@ Every format keeps the batch dimension dynamic and carries the model's metadata 
 class names) as JSON: ONNX `metadata_props["vit"]`, TorchScript and ExportedProgram extra file "vit.json".
 The check runs the exported file (onnxruntime for ONNX) and the PyTorch model on a random batch of a
 different size from the one traced, so a batch size baked into the graph would fail it.
+
+Files are written into a temporary folder beside their destination, checked there, and only then renamed
+into place (`vit.runs.staged_files`): a full disk, a failed check or a kill leaves the previous export as it
+was. torch's zip writer (TorchScript, ExportedProgram) aborts the whole process when a write fails, so those
+formats are serialised in memory and written by Python, whose failed write is an OSError.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import warnings
 from pathlib import Path
@@ -16,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, OutputError, VitError
+from .runs import staged_files
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported-program": "model.pt2"}
 TOLERANCE = 1e-4  # max abs difference in logits accepted between the export and PyTorch (fp32)
@@ -62,7 +69,9 @@ def export_torchscript(model, path: Path, example: torch.Tensor) -> None:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path), _extra_files={"vit.json": model_metadata(model)})
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"vit.json": model_metadata(model)})
+    path.write_bytes(buffer.getbuffer())
 
 
 def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +83,9 @@ def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 def export_program(model, path: Path, example: torch.Tensor) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
-    torch.export.save(program, str(path), extra_files={"vit.json": model_metadata(model)})
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"vit.json": model_metadata(model)})
+    path.write_bytes(buffer.getbuffer())
 
 
 def run_program(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -105,9 +116,10 @@ def export_model(model, fmt: str, output_dir: str | Path) -> tuple[Path, float]:
     model = copy.deepcopy(model).float().cpu().eval()  # leave the caller's model on its device and dtype
     path = output_dir / FORMATS[fmt]
     export, run = EXPORTERS[fmt]
-    export(model, path, random_input(model, EXAMPLE_BATCH))
-    x = random_input(model, CHECK_BATCH, seed=1)
-    diff = float((run(path, x).float() - model(x)).abs().max())
-    if not diff <= TOLERANCE:
-        raise VitError(f"{fmt} export of {path} differs from PyTorch by {diff:.2e} > {TOLERANCE:.0e}")
+    with staged_files(output_dir, path.name) as staging:
+        export(model, staging / path.name, random_input(model, EXAMPLE_BATCH))
+        x = random_input(model, CHECK_BATCH, seed=1)
+        diff = float((run(staging / path.name, x).float() - model(x)).abs().max())
+        if not diff <= TOLERANCE:
+            raise VitError(f"{fmt} export of {path} differs from PyTorch by {diff:.2e} > {TOLERANCE:.0e}")
     return path, diff

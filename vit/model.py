@@ -45,6 +45,7 @@ def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
 # Configurations above this many parameters are refused before they are built (ViT-H/14 has 0.63e9, ViT-G/14
 # 1.8e9): a size read from a file must not exhaust memory. The environment variable VIT_MAX_PARAMS raises it.
 MAX_PARAMS = 4_000_000_000
+MAX_SIZE = 2**31 - 1  # any one size (width, depth, image side, ...): torch's int32 kernels' bound
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,12 @@ class ViTConfig:
         if self.pos_embed not in ("learn", "sincos"):
             fail("pos_embed", "'learn' or 'sincos'")
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                fail(name, "a positive integer")
-        if not _is_int(self.num_classes) or self.num_classes < 0:
-            fail("num_classes", "an integer >= 0 (0: no head)")
-        if not _is_int(self.reg_tokens) or self.reg_tokens < 0:
-            fail("reg_tokens", "an integer >= 0")
+            if not _is_int(getattr(self, name)) or not 1 <= getattr(self, name) <= MAX_SIZE:
+                fail(name, f"a positive integer up to {MAX_SIZE}")
+        if not _is_int(self.num_classes) or not 0 <= self.num_classes <= MAX_SIZE:
+            fail("num_classes", f"an integer >= 0 (0: no head), up to {MAX_SIZE}")
+        if not _is_int(self.reg_tokens) or not 0 <= self.reg_tokens <= MAX_SIZE:
+            fail("reg_tokens", f"an integer >= 0, up to {MAX_SIZE}")
         for name in ("qkv_bias", "qk_norm", "class_token", "no_embed_class", "dynamic_img_size", "distilled"):
             if not isinstance(getattr(self, name), bool):  # a config from a file: "no" is not False
                 fail(name, "True or False")
@@ -108,8 +109,9 @@ class ViTConfig:
         if self.init_values is not None and (not isinstance(self.init_values, (int, float)) or
                                              isinstance(self.init_values, bool) or not 0 <= self.init_values < math.inf):
             fail("init_values", "None or a finite number >= 0 (0: off)")
-        if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio < math.inf:
-            fail("mlp_ratio", "a positive finite number")
+        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or \
+                not 0 < self.mlp_ratio * self.embed_dim <= MAX_SIZE:
+            fail("mlp_ratio", f"a positive finite number (MLP width embed_dim x mlp_ratio up to {MAX_SIZE})")
         if int(self.embed_dim * self.mlp_ratio) < 1:
             raise ConfigError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden units at embed_dim {self.embed_dim}")
         for name in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
@@ -122,8 +124,8 @@ class ViTConfig:
         if isinstance(self.img_size, list):  # from JSON
             object.__setattr__(self, "img_size", tuple(self.img_size))
         size = self.img_size if isinstance(self.img_size, tuple) else (self.img_size,)
-        if not 1 <= len(size) <= 2 or not all(_is_int(s) and s >= 1 for s in size):
-            fail("img_size", "a positive integer or a pair (height, width)")
+        if not 1 <= len(size) <= 2 or not all(_is_int(s) and 1 <= s <= MAX_SIZE for s in size):
+            fail("img_size", f"a positive integer or a pair (height, width), each up to {MAX_SIZE}")
         limit = int(os.environ.get("VIT_MAX_PARAMS", MAX_PARAMS))
         if self.num_params() > limit:  # checked before anything is allocated: sizes may come from a file
             raise ConfigError(f"this configuration has ~{self.num_params():.3g} parameters, over the limit of "
@@ -210,16 +212,20 @@ class PatchEmbed(nn.Module):
         w = self.proj.weight
         if x.device != w.device:
             raise InputError(f"the input is on {x.device} but the model is on {w.device}: move one with .to()")
-        # Under autocast the conv casts its inputs itself; otherwise torch would fail deep inside conv2d.
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise InputError(f"the input is {x.dtype} but the model is {w.dtype}: convert with x.to({w.dtype}), "
-                             "or run under torch.autocast")
+        # Under autocast the conv casts its inputs itself, float64 excepted; otherwise torch would fail deep
+        # inside conv2d.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.dtype != w.dtype and (not autocast or x.dtype == torch.float64):
+            how = ("torch.autocast casts no float64 input: convert with x.float()" if autocast else
+                   f"convert with x.to({w.dtype}), or run under torch.autocast")
+            raise InputError(f"the input is {x.dtype} but the model is {w.dtype}: {how}")
         H, W = x.shape[-2:]
         if self.strict_img_size and (H, W) != self.img_size:
             raise InputError(f"expected image size {self.img_size[0]}x{self.img_size[1]}, got {H}x{W}: resize the "
                              "input, or create the model with dynamic_img_size=True")
-        if H % self.patch_size[0] or W % self.patch_size[1]:
-            raise InputError(f"image size {H}x{W} is not divisible by patch size {self.patch_size}")
+        if H % self.patch_size[0] or W % self.patch_size[1] or not (H and W):
+            raise InputError(f"image size {H}x{W} is not divisible by patch size {self.patch_size}"
+                             if H and W else f"image size {H}x{W} holds no patch")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -50,11 +50,14 @@ def plot_curves(metrics: str | Path | list[dict], path: str | Path) -> Path:
 
 
 def _save(fig, path) -> Path:
+    """Write the figure atomically (a full disk or an unwritable folder: OutputError naming the file)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    except OSError as e:  # a full disk or unwritable folder: name the file, not matplotlib's internals
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=120, bbox_inches="tight"))
+    except OutputError:
+        raise
+    except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
     finally:
         _pyplot().close(fig)

@@ -9,6 +9,7 @@ from .errors import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # AugReg / original JAX ViTs
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # PIL's resize filters, by timm's names
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class Preprocess:
         if not all(number(m) for m in self.mean) or not all(number(s) and s > 0 for s in self.std):
             raise ConfigError(f"preprocessing mean must be finite numbers and std positive ones, got mean "
                               f"{self.mean}, std {self.std}")
-        if not isinstance(self.interpolation, str):
-            raise ConfigError(f"preprocessing interpolation must be a name, got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"preprocessing interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                              f"{self.interpolation!r}")
         if not number(self.crop_pct) or not 0.0 < self.crop_pct <= 1.0:
             raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
 

@@ -17,6 +17,9 @@ from .data import DATASETS
 from .errors import ConfigError, check_known_options
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _f(default, help: str, choices: tuple | None = None):
     """A config field with its flag's help text (and allowed values) stored as metadata."""
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -117,11 +120,18 @@ class TrainConfig:
                       "--tensorboard on; one LOG_DIR holds many runs)")
 
     def __post_init__(self):
-        for f in fields(self):
+        for f in fields(self):  # a config read back from last.ckpt is a file's dict: every field's type first
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"--{flag(f.name)} must be {'an' if kind is int else 'a'} {kind.__name__}, "
+                                  f"got {value!r}")
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"--{flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
-            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+            # float32's range: the optimizer holds these in float32 tensors
+            if isinstance(getattr(self, f.name), float) and not abs(getattr(self, f.name)) <= FLOAT32_MAX:
                 raise ConfigError(f"--{flag(f.name)} must be a finite number, got {getattr(self, f.name)}")
         for name in ("beta1", "beta2", "momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -129,13 +139,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "label_smoothing",
-                     "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size",
-                     "num_classes", "min_lr", "seed", "split_seed", "steps"):
+        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "weight_decay", "clip_grad",
+                     "mixup", "cutmix", "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads",
+                     "img_size", "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path",
-                     "distill_alpha"):
+                     "label_smoothing", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         for name in ("seed", "split_seed"):  # torch's generators take 64-bit seeds
@@ -143,6 +153,9 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be below 2**63, got {getattr(self, name)}")
         if self.threads > 4096:
             raise ConfigError(f"--threads {self.threads}: at most 4096 (this machine has {os.cpu_count()} CPUs)")
+        if self.repeat_aug > self.batch_size:
+            raise ConfigError(f"--repeat-aug {self.repeat_aug} is more than --batch-size {self.batch_size}: a batch "
+                              "holds at least one image")
         if not 0.0 <= self.patch_drop < 1.0:
             raise ConfigError(f"--patch-drop must be in [0, 1), got {self.patch_drop}")
         if self.budget:

@@ -16,15 +16,18 @@ epochs it redoes. Readers check what they read and name the file and the entry t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -72,9 +75,47 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             os.close(dir_fd)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its zip writer
         tmp.unlink(missing_ok=True)
-        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize if path.parent.is_dir() else 0
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"the write was cut short ({e})"
-        raise OutputError(f"cannot write {path} ({free / 1e6:.1f} MB free there): {reason}") from e
+        raise _write_failed(path, e) from e
+
+
+def _write_failed(path: Path, e: Exception) -> OutputError:
+    free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize if path.parent.is_dir() else 0
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else f"the write was cut short ({e})"
+    return OutputError(f"cannot write {path} ({free / 1e6:.1f} MB free there): {reason}")
+
+
+@contextlib.contextmanager
+def staged_files(folder: Path, main: str) -> Iterator[Path]:
+    """For writers that make files of their own (an exporter writes model.onnx and perhaps model.onnx.data):
+    yields a fresh temporary folder inside `folder` to write them into; when the block ends without an error,
+    each file is fsynced and renamed into `folder`, `main` last, so that `main` is never there without its
+    companions nor torn. On an error the temporary folder is removed and the files in `folder` stay as they
+    were; an OSError (a full disk) becomes OutputError naming `folder/main` and the space left.
+    """
+    folder = Path(folder)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{main}.", suffix=".partial", dir=folder))
+    except OSError as e:
+        raise _write_failed(folder / main, e) from e
+    try:
+        yield staging
+        names = sorted((f.name for f in staging.iterdir()), key=lambda name: name == main)
+        for name in names:
+            with open(staging / name, "rb") as f:
+                os.fsync(f.fileno())
+        for name in names:
+            os.replace(staging / name, folder / name)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise _write_failed(folder / main, e) from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_torch_save(obj, path: Path) -> None:

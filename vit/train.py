@@ -120,8 +120,24 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **restart_store(rank, world))
     return Dist(rank, world, local_rank), device
+
+
+def restart_store(rank: int, world: int) -> dict:
+    """init_process_group's store under a single torchrun agent: its own key prefix for each restart.
+
+    The agent serves one store for the whole job (TORCHELASTIC_USE_AGENT_STORE), and process groups write
+    the same keys in every round, so the workers of a restart would read their dead predecessors' addresses
+    there (gloo: "connectFullMesh failed ... Connection refused"). With one agent every worker of a round has
+    the same restart count; several agents count their restarts apart, so there the store is left as it is.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" \
+            or os.environ.get("GROUP_WORLD_SIZE") != "1":
+        return {}
+    store, _, _ = next(dist.rendezvous("env://"))
+    return dict(store=dist.PrefixStore(f"vit/restart{restart}", store), rank=rank, world_size=world)
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -236,6 +252,9 @@ def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device:
         raise ConfigError(f"{', '.join('--' + flag(n) for n in sorted(idle))} has no effect when the images are "
                           f"read {mode}; leave it out, or choose the other --data-mode")
     if in_memory:
+        side = min(data.train.images.shape[-2:])
+        if cfg.crop_pad > side:  # a crop shifted past the whole image: only padding left
+            raise ConfigError(f"--crop-pad {cfg.crop_pad} is more than the images' side ({side} pixels)")
         data.train, data.val = data.train.to(device), data.val.to(device)
         erase = None
         if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
@@ -874,8 +893,10 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
         else:
             reason = "a signal to another rank"
         more = " --max-steps 0" if reason.startswith("--max-steps") else ""  # the saved config still has it
+        launcher = "python" if tr.dist.world == 1 else \
+            f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', tr.dist.world)}"
         tr.say(f"stopped by {reason} at step {st.step}; last.ckpt saved. Continue with: "
-               f"python train.py --resume {tr.out}{more}")
+               f"{launcher} train.py --resume {tr.out}{more}")
         return 128 + signum if signum else 0
     cfg = tr.cfg
     if tr.budget is not None:
@@ -933,7 +954,8 @@ def elastic_restart(output: str | None) -> Path | None:
     run its command names with --output from the last.ckpt there, instead of refusing the folder."""
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restarts and output and (Path(output) / runs.LAST).is_file():
-        print(f"resume: torchrun restart {restarts}: continuing the run in {output} from its {runs.LAST}")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"resume: torchrun restart {restarts}: continuing the run in {output} from its {runs.LAST}")
         return Path(output)
     return None
 
@@ -948,6 +970,10 @@ def main(argv=None) -> int:
         if resume is not None:
             ckpt = runs.read_checkpoint(resume / runs.LAST)
             base, recipe = ckpt.config, ckpt.recipe or args.recipe
+            try:  # the saved config is a file's dict: checked as such, before the command line's flags join it
+                TrainConfig.from_dict(base)
+            except ConfigError as e:
+                raise CheckpointError(f"{resume / runs.LAST}: its saved training config: {e}") from e
             changed = {k: v for k, v in given.items() if base.get(k) != v}
             if changed:
                 print(f"resume: overriding the saved config with {changed}")

@@ -45,6 +45,9 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_size: Sequence[int], old_siz
     `old_size` is not given.
     """
     num_grid = pos_embed.shape[1] - num_prefix_tokens
+    if num_grid < 1:
+        raise ConfigError(f"position embedding has {pos_embed.shape[1]} rows: no grid tokens after its "
+                          f"{num_prefix_tokens} prefix rows")
     if old_size is None:
         side = math.isqrt(num_grid)
         if side * side != num_grid:
@@ -132,24 +135,49 @@ def save_pretrained(
     return path
 
 
-def _info_from_strings(meta: Mapping[str, object]) -> PretrainedInfo:
-    """Parse save_pretrained's metadata (JSON strings) or a training checkpoint's entries (dicts/lists)."""
+def _info_from_strings(meta: Mapping[str, object], source: Path) -> PretrainedInfo:
+    """Parse and check save_pretrained's metadata (JSON strings) or a training checkpoint's entries (dicts and
+    lists): each field's type and range, before anything is sized by it. Errors name `source`, the field
+    and its value."""
 
-    def parsed(key):
+    def parsed(key: str, kind: type, what: str):
         value = meta.get(key)
-        return json.loads(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise CheckpointError(f"{source}: metadata {key!r} is not JSON ({e}): {_shown(meta.get(key))}") from e
+        if value is not None and not isinstance(value, kind):
+            raise CheckpointError(f"{source}: metadata {key!r} must be {what}, got {_shown(value)}")
+        return value
 
+    config = parsed("config", dict, "a JSON object of model settings")
+    preprocess = parsed("preprocess", dict, "a JSON object of preprocessing settings")
+    class_names = parsed("class_names", list, "a JSON list of strings")
+    if class_names is not None and not all(isinstance(n, str) for n in class_names):
+        raise CheckpointError(f"{source}: metadata 'class_names' must be a list of strings, got {_shown(class_names)}")
+    version = meta.get("format_version")
+    if isinstance(version, str) and re.fullmatch(r"\d{1,9}", version, re.ASCII):
+        version = int(version)
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or
+                                not 1 <= version <= FORMAT_VERSION):
+        raise CheckpointError(f"{source}: metadata format_version {_shown(version)}; this vit reads versions 1 to "
+                              f"{FORMAT_VERSION} (written by a newer vit?)")
     try:
-        config = parsed("config")
-        config = ViTConfig.from_dict(config) if isinstance(config, dict) else None
-        preprocess = parsed("preprocess")
-        preprocess = Preprocess.from_dict(preprocess) if isinstance(preprocess, dict) else None
-        class_names = parsed("class_names")
-        version = meta.get("format_version")
-        return PretrainedInfo(config, preprocess, list(class_names) if class_names is not None else None,
-                              int(version) if version is not None else None)
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"the checkpoint's metadata cannot be read: {e}") from e
+        config = ViTConfig.from_dict(config) if config is not None else None
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: metadata 'config': {e}") from e
+    try:
+        preprocess = Preprocess.from_dict(preprocess) if preprocess is not None else None
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: metadata 'preprocess': {e}") from e
+    return PretrainedInfo(config, preprocess, class_names, version)
+
+
+def _shown(value, limit: int = 120) -> str:
+    """repr of a value read from a file, cut to `limit` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
@@ -162,7 +190,7 @@ def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
     """
     path = resolve_source(source)
     if path.suffix == ".safetensors":
-        info = _info_from_strings(_safetensors_metadata(path))
+        info = _info_from_strings(_safetensors_metadata(path), path)
     else:
         info = read_checkpoint(path)[1]
     return _with_sidecars(path, info)
@@ -172,7 +200,7 @@ def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
 # Reading files: safetensors, torch zip/pickle (weights only), numpy .npz
 
 
-def _checkpoint_info(obj: dict) -> PretrainedInfo:
+def _checkpoint_info(obj: dict, path: Path) -> PretrainedInfo:
     """Metadata beside the weights in a torch checkpoint dict other than train.py's (vit.runs reads those):
     {"model": ..., "config" or "model_config": ..., "preprocess": ..., "class_names": ...}."""
     meta = {}
@@ -184,7 +212,7 @@ def _checkpoint_info(obj: dict) -> PretrainedInfo:
     for key in ("preprocess", "class_names", "format_version"):
         if key in obj:
             meta[key] = obj[key]
-    return _info_from_strings(meta)
+    return _info_from_strings(meta, path)
 
 
 # Wrapper keys around a state dict: DeiT and train.py ("model"), Lightning-style ("state_dict"), EMA copies.
@@ -216,7 +244,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-        return state, _info_from_strings(_safetensors_metadata(path))
+        return state, _info_from_strings(_safetensors_metadata(path), path)
     if path.suffix == ".npz":
         return _read_npz(path), PretrainedInfo()
     try:
@@ -243,8 +271,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
     trained = read_trained_model(obj, path)  # train.py's last.ckpt: vit.runs knows its layout
     if trained is not None:
         meta = {"config": trained.model_config, "class_names": trained.class_names}
-        return trained.weights, _info_from_strings(meta)
-    info = _checkpoint_info(obj)
+        return trained.weights, _info_from_strings(meta, path)
+    info = _checkpoint_info(obj, path)
     state = _unwrap(dict(obj))
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -278,11 +306,16 @@ def _read_npz(path: Path) -> dict[str, torch.Tensor]:
         _check_npz(path)
         with np.load(path, allow_pickle=False) as arrays:
             return {k: to_tensor(arrays[k]) for k in arrays.files}
+    except CheckpointError:
+        raise
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is not a readable .npz file of arrays: {type(e).__name__}: {e}") from e
 
 
 MAX_NPZ_BYTES = 16 * 2**30  # what an .npz may unpack to (ViT-H/14 in float32: 2.5 GB)
+# Weights deflate to ~0.9 of their size; a member that claims to inflate 100-fold (and past 64 MiB) is a bomb,
+# refused from the zip's directory before numpy allocates the array its header claims.
+MAX_NPZ_RATIO, NPZ_RATIO_FROM = 100, 2**26
 
 
 def _check_npz(path: Path) -> None:
@@ -298,6 +331,16 @@ def _check_npz(path: Path) -> None:
         if unpacked > MAX_NPZ_BYTES:
             raise CheckpointError(f"{path} unpacks to {unpacked / 1e9:.1f} GB, over the "
                                   f"{MAX_NPZ_BYTES / 1e9:.0f} GB an .npz of ViT weights may hold")
+        size = path.stat().st_size
+        for m in members:
+            stored = m.compress_type == zipfile.ZIP_STORED
+            if m.header_offset + m.compress_size > size or (stored and m.compress_size != m.file_size):
+                raise CheckpointError(f"{path}: {m.filename} claims {m.file_size:,} bytes that the file does not hold "
+                                      "(truncated or damaged)")
+            if not stored and m.file_size > max(NPZ_RATIO_FROM, MAX_NPZ_RATIO * m.compress_size):
+                raise CheckpointError(f"{path}: {m.filename} would inflate {m.compress_size:,} bytes to "
+                                      f"{m.file_size:,} ({m.file_size / max(m.compress_size, 1):.0f}-fold): a "
+                                      "compression bomb, not weights (which deflate to ~0.9 of their size)")
         for m in members:
             with z.open(m) as f:
                 try:
@@ -798,6 +841,24 @@ def read_pretrained(source: str | os.PathLike, cache_dir=None) -> tuple[dict[str
 # Loading
 
 
+def check_tensors(state: Mapping) -> None:
+    """What every converter assumes of a state dict, checked before any of them runs: string keys, and values
+    that are dense tensors on the CPU holding no more elements than their storage (a crafted file can carry
+    integer keys, sparse or meta tensors, and stride-0 views of one value as 10^12 elements, which a
+    conversion would materialise)."""
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"the state dict has a key {key!r} ({type(key).__name__}); weight names are strings")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{key} is a {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided or value.device.type != "cpu":
+            raise CheckpointError(f"{key} is a {value.layout} tensor on {value.device}; weights are dense CPU tensors")
+        if value.numel() and value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise CheckpointError(f"{key} is a view of {value.numel():,} elements over "
+                                  f"{value.untyped_storage().nbytes() // value.element_size():,} stored values "
+                                  f"(shape {tuple(value.shape)}, strides {value.stride()}); save it with .contiguous()")
+
+
 def patch_grid(config: ViTConfig) -> tuple[int, int]:
     """The (h, w) patch grid of a config: what `load_pretrained(..., source_grid=)` needs for weights of it."""
     H, W = to_2tuple(config.img_size)
@@ -821,6 +882,10 @@ def load_pretrained(
         state, info = dict(source), PretrainedInfo()
     else:
         state, info = read_pretrained(source)
+    try:
+        check_tensors(state)
+    except CheckpointError as e:
+        raise e if isinstance(source, Mapping) else CheckpointError(f"{source}: {e}") from e
     if source_grid is None and info.config is not None:
         source_grid = patch_grid(info.config)
     try:
