@@ -548,7 +548,6 @@ def hostile_states(draw):
     return state
 
 
-@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch's, on loading a sparse tensor
 @settings(max_examples=50, deadline=None)
 @given(state=hostile_states(), through_file=st.booleans())
 @limited

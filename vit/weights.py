@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -248,7 +249,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
     if path.suffix == ".npz":
         return _read_npz(path), PretrainedInfo()
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notice on checking a file's sparse tensors (refused later)
+            warnings.filterwarnings("ignore", "Validating sparse tensor invariants")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's weights-only unpickler names a refused import ("... GLOBAL posix.system ..."); anything else
         # it refuses (an unknown opcode, ...) means the bytes are not a pickle of tensors at all.
