@@ -4,9 +4,7 @@ datasets.load_from_disk, pyarrow) and by `vit.data` (the folder's tensors); bad 
 """
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -65,7 +63,8 @@ def test_folder_to_hf_read_back_by_datasets(same_images, hf_cache, tmp_path, fmt
     for split in ("train", "val"):  # and the package reads it as the folder
         ref = D.load_dataset("folder", split, data_dir=str(same_images.folder), **MEMORY)
         got = S.load_dataset(f"hf:{tmp_path / 'out'}", split, **MEMORY)
-        assert got.classes == ref.classes and torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels)
+        assert got.classes == ref.classes
+        assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels)
 
 
 def test_a_carved_val_split_matches_train_pys_carve(same_images, tmp_path):

@@ -22,7 +22,7 @@ import vit.wds_data as W
 from vit import train as T
 from vit.errors import ConfigError, DataError
 
-from conftest import write_shards
+from conftest import folder_items, write_shards
 
 pytest.importorskip("webdataset")
 
@@ -172,6 +172,9 @@ def test_bad_shards_name_the_shard_key_or_split(same_images, tmp_path):
         S.load_dataset(f"wds:{same_images.bare_shards}", "train", **MEMORY, label_key="json:label")
     with pytest.raises(ConfigError, match="streamed shards hold out no validation carve; .*--val-split PATTERN"):
         S.load_dataset(f"wds:{same_images.shards}", "val", data_mode="loader")
+    two = write_shards(tmp_path / "two", folder_items(same_images.folder), classes=["cat", "dog"])  # labels 0-2
+    with pytest.raises(DataError, match=r"shard .*two/train-000\d.tar, sample \d+: label 2, but there are 2 classes"):
+        S.load_dataset(f"wds:{two}", "train", **MEMORY)
 
 
 def test_json_labels_and_a_validation_pattern(same_images, tmp_path):

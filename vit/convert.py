@@ -237,7 +237,8 @@ def main(argv=None) -> int:
     took = time.perf_counter() - start
     for split, files in written.items():
         print(f"{split}: {len(files)} file(s) in {args.output}")
-    print(f"wrote {args.to} in {took:.1f} s; train with: python train.py {usage_hint(args.to, Path(args.output), written)}")
+    hint = usage_hint(args.to, Path(args.output), written)
+    print(f"wrote {args.to} in {took:.1f} s; train with: python train.py {hint}")
     return 0
 
 

@@ -545,7 +545,8 @@ def train_loader(data: FileData | StreamData, transform, channels: int, on_corru
     if isinstance(data, StreamData):
         return data.train_loader(transform, channels, batch_size, workers, seed, rank, world, pin_memory)
     sampler = ShardSampler(len(data), batch_size, seed, rank, world)
-    return file_loader(data, transform, channels, on_corrupt, batch_size // world, workers, sampler, pin_memory), sampler
+    loader = file_loader(data, transform, channels, on_corrupt, batch_size // world, workers, sampler, pin_memory)
+    return loader, sampler
 
 
 def eval_loader(data: FileData | StreamData, transform, channels: int, on_corrupt: str, batch_size: int,

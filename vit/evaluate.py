@@ -283,7 +283,8 @@ def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, tor
         return normalize(source.images[idx]), source.labels[idx]
     if isinstance(source, vdata.StreamData):
         raise ConfigError("--attention-maps picks images by index, which streamed wds: shards do not offer; "
-                          "evaluate a model of at most 64 px (decoded into memory) or the same images as hf: or a folder")
+                          "evaluate a model of at most 64 px (decoded into memory), or the same images as hf: or a "
+                          "folder")
     transform = vdata.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
     items = [source.item(i) for i in indices]

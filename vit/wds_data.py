@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +83,9 @@ class Shard:
 
 def expand(pattern: str) -> list[str]:
     """The shard paths of a brace pattern, each of which must exist."""
+    require_webdataset()
     import braceexpand  # installed with webdataset
 
-    require_webdataset()
     paths = list(braceexpand.braceexpand(pattern))
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
@@ -103,8 +102,15 @@ def read_info(first_shard: str) -> dict:
                 info = json.loads(path.read_text())
             except (OSError, ValueError) as e:
                 raise DataError(f"cannot read {path}: {e}") from e
-            if not isinstance(info, dict) or not isinstance(info.get("splits", {}), dict):
-                raise DataError(f"{path}: expected an object with 'splits' (timm's _info.json layout)")
+            classes = info.get("classes", []) if isinstance(info, dict) else None
+            if not isinstance(info, dict) or not isinstance(info.get("splits", {}), dict) or \
+                    not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise DataError(f"{path}: expected an object with 'splits' (timm's _info.json layout) and "
+                                "'classes', a list of names")
+            try:
+                info_counts(info)
+            except (AttributeError, TypeError, ValueError) as e:
+                raise DataError(f"{path}: each split needs 'filenames' and 'shard_lengths' (counts): {e}") from e
             return info
     return {}
 
@@ -115,11 +121,13 @@ def info_counts(info: dict) -> dict[str, int]:
     for split in info.get("splits", {}).values():
         for name, n in zip(split.get("filenames", []), split.get("shard_lengths", [])):
             counts[Path(name).name] = int(n)
+            if counts[Path(name).name] < 0:
+                raise ValueError(f"{name}: {n} samples")
     return counts
 
 
 def key_of(name: str) -> tuple[str | None, str | None]:
-    """webdataset's split of a member name into (key, extension): everything from the first dot on is the extension."""
+    """webdataset's split of a member name into (key, extension): the extension starts at the first dot."""
     from webdataset.tariterators import base_plus_ext
 
     key, ext = base_plus_ext(name)
@@ -186,6 +194,12 @@ def sample_image(sample: dict, image_key: str, shard: str) -> bytes | None:
     if image_key:
         return sample.get(image_key)
     return next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+
+
+def check_label(label: int, n_classes: int, shard: str, key: str) -> None:
+    if not 0 <= label < n_classes:
+        raise DataError(f"shard {shard}, sample {key}: label {label}, but there are {n_classes} classes "
+                        "(_info.json's 'classes', else 0 to the largest label)")
 
 
 def _exts(sample: dict) -> list[str]:
@@ -313,9 +327,8 @@ def wds_split(pattern: str, split: str, *, val_split: str = "", val_size: float 
     if carved:
         keep = D.carve(len(items), split, val_size, split_seed, f"wds:{pattern}")
         items = [items[i] for i in keep]
-    top = max((s[3] for s in items), default=-1)
-    if top >= len(train.classes):
-        raise DataError(f"wds:{source.pattern}: label {top}, but there are {len(train.classes)} classes")
+    for key, shard, _, label in items:
+        check_label(label, len(train.classes), shard, key)
     return D.decode_images(((image, label, f"{shard} sample {key}") for key, shard, image, label in items),
                            train.classes, img_size, channels, on_corrupt)
 
@@ -509,6 +522,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
             return None
         key, image, label = sample
         name = f"{shard.path} sample {key}"
+        check_label(label, len(self.stream.set.classes), shard.path, key)
         try:
             im = D.load_image(image, self.mode, name)
         except DataError:
