@@ -61,6 +61,27 @@ def test_hf_sources_decode_to_the_folders_tensors(same_images, hf_cache, tmp_pat
         assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels), split
 
 
+def test_an_unreachable_hub_is_asked_once_then_the_cache_is_read(same_images, hf_cache, monkeypatch):
+    """Not offline, but the hub gives no answer: one request (no retries), then datasets reads its cache alone,
+    without huggingface_hub's ~25 s of retries for each split; offline mode is put back after."""
+    import huggingface_hub
+
+    hub_cache(hf_cache, same_images.parquet)
+    asked = []
+
+    def no_answer(url, **kw):
+        asked.append(url)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_answer)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    ref = folder("val", root=same_images.folder)
+    assert torch.equal(S.load_dataset("hf:org/tiny", "val", **MEMORY).images, ref.images)
+    with pytest.raises(DataError, match="hf:org/absent: cannot reach the Hugging Face hub"):
+        S.load_dataset("hf:org/absent", "train", **MEMORY)
+    assert len(asked) == 2 and "datasets/org/tiny" in asked[0] and datasets.config.HF_HUB_OFFLINE is False
+
+
 def test_validation_split_is_used_and_named(same_images, tmp_path):
     """A split called validation is "val" (train is then whole); --val-split names another."""
     items = folder_items(same_images.folder)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ def open_splits(name: str) -> dict:
         elif path.is_dir():
             loaded = datasets.load_dataset(str(path))
         elif name.count("/") <= 1 and not name.startswith((".", "/", "~")):
-            loaded = datasets.load_dataset(name)
+            with offline_unless_reachable(datasets, name):
+                loaded = datasets.load_dataset(name)
         else:
             raise DataError(f"hf:{name}: no such file or folder (and not a hub name ORG/NAME)")
     except DataError:
@@ -78,6 +80,29 @@ def open_splits(name: str) -> dict:
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}
     return dict(loaded)
+
+
+@contextmanager
+def offline_unless_reachable(datasets, name: str):
+    """datasets in offline mode (its cache alone) while loading `name` if the hub gives no answer to one request
+    without retries: huggingface_hub retries an unreachable hub for ~25 s (a split) before datasets falls back
+    to its cache, and a user offline should hear so at once."""
+    saved = datasets.config.HF_HUB_OFFLINE
+    if not saved:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            get_hf_file_metadata(hf_hub_url(name, "README.md", repo_type="dataset"), timeout=10)
+        except HfHubHTTPError:  # the hub answered (no card, no such repo, gated): datasets says what it means
+            pass
+        except Exception as e:  # no answer at all (no route, refused, timed out)
+            log.info("the hub did not answer for %s (%s): reading the datasets cache", name, type(e).__name__)
+            datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
 
 
 def pick_split(splits: dict, name: str, split: str, val_split: str) -> str | None:
