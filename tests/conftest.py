@@ -245,3 +245,93 @@ def trained_run(tmp_path_factory) -> TrainedRun:
         code = main([*TRAINED_RUN_ARGS, "--output", str(out)])
     assert code == 0, printed.getvalue()
     return TrainedRun(out, printed.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------------
+# The same images as a folder, WebDataset shards and Hugging Face datasets, each written by its own library
+
+
+@dataclass(frozen=True)
+class SameImages:
+    """One ImageFolder tree and the same files as shards and HF data (keys and rows in the folder's order)."""
+
+    folder: Path  # ROOT/CLASS/i.png: 3 classes x 8 grey 8x8 PNGs (a class's images share a mean)
+    shards: str  # wds pattern: shards of 5 written by webdataset.ShardWriter in a shuffled order, with _info.json
+    bare_shards: str  # the same shards without _info.json: counted and labelled by a scan
+    hf_disk: Path  # Dataset.from_dict(...) with a ClassLabel, save_to_disk
+    parquet: Path  # the same Dataset.to_parquet: one file
+    classes: tuple[str, ...]
+
+
+def folder_items(root: Path) -> list[tuple[bytes, str, int, str]]:
+    """(file bytes, extension, label, relative path) of a folder's images, in vit.data's scan order."""
+    from vit.data import scan_image_folder
+
+    data = scan_image_folder(root)
+    return [(Path(p).read_bytes(), Path(p).suffix.lstrip("."), y, str(Path(p).relative_to(root)))
+            for p, y in data.samples]
+
+
+def write_shards(out: Path, items, shard_size: int = 5, seed: int = 0, info: bool = True,
+                 classes=None, prefix: str = "train") -> str:
+    """`items` as WebDataset shards (webdataset.ShardWriter), keyed by their index, written in a seeded shuffled
+    order; _info.json in timm's layout. Returns the brace pattern."""
+    import json
+
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(seed).permutation(len(items)).tolist()
+    with wds.ShardWriter(str(out / f"{prefix}-%04d.tar"), maxcount=shard_size, verbose=0) as sink:
+        for i in order:
+            data, ext, label, _ = items[i]
+            sink.write({"__key__": f"{i:06d}", ext: data, "cls": label})
+    n_shards = -(-len(items) // shard_size)
+    if info:
+        files = [f"{prefix}-{k:04d}.tar" for k in range(n_shards)]
+        lengths = [min(shard_size, len(items) - k * shard_size) for k in range(n_shards)]
+        (out / "_info.json").write_text(json.dumps({"classes": list(classes), "splits": {prefix: {
+            "name": prefix, "filenames": files, "shard_lengths": lengths, "num_samples": len(items)}}}))
+    return str(out / f"{prefix}-{{0000..{n_shards - 1:04d}}}.tar")
+
+
+def hf_dataset_of(items, classes):
+    """`items` as a datasets.Dataset: the files' bytes in an Image column, labels in a ClassLabel."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))})
+    return datasets.Dataset.from_dict({"image": [{"bytes": d, "path": p} for d, _, _, p in items],
+                                       "label": [y for _, _, y, _ in items]}, features=features)
+
+
+@pytest.fixture(scope="session")
+def same_images(tmp_path_factory) -> SameImages:
+    d = tmp_path_factory.mktemp("same_images")
+    classes = ("cat", "dog", "emu")
+    rng = np.random.default_rng(0)
+    for k, c in enumerate(classes):  # learnable: each class its own mean grey
+        (d / "folder" / c).mkdir(parents=True)
+        for i in range(8):
+            pixels = np.clip(rng.normal(60 + 70 * k, 30, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(d / "folder" / c / f"{i}.png")
+    items = folder_items(d / "folder")
+    shards = write_shards(d / "shards", items, classes=classes)
+    bare = write_shards(d / "bare", items, info=False)
+    ds = hf_dataset_of(items, classes)
+    ds.save_to_disk(str(d / "hf_disk"))
+    (d / "parquet").mkdir()
+    ds.to_parquet(str(d / "parquet" / "train.parquet"))
+    return SameImages(d / "folder", shards, bare, d / "hf_disk", d / "parquet" / "train.parquet", classes)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty datasets cache for this test, offline (as HF_DATASETS_OFFLINE=1 sets it): where parquet is
+    turned into Arrow, and where a hub name is looked up."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    return tmp_path / "hf-cache"

@@ -15,6 +15,12 @@ random erasing is the exception: it draws from the Python and torch RNGs that ch
 run still erases the same pixels, but each rank draws its own.
 Splits: "train"; "val" (digits: the fixed held-out 20%; MNIST/Fashion-MNIST/CIFAR: the official test set;
 ImageFolder: val/ or a seeded carve); "test" (the official test set, or test/ or val/ for ImageFolder).
+
+Two more sources, each in a module of its own and read through its own library (vit/sources.py says which
+name goes where): `hf:NAME` (Hugging Face datasets, vit/hf_data.py) and `wds:PATTERN` (WebDataset shards,
+vit/wds_data.py). They use this module's pieces: one image decoder (`load_image`, `decode_images`), the carve,
+per-sample seeds, and the loaders (`train_loader`, `eval_loader`) that take rows by index as `FileData` is taken,
+or a `StreamData` that makes its own.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class TensorData:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    skipped: int = 0  # unreadable images left out while decoding (--on-corrupt skip)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,6 +78,30 @@ class FileData:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def item(self, i: int) -> tuple[str, int, str]:
+        """(what `load_image` opens, label, the name an error gives): the interface DataLoader workers read."""
+        path, label = self.samples[i]
+        return path, label, path
+
+    def relabeled(self, index: list[int], classes: list[str]) -> "FileData":
+        """Labels mapped through `index` (dataset class -> another class list's position)."""
+        return FileData([(p, index[y]) for p, y in self.samples], classes)
+
+
+class StreamData:
+    """A split read in order rather than by index (WebDataset shards): it makes its own loaders (see
+    `train_loader`, `eval_loader`). Subclasses have `__len__`, `classes` and `relabeled`."""
+
+    classes: list[str]
+
+    def train_loader(self, transform, channels: int, batch_size: int, workers: int, seed: int, rank: int,
+                     world: int, pin_memory: bool):
+        raise NotImplementedError
+
+    def eval_loader(self, transform, channels: int, batch_size: int, workers: int, rank: int, world: int,
+                    pin_memory: bool):
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -214,39 +245,51 @@ def folder_split(root: str | Path, split: str, val_size: float = 0.1, seed: int 
                 raise DataError(f"{root / sub} has classes {data.classes}, {root / 'train'} has {train_classes}")
         return data
     data = scan_image_folder(root)
-    n = len(data.samples)
+    idx = carve(len(data.samples), split, val_size, seed, str(root))
+    return FileData([data.samples[i] for i in idx], data.classes)
+
+
+def carve(n: int, split: str, val_size: float, seed: int, where: str) -> list[int]:
+    """The sorted indices of `split` in a seeded train/val carve of n images (val and test: the held out).
+
+    The same for every source of the same images in the same order (a folder, its shards, its HF dataset)."""
     n_val = int(val_size) if val_size >= 1 else round(n * val_size)
     if not 0 < n_val < n:
-        raise ConfigError(f"--val-size {val_size} holds out {n_val} of {n} images in {root}; need 0 < held out < {n}")
+        raise ConfigError(f"--val-size {val_size} holds out {n_val} of {n} images in {where}; need 0 < held out < {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    idx = perm[n_val:] if split == "train" else perm[:n_val]
-    return FileData([data.samples[i] for i in sorted(idx)], data.classes)
+    return sorted(perm[n_val:] if split == "train" else perm[:n_val])
 
 
-def load_image(path: str, mode: str):
+def load_image(path: str | bytes, mode: str, name: str | None = None):
     """PIL image in `mode` ("RGB"/"L"), fully decoded; a `DataError` naming the file if it cannot be read.
+
+    `path` may also be the encoded bytes of an image (a shard member, an Arrow cell); `name` then says where they
+    came from in errors.
 
     16-bit and 32-bit integer images are scaled to 8 bits from their full range, float images from [0, 1]
     (PIL's own conversion clips them, which turns most such images white or black). An image of more pixels
     than PIL's limit (Image.MAX_IMAGE_PIXELS, ~89 million) is refused from its header, before decoding:
     PIL itself refuses only past twice that, after a warning, and decodes what lies between.
     """
+    import io
+
     from PIL import Image
 
+    name = name or str(path)
     try:
         with warnings.catch_warnings():  # PIL's warning for what is refused here
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
         with im:
             limit = Image.MAX_IMAGE_PIXELS
             if limit and im.width * im.height > limit:
-                raise DataError(f"cannot read image {path}: {im.width}x{im.height} pixels, over PIL's limit of "
+                raise DataError(f"cannot read image {name}: {im.width}x{im.height} pixels, over PIL's limit of "
                                 f"{limit} (a decompression bomb?)")
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                im = _to_8bit(im, path)
+                im = _to_8bit(im, name)
             return im.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
-        raise DataError(f"cannot read image {path}: {e}") from e
+        raise DataError(f"cannot read image {name}: {e}") from e
 
 
 def _to_8bit(im, path: str):
@@ -265,15 +308,23 @@ def _to_8bit(im, path: str):
 
 def decode_folder(data: FileData, size: int, channels: int, on_corrupt: str = "skip") -> TensorData:
     """Decode an ImageFolder split into memory, resized to size x size (bilinear, antialiased)."""
+    return decode_images((data.item(i) for i in range(len(data))), data.classes, size, channels, on_corrupt)
+
+
+def decode_images(items, classes: list[str], size: int, channels: int, on_corrupt: str = "skip") -> TensorData:
+    """Decode (source, label, name) items (`load_image`'s path or bytes) into memory, resized to size x size
+    (bilinear, antialiased): one decoder for folders, shards and Arrow rows, so the same files give the same
+    tensors from each."""
     mode = "L" if channels == 1 else "RGB"
-    images, labels, skipped = [], [], []
-    for path, label in data.samples:
+    images, labels, skipped, n = [], [], [], 0
+    for source, label, name in items:
+        n += 1
         try:
-            im = load_image(path, mode)
+            im = load_image(source, mode, name)
         except DataError:
             if on_corrupt == "error":
                 raise
-            skipped.append(path)
+            skipped.append(name)
             continue
         if im.size != (size, size):
             from PIL import Image
@@ -285,8 +336,9 @@ def decode_folder(data: FileData, size: int, channels: int, on_corrupt: str = "s
     if skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
     if not images:
-        raise DataError(f"no readable images among {len(data.samples)} files")
-    return TensorData(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), data.classes)
+        raise DataError(f"no readable images among {n} files")
+    return TensorData(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), classes,
+                      len(skipped))
 
 
 def load_dataset(name: str, split: str, data_dir: str = "", download: bool = False, val_size: float = 0.1,
@@ -295,7 +347,7 @@ def load_dataset(name: str, split: str, data_dir: str = "", download: bool = Fal
     """One split of a named dataset: `TensorData` (in memory) or `FileData` (for DataLoader workers).
 
     For ImageFolder trees, data_mode "auto" decodes into memory when img_size <= MEMORY_MAX_SIDE; `img_size`
-    and `channels` then say what to decode to.
+    and `channels` then say what to decode to. (hf:NAME and wds:PATTERN: `vit.sources.load_dataset`.)
     """
     if name != "folder" and data_mode == "loader":
         raise ConfigError(f"--data-mode loader reads image files from a folder; --dataset {name} is held in memory "
@@ -313,13 +365,17 @@ def load_dataset(name: str, split: str, data_dir: str = "", download: bool = Fal
         return cifar_split(name, data_dir or "data", split, download)
     if name == "folder":
         files = folder_split(data_dir, split, val_size, split_seed)
-        memory = data_mode == "memory" or (data_mode == "auto" and 0 < img_size <= MEMORY_MAX_SIDE)
-        if memory:
+        if wants_memory(data_mode, img_size):
             if img_size <= 0:
                 raise ConfigError("decoding an image folder into memory needs --img-size")
             return decode_folder(files, img_size, channels, on_corrupt)
         return files
     raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+
+def wants_memory(data_mode: str, img_size: int) -> bool:
+    """Whether a split from files is decoded into memory: asked for, or (auto) images of at most MEMORY_MAX_SIDE."""
+    return data_mode == "memory" or (data_mode == "auto" and 0 < img_size <= MEMORY_MAX_SIDE)
 
 
 def _check_split(split: str) -> None:
@@ -435,28 +491,29 @@ def seeded_rngs(seed: int):
 
 
 class FileDataset(torch.utils.data.Dataset):
-    """(path, label) samples through a torchvision/timm transform. Unreadable files give None in "skip" mode.
+    """Samples (`FileData`, or anything with its `item(i)`) through a torchvision/timm transform. Unreadable
+    images give None in "skip" mode.
 
     Keys are indices, or (index, seed) pairs from `ShardSampler` that make the random transform of each
     sample a pure function of the seed (exact resume and the same batches for any number of workers).
     """
 
     def __init__(self, data: FileData, transform, channels: int, on_corrupt: str):
-        self.samples, self.transform = data.samples, transform
+        self.data, self.transform = data, transform
         self.mode, self.on_corrupt = ("L" if channels == 1 else "RGB"), on_corrupt
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.data)
 
     def __getitem__(self, key: int | tuple[int, int]):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        path, label = self.samples[i]
+        source, label, name = self.data.item(i)
         try:
-            im = load_image(path, self.mode)
+            im = load_image(source, self.mode, name)
         except DataError as e:
             if self.on_corrupt == "error":
                 return Unreadable(str(e))  # raised by FileLoader, in the main process
-            log.warning("skipping unreadable image %s", path)
+            log.warning("skipping unreadable image %s", name)
             return None
         if seed is None:
             return self.transform(im), label
@@ -569,3 +626,23 @@ def file_loader(data: FileData, transform, channels: int, on_corrupt: str, batch
         # model's draws (dropout, patch dropout), the same with or without workers and across resumes.
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def train_loader(data: FileData | StreamData, transform, channels: int, on_corrupt: str, batch_size: int,
+                 workers: int, seed: int, rank: int, world: int, pin_memory: bool):
+    """(loader, positioner): this rank's share of each global batch of `batch_size` as (x, y, skipped), and the
+    object whose `set_epoch(epoch, start_step)` says where the next pass over the loader begins."""
+    if isinstance(data, StreamData):
+        return data.train_loader(transform, channels, batch_size, workers, seed, rank, world, pin_memory)
+    sampler = ShardSampler(len(data), batch_size, seed, rank, world)
+    loader = file_loader(data, transform, channels, on_corrupt, batch_size // world, workers, sampler, pin_memory)
+    return loader, sampler
+
+
+def eval_loader(data: FileData | StreamData, transform, channels: int, on_corrupt: str, batch_size: int,
+                workers: int, rank: int, world: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """Every world-th share of the split on this rank, in batches of `batch_size` (x, y, skipped)."""
+    if isinstance(data, StreamData):
+        return data.eval_loader(transform, channels, batch_size, workers, rank, world, pin_memory)
+    return file_loader(data, transform, channels, on_corrupt, batch_size, workers, list(range(rank, len(data), world)),
+                       pin_memory)

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from . import data as vdata
+from . import sources
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
 from .metrics import ClassificationMetrics
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
@@ -59,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "vit.weights reads (with --model), a registered model name or hf-hub:ORG/REPO")
     p.add_argument("--model", default=None, help="registered architecture for weights files without a config")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=vdata.DATASETS, default=None,
-                   help="named dataset (as train.py); 'folder' is train.py's split of --data-dir")
+    g.add_argument("--dataset", default=None,
+                   help=f"named dataset (as train.py): {', '.join(vdata.DATASETS)}, hf:NAME or wds:PATTERN; 'folder' "
+                   "is train.py's split of --data-dir")
     g.add_argument("--data-dir", default="", help="dataset root; alone, an ImageFolder tree ROOT/CLASS/*.jpg "
                    "evaluated whole (or its val/ folder where ROOT has train/ and val/)")
     g.add_argument("--split", choices=("val", "test"), default="val",
@@ -69,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--dataset folder: train.py's held-out carve (default: the run's, else 0.1)")
     g.add_argument("--split-seed", type=int, default=None,
                    help="--dataset folder: train.py's seed for the carve (default: the run's, else 0)")
+    g.add_argument("--val-split", default=None, help="hf:/wds: train.py's --val-split (default: the run's, else '')")
+    g.add_argument("--image-key", default=None, help="hf:/wds: train.py's --image-key (default: the run's, else '')")
+    g.add_argument("--label-key", default=None, help="hf:/wds: train.py's --label-key (default: the run's, else '')")
     g.add_argument("--on-corrupt", choices=("error", "skip"), default="error",
                    help="an unreadable image stops evaluation, or is skipped and counted in the report")
     g.add_argument("--workers", type=int, default=2, help="DataLoader workers for images read from disk")
@@ -93,6 +98,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--batch-size and --topk must be positive; --attention-maps and --workers non-negative")
     if args.dataset == "folder" and not args.data_dir:
         p.error("--dataset folder needs --data-dir")
+    if args.dataset:
+        try:
+            sources.check_dataset(args.dataset)
+        except ConfigError as e:
+            p.error(str(e))
     return args
 
 
@@ -148,7 +158,9 @@ def fill_data_args(args) -> None:
     """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
     folder carve's --val-size/--split-seed default to the run's. `evaluate.py CHECKPOINT` needs nothing else."""
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
-    if needs_data or (args.dataset == "folder" and None in (args.val_size, args.split_seed)):
+    carved = args.dataset == "folder" or sources.is_reader_scheme(args.dataset)
+    source_args = ("val_size", "split_seed", "val_split", "image_key", "label_key")
+    if needs_data or (carved and None in [getattr(args, k) for k in source_args]):
         config = find_training_config(args.checkpoint) or {}
         if needs_data:
             if not config:
@@ -158,6 +170,8 @@ def fill_data_args(args) -> None:
             print(f"no --dataset given: using the run's, {args.dataset} {args.data_dir}".rstrip(), file=sys.stderr)
         args.val_size = args.val_size if args.val_size is not None else config.get("val_size", 0.1)
         args.split_seed = args.split_seed if args.split_seed is not None else config.get("split_seed", 0)
+        for k in ("val_split", "image_key", "label_key"):
+            setattr(args, k, getattr(args, k) if getattr(args, k) is not None else config.get(k, ""))
 
 
 def checkpoint_name(checkpoint: str) -> str:
@@ -175,7 +189,7 @@ def checkpoint_name(checkpoint: str) -> str:
 class EvalData:
     """What to evaluate: in-memory uint8 tensors or image files, with labels in the model's class indices."""
 
-    source: vdata.TensorData | vdata.FileData
+    source: vdata.TensorData | vdata.FileData | vdata.StreamData  # or hf: rows (FileData's interface)
     description: str
     skipped: int = 0  # unreadable images dropped while decoding into memory (--on-corrupt skip)
 
@@ -183,7 +197,15 @@ class EvalData:
 def load_eval_data(args, model) -> EvalData:
     """The split named by --dataset/--data-dir, labels remapped from folder/dataset names to the model's."""
     C, H, W = model.preprocess.input_size
-    if args.dataset and args.dataset != "folder":
+    skipped = 0
+    if sources.is_reader_scheme(args.dataset):  # small images decoded as train.py does
+        source = sources.load_dataset(args.dataset, args.split, val_size=args.val_size, split_seed=args.split_seed,
+                                    img_size=H if H == W else 0, channels=C, on_corrupt=args.on_corrupt,
+                                    val_split=args.val_split or "", image_key=args.image_key or "",
+                                    label_key=args.label_key or "")
+        description = f"{args.dataset} ({args.split})"
+        skipped = getattr(source, "skipped", 0)
+    elif args.dataset and args.dataset != "folder":
         source = vdata.load_dataset(args.dataset, args.split, args.data_dir)
         description = f"{args.dataset} ({args.split})"
     elif args.dataset == "folder":
@@ -199,7 +221,6 @@ def load_eval_data(args, model) -> EvalData:
             description = f"{root} (every image)"
     # Small images are decoded as train.py decodes them (resized to a square, no crop); large ones go through
     # the checkpoint's own preprocessing (resize by crop_pct, centre crop, its interpolation and mean/std).
-    skipped = 0
     if isinstance(source, vdata.FileData) and max(H, W) <= vdata.MEMORY_MAX_SIDE:
         decoded = vdata.decode_folder(source, H, C, args.on_corrupt)
         source, skipped = decoded, len(source) - len(decoded)
@@ -231,7 +252,7 @@ def remap_labels(source, model):
         return source
     if isinstance(source, vdata.TensorData):
         return vdata.TensorData(source.images, torch.tensor(index)[source.labels], list(model.class_names))
-    return vdata.FileData([(p, index[y]) for p, y in source.samples], list(model.class_names))
+    return source.relabeled(index, list(model.class_names))
 
 
 def batches(source, model, args, device: torch.device):
@@ -244,8 +265,8 @@ def batches(source, model, args, device: torch.device):
             yield normalize(x), source.labels[i:i + args.batch_size].to(device), 0
         return
     transform = vdata.file_transforms(pre, train=False)
-    loader = vdata.file_loader(source, transform, pre.input_size[0], args.on_corrupt, args.batch_size,
-                               args.workers, sampler=None, pin_memory=device.type == "cuda")
+    loader = vdata.eval_loader(source, transform, pre.input_size[0], args.on_corrupt, args.batch_size, args.workers,
+                               rank=0, world=1, pin_memory=device.type == "cuda")
     for x, y, skipped in loader:
         if x is not None:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), skipped
@@ -260,10 +281,15 @@ def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, tor
         normalize = vdata.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], torch.device("cpu"))
         idx = torch.tensor(indices)
         return normalize(source.images[idx]), source.labels[idx]
+    if isinstance(source, vdata.StreamData):
+        raise ConfigError("--attention-maps picks images by index, which streamed wds: shards do not offer; "
+                          "evaluate a model of at most 64 px (decoded into memory), or the same images as hf: or a "
+                          "folder")
     transform = vdata.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
-    images = [transform(vdata.load_image(source.samples[i][0], mode)) for i in indices]
-    return torch.stack(images), torch.tensor([source.samples[i][1] for i in indices])
+    items = [source.item(i) for i in indices]
+    images = [transform(vdata.load_image(src, mode, name)) for src, _, name in items]
+    return torch.stack(images), torch.tensor([label for _, label, _ in items])
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from .augment import check_policy
 from .budget import parse_budget
 from .data import DATASETS
 from .errors import ConfigError, check_known_options
+from .sources import check_dataset
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -50,8 +51,15 @@ class TrainConfig:
     distill_alpha: float = _f(0.5, "weight of the distillation term against the label term (DeiT: 0.5)")
     distill_tau: float = _f(1.0, "soft distillation's temperature (DeiT: 1.0)")
     # ---- data
-    dataset: str = _f("digits", "dataset name; 'folder' reads an ImageFolder tree at --data-dir", DATASETS)
+    dataset: str = _f("digits", f"dataset: {', '.join(DATASETS)} ('folder' reads an ImageFolder tree at --data-dir); "
+                      "hf:NAME, a Hugging Face dataset (hub name, save_to_disk folder, parquet files); "
+                      "wds:PATTERN, WebDataset shards such as shards/train-{000000..000127}.tar")
     data_dir: str = _f("", "dataset root ('' = the dataset's default; required for folder)")
+    val_split: str = _f("", "hf: the split to validate on; wds: a split of the shards' _info.json or a shard pattern "
+                        "('' = a split named validation/val, else a carve by --val-size)")
+    image_key: str = _f("", "hf: the image column; wds: the image member's extension ('' = found from the data)")
+    label_key: str = _f("", "hf: the label column ('' = the ClassLabel one); wds: the label member's extension, or "
+                        "json:FIELD for a field of KEY.json ('' = cls)")
     download: bool = _f(False, "let torchvision download cifar10/cifar100 into --data-dir")
     val_size: float = _f(0.1, "validation split carved from a single ImageFolder tree: fraction (<1) or count")
     split_seed: int = _f(0, "seed of that carve, apart from --seed: every run holds out the same images")
@@ -163,6 +171,7 @@ class TrainConfig:
         if self.randaug:
             check_policy(self.randaug)
         self._check_finetuning()
+        check_dataset(self.dataset)
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir ROOT (an ImageFolder tree)")
 

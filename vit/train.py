@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from . import data as D
 from . import finetune as FT
-from . import runs
+from . import runs, sources
 from . import tensorboard as TB
 from .augment import RandAugment
 from . import budget as B
@@ -209,11 +210,11 @@ def load_data(cfg: TrainConfig, d: Dist, model_img_size: int, model_chans: int) 
     channels = 1 if model_chans == 1 else 3
     kw = dict(data_dir=cfg.data_dir, download=cfg.download, val_size=cfg.val_size, split_seed=cfg.split_seed,
               data_mode=cfg.data_mode, img_size=cfg.img_size or model_img_size, channels=channels,
-              on_corrupt=cfg.on_corrupt)
+              on_corrupt=cfg.on_corrupt, val_split=cfg.val_split, image_key=cfg.image_key, label_key=cfg.label_key)
     first = cfg.download and d.world > 1  # rank 0 downloads alone; the others then read its files
     if first and not d.main:
         dist.barrier()
-    train, val = D.load_dataset(cfg.dataset, "train", **kw), D.load_dataset(cfg.dataset, "val", **kw)
+    train, val = sources.load_dataset(cfg.dataset, "train", **kw), sources.load_dataset(cfg.dataset, "val", **kw)
     if first and d.main:
         dist.barrier()
     if train.classes != val.classes:
@@ -233,7 +234,7 @@ class Inputs:
     erase: Callable[[torch.Tensor], torch.Tensor] | None = None  # in memory: timm's RandomErasing
     randaug: RandAugment | None = None  # in memory: vit.augment's, per image on the uint8 batch
     train_loader: torch.utils.data.DataLoader | None = None  # from disk
-    train_sampler: D.ShardSampler | None = None
+    train_sampler: D.ShardSampler | None = None  # or a stream's batches: set_epoch(epoch, start_step) either way
     val_loader: torch.utils.data.DataLoader | None = None
 
 
@@ -264,11 +265,11 @@ def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device:
         randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
         return Inputs(data, normalize, erase, randaug)
     pin, local = device.type == "cuda", cfg.batch_size // d.world
-    sampler = D.ShardSampler(len(data.train), cfg.batch_size, cfg.seed, d.rank, d.world)
-    train_loader = D.file_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
-                                 data.channels, cfg.on_corrupt, local, cfg.workers, sampler, pin)
-    val_loader = D.file_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt, local,
-                               cfg.workers, list(range(d.rank, len(data.val), d.world)), pin)
+    train_loader, sampler = D.train_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
+                                           data.channels, cfg.on_corrupt, cfg.batch_size, cfg.workers, cfg.seed, d.rank,
+                                           d.world, pin)
+    val_loader = D.eval_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt, local,
+                               cfg.workers, d.rank, d.world, pin)
     return Inputs(data, normalize, None, None, train_loader, sampler, val_loader)
 
 
@@ -904,7 +905,7 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
                f"({len(tr.budget.replans)} re-plan(s))")
     tr.say(f"done in {st.elapsed_s:.0f} s: best val top-1 {st.best_top1:.2f}%\n"
            f"outputs in {tr.out}/: {runs.BEST}, {runs.LAST}, {runs.METRICS}, {runs.CURVES}\n"
-           f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {cfg.dataset}"
+           f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {shlex.quote(cfg.dataset)}"
            + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
     return 0
 

@@ -1,0 +1,204 @@
+"""`--dataset hf:NAME` (vit/hf_data.py): a save_to_disk folder, parquet files and a hub name from the datasets
+cache (offline) give the folder's tensors; rows for DataLoader workers; every bad input a DataError naming it;
+and one training run through folder, WebDataset and HF that ends bit-identical.
+
+The HF data is made by `datasets` itself (`Dataset.from_dict` with a ClassLabel, `save_to_disk`, `to_parquet`,
+the parquet builder's cache) from the same image files as the folder (conftest.same_images).
+"""
+
+import shutil
+
+import pytest
+import torch
+
+import vit.data as D
+import vit.sources as S
+from vit import train as T
+from vit.errors import ConfigError, DataError
+
+from conftest import folder_items, hf_dataset_of
+
+datasets = pytest.importorskip("datasets")
+
+MEMORY = dict(val_size=5, split_seed=3, data_mode="memory", img_size=8, channels=1)
+
+
+def folder(split, **kw):
+    return D.load_dataset("folder", split, data_dir=str(kw.pop("root")), **{**MEMORY, **kw})
+
+
+def hub_cache(cache, parquet, repo="org/tiny", splits=("train",)):
+    """The datasets cache as loading `repo` from the hub leaves it: the parquet builder's Arrow files under
+    CACHE/org___tiny/default/0.0.0/HASH (built here from local files, then put where the hub's would be)."""
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    files = datasets.data_files.DataFilesDict.from_patterns({s: [str(parquet)] for s in splits})
+    builder = Parquet(cache_dir=str(cache.parent / "build"), dataset_name=repo.split("/")[1], config_name="default",
+                      data_files=files, hash="0123abcd")
+    builder.download_and_prepare()
+    built = next((cache.parent / "build" / repo.split("/")[1]).iterdir())  # default-<config id>
+    target = cache / repo.replace("/", "___") / "default"
+    target.parent.mkdir(parents=True)
+    shutil.move(str(built), str(target))
+
+
+@pytest.mark.parametrize("source", ["hf_disk", "parquet", "parquet_dir", "hub"])
+def test_hf_sources_decode_to_the_folders_tensors(same_images, hf_cache, tmp_path, source):
+    """Every way of naming an HF dataset gives, split for split, the same uint8 tensors, labels and class names
+    as the folder of the same files (the carve by --val-size/--split-seed included)."""
+    name = {"hf_disk": str(same_images.hf_disk), "parquet": str(same_images.parquet)}.get(source)
+    if source == "parquet_dir":  # a folder of {split}-NNNNN-of-NNNNN.parquet: datasets names the split
+        (tmp_path / "pq").mkdir()
+        shutil.copy(same_images.parquet, tmp_path / "pq" / "train-00000-of-00001.parquet")
+        name = str(tmp_path / "pq")
+    if source == "hub":
+        hub_cache(hf_cache, same_images.parquet)
+        name = "org/tiny"
+    for split in ("train", "val"):
+        ref = folder(split, root=same_images.folder)
+        got = S.load_dataset(f"hf:{name}", split, **MEMORY)
+        assert got.classes == ref.classes == list(same_images.classes)
+        assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels), split
+
+
+def test_an_unreachable_hub_is_asked_once_then_the_cache_is_read(same_images, hf_cache, monkeypatch):
+    """Not offline, but the hub gives no answer: one request (no retries), then datasets reads its cache alone,
+    without huggingface_hub's ~25 s of retries for each split; offline mode is put back after."""
+    import huggingface_hub
+
+    hub_cache(hf_cache, same_images.parquet)
+    asked = []
+
+    def no_answer(url, **kw):
+        asked.append(url)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_answer)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    ref = folder("val", root=same_images.folder)
+    assert torch.equal(S.load_dataset("hf:org/tiny", "val", **MEMORY).images, ref.images)
+    with pytest.raises(DataError, match="hf:org/absent: cannot reach the Hugging Face hub"):
+        S.load_dataset("hf:org/absent", "train", **MEMORY)
+    assert len(asked) == 2 and "datasets/org/tiny" in asked[0] and datasets.config.HF_HUB_OFFLINE is False
+
+
+def test_validation_split_is_used_and_named(same_images, tmp_path):
+    """A split called validation is "val" (train is then whole); --val-split names another."""
+    items = folder_items(same_images.folder)
+    dd = datasets.DatasetDict({"train": hf_dataset_of(items[:16], same_images.classes),
+                               "validation": hf_dataset_of(items[16:20], same_images.classes),
+                               "holdout": hf_dataset_of(items[20:], same_images.classes)})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    name = f"hf:{tmp_path / 'dd'}"
+    every = D.decode_folder(D.scan_image_folder(same_images.folder), 8, 1)  # the folder's order: items'
+    for split, val_split, rows in [("train", "", slice(0, 16)), ("val", "", slice(16, 20)),
+                                   ("test", "", slice(16, 20)),  # no test split: val
+                                   ("val", "holdout", slice(20, None))]:
+        got = S.load_dataset(name, split, **MEMORY, val_split=val_split)
+        assert torch.equal(got.images, every.images[rows]) and torch.equal(got.labels, every.labels[rows]), split
+
+
+def test_rows_for_dataloader_workers_match_the_folder_loader(same_images):
+    """data_mode loader: Arrow rows by index through the folder path's sampler and workers: the same batches
+    (timm's random transforms, seeded per sample) as the folder's files, with 2 workers against 0."""
+    from timm.data import create_transform
+
+    transform = create_transform(8, is_training=True, hflip=0.5, mean=(0.5,), std=(0.5,))
+    kw = dict(val_size=5, split_seed=3, data_mode="loader")
+    rows = S.load_dataset(f"hf:{same_images.hf_disk}", "train", **kw)
+    files = D.load_dataset("folder", "train", data_dir=str(same_images.folder), **kw)
+    assert type(rows).__name__ == "ArrowRows" and len(rows) == len(files)
+
+    def batches(data, workers):
+        loader, sampler = D.train_loader(data, transform, 1, "error", 6, workers, seed=0, rank=0, world=1,
+                                         pin_memory=False)
+        sampler.set_epoch(1)
+        return [(x, y) for x, y, _ in loader]
+
+    ours, ref = batches(rows, 2), batches(files, 0)
+    assert len(ours) == len(ref) == len(files) // 6
+    for (x, y), (rx, ry) in zip(ours, ref):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_bad_hf_inputs_name_what_is_wrong(same_images, hf_cache, tmp_path):
+    name = f"hf:{same_images.hf_disk}"
+    with pytest.raises(DataError, match="no column 'pixels' .*--image-key.*columns: image, label"):
+        S.load_dataset(name, "train", **MEMORY, image_key="pixels")
+    with pytest.raises(DataError, match="no column 'target' .*--label-key"):
+        S.load_dataset(name, "train", **MEMORY, label_key="target")
+    with pytest.raises(DataError, match=r"no split 'validaton' \(--val-split\); splits: train"):
+        S.load_dataset(name, "val", **MEMORY, val_split="validaton")
+    with pytest.raises(DataError, match="hf:org/absent: cannot reach the Hugging Face hub .*not in the datasets cache"):
+        S.load_dataset("hf:org/absent", "train", **MEMORY)
+    with pytest.raises(DataError, match="no such file or folder"):
+        S.load_dataset(f"hf:{tmp_path / 'nothing' / 'here'}", "train", **MEMORY)
+    # A column without images, a split without labels (the hub's test splits hold -1)
+    items = folder_items(same_images.folder)
+    no_image = datasets.Dataset.from_dict({"text": ["a"] * 4, "label": [0, 1, 0, 1]})
+    no_image.save_to_disk(str(tmp_path / "text"))
+    with pytest.raises(DataError, match="has no image column .*--image-key; columns: text"):
+        S.load_dataset(f"hf:{tmp_path / 'text'}", "train", **MEMORY)
+    unlabelled = hf_dataset_of(items, same_images.classes).cast_column("label", datasets.Value("int64"))
+    unlabelled = unlabelled.map(lambda r, i: {"label": -1 if i == 3 else r["label"]}, with_indices=True)
+    unlabelled.save_to_disk(str(tmp_path / "unlabelled"))
+    with pytest.raises(DataError, match=r"split train: 1 row\(s\) without a label in column 'label'"):
+        S.load_dataset(f"hf:{tmp_path / 'unlabelled'}", "train", **MEMORY)
+
+
+def test_flags_for_hf_and_wds_only(same_images):
+    with pytest.raises(ConfigError, match="--data-dir has no effect with --dataset hf:"):
+        S.load_dataset(f"hf:{same_images.hf_disk}", "train", data_dir="x", **MEMORY)
+    with pytest.raises(ConfigError, match="are for hf: and wds: datasets, not digits"):
+        S.load_dataset("digits", "train", label_key="label")
+    with pytest.raises(ConfigError, match="unknown dataset 'hf:'"):
+        S.check_dataset("hf:")
+
+
+def test_folder_shards_and_hf_train_bit_identical(same_images, hf_cache, tmp_path, capsys):
+    """The same images through the folder, WebDataset shards, a save_to_disk folder and parquet: the same seed
+    gives bit-identical weights after a few deterministic CPU steps, and the same validation accuracy."""
+    common = ["--quiet", "--device", "cpu", "--precision", "fp32", "--deterministic", "--model", "vit_nano_patch2_8",
+              "--img-size", "8", "--batch-size", "4", "--val-size", "5", "--split-seed", "3", "--epochs", "2",
+              "--max-steps", "6", "--warmup-epochs", "0", "--hflip", "0.5", "--crop-pad", "1", "--seed", "5"]
+    sources = {"folder": ["--dataset", "folder", "--data-dir", str(same_images.folder)],
+               "wds": ["--dataset", f"wds:{same_images.shards}"],
+               "hf": ["--dataset", f"hf:{same_images.hf_disk}"],
+               "parquet": ["--dataset", f"hf:{same_images.parquet}"]}
+    weights = {}
+    for name, flags in sources.items():
+        assert T.main(common + flags + ["--output", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        weights[name] = torch.load(tmp_path / name / "last.ckpt", map_location="cpu", weights_only=True)["model"]
+    assert "19 train / 5 val images, 3 classes" in capsys.readouterr().out
+    for name in ("wds", "hf", "parquet"):
+        for k, v in weights["folder"].items():
+            assert torch.equal(v, weights[name][k]), (name, k)
+    # Teeth: another seed moves the weights
+    assert T.main(common + sources["folder"] + ["--seed", "6", "--output", str(tmp_path / "other")]) == 0
+    other = torch.load(tmp_path / "other" / "last.ckpt", map_location="cpu", weights_only=True)["model"]
+    assert not torch.equal(other["head.weight"], weights["folder"]["head.weight"])
+
+
+def test_evaluate_reads_hf_rows_and_streamed_shards_as_the_folder(same_images, tmp_path):
+    """evaluate.py on a model of 80 px (so through DataLoader workers and the checkpoint's preprocessing):
+    hf: rows and streamed wds: shards give the folder's confusion matrix, with labels mapped to the
+    checkpoint's class order by name."""
+    import vit
+    from vit.evaluate import parse_args, run
+
+    model = vit.create_model("vit_tiny_patch16_224", img_size=80, depth=1, num_classes=3)
+    weights = vit.save_pretrained(model, tmp_path / "m.safetensors", class_names=["emu", "cat", "dog"])
+    common = [str(weights), "--device", "cpu", "--precision", "fp32", "--workers", "0", "--no-progress",
+              "--val-size", "5", "--split-seed", "3"]
+    reports = {}
+    for name, flags in {"folder": ["--dataset", "folder", "--data-dir", str(same_images.folder)],
+                        "hf": ["--dataset", f"hf:{same_images.hf_disk}"],
+                        "wds": ["--dataset", f"wds:{same_images.shards}", "--val-split", same_images.shards]}.items():
+        reports[name] = run(parse_args(common + flags + ["--output", str(tmp_path / name)]))
+    assert sum(map(sum, reports["folder"]["confusion_matrix"])) == 5
+    assert sum(map(sum, reports["wds"]["confusion_matrix"])) == 24  # the validation shards: all of them here
+    assert reports["hf"]["confusion_matrix"] == reports["folder"]["confusion_matrix"]
+    assert reports["hf"]["class_names"] == ["emu", "cat", "dog"]
+    folder_all = run(parse_args([str(weights), "--device", "cpu", "--precision", "fp32", "--no-progress",
+                                 "--data-dir", str(same_images.folder), "--output", str(tmp_path / "all")]))
+    assert reports["wds"]["confusion_matrix"] == folder_all["confusion_matrix"]

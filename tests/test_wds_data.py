@@ -1,0 +1,212 @@
+"""`--dataset wds:PATTERN` (vit/wds_data.py): shards written by webdataset.ShardWriter give the folder's tensors;
+a streamed epoch is split over ranks and workers, resumes exactly, and two gloo ranks read disjoint samples
+that make up the epoch; truncated shards, unlabelled samples, missing shards and splits are DataErrors naming them.
+"""
+
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+import vit.data as D
+import vit.sources as S
+import vit.wds_data as W
+from vit import train as T
+from vit.errors import ConfigError, DataError
+
+from conftest import folder_items, write_shards
+
+pytest.importorskip("webdataset")
+
+MEMORY = dict(val_size=5, split_seed=3, data_mode="memory", img_size=8, channels=1)
+
+
+def ids_shards(out: Path, n: int, shard_size: int) -> str:
+    """n samples whose label is their index (n classes): what a reader yields says which sample it was."""
+    items = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((4, 4), i % 256, np.uint8), "L").save(buf, "PNG")
+        items.append((buf.getvalue(), "png", i, f"{i}.png"))
+    return write_shards(out, items, shard_size=shard_size, classes=[str(i) for i in range(n)])
+
+
+def to_tensor(im):
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+
+
+def epoch_ids(stream, batch, workers=0, rank=0, world=1, epoch=0, start=0) -> list[list[int]]:
+    loader, position = D.train_loader(stream, to_tensor, 1, "error", batch, workers, seed=0, rank=rank, world=world,
+                                      pin_memory=False)
+    position.set_epoch(epoch, start)
+    return [y.tolist() for _, y, _ in loader]
+
+
+@pytest.mark.parametrize("which", ["shards", "bare_shards"])
+def test_shards_decode_to_the_folders_tensors(same_images, which):
+    """With _info.json, or counted and labelled by a scan of the tar headers: the folder's tensors, split for
+    split, whatever order the samples were written in (key order)."""
+    pattern = getattr(same_images, which)
+    for split in ("train", "val"):
+        ref = D.load_dataset("folder", split, data_dir=str(same_images.folder), **MEMORY)
+        got = S.load_dataset(f"wds:{pattern}", split, **MEMORY)
+        assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels), split
+    assert got.classes == (list(same_images.classes) if which == "shards" else ["0", "1", "2"])
+
+
+def test_a_streamed_epoch_resumes_exactly_and_changes_with_the_epoch(tmp_path):
+    """53 samples in shards of 7, batch 6: 8 steps, the last 5 samples of the epoch's order sit out. A pass
+    started at step k is the uninterrupted pass from k on (0 and 2 workers); shards and in-shard order are
+    drawn again each epoch."""
+    stream = S.load_dataset(f"wds:{ids_shards(tmp_path, 53, 7)}", "train", data_mode="loader")
+    assert isinstance(stream, D.StreamData) and len(stream) == 53
+    for workers in (0, 2):
+        full = epoch_ids(stream, 6, workers)
+        assert len(full) == 8 and all(len(b) == 6 for b in full)
+        assert len(set(sum(full, []))) == 48  # no sample twice
+        assert epoch_ids(stream, 6, workers, start=3) == full[3:]
+    assert sum(epoch_ids(stream, 6, 0, epoch=1), []) != sum(epoch_ids(stream, 6, 0), [])
+    # Validation: every sample once, each rank and worker its share
+    shares = [sum((y.tolist() for _, y, _ in D.eval_loader(stream, to_tensor, 1, "error", 4, 2, r, 2, False)), [])
+              for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == list(range(53))
+
+
+def test_buffer_order_is_a_bounded_permutation():
+    order = W.buffer_order(2500, seed=1, epoch=2, shard=3, size=100)
+    assert sorted(order.tolist()) == list(range(2500))
+    assert all(order[k] < k + 100 for k in range(2500))  # output k is among the first k + 100 read
+    assert not np.array_equal(order, W.buffer_order(2500, seed=1, epoch=3, shard=3, size=100))
+
+
+def _rank(rank, world, port, pattern, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    stream = S.load_dataset(f"wds:{pattern}", "train", data_mode="loader")
+    seen = [epoch_ids(stream, 8, workers=1, rank=rank, world=world, epoch=e) for e in (0, 1)]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, seen)
+    if rank == 0:
+        torch.save(gathered, out)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_read_disjoint_samples_that_make_up_the_epoch(tmp_path):
+    """40 samples in 8 shards of 5, global batch 8: each of 2 ranks reads 5 batches of 4, from the shards its
+    part of the epoch lies in; together they read each sample once, in both epochs."""
+    import socket
+
+    pattern = ids_shards(tmp_path / "shards", 40, 5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: the ranks start with this process's imports (spawn would import torch twice more: ~30 s here)
+    mp.start_processes(_rank, args=(2, port, pattern, tmp_path / "seen.pt"), nprocs=2, join=True, start_method="fork")
+    ranks = torch.load(tmp_path / "seen.pt")
+    for epoch in (0, 1):
+        a, b = (sum(ranks[r][epoch], []) for r in range(2))
+        assert [len(x) for x in ranks[0][epoch]] == [len(x) for x in ranks[1][epoch]] == [4] * 5
+        assert not set(a) & set(b) and sorted(a + b) == list(range(40))
+    assert sum(ranks[0][0], []) != sum(ranks[0][1], [])
+
+
+def truncated_copy(pattern: str, tmp_path: Path, info: bool) -> tuple[str, Path]:
+    """The shards of `pattern` (with or without _info.json) with shard 0002 cut inside its third sample."""
+    src = Path(pattern).parent
+    dst = tmp_path / "cut"
+    shutil.copytree(src, dst)
+    if not info:
+        (dst / "_info.json").unlink(missing_ok=True)
+    shard = dst / "train-0002.tar"
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        third = tar.getmembers()[5]  # members: a.cls a.png b.cls b.png c.cls c.png ...: c's image
+    shard.write_bytes(shard.read_bytes()[: third.offset_data + 10])
+    return str(dst / Path(pattern).name), shard
+
+
+@pytest.mark.parametrize("info", [True, False])
+def test_a_truncated_shard_is_named_or_skipped_and_counted(same_images, tmp_path, caplog, info):
+    """Found at read time (counts from _info.json) or by the scan (no _info.json): --on-corrupt error names the
+    shard; skip trains on the rest and logs how many samples were lost."""
+    pattern, shard = truncated_copy(same_images.shards, tmp_path, info)
+    with pytest.raises(DataError, match=f"shard {shard} is truncated"):
+        S.load_dataset(f"wds:{pattern}", "train", **MEMORY, on_corrupt="error")
+    with caplog.at_level(logging.WARNING, logger="vit.wds_data"):
+        got = S.load_dataset(f"wds:{pattern}", "train", **MEMORY)
+    lost = "3 of its 5 samples" if info else "the sample cut off"
+    assert f"{shard}" in caplog.text and f"skipped {lost}" in caplog.text
+    assert len(got) == 24 - 3 - 5  # 2 of the shard's 5 samples remain; 5 held out
+    if info:  # streamed: the lost samples are left out of their batches and counted
+        stream = S.load_dataset(f"wds:{pattern}", "train", data_mode="loader")
+        loader, position = D.train_loader(stream, to_tensor, 1, "skip", 4, 0, 0, 0, 1, False)
+        position.set_epoch(0)
+        assert sum(skipped for _, _, skipped in loader) == 3
+
+
+def test_bad_shards_name_the_shard_key_or_split(same_images, tmp_path):
+    import webdataset as wds
+
+    (tmp_path / "nolabel").mkdir()
+    with wds.ShardWriter(str(tmp_path / "nolabel" / "s-%04d.tar"), maxcount=10, verbose=0) as sink:
+        for i in range(4):
+            sample = {"__key__": f"{i:06d}", "png": (same_images.folder / "cat" / f"{i}.png").read_bytes()}
+            sink.write({**sample, "cls": i % 2} if i != 2 else sample)
+    bad = str(tmp_path / "nolabel" / "s-0000.tar")
+    with pytest.raises(DataError, match=f"shard {bad}, sample 000002: no label \\(000002.cls"):
+        S.load_dataset(f"wds:{bad}", "train", **MEMORY)
+    with pytest.raises(DataError, match=f"1 of 6 shard\\(s\\) missing, e.g. .*train-0005.tar"):
+        S.load_dataset(f"wds:{same_images.shards.replace('0004', '0005')}", "train", **MEMORY)
+    with pytest.raises(DataError, match="no split 'validaton' \\(--val-split\\) in _info.json \\(splits: train\\)"):
+        S.load_dataset(f"wds:{same_images.shards}", "val", **MEMORY, val_split="validaton")
+    with pytest.raises(DataError, match=r"shard .*bare/train-0000.tar, sample \d+: no label \(\d+.json for "
+                       "--label-key json:label\); its members: cls, png"):
+        S.load_dataset(f"wds:{same_images.bare_shards}", "train", **MEMORY, label_key="json:label")
+    with pytest.raises(ConfigError, match="streamed shards hold out no validation carve; .*--val-split PATTERN"):
+        S.load_dataset(f"wds:{same_images.shards}", "val", data_mode="loader")
+    two = write_shards(tmp_path / "two", folder_items(same_images.folder), classes=["cat", "dog"])  # labels 0-2
+    with pytest.raises(DataError, match=r"shard .*two/train-000\d.tar, sample \d+: label 2, but there are 2 classes"):
+        S.load_dataset(f"wds:{two}", "train", **MEMORY)
+
+
+def test_json_labels_and_a_validation_pattern(same_images, tmp_path):
+    """Labels from a field of KEY.json; validation shards named by --val-split PATTERN."""
+    import webdataset as wds
+
+    (tmp_path / "j").mkdir()
+    ref = D.load_dataset("folder", "train", data_dir=str(same_images.folder), **MEMORY)
+    files = D.scan_image_folder(same_images.folder).samples
+    for split, part in (("train", files[:18]), ("val", files[18:])):
+        with wds.ShardWriter(str(tmp_path / "j" / f"{split}-%04d.tar"), maxcount=6, verbose=0) as sink:
+            for i, (path, label) in enumerate(part):
+                sink.write({"__key__": f"{i:06d}", "png": Path(path).read_bytes(),
+                            "json": json.dumps({"label": label, "path": path}).encode()})
+    kw = dict(MEMORY, label_key="json:label", val_split=str(tmp_path / "j" / "val-0000.tar"))
+    train = S.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "train", **kw)
+    val = S.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "val", **kw)
+    every = D.decode_folder(D.FileData(files, ref.classes), 8, 1)
+    assert torch.equal(train.images, every.images[:18]) and torch.equal(val.labels, every.labels[18:])
+
+
+def test_streamed_training_resumes_bit_identical(same_images, tmp_path):
+    """train.py over streamed shards (DataLoader workers, timm's random transforms): stopped after 3 steps and
+    resumed, the run ends with the weights of the run never stopped."""
+    args = ["--quiet", "--device", "cpu", "--precision", "fp32", "--deterministic", "--dataset",
+            f"wds:{same_images.shards}", "--val-split", same_images.shards, "--data-mode", "loader", "--workers", "2",
+            "--img-size", "8", "--batch-size", "4", "--epochs", "2", "--warmup-epochs", "0", "--hflip", "0.5",
+            "--randaug", "rand-m9-mstd0.5-inc1"]
+    assert T.main(args + ["--output", str(tmp_path / "full")]) == 0
+    assert T.main(args + ["--max-steps", "3", "--output", str(tmp_path / "cut")]) == 0
+    assert T.main(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]) == 0
+    full, cut = (torch.load(tmp_path / r / "last.ckpt", weights_only=True) for r in ("full", "cut"))
+    assert cut["state"]["step"] == full["state"]["step"] == 12
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], cut["model"][k]), k

@@ -1,0 +1,557 @@
+"""WebDataset tar shards as training and evaluation data: `--dataset wds:PATTERN`, read with `webdataset`.
+
+PATTERN is a brace pattern of local shard files (a network filesystem mount will do), e.g.
+`shards/train-{000000..000127}.tar`. A sample is the group of members sharing a key (webdataset's rule); its
+image is the first member with an image extension (or --image-key EXT), its label the integer in KEY.cls (or
+--label-key EXT, or --label-key json:FIELD for a field of KEY.json).
+
+Beside the shards, `_info.json` (timm's layout, which `python -m vit.convert` writes) gives each shard's sample
+count and the class names:
+    {"classes": [...], "splits": {"train": {"name": "train", "filenames": [...], "shard_lengths": [...],
+                                              "num_samples": N}, "val": {...}}}
+Without it, or for a shard it does not list, the shard's tar headers are scanned for the count (and the label
+members read for the number of classes). Splits: "val" is --val-split (a split of _info.json, or a shard
+pattern), else _info.json's val/validation split, else (in memory only) a seeded carve of train as for a folder;
+"test" is _info.json's test split if it has one, else val.
+
+Small images are decoded into memory: every sample of every shard, in key order (so the order, and a carve,
+do not depend on how the samples were cut into shards; `vit.convert` keys samples by their index in the source).
+
+Large ones are streamed. What a training epoch reads, and what resume guarantees:
+- Epoch e puts the shards in a seeded order (seed, e) and each shard's samples through a seeded 1,000-sample
+  shuffle buffer (seed, e, shard): one sequence of all N samples.
+- Of that sequence, rank r trains on the r-th contiguous 1/world of its first floor(N / B) * B samples (B the
+  global batch), floor(N / B) batches of B / world; the last N mod B samples of the sequence sit this epoch out
+  (another part of the data each epoch). Within a rank, DataLoader worker w reads the contiguous run of batches
+  it serves, so it opens only the shards that run covers (a shard at either end may be shared with a neighbour,
+  each reading its own part): shards are split over ranks and workers.
+- Resumed at (epoch, step), every rank continues with exactly the batches the uninterrupted run would have
+  trained on next: within the epoch no sample is read twice and none is missed (a worker skips, undecoded,
+  the part of a shard before the resume point), and augmentation is seeded per sample as on the folder path,
+  so a deterministic CPU run resumes bit-identical. This holds for the same number of ranks and --workers: the
+  layout of a streamed epoch depends on both (unlike the indexed paths). Resumed with other counts, the
+  interrupted epoch continues from the same step over another layout (some samples of it may then repeat or be
+  missed), and every later epoch is whole again.
+Validation streams every sample once, each rank its contiguous share, in shard order.
+
+A shard that ends early (truncated) is a DataError naming it under --on-corrupt error; under skip its lost
+samples are dropped and counted in the log (a streamed epoch trains on the rest of those batches). A sample
+without a label is a DataError naming the shard and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as D
+from .errors import ConfigError, DataError
+
+log = logging.getLogger("vit.wds_data")
+
+INFO_FILES = ("_info.json", "info.json")  # timm's names for the sidecar
+VAL_SPLITS = ("val", "validation")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff")
+SHUFFLE_BUFFER = 1000  # samples: the in-shard shuffle of a streamed epoch; a worker holds at most this many
+
+
+def require_webdataset():
+    try:
+        import webdataset
+    except ImportError as e:
+        raise ConfigError("--dataset wds:PATTERN reads WebDataset shards with the `webdataset` library: "
+                          "pip install 'vit[data]' (or pip install webdataset)") from e
+    return webdataset
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shards, their counts and classes
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    count: int  # samples in it (from _info.json or a scan)
+    offset: int  # global index of its first sample: shard order as listed, then tar order
+
+
+def expand(pattern: str) -> list[str]:
+    """The shard paths of a brace pattern, each of which must exist."""
+    require_webdataset()
+    import braceexpand  # installed with webdataset
+
+    paths = list(braceexpand.braceexpand(pattern))
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"wds:{pattern}: {len(missing)} of {len(paths)} shard(s) missing, e.g. {missing[0]}")
+    return paths
+
+
+def read_info(first_shard: str) -> dict:
+    """_info.json (or info.json) beside the shards, or {}."""
+    for name in INFO_FILES:
+        path = Path(first_shard).parent / name
+        if path.is_file():
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise DataError(f"cannot read {path}: {e}") from e
+            classes = info.get("classes", []) if isinstance(info, dict) else None
+            if not isinstance(info, dict) or not isinstance(info.get("splits", {}), dict) or \
+                    not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise DataError(f"{path}: expected an object with 'splits' (timm's _info.json layout) and "
+                                "'classes', a list of names")
+            try:
+                info_counts(info)
+            except (AttributeError, TypeError, ValueError) as e:
+                raise DataError(f"{path}: each split needs 'filenames' and 'shard_lengths' (counts): {e}") from e
+            return info
+    return {}
+
+
+def info_counts(info: dict) -> dict[str, int]:
+    """{shard file name: sample count} over every split of _info.json."""
+    counts = {}
+    for split in info.get("splits", {}).values():
+        for name, n in zip(split.get("filenames", []), split.get("shard_lengths", [])):
+            counts[Path(name).name] = int(n)
+            if counts[Path(name).name] < 0:
+                raise ValueError(f"{name}: {n} samples")
+    return counts
+
+
+def key_of(name: str) -> tuple[str | None, str | None]:
+    """webdataset's split of a member name into (key, extension): the extension starts at the first dot."""
+    from webdataset.tariterators import base_plus_ext
+
+    key, ext = base_plus_ext(name)
+    return key, (ext.lower() if ext else ext)
+
+
+def scan_shard(path: str, label_key: str) -> tuple[int, int, bool]:
+    """(complete samples, largest label, truncated) from the tar headers (and label members) of one shard.
+
+    A shard is truncated when reading it fails or it lacks tar's end-of-archive blocks; its last sample, which
+    may then be cut short, is not counted."""
+    keys, top, truncated, end = [], -1, False, 0
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                end = member.offset_data + -(-member.size // 512) * 512
+                if not member.isreg():
+                    continue
+                key, ext = key_of(member.name)
+                if key is None or member.name.startswith("__"):
+                    continue
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+                if _is_label_member(ext, label_key):
+                    top = max(top, _parse_label(ext, tar.extractfile(member).read(), label_key, path, key))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        truncated = True
+        log.debug("scan of %s stopped: %s", path, e)
+    if not truncated and not path.endswith((".gz", ".tgz", ".bz2", ".xz")):
+        with open(path, "rb") as f:  # tar ends with two zero blocks; a cut at a member boundary loses them
+            f.seek(end)
+            tail = f.read(1024)
+        truncated = len(tail) < 1024 or tail.strip(b"\0") != b""
+    count = len(keys) - (1 if truncated and keys else 0)
+    return count, top, truncated
+
+
+def _is_label_member(ext: str, label_key: str) -> bool:
+    return ext == ("json" if label_key.startswith("json:") else label_key)
+
+
+def _parse_label(ext: str, data: bytes, label_key: str, shard: str, key: str) -> int:
+    try:
+        if label_key.startswith("json:"):
+            value = json.loads(data)[label_key[5:]]
+        else:
+            value = data.decode().strip()
+        return int(value)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"shard {shard}, sample {key}: no integer label in {key}.{ext} for --label-key {label_key} "
+                        f"({type(e).__name__}: {e})") from e
+
+
+def sample_label(sample: dict, label_key: str, shard: str) -> int:
+    ext = "json" if label_key.startswith("json:") else label_key
+    if ext not in sample:
+        raise DataError(f"shard {shard}, sample {sample['__key__']}: no label ({sample['__key__']}.{ext} for "
+                        f"--label-key {label_key}); its members: {', '.join(_exts(sample))}")
+    return _parse_label(ext, sample[ext], label_key, shard, sample["__key__"])
+
+
+def sample_image(sample: dict, image_key: str, shard: str) -> bytes | None:
+    """The encoded image of a sample; None where it has none (a sample cut short)."""
+    if image_key:
+        return sample.get(image_key)
+    return next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+
+
+def check_label(label: int, n_classes: int, shard: str, key: str) -> None:
+    if not 0 <= label < n_classes:
+        raise DataError(f"shard {shard}, sample {key}: label {label}, but there are {n_classes} classes "
+                        "(_info.json's 'classes', else 0 to the largest label)")
+
+
+def _exts(sample: dict) -> list[str]:
+    return [k for k in sample if not k.startswith("__")]
+
+
+@dataclass
+class ShardSet:
+    """The shards of one split, with what is known of them."""
+
+    pattern: str
+    shards: list[Shard]
+    classes: list[str]
+    image_key: str
+    label_key: str
+    on_corrupt: str
+
+    def __len__(self) -> int:
+        return sum(s.count for s in self.shards)
+
+
+def open_shards(pattern: str, image_key: str, label_key: str, on_corrupt: str, classes: list[str] | None = None,
+                info: dict | None = None) -> ShardSet:
+    """Count the shards of `pattern` (from _info.json, else by a scan) and find the class names."""
+    paths = expand(pattern)
+    info = read_info(paths[0]) if info is None else info
+    known = info_counts(info)
+    label_key = label_key or "cls"
+    counts, top = [], -1
+    for path in paths:
+        if Path(path).name in known and (classes or info.get("classes")):
+            counts.append(known[Path(path).name])
+            continue
+        n, shard_top, truncated = scan_shard(path, label_key)
+        top = max(top, shard_top)
+        if truncated:
+            lost = known[Path(path).name] - n if Path(path).name in known else None
+            what = f"{lost} of its {known[Path(path).name]} samples" if lost is not None else "the sample cut off"
+            if on_corrupt == "error":
+                raise DataError(f"shard {path} is truncated after {n} complete samples (--on-corrupt skip would "
+                                f"train without {what})")
+            log.warning("shard %s is truncated after %d complete samples: skipped %s", path, n, what)
+        counts.append(n)
+    if top < 0 and not (classes or info.get("classes")) and any(counts):  # no label found: say where one lacks
+        first = next(Shard(p, n, 0) for p, n in zip(paths, counts) if n)
+        next(read_shard(first, image_key, label_key, on_corrupt))
+    classes = classes or info.get("classes") or [str(i) for i in range(top + 1)]
+    if len(classes) < 2:
+        raise DataError(f"wds:{pattern}: {len(classes)} class(es) (labels up to {top} in {label_key}); "
+                        "classification needs at least 2 (class names come from _info.json's 'classes')")
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist() if counts else []
+    shards = [Shard(p, n, int(o)) for p, n, o in zip(paths, counts, offsets)]
+    if not sum(counts):
+        raise DataError(f"wds:{pattern}: no samples in {len(paths)} shard(s)")
+    return ShardSet(pattern, shards, list(classes), image_key, label_key, on_corrupt)
+
+
+def read_shard(shard: Shard, image_key: str, label_key: str, on_corrupt: str):
+    """(tar index, key, encoded image or None, label) for each sample of a shard, in tar order, through
+    webdataset's tar reader. A shard that ends before its count is truncated: an error, or (skip) logged, the
+    sample cut off at the end not yielded."""
+    from webdataset import tariterators
+
+    errors = []
+
+    def stop(e):  # webdataset's handler: note the error and end this shard
+        errors.append(e)
+        return False
+
+    files = tariterators.tar_file_expander(tariterators.url_opener([{"url": shard.path}], handler=stop), handler=stop)
+    pending, n = None, 0  # one sample held back: the last one of a truncated shard may be cut short
+    for sample in tariterators.group_by_keys(files, handler=stop):
+        if n == shard.count:  # the count is what this split holds of the shard
+            break
+        if pending is not None:
+            yield _complete(pending, n - 1, shard, image_key, label_key)
+        pending, n = sample, n + 1
+    truncated = bool(errors) or n < shard.count
+    if pending is not None:
+        cut = truncated and (sample_image(pending, image_key, shard.path) is None or
+                             ("json" if label_key.startswith("json:") else label_key) not in pending)
+        if cut:
+            n -= 1
+        else:
+            yield _complete(pending, n - 1, shard, image_key, label_key)
+    if truncated and n < shard.count:
+        cause = f": {str(errors[0]).split(' @ ')[0]}" if errors else ""  # webdataset appends the stream
+        if on_corrupt == "error":
+            raise DataError(f"shard {shard.path} is truncated: {n} of its {shard.count} samples could be read{cause}")
+        log.warning("shard %s is truncated: skipped %d of its %d samples%s", shard.path, shard.count - n,
+                    shard.count, cause)
+
+
+def _complete(sample: dict, index: int, shard: Shard, image_key: str, label_key: str):
+    image = sample_image(sample, image_key, shard.path)
+    if image is None:
+        raise DataError(f"shard {shard.path}, sample {sample['__key__']}: no image member "
+                        f"({image_key or '/'.join(IMAGE_EXTS)}); its members: {', '.join(_exts(sample))}")
+    return index, sample["__key__"], image, sample_label(sample, label_key, shard.path)
+
+
+# --------------------------------------------------------------------------------------------------------
+# A split
+
+
+def wds_split(pattern: str, split: str, *, val_split: str = "", val_size: float = 0.1, split_seed: int = 0,
+              image_key: str = "", label_key: str = "", memory: bool = True, img_size: int = 0, channels: int = 3,
+              on_corrupt: str = "skip") -> D.TensorData | "ShardStream":
+    """One split of `wds:PATTERN`: decoded into memory, or as a stream for DataLoader workers."""
+    paths = expand(pattern)
+    info = read_info(paths[0])
+    train = open_shards(pattern, image_key, label_key, on_corrupt, info=info)
+    val_pattern = validation_pattern(pattern, paths[0], info, val_split)
+    if split == "test" and "test" in info.get("splits", {}) and val_split != "test":
+        val_pattern = validation_pattern(pattern, paths[0], info, "test")
+    source, carved = train, not val_pattern
+    if split != "train" and val_pattern:
+        source = open_shards(val_pattern, image_key, label_key, on_corrupt, classes=train.classes, info=info)
+    elif split != "train" and not memory:
+        raise ConfigError(f"wds:{pattern}: streamed shards hold out no validation carve; give the validation "
+                          "shards with --val-split PATTERN (python -m vit.convert --val-size writes them)")
+    if not memory:
+        return ShardStream(source)
+    items = sorted(_all_samples(source), key=lambda s: (s[0], s[1]))  # key order: independent of the sharding
+    if carved:
+        keep = D.carve(len(items), split, val_size, split_seed, f"wds:{pattern}")
+        items = [items[i] for i in keep]
+    for key, shard, _, label in items:
+        check_label(label, len(train.classes), shard, key)
+    return D.decode_images(((image, label, f"{shard} sample {key}") for key, shard, image, label in items),
+                           train.classes, img_size, channels, on_corrupt)
+
+
+def validation_pattern(pattern: str, first_shard: str, info: dict, val_split: str) -> str:
+    """The shard pattern of the validation split: --val-split (a split of _info.json or a pattern), else
+    _info.json's val/validation split, else '' (a carve)."""
+    splits = info.get("splits", {})
+    name = val_split or next((s for s in VAL_SPLITS if s in splits), "")
+    if name in splits:  # a split of _info.json: its shards lie beside the train ones
+        files = splits[name].get("filenames", [])
+        if not files:
+            raise DataError(f"{Path(first_shard).parent}/_info.json: split {name!r} lists no filenames")
+        return str(Path(first_shard).parent / ("{" + ",".join(files) + "}" if len(files) > 1 else files[0]))
+    if val_split and not any(c in val_split for c in "/{*") and not val_split.endswith(".tar"):
+        raise DataError(f"wds:{pattern}: no split {val_split!r} (--val-split) in _info.json "
+                        f"(splits: {', '.join(splits) or 'none'}) and not a shard pattern")
+    return val_split
+
+
+def _all_samples(source: ShardSet):
+    for shard in source.shards:
+        for _, key, image, label in read_shard(shard, source.image_key, source.label_key, source.on_corrupt):
+            yield key, shard.path, image, label
+
+
+# --------------------------------------------------------------------------------------------------------
+# Streaming: the epoch's sequence, each rank's and worker's part of it
+
+
+def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n_shards, generator=torch.Generator().manual_seed(seed * 100_003 + epoch + 17)).tolist()
+
+
+def buffer_order(count: int, seed: int, epoch: int, shard: int, size: int = SHUFFLE_BUFFER) -> np.ndarray:
+    """The tar indices of a shard in the order a seeded shuffle buffer of `size` emits them (webdataset's
+    shuffle, computed on indices): output k is among the first k + size samples read, so a reader holds at
+    most `size` samples at a time."""
+    rng = np.random.default_rng([seed, epoch, shard])
+    out, buf = np.empty(count, dtype=np.int64), list(range(min(size, count)))
+    draws = rng.integers(0, 2**62, max(count - len(buf), 0))
+    for k, j in enumerate(range(len(buf), count)):
+        i = int(draws[k] % len(buf))
+        out[k], buf[i] = buf[i], j
+    done = count - len(buf)
+    out[done:] = np.asarray(buf, dtype=np.int64)[rng.permutation(len(buf))]
+    return out
+
+
+class ShardStream(D.StreamData):
+    """A split of shards read in order: `train_loader` and `eval_loader` make its DataLoaders."""
+
+    def __init__(self, shards: ShardSet, index: list[int] | None = None):
+        self.set, self.classes = shards, shards.classes
+        self.index = index  # label remapping (evaluate.py)
+
+    def __len__(self) -> int:
+        return len(self.set)
+
+    def relabeled(self, index: list[int], classes: list[str]) -> "ShardStream":
+        stream = ShardStream(self.set, [index[j] for j in (self.index or range(len(index)))])
+        stream.classes = classes
+        return stream
+
+    def train_loader(self, transform, channels, batch_size, workers, seed, rank, world, pin_memory):
+        batches = StreamBatches(self, transform, channels, batch_size // world, workers, rank, world, seed=seed,
+                                train_batch=batch_size)
+        return _loader(batches, workers, pin_memory), batches
+
+    def eval_loader(self, transform, channels, batch_size, workers, rank, world, pin_memory):
+        return _loader(StreamBatches(self, transform, channels, batch_size, workers, rank, world), workers, pin_memory)
+
+
+def _loader(batches, workers: int, pin_memory: bool) -> "StreamLoader":
+    # Workers are not persistent: each pass starts them afresh with the epoch and start step just set.
+    return StreamLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                        generator=torch.Generator().manual_seed(0))
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A DataError in a worker, carried out as a value: raised there, it would reach the main process with the
+    worker's whole traceback inside its message."""
+
+    message: str
+
+
+class StreamLoader(torch.utils.data.DataLoader):
+    """A DataLoader of StreamBatches that raises a worker's `Failed` as its one-line DataError."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, Failed):
+                raise DataError(batch.message)
+            yield batch
+
+
+class StreamBatches(torch.utils.data.IterableDataset):
+    """Collated (x, y, skipped) batches of a ShardStream for one rank: training (seed given; `set_epoch` says
+    the epoch and the step to start at) or validation (every sample once)."""
+
+    def __init__(self, stream: ShardStream, transform, channels: int, local_batch: int, workers: int, rank: int,
+                 world: int, seed: int | None = None, train_batch: int = 0):
+        self.stream, self.transform, self.mode = stream, transform, "L" if channels == 1 else "RGB"
+        self.local, self.workers, self.rank, self.world = local_batch, max(workers, 1), rank, world
+        self.seed, self.train_batch = seed, train_batch
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start = epoch, start_step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        try:
+            yield from self._eval_batches(worker) if self.seed is None else self._train_batches(worker)
+        except DataError as e:
+            yield Failed(str(e))
+
+    # ---- training: the epoch's sequence and this worker's steps of it
+
+    def _train_batches(self, worker: int):
+        shards, W, L = self.stream.set.shards, self.workers, self.local
+        steps = len(self.stream) // self.train_batch
+        order = shard_order(len(shards), self.seed, self.epoch)
+        # The DataLoader takes batch i from worker i % W: this worker serves steps start + worker, + W, ...
+        first = self.start + worker
+        if first >= steps:
+            return
+        lane = first % W  # the lane of steps (those = lane mod W) whose samples lie together in the sequence
+        lane_steps = [len(range(l, steps, W)) for l in range(W)]
+        base = self.rank * steps * L + sum(lane_steps[:lane]) * L  # where the lane's samples begin
+        begin = base + (first // W) * L
+        end = base + lane_steps[lane] * L
+        yield from self._collate(self._sequence(order, begin, end))
+
+    def _sequence(self, order: list[int], begin: int, end: int):
+        """(shard, tar index) for positions begin..end-1 of the epoch's sequence, with the samples read (or None
+        where a truncated shard lost them), reading only the shards those positions lie in."""
+        shards, pos = self.stream.set.shards, 0
+        for s in order:
+            shard = shards[s]
+            lo, hi = max(begin - pos, 0), min(end - pos, shard.count)
+            if lo < hi:
+                wanted = buffer_order(shard.count, self.seed, self.epoch, s)[lo:hi]
+                yield from self._read(shard, wanted)
+            pos += shard.count
+            if pos >= end:
+                return
+
+    def _read(self, shard: Shard, wanted: np.ndarray):
+        """(shard, tar index, sample or None) for the tar indices `wanted`, in that order, holding only the
+        samples read ahead of their turn."""
+        s = self.stream.set
+        held, need, k = {}, set(wanted.tolist()), 0
+        for j, key, image, label in read_shard(shard, s.image_key, s.label_key, s.on_corrupt):
+            if j in need:
+                held[j] = (key, image, label)
+            while k < len(wanted) and int(wanted[k]) in held:
+                yield shard, int(wanted[k]), held.pop(int(wanted[k]))
+                k += 1
+            if k == len(wanted):
+                return
+        for j in wanted[k:]:  # lost to a truncation (read_shard has logged or raised)
+            yield shard, int(j), held.pop(int(j), None)
+
+    def _collate(self, samples):
+        """Batches of `local` positions (the last one of a validation share may be smaller); unreadable or lost
+        samples are left out of their batch and counted."""
+        batch, skipped = [], 0
+        for shard, j, sample in samples:
+            item = self._transform(shard, j, sample)
+            if item is None:
+                skipped += 1
+            else:
+                batch.append(item)
+            if len(batch) + skipped == self.local:
+                yield self._emit(batch, skipped)
+                batch, skipped = [], 0
+        if batch or skipped:
+            yield self._emit(batch, skipped)
+
+    def _emit(self, batch, skipped):
+        if not batch:
+            return None, None, skipped
+        x, y = torch.utils.data.default_collate(batch)
+        return x, y, skipped
+
+    def _transform(self, shard: Shard, j: int, sample):
+        if sample is None:
+            return None
+        key, image, label = sample
+        name = f"{shard.path} sample {key}"
+        check_label(label, len(self.stream.set.classes), shard.path, key)
+        try:
+            im = D.load_image(image, self.mode, name)
+        except DataError:
+            if self.stream.set.on_corrupt == "error":
+                raise
+            log.warning("skipping unreadable image %s", name)
+            return None
+        label = label if self.stream.index is None else self.stream.index[label]
+        if self.seed is None:
+            return self.transform(im), label
+        with D.seeded_rngs(D.sample_seed(self.seed, self.epoch, shard.offset + j)):
+            return self.transform(im), label
+
+    # ---- validation: every sample once, each rank and worker a contiguous share in shard order
+
+    def _eval_batches(self, worker: int):
+        n, parts = len(self.stream), self.world * self.workers
+        part = self.rank * self.workers + worker
+        begin, end = n * part // parts, n * (part + 1) // parts
+        shards, pos, samples = self.stream.set.shards, 0, []
+
+        def chain():
+            nonlocal pos
+            for shard in shards:
+                lo, hi = max(begin - pos, 0), min(end - pos, shard.count)
+                if lo < hi:
+                    yield from self._read(shard, np.arange(lo, hi))
+                pos += shard.count
+                if pos >= end:
+                    return
+
+        yield from self._collate(chain())
