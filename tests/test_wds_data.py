@@ -172,6 +172,11 @@ def test_bad_shards_name_the_shard_key_or_split(same_images, tmp_path):
         S.load_dataset(f"wds:{same_images.bare_shards}", "train", **MEMORY, label_key="json:label")
     with pytest.raises(ConfigError, match="streamed shards hold out no validation carve; .*--val-split PATTERN"):
         S.load_dataset(f"wds:{same_images.shards}", "val", data_mode="loader")
+    (tmp_path / "info").mkdir()
+    shutil.copy(Path(same_images.shards).parent / "train-0000.tar", tmp_path / "info")
+    (tmp_path / "info" / "_info.json").write_text('{"classes": "cat dog emu", "splits": {}}')
+    with pytest.raises(DataError, match="_info.json: expected an object with 'splits' .* and 'classes', a list"):
+        S.load_dataset(f"wds:{tmp_path / 'info' / 'train-0000.tar'}", "train", **MEMORY)
     two = write_shards(tmp_path / "two", folder_items(same_images.folder), classes=["cat", "dog"])  # labels 0-2
     with pytest.raises(DataError, match=r"shard .*two/train-000\d.tar, sample \d+: label 2, but there are 2 classes"):
         S.load_dataset(f"wds:{two}", "train", **MEMORY)
