@@ -42,6 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vit import data as D  # noqa: E402
 from vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment_cost import cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = "rand-m9-mstd0.5-inc1"  # DeiT's and timm's ImageNet RandAugment
@@ -51,16 +53,6 @@ SHARDS = 8  # WebDataset shards: several per worker
 
 # --------------------------------------------------------------------------------------------------------
 # Inputs: one balanced subset, three containers
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_inputs(source: Path, work: Path, n: int, resize: tuple[int, int] | None) -> dict:

@@ -607,7 +607,7 @@ def _posterize(img, bits_to_keep, **_):
 
 
 class FileLoader(torch.utils.data.DataLoader):
-    """A DataLoader of `collate_skipping` batches that raises an `Unreadable` image as its DataError."""
+    """A DataLoader that raises a worker's `Unreadable` (an image or a shard) as its one-line DataError."""
 
     def __iter__(self):
         for batch in super().__iter__():

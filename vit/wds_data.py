@@ -402,28 +402,10 @@ class ShardStream(D.StreamData):
         return _loader(StreamBatches(self, transform, channels, batch_size, workers, rank, world), workers, pin_memory)
 
 
-def _loader(batches, workers: int, pin_memory: bool) -> "StreamLoader":
+def _loader(batches, workers: int, pin_memory: bool) -> "D.FileLoader":
     # Workers are not persistent: each pass starts them afresh with the epoch and start step just set.
-    return StreamLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+    return D.FileLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                         generator=torch.Generator().manual_seed(0))
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A DataError in a worker, carried out as a value: raised there, it would reach the main process with the
-    worker's whole traceback inside its message."""
-
-    message: str
-
-
-class StreamLoader(torch.utils.data.DataLoader):
-    """A DataLoader of StreamBatches that raises a worker's `Failed` as its one-line DataError."""
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            if isinstance(batch, Failed):
-                raise DataError(batch.message)
-            yield batch
 
 
 class StreamBatches(torch.utils.data.IterableDataset):
@@ -446,7 +428,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
         try:
             yield from self._eval_batches(worker) if self.seed is None else self._train_batches(worker)
         except DataError as e:
-            yield Failed(str(e))
+            yield D.Unreadable(str(e))  # raised by FileLoader, in the main process, as one line
 
     # ---- training: the epoch's sequence and this worker's steps of it
 
