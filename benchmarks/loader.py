@@ -246,7 +246,7 @@ def timed_pass(loader: torch.utils.data.DataLoader) -> tuple[float, float]:
     """(images a second of wall time, images a CPU-second of the workers and this process) over every batch
     after the first (which waits for the workers to start). The workers are persistent: still there to be read
     once the pass has ended."""
-    batches = iter(loader)
+    batches = torch.utils.data.DataLoader.__iter__(loader)  # the workers' own iterator: FileLoader wraps it
     next(batches)
     pids = [w.pid for w in batches._workers]
     t0, cpu0, images = time.perf_counter(), cpu_seconds(pids), 0

@@ -65,8 +65,11 @@ def test_crops_and_flips_follow_the_planned_length():
     from vit.recipes import TrainConfig
     from vit.train import Plan, augment_for
 
-    rule = TrainConfig(crop_pad=2, hflip=0.5, augment_min_epochs=3)
+    rule = TrainConfig(crop_pad=2, hflip=0.5, augment_min_epochs=3, hflip_min_epochs=3)
     assert augment_for(rule, Plan(steps_per_epoch=10, total_steps=30)) == {"crop_pad": 2, "hflip": 0.5}
     assert augment_for(rule, Plan(steps_per_epoch=10, total_steps=29)) == {"crop_pad": 0, "hflip": 0.0}
+    flips_first = TrainConfig(crop_pad=2, hflip=0.5, augment_min_epochs=3, hflip_min_epochs=1)
+    assert augment_for(flips_first, Plan(steps_per_epoch=10, total_steps=29)) == {"crop_pad": 0, "hflip": 0.5}
+    assert augment_for(flips_first, Plan(steps_per_epoch=10, total_steps=9)) == {"crop_pad": 0, "hflip": 0.0}
     always = TrainConfig(crop_pad=2, hflip=0.5)  # augment_min_epochs 0
     assert augment_for(always, Plan(steps_per_epoch=10, total_steps=1)) == {"crop_pad": 2, "hflip": 0.5}

@@ -233,14 +233,14 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     """--budget times the first steps and fixes the step count: the run ends inside its budget (+5%). Its plan is
     saved in last.ckpt: stopped and resumed, the run ends exactly as one given that many --steps from the start
     (--no-replan: the plan alone decides; warm-up covers the timed steps, whose lr the length does not set).
-    A rule on the plan's length (--augment-min-epochs) is decided with the plan and saved with it."""
+    A rule on the plan's length (--augment-min-epochs for crops) is decided with the plan and saved with it."""
     args = FAST + ["--deterministic", "--warmup-epochs", "1", "--ema-decay", "0.9", "--crop-pad", "2",
                    "--hflip", "0.5", "--augment-min-epochs", "1000", "--randaug", "rand-m9-mstd0.5-inc1",
                    "--repeat-aug", "2"]
     assert T.main(args + ["--budget", "6s", "--output", str(tmp_path / "whole")]) == 0
     whole = ckpt(tmp_path / "whole")
     assert whole["state"]["step"] == whole["budget"]["total_steps"] > 30
-    assert whole["budget"]["decided"] == {"crop_pad": 0, "hflip": 0.0}  # far fewer than 1000 epochs fit
+    assert whole["budget"]["decided"] == {"crop_pad": 0, "hflip": 0.5}  # far fewer than 1000 epochs fit: no crops
     assert 0.6 * 6 < whole["budget"]["spent_s"] <= 1.05 * 6, whole["budget"]
 
     cut = tmp_path / "cut"

@@ -71,10 +71,12 @@ class TrainConfig:
     workers: int = _f(4, "DataLoader worker processes (loader mode)")
     # ---- augmentation
     crop_pad: int = _f(1, "random-crop padding in pixels (memory mode; 0 = off)")
-    augment_min_epochs: float = _f(0.0, "random crops and flips only in a run of at least this many epochs (a short "
-                                   "run underfits, and they only cost it); with --budget, decided when the steps "
-                                   "are planned (0 = always)")
+    augment_min_epochs: float = _f(0.0, "random crops only in a run of at least this many epochs (a short run "
+                                   "underfits, and they only cost it); with --budget, decided when the steps are "
+                                   "planned (0 = always)")
     hflip: float = _f(0.0, "horizontal flip probability (0 for digits and text-like data)")
+    hflip_min_epochs: float = _f(0.0, "flips only in a run of at least this many epochs, as --augment-min-epochs "
+                                 "for crops (0 = always)")
     randaug: str = _f("", "RandAugment policy in timm's syntax, e.g. rand-m9-mstd0.5-inc1 (memory mode: vit.augment, per "
                       "image on the batch; loader mode: timm's, which also takes its other policies; '' = off)")
     repeat_aug: int = _f(1, "repeated augmentation: each image this many times per batch, augmented apart (memory mode; "
@@ -147,7 +149,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "weight_decay", "clip_grad",
+        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs", "weight_decay", "clip_grad",
                      "mixup", "cutmix", "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads",
                      "img_size", "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
@@ -253,7 +255,7 @@ RECIPES = {r.name: r for r in [
         # halves the share of Muon's fixed per-step cost (benchmarks/LOG.md, #13-#14).
         dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, augment_min_epochs=12,
-             hflip=0.5),
+             hflip=0.5, hflip_min_epochs=12),
     ),
     Recipe(
         "cifar10",

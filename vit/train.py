@@ -239,7 +239,7 @@ class Inputs:
 
 
 # Flags that act in one data mode only; given on the command line in the other, they are an error.
-MEMORY_ONLY = ("crop_pad", "augment_min_epochs", "repeat_aug")
+MEMORY_ONLY = ("crop_pad", "augment_min_epochs", "hflip_min_epochs", "repeat_aug")
 LOADER_ONLY = ("workers",)
 
 
@@ -341,11 +341,13 @@ def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> CosineLRSchedule
 
 
 def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
-    """Random-crop padding and flip probability for a plan of this length: none where it is shorter than
-    cfg.augment_min_epochs. A budgeted run with that rule decides when its plan is made, and neither crops nor
-    flips while its first steps are timed."""
-    on = plan.total_steps >= cfg.augment_min_epochs * plan.steps_per_epoch
-    return {"crop_pad": cfg.crop_pad if on else 0, "hflip": cfg.hflip if on else 0.0}
+    """Random-crop padding and flip probability for a plan of this length: no crops where it is shorter than
+    cfg.augment_min_epochs, no flips where it is shorter than cfg.hflip_min_epochs. A budgeted run with these
+    rules decides when its plan is made, and neither crops nor flips while its first steps are timed."""
+    def long_enough(epochs: float) -> bool:
+        return plan.total_steps >= epochs * plan.steps_per_epoch
+    return {"crop_pad": cfg.crop_pad if long_enough(cfg.augment_min_epochs) else 0,
+            "hflip": cfg.hflip if long_enough(cfg.hflip_min_epochs) else 0.0}
 
 
 def use_augment(tr: Training, settings: dict) -> None:
@@ -436,7 +438,7 @@ class Training:
     precision: str
     plan: Plan
     budget: Budget | None = None  # --budget: the plan's costs and re-plans (vit/budget.py)
-    crop_pad: int = 0  # cfg.crop_pad and cfg.hflip, or 0 where the plan is shorter than cfg.augment_min_epochs
+    crop_pad: int = 0  # cfg.crop_pad and cfg.hflip, or 0 where the plan is shorter than their *_min_epochs
     hflip: float = 0.0
     probe: tuple[int, float] | None = None  # (step, perf_counter()) where timing the steps for the budget began
     clock: Clock = field(default_factory=Clock)  # the run's wall time, for the budget
@@ -825,8 +827,10 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
     set_total_steps(tr, total)
     tr.budget.decided = augment_for(tr.cfg, tr.plan)
     use_augment(tr, tr.budget.decided)
-    cropping = "" if (tr.crop_pad, tr.hflip) == (tr.cfg.crop_pad, tr.cfg.hflip) else \
-        f"; no random crops or flips in a run under --augment-min-epochs {tr.cfg.augment_min_epochs:g}"
+    left_out = [f"{what} (a run under --{flag} {epochs:g})" for what, flag, epochs, off in (
+        ("random crops", "augment-min-epochs", tr.cfg.augment_min_epochs, tr.crop_pad != tr.cfg.crop_pad),
+        ("flips", "hflip-min-epochs", tr.cfg.hflip_min_epochs, tr.hflip != tr.cfg.hflip)) if off]
+    cropping = "".join(f"; no {what}" for what in left_out)
     tr.say(f"budget: {step_s * 1e3:.0f} ms a step and ~{eval_s:.1f} s an evaluation here: {total} steps "
            f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}{cropping}")
 
