@@ -14,11 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# One pytest worker a core (pytest-xdist); each worker's torch keeps to its share of the cores (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -n auto -m ''
 
 train: $(STAMP)
 	$(BIN)/python train.py

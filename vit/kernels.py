@@ -24,7 +24,7 @@ MLP policies, each a function (h, weight, bias, dropout_p) -> linear(dropout(gel
     "plain"     the composed ops: autograd saves gelu(h).
 
 Figures: 2-core AMD EPYC (AVX-512 BF16), torch 2.14.1, the CIFAR-size model (32x32, patch 4, width 192,
-depth 9, 3 heads, batch 256) unless stated; benchmarks/README.md ("Levers") has the runs (`levers.py`).
+depth 9, 3 heads, batch 256) unless stated; benchmarks/README.md ("What makes it fast") has the runs (`levers.py`).
 """
 
 from __future__ import annotations
