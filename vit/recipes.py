@@ -267,10 +267,11 @@ RECIPES = {r.name: r for r in [
             (timed: python benchmarks/time_to_accuracy.py --recipe cifar10 --seeds 0 --target 80 -- --dataset
             folder --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000)
         A 1-hour budget: the run times its first steps and fixes its length; under 12 planned epochs it
-        trains without crops and flips (augment_min_epochs).
+        trains without crops (augment_min_epochs), with flips.
         Hardware and Measured (JPEG tree, seed 0, wall time from launch to the last evaluation):
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32, ~150 img/s): 78.40% val top-1 at 59.0 min (11.1
-            epochs, no crops or flips; 78.58% after epoch 10). The 80% target of such a CPU is not met.
+        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32, 150-170 img/s): 78.66% val top-1 at 58.0 min
+            (11.5 epochs, flips, no crops; 79.04% after epoch 10); without flips 78.40% at 59.0 min. The 80%
+            target of such a CPU is not met.
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
             crops and flips): 81.06% (EMA; model 81.00%) at 31.1 min, 80% first at epoch 14 (17.5 min). The
             44-epoch schedule peaked at 82.02% mid-way and overfit to 80.36% at 52.7 min; AdamW (lr 1e-3, 50
@@ -279,7 +280,8 @@ RECIPES = {r.name: r for r in [
         # Token dropping (PatchDropout) halves the cost of a step; at equal wall time it beat the full-token
         # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
         # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
-        # No Mixup/CutMix. No EMA: its second 5,000-image evaluation an epoch cost a sixth of the hour at fp32,
+        # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points, crops are left to
+        # runs of 12 epochs or more (benchmarks/LOG.md, 2026-12-01). No Mixup/CutMix. No EMA: its second 5,000-image evaluation an epoch cost a sixth of the hour at fp32,
         # for +0.06 points on the AVX-512 machine (benchmarks/LOG.md, 2026-12-01).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=2, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, augment_min_epochs=12,
