@@ -271,7 +271,7 @@ RECIPES = {r.name: r for r in [
         Hardware and Measured (JPEG tree, seed 0, wall time from launch to the last evaluation):
         - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32, 150-170 img/s): 78.66% val top-1 at 58.0 min
             (11.5 epochs, flips, no crops; 79.04% after epoch 10); without flips 78.40% at 59.0 min. The 80%
-            target of such a CPU is not met.
+            target of such a CPU is not met. With --budget 30m: 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
             crops and flips): 81.06% (EMA; model 81.00%) at 31.1 min, 80% first at epoch 14 (17.5 min). The
             44-epoch schedule peaked at 82.02% mid-way and overfit to 80.36% at 52.7 min; AdamW (lr 1e-3, 50
