@@ -239,13 +239,14 @@ RECIPES = {r.name: r for r in [
         Command: python train.py --recipe fashion-mnist     (a 15-minute budget; --budget 7.5m for another)
             (timed: python benchmarks/time_to_accuracy.py --recipe fashion-mnist --seeds 0,1,2)
         The run times its first steps and fixes its length to end inside the budget. Where fewer than 12
-        epochs fit, it trains without crops and flips (augment_min_epochs): a short run underfits.
+        epochs fit, it trains without crops and flips (augment_min_epochs, hflip_min_epochs): a short run underfits.
         Hardware and Measured (wall time from launch to the last evaluation; benchmarks/LOG.md has every run):
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 19 epochs, crops and flips; the earlier fixed-epoch recipe):
             92.03 / 92.06 / 92.29% test top-1 for seeds 0 / 1 / 2 at 14.64-14.74 min, mean 92.13% (std 0.14).
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32, 290-410 img/s as the host allows, 4-6 epochs fit):
-            seed 0: 90.09% at 14.71 min (4.1 epochs at ~870 ms a step, no crops or flips); with crops and
-            flips 88.50% (3.9 epochs at 907 ms); with flips only 89.81% (4.2 epochs at 849 ms).
+        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32, 230-410 img/s as the host allows, 3-6 epochs fit):
+            90.09 / 89.86 / 90.00% for seeds 0 / 1 / 2 at 14.09-14.84 min, mean 89.98% (3.2-4.1 epochs at
+            860-1,100 ms a step, no crops or flips); seed 0 with crops and flips 88.50% (3.9 epochs at 907 ms),
+            with flips only 89.81% (4.2 epochs at 849 ms). The 90.5% target of such a CPU is not met.
         """,
         # Patch 7 (16 tokens) costs a third of patch 4 and learned faster per epoch. Random 2-pixel crops cost
         # AdamW's underfitting model 9 points after one epoch, so the first recipes went without; Muon fits the
