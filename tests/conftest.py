@@ -30,9 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # Under pytest-xdist (`make test` runs a worker a core), each worker's torch takes its share of the cores, not
 # all of them: two workers of two threads on two cores would wait on each other's spinning threads.
 # The processes the tests start take the same share (OMP_NUM_THREADS), so that their sums match the test's own.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
+
 NANO = "vit_nano_patch2_8"  # the 8x8 grey digits model: 0.3M parameters
 DIGITS = [str(i) for i in range(10)]
 

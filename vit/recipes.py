@@ -149,8 +149,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs", "weight_decay", "clip_grad",
-                     "mixup", "cutmix", "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads",
+        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",
+                     "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads",
                      "img_size", "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -239,7 +239,8 @@ RECIPES = {r.name: r for r in [
         Command: python train.py --recipe fashion-mnist     (a 15-minute budget; --budget 7.5m for another)
             (timed: python benchmarks/time_to_accuracy.py --recipe fashion-mnist --seeds 0,1,2)
         The run times its first steps and fixes its length to end inside the budget. Where fewer than 12
-        epochs fit, it trains without crops and flips (augment_min_epochs, hflip_min_epochs): a short run underfits.
+        epochs fit, it trains without crops and flips (augment_min_epochs, hflip_min_epochs): a short run
+        underfits.
         Hardware and Measured (wall time from launch to the last evaluation; benchmarks/LOG.md has every run):
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 19 epochs, crops and flips; the earlier fixed-epoch recipe):
             92.03 / 92.06 / 92.29% test top-1 for seeds 0 / 1 / 2 at 14.64-14.74 min, mean 92.13% (std 0.14).
@@ -282,8 +283,9 @@ RECIPES = {r.name: r for r in [
         # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
         # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
         # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points, crops are left to
-        # runs of 12 epochs or more (benchmarks/LOG.md, 2026-12-01). No Mixup/CutMix. No EMA: its second 5,000-image evaluation an epoch cost a sixth of the hour at fp32,
-        # for +0.06 points on the AVX-512 machine (benchmarks/LOG.md, 2026-12-01).
+        # runs of 12 epochs or more (benchmarks/LOG.md, 2026-12-01). No Mixup/CutMix. No EMA: its second
+        # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
+        # machine (benchmarks/LOG.md, 2026-12-01).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=2, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, augment_min_epochs=12,
              hflip=0.5, patch_drop=0.5),

@@ -827,10 +827,9 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
     set_total_steps(tr, total)
     tr.budget.decided = augment_for(tr.cfg, tr.plan)
     use_augment(tr, tr.budget.decided)
-    left_out = [f"{what} (a run under --{flag} {epochs:g})" for what, flag, epochs, off in (
+    cropping = "".join(f"; no {what} (a run under --{flag} {epochs:g})" for what, flag, epochs, off in (
         ("random crops", "augment-min-epochs", tr.cfg.augment_min_epochs, tr.crop_pad != tr.cfg.crop_pad),
-        ("flips", "hflip-min-epochs", tr.cfg.hflip_min_epochs, tr.hflip != tr.cfg.hflip)) if off]
-    cropping = "".join(f"; no {what}" for what in left_out)
+        ("flips", "hflip-min-epochs", tr.cfg.hflip_min_epochs, tr.hflip != tr.cfg.hflip)) if off)
     tr.say(f"budget: {step_s * 1e3:.0f} ms a step and ~{eval_s:.1f} s an evaluation here: {total} steps "
            f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}{cropping}")
 
