@@ -80,7 +80,7 @@ def run(name: str, flags: list[str], data: Path, out: Path, minutes: float, thre
     last = rows[-1]
     return dict(variant=name, command=" ".join(cmd[1:]), minutes=round(wall / 60, 2), steps=last["step"],
                 images_per_s=round(last["images_per_s"], 1), val_top1=round(last["val_top1"], 2),
-                best_val_top1=round(max(r["val_top1"] for r in rows), 2), peak_rss_mb=round(usage.ru_maxrss / 1024))
+                best_val_top1=round(max(r["val_top1"] for r in rows if "val_top1" in r), 2), peak_rss_mb=round(usage.ru_maxrss / 1024))
 
 
 def main(argv=None) -> None:

@@ -103,14 +103,15 @@ def report(out: Path, target: float | None) -> dict:
     print(f"{'epoch':>5} {'wall min':>8} {'train min':>9} {'train loss':>10} {'val top-1':>9}"
           + (f" {'EMA top-1':>9}" if has_ema else "") + f" {'img/s':>7}")
     reached = None
+    nan = float("nan")
     for r in rows:
-        top1 = max(r["val_top1"], r.get("ema_val_top1", -1.0))
+        top1 = max(r.get("val_top1", nan), r.get("ema_val_top1", -1.0))  # nan: an epoch not evaluated
         w = epoch_wall.get(r["epoch"])
         if target is not None and reached is None and top1 >= target:
             reached = (r["epoch"], w if w is not None else r["elapsed_s"])
         print(f"{r['epoch']:5d} {w / 60 if w is not None else float('nan'):8.2f} {r['elapsed_s'] / 60:9.2f} "
-              f"{r['train_loss']:10.4f} {r['val_top1']:9.2f}"
-              + (f" {r.get('ema_val_top1', float('nan')):9.2f}" if has_ema else "") + f" {r['images_per_s']:7.0f}")
+              f"{r['train_loss']:10.4f} {r.get('val_top1', nan):9.2f}"
+              + (f" {r.get('ema_val_top1', nan):9.2f}" if has_ema else "") + f" {r['images_per_s']:7.0f}")
     last = rows[-1]
     final_top1 = max(last["val_top1"], last.get("ema_val_top1", -1.0))
     final_min = (epoch_wall.get(last["epoch"], last["elapsed_s"])) / 60
@@ -125,7 +126,7 @@ def report(out: Path, target: float | None) -> dict:
     return {"run": str(out), "seed": wall.get("seed"), "final_top1": final_top1, "final_min": final_min,
             "cpu": wall.get("hardware", {}).get("cpu"), "native_bf16": wall.get("hardware", {}).get("native_bf16"),
             "precision": wall.get("precision"),
-            "best_top1": max(max(r["val_top1"], r.get("ema_val_top1", -1.0)) for r in rows),
+            "best_top1": max(max(r["val_top1"], r.get("ema_val_top1", -1.0)) for r in rows if "val_top1" in r),
             "load": (wall.get("load_average_before", [None])[0], wall.get("load_average_after", [None])[0])}
 
 

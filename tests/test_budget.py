@@ -25,8 +25,20 @@ def test_evaluations_between_counts_epoch_ends_and_a_final_partial_epoch():
     assert B.evaluations_between(20, 20, 10) == 0
 
 
-def cost(done, total, step_s, eval_s, spe):
-    return (total - done) * step_s + B.evaluations_between(done, total, spe) * eval_s
+@pytest.mark.parametrize("every", [1, 2, 3, 5])
+def test_evaluations_between_with_an_evaluation_every_few_epochs(every):
+    """Against the count made epoch by epoch: after each every-th epoch and the last, those not yet passed."""
+    for spe in (1, 3, 10):
+        for total in range(1, 45):
+            for done in range(total + 1):
+                last = -(-total // spe)
+                expected = sum(1 for epoch in range(1, last + 1)
+                               if min(epoch * spe, total) > done and (epoch % every == 0 or epoch == last))
+                assert B.evaluations_between(done, total, spe, every) == expected, (done, total, spe)
+
+
+def cost(done, total, step_s, eval_s, spe, every=1):
+    return (total - done) * step_s + B.evaluations_between(done, total, spe, every) * eval_s
 
 
 @pytest.mark.parametrize("remaining, done, step_s, eval_s, spe", [
@@ -35,6 +47,13 @@ def test_steps_that_fit_is_the_largest_count_that_fits(remaining, done, step_s, 
     total = B.steps_that_fit(remaining, done, step_s, eval_s, spe)
     assert cost(done, total, step_s, eval_s, spe) <= remaining or total == done + 1
     assert cost(done, total + 1, step_s, eval_s, spe) > remaining
+
+
+def test_rarer_evaluations_leave_more_steps():
+    every_epoch = B.steps_that_fit(3600.0, 0, 0.8, 26.0, 351)
+    every_fourth = B.steps_that_fit(3600.0, 0, 0.8, 26.0, 351, every=4)
+    assert cost(0, every_fourth, 0.8, 26.0, 351, every=4) <= 3600.0 < cost(0, every_fourth + 1, 0.8, 26.0, 351, 4)
+    assert every_fourth - every_epoch > 8 * 26.0 / 0.8 * 0.9  # about the eight evaluations' worth of steps
 
 
 def test_plan_keeps_a_reserve_and_replans_only_outside_the_band():

@@ -167,6 +167,17 @@ def test_flags_without_effect_in_the_data_mode_are_refused(tmp_path, capsys, fla
 # Exact resume: stopped and resumed, a run ends bit-identical to one never stopped
 
 
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
+    """--eval-every 2 over 5 epochs: validation after epochs 2, 4 and 5; every epoch still has its row."""
+    out = tmp_path / "run"
+    assert T.main(FAST + ["--epochs", "5", "--eval-every", "2", "--output", str(out)]) == 0
+    got = rows(out)
+    assert [r["epoch"] for r in got] == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in got if "val_top1" in r] == [2, 4, 5]
+    assert all("val_loss" not in r for r in got if r["epoch"] in (1, 3))
+    assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
+
+
 @pytest.mark.parametrize("opt", ["adamw", "muon"])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, capsys, opt):
     """Stopped mid-epoch 2 (--max-steps), with metrics.jsonl's last append torn as a crash leaves it, then

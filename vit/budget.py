@@ -66,20 +66,24 @@ class Clock:
         return time.monotonic() - self.start
 
 
-def evaluations_between(done: int, total: int, steps_per_epoch: int) -> int:
-    """Evaluations still to run when `done` of `total` steps are taken: one per epoch end, one at the end."""
-    ends = total // steps_per_epoch - done // steps_per_epoch
-    return ends + (total % steps_per_epoch != 0)
+def evaluations_between(done: int, total: int, steps_per_epoch: int, every: int = 1) -> int:
+    """Evaluations still to run when `done` of `total` steps are taken: at the end of every `every`-th epoch,
+    and at the end of the run (its last epoch, whole or not)."""
+    last = -(-total // steps_per_epoch)  # the number of the run's last epoch
+    past = done // steps_per_epoch  # epochs already ended
+    periodic = (last - 1) // every - min(past, last - 1) // every  # every-th epochs ended in (past, last)
+    return periodic + (done < total)
 
 
-def steps_that_fit(remaining_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int) -> int:
+def steps_that_fit(remaining_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
+                   every: int = 1) -> int:
     """The largest total step count whose remaining steps and evaluations take at most `remaining_s` (at
     least one more step: a run that has started ends with a step and an evaluation)."""
     if step_s <= 0:
         raise ValueError("step_s must be positive")
 
     def cost(total):
-        return (total - done) * step_s + evaluations_between(done, total, steps_per_epoch) * eval_s
+        return (total - done) * step_s + evaluations_between(done, total, steps_per_epoch, every) * eval_s
 
     lo, hi = done + 1, done + 1 + max(0, math.floor(remaining_s / step_s))  # cost is non-decreasing in total
     while lo < hi:
@@ -107,23 +111,26 @@ class Budget:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def plan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int) -> int:
-        """Fix total_steps from measured costs, with RESERVE of the budget kept back."""
+    def plan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
+             every: int = 1) -> int:
+        """Fix total_steps from measured costs, with RESERVE of the budget kept back; the run evaluates after
+        every `every`-th epoch and its last."""
         self.step_s, self.eval_s = step_s, eval_s
         left = self.budget_s - max(RESERVE * self.budget_s, RESERVE_MIN_S) - used_s
-        self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch)
+        self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch, every)
         return self.total_steps
 
-    def replan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int) -> str | None:
+    def replan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
+               every: int = 1) -> str | None:
         """At an epoch boundary: re-plan if the run would end past its budget or well before it.
 
         Returns a line saying what changed, or None if the plan holds."""
         projected = used_s + (self.total_steps - done) * step_s + \
-            evaluations_between(done, self.total_steps, steps_per_epoch) * eval_s
+            evaluations_between(done, self.total_steps, steps_per_epoch, every) * eval_s
         if MIN_USE * self.budget_s <= projected <= self.budget_s or done >= self.total_steps:
             return None
         old = self.total_steps
-        new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch)
+        new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch, every)
         if new == old:
             return None
         reason = "slower" if projected > self.budget_s else "faster"

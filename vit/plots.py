@@ -22,14 +22,16 @@ def plot_curves(metrics: str | Path | list[dict], path: str | Path) -> Path:
     rows = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
     plt = _pyplot()
     ep = [r["epoch"] for r in rows]
+    evaluated = [r for r in rows if "val_top1" in r]  # with --eval-every N, every N-th epoch and the last
+    val_ep = [r["epoch"] for r in evaluated]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
     ax_loss.plot(ep, [r["train_loss"] for r in rows], label="train")
-    ax_loss.plot(ep, [r["val_loss"] for r in rows], label="val")
+    ax_loss.plot(val_ep, [r["val_loss"] for r in evaluated], label="val", marker="." if len(val_ep) < len(ep) else None)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_loss.legend()
-    ax_acc.plot(ep, [r["val_top1"] for r in rows], label="model")
-    if rows and "ema_val_top1" in rows[0]:
-        ax_acc.plot(ep, [r["ema_val_top1"] for r in rows], label="EMA")
+    ax_acc.plot(val_ep, [r["val_top1"] for r in evaluated], label="model", marker=".")
+    if evaluated and "ema_val_top1" in evaluated[0]:
+        ax_acc.plot(val_ep, [r["ema_val_top1"] for r in evaluated], label="EMA", marker=".")
         ax_acc.legend()
     ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="validation accuracy")
     ax_lr.plot(ep, [r["lr"] for r in rows])

@@ -91,6 +91,8 @@ class TrainConfig:
     epochs: int = _f(60, "training epochs")
     budget: str = _f("", "wall-clock budget from launch to the last evaluation, e.g. 15m or 1h: the run times its "
                      "first steps and fixes its step count to end inside it, schedules complete ('' = use --epochs)")
+    eval_every: int = _f(1, "evaluate after every N-th epoch and after the last one (best.safetensors is chosen "
+                         "among these; with --budget, only these evaluations are planned for)")
     steps: int = _f(0, "total optimizer steps, over which the schedules run (0 = epochs x steps per epoch; "
                     "--budget sets it)")
     replan: bool = _f(True, "with --budget: re-plan the remaining steps at an epoch boundary when the machine has "
@@ -146,7 +148,7 @@ class TrainConfig:
         for name in ("beta1", "beta2", "momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "accum_steps", "repeat_aug"):
+        for name in ("epochs", "eval_every", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",

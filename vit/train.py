@@ -756,46 +756,53 @@ def evaluate(tr: Training, net: nn.Module, confusion: torch.Tensor | None = None
     return loss / max(n, 1), 100.0 * correct / max(n, 1)
 
 
+def evaluates_after(cfg: TrainConfig, plan: Plan, epoch: int) -> bool:
+    """Whether the run evaluates at the end of `epoch` (0-based): every cfg.eval_every-th epoch, and the last."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 >= plan.epochs
+
+
 def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
-    """Evaluate (the model, and its EMA copy), record the epoch (metrics.jsonl, best.safetensors, one printed
-    line), move to the next epoch and save last.ckpt there; redraw curves.png now and then. Returns whether
+    """Evaluate where one is due (the model, and its EMA copy), record the epoch (metrics.jsonl, best.safetensors,
+    one printed line), move to the next epoch and save last.ckpt there; redraw curves.png now and then. Returns whether
     to stop: asked for during the epoch (`stop`), or by a signal while evaluating."""
     cfg, d = tr.cfg, tr.dist
     t0 = time.perf_counter()
-    K = len(tr.inputs.data.classes)
-    confusion = torch.zeros(K, K, dtype=torch.int64, device=tr.device) if TB.enabled(cfg) else None
-    val_loss, val_top1 = evaluate(tr, tr.net, confusion)
     row = dict(epoch=st.epoch + 1, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
-               val_loss=val_loss, val_top1=val_top1, lr=base_lr(tr.optimizer.param_groups[-1]),
-               images_per_s=st.images / max(st.train_s, 1e-9))
-    best_model, top1 = tr.model, val_top1
-    if tr.ema is not None:
-        ema_loss, ema_top1 = evaluate(tr, tr.ema.module)
-        row.update(ema_val_loss=ema_loss, ema_val_top1=ema_top1)
-        if ema_top1 > top1:
-            best_model, top1 = tr.ema.module, ema_top1
+               lr=base_lr(tr.optimizer.param_groups[-1]), images_per_s=st.images / max(st.train_s, 1e-9))
+    evaluating = evaluates_after(cfg, tr.plan, st.epoch)
+    confusion = best_model = None
+    if evaluating:
+        K = len(tr.inputs.data.classes)
+        confusion = torch.zeros(K, K, dtype=torch.int64, device=tr.device) if TB.enabled(cfg) else None
+        row["val_loss"], row["val_top1"] = evaluate(tr, tr.net, confusion)
+        best_model, top1 = tr.model, row["val_top1"]
+        if tr.ema is not None:
+            row["ema_val_loss"], row["ema_val_top1"] = evaluate(tr, tr.ema.module)
+            if row["ema_val_top1"] > top1:
+                best_model, top1 = tr.ema.module, row["ema_val_top1"]
     if st.skipped:
         row["skipped_images"] = st.skipped
     eval_s = time.perf_counter() - t0
     st.elapsed_s += eval_s
     row["elapsed_s"] = st.elapsed_s
     if d.main:
-        if top1 > st.best_top1:
+        if best_model is not None and top1 > st.best_top1:
             st.best_top1 = top1
             save_best(best_model, tr.out / runs.BEST, tr.inputs.data.classes)
         runs.append_metrics(tr.out / runs.METRICS, row)
         if tr.board is not None:
             tr.board.epoch(row, st.train_s + eval_s, confusion)
-        line = (f"epoch {row['epoch']:3d}/{tr.plan.epochs_label}  train loss {row['train_loss']:.4f}  val loss "
-                f"{val_loss:.4f}  val top-1 {val_top1:6.2f}%")
-        if tr.ema is not None:
+        line = f"epoch {row['epoch']:3d}/{tr.plan.epochs_label}  train loss {row['train_loss']:.4f}"
+        if evaluating:
+            line += f"  val loss {row['val_loss']:.4f}  val top-1 {row['val_top1']:6.2f}%"
+        if evaluating and tr.ema is not None:
             line += f"  ema top-1 {row['ema_val_top1']:6.2f}%"
         print(line + f"  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {st.elapsed_s:.0f} s")
     stop = stop or bool(tr.stopper.signum) or tr.max_steps_reached(st)
     step_s = st.train_s / max(st.loss_count, 1)
     st.next_epoch()
     if tr.budget is not None and tr.budget.total_steps and tr.cfg.replan and st.step < tr.plan.total_steps:
-        replan_budget(tr, st, step_s, eval_s)
+        replan_budget(tr, st, step_s, eval_s if evaluating else tr.budget.eval_s)
     save_last(tr, st)
     if d.main and (time.perf_counter() - tr.plotted_at > PLOT_EVERY_S or st.epoch == tr.plan.epochs or stop):
         plot(tr.out)
@@ -822,7 +829,7 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
         return
     step_s = (time.perf_counter() - t0) / (st.step - first)
     eval_s = time_evaluation(tr)
-    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch)
+    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every)
     tr.budget.total_steps = total = agree(tr, total)
     set_total_steps(tr, total)
     tr.budget.decided = augment_for(tr.cfg, tr.plan)
@@ -836,7 +843,7 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
 
 def replan_budget(tr: Training, st: State, step_s: float, eval_s: float) -> None:
     """At an epoch's end: if the last epoch's costs would take the run outside its budget, re-plan."""
-    line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch)
+    line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every)
     total = agree(tr, tr.budget.total_steps)
     tr.budget.total_steps = total
     if total != tr.plan.total_steps:
