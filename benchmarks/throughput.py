@@ -141,7 +141,7 @@ def build_model(kind: str, fields: dict, **kernels) -> nn.Module:
     f = fields
     if kind in ("ours", "ours-eager"):
         return vit_kernels.use(VisionTransformer(ViTConfig(**f)), attn=kernels.get("attn_kernel", "auto"),
-                               mlp=kernels.get("mlp_kernel", "recompute"))
+                               mlp=kernels.get("mlp_kernel", "auto"))
     if kind in ("timm", "timm-compiled"):
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 

@@ -19,7 +19,7 @@ SMALL = ViTConfig(img_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4,
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def make(attn: str = "auto", mlp: str = "recompute", config: ViTConfig = SMALL, device: str = "cpu"):
+def make(attn: str = "auto", mlp: str = "auto", config: ViTConfig = SMALL, device: str = "cpu"):
     torch.manual_seed(0)
     return kernels.use(VisionTransformer(config), attn=attn, mlp=mlp).to(device)
 
@@ -50,9 +50,9 @@ def test_kernels_are_chosen_by_name_on_a_built_model():
                for b in model.blocks)
     default = vit.create_model("vit_nano_patch2_8")
     assert default.blocks[0].attn.attend is kernels.attend_auto
-    assert default.blocks[0].mlp.gelu_fc2 is kernels.gelu_linear_recompute
+    assert default.blocks[0].mlp.gelu_fc2 is kernels.gelu_linear_auto
     kernels.use(default, attn="sdpa", mlp=None)  # None keeps the MLP's
-    assert all(b.attn.attend is kernels.attend_sdpa and b.mlp.gelu_fc2 is kernels.gelu_linear_recompute
+    assert all(b.attn.attend is kernels.attend_sdpa and b.mlp.gelu_fc2 is kernels.gelu_linear_auto
                for b in default.blocks)
     chosen = vit.create_model("vit_nano_patch2_8", attn_kernel="matmul", mlp_kernel="plain")
     assert chosen.blocks[0].attn.attend is kernels.attend_matmul
@@ -175,8 +175,28 @@ def test_gelu_recompute_gives_the_same_gradients(amp):
         torch.testing.assert_close(results[1][name], results[0][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+def mlp_backward_node(mlp: str, device: str = "cpu") -> str:
+    """The autograd node that the first block's MLP output hangs from, while training."""
+    model = make(mlp=mlp, device=device).train()
+    block = model.blocks[0]
+    h = block.mlp.fc1(torch.randn(2, 5, 64, device=device, requires_grad=True))
+    return type(block.mlp.gelu_fc2(h, block.mlp.fc2.weight, block.mlp.fc2.bias, 0.0).grad_fn).__name__
+
+
+def test_auto_mlp_saves_the_gelu_on_cpu_and_recomputes_it_on_cuda():
+    assert "GeluLinear" in mlp_backward_node("recompute") and "GeluLinear" not in mlp_backward_node("plain")
+    assert not kernels.recompute_is_better(torch.empty(1))
+    assert mlp_backward_node("auto") == mlp_backward_node("plain")
+
+
+@cuda
+def test_auto_mlp_recomputes_on_cuda():
+    assert kernels.recompute_is_better(torch.empty(1, device="cuda"))
+    assert mlp_backward_node("auto", "cuda") == mlp_backward_node("recompute", "cuda")
+
+
 def test_gelu_recompute_with_frozen_fc2():
-    model = make()
+    model = make(mlp="recompute")
     model.blocks[0].mlp.fc2.requires_grad_(False)
     model(torch.randn(2, 3, 16, 16)).sum().backward()
     assert model.blocks[0].mlp.fc2.weight.grad is None and model.blocks[0].mlp.fc1.weight.grad is not None
