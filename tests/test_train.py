@@ -269,6 +269,44 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     assert T.main(FAST + ["--budget", "1m", "--epochs", "3", "--output", str(tmp_path / "both")]) == 2
 
 
+def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsys):
+    """--small-model: where fewer than --model-min-epochs of --model fit the budget, the run times --model's
+    first steps, says so and starts over with the smaller model inside the same budget: last.ckpt, best.safetensors
+    and metrics.jsonl are the small model's alone. Where enough epochs fit, --model trains."""
+    make_idx_dir(tmp_path / "idx", n_train=400, n_test=20)
+    args = FAST + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
+                   "--model", "vit_micro_patch7_28", "--small-model", "vit_slim_patch7_28", "--budget", "5s"]
+    short = tmp_path / "short"
+    assert T.main(args + ["--model-min-epochs", "1000", "--output", str(short)]) == 0
+    out = capsys.readouterr().out
+    assert "of vit_micro_patch7_28 fit in 5 s, under --model-min-epochs 1000: starting over with --small-model " \
+           "vit_slim_patch7_28" in out
+    saved = ckpt(short)
+    assert saved["config"]["model"] == "vit_slim_patch7_28"
+    assert saved["state"]["step"] == saved["budget"]["total_steps"] > 0
+    assert saved["budget"]["spent_s"] <= 1.05 * 5, saved["budget"]
+    assert vit.create_model(pretrained=str(short / "best.safetensors")).config.embed_dim == 128
+    assert [r["epoch"] for r in rows(short)] == list(range(1, len(rows(short)) + 1))
+
+    long = tmp_path / "long"
+    assert T.main(args + ["--model-min-epochs", "0.5", "--output", str(long)]) == 0
+    assert "starting over" not in capsys.readouterr().out
+    assert ckpt(long)["config"]["model"] == "vit_micro_patch7_28"
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--small-model", "vit_slim_patch7_28", "--model-min-epochs", "12"], "go together, with --budget"),
+    (["--small-model", "vit_slim_patch7_28", "--budget", "1m"], "go together"),
+    (["--small-model", "vit_nano_patch2_8", "--model-min-epochs", "12", "--budget", "1m"],
+     "takes 8x8x1 images, --model vit_micro_patch7_28 28x28x1"),
+])
+def test_small_model_flags_that_cannot_work_are_refused(capsys, tmp_path, flags, says):
+    rc = T.main(FAST + ["--model", "vit_micro_patch7_28", "--dataset", "fashion-mnist", "--data-dir", "absent",
+                        "--output", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and "Traceback" not in err, err
+
+
 # --------------------------------------------------------------------------------------------------------
 # SIGKILL at random moments and SIGINT/SIGTERM: the short version of benchmarks/kill_resume.py (the same
 # code, two kill points and 2 epochs of 11 steps instead of 20 points and 3 epochs), train.py killed for real

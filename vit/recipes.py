@@ -30,6 +30,11 @@ def _f(default, help: str, choices: tuple | None = None):
 class TrainConfig:
     # ---- model
     model: str = _f("vit_nano_patch2_8", "registered model name (python -c 'import vit; print(vit.list_models())')")
+    small_model: str = _f("", "with --budget: where fewer than --model-min-epochs of --model fit, train this smaller "
+                          "model instead (same input size); the run times --model's first steps, then starts over "
+                          "('' = off)")
+    model_min_epochs: float = _f(0.0, "the epochs of --model a budget must fit for --model to be trained, not "
+                                 "--small-model")
     pretrained: str = _f("", "weights to start from: a .safetensors/.pth path or hf-hub:ORG/REPO ('' = random init)")
     img_size: int = _f(0, "input size in pixels (0 = the model's own)")
     num_classes: int = _f(0, "classifier classes (0 = the dataset's)")
@@ -152,6 +157,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",
+                     "model_min_epochs",
                      "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads",
                      "img_size", "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
@@ -172,6 +178,10 @@ class TrainConfig:
             raise ConfigError(f"--patch-drop must be in [0, 1), got {self.patch_drop}")
         if self.budget:
             parse_budget(self.budget)
+        if (self.small_model or self.model_min_epochs) and not (self.small_model and self.model_min_epochs and
+                                                                self.budget and not self.pretrained):
+            raise ConfigError("--small-model and --model-min-epochs go together, with --budget and without "
+                              "--pretrained: the model is chosen by how many of its epochs fit the budget")
         if self.randaug:
             check_policy(self.randaug)
         self._check_finetuning()
@@ -258,8 +268,9 @@ RECIPES = {r.name: r for r in [
         # Muon: 3 epochs of it reached what 18 of AdamW did; batch 256 learns as fast per epoch as 128 and
         # halves the share of Muon's fixed per-step cost (benchmarks/LOG.md, #13-#14).
         dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon", lr=2e-3,
-             min_lr=0.0, warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, augment_min_epochs=12,
-             hflip=0.5, hflip_min_epochs=12),
+             min_lr=0.0, warmup_epochs=0.3, eval_every=3, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
+             augment_min_epochs=12, hflip=0.5, hflip_min_epochs=12, small_model="vit_slim_patch7_28",
+             model_min_epochs=12),
     ),
     Recipe(
         "cifar10",
@@ -289,8 +300,8 @@ RECIPES = {r.name: r for r in [
         # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
         # machine (benchmarks/LOG.md, 2026-12-01).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
-             min_lr=0.0, warmup_epochs=2, weight_decay=0.05, label_smoothing=0.1, crop_pad=2, augment_min_epochs=12,
-             hflip=0.5, patch_drop=0.5),
+             min_lr=0.0, warmup_epochs=0.5, eval_every=4, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
+             augment_min_epochs=12, hflip=0.5, patch_drop=0.5, small_model="vit_slim_patch4_32", model_min_epochs=12),
     ),
     Recipe(
         "imagenet-subset-finetune",

@@ -47,6 +47,7 @@ from .metrics import confusion_matrix
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
+from .model import to_2tuple
 from .registry import create_model, get_entry
 from .runs import Checkpoint, State
 from .weights import check_state_dict
@@ -277,6 +278,16 @@ def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device:
 # Model, optimizer, schedule
 
 
+def check_small_model(cfg: TrainConfig) -> None:
+    """--small-model must take the images --model takes: it trains on the same loaded data."""
+    big, small = get_entry(cfg.model).config, get_entry(cfg.small_model).config
+    size = [to_2tuple(cfg.img_size or c.img_size) for c in (big, small)]
+    if size[0] != size[1] or big.in_chans != small.in_chans:
+        raise ConfigError(f"--small-model {cfg.small_model} takes {size[1][0]}x{size[1][1]}x{small.in_chans} "
+                          f"images, --model {cfg.model} {size[0][0]}x{size[0][1]}x{big.in_chans}: the two must "
+                          "take the same input")
+
+
 def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
     entry = get_entry(cfg.model)
     overrides = dict(num_classes=cfg.num_classes or num_classes)
@@ -441,6 +452,7 @@ class Training:
     crop_pad: int = 0  # cfg.crop_pad and cfg.hflip, or 0 where the plan is shorter than their *_min_epochs
     hflip: float = 0.0
     probe: tuple[int, float] | None = None  # (step, perf_counter()) where timing the steps for the budget began
+    switch_to: str = ""  # too few epochs of cfg.model fit the budget: the run starts over with this model
     clock: Clock = field(default_factory=Clock)  # the run's wall time, for the budget
     quiet: bool = False  # no progress bars
     board: TB.Board | None = None  # rank 0's TensorBoard writer (--tensorboard, --log-dir)
@@ -482,6 +494,20 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
             board.hparams(cfg.to_dict(), recipe)
             tr.say(f"TensorBoard events in {board.folder} (tensorboard --logdir {board.folder})")
         stopped = train(tr, st)
+        if tr.switch_to:  # too few epochs of cfg.model fit the budget: the smaller model, from its first step
+            started, data = tr.clock, tr.inputs.data
+            if d.main:  # rows of epochs the first model ended while its steps were timed (a tiny dataset)
+                runs.truncate_metrics(out / runs.METRICS, 0)
+            tr = set_up(TrainConfig.from_dict({**cfg.to_dict(), "model": tr.switch_to}), recipe, d, device, out,
+                        quiet, given, data)
+            tr.clock, tr.board = started, board  # the budget still counts from the launch
+            st = restore(tr, None)
+            tr.say(describe(tr))
+            if board is not None:  # a new writer, whose readers drop the first model's steps (purge from 0)
+                board.close()
+                tr.board = board = TB.Board(board.folder, resume_step=-1)
+                board.hparams(tr.cfg.to_dict(), recipe)
+            stopped = train(tr, st)
         if board is not None and not stopped:
             board.end(tr.model, tr.inputs.data.val, tr.inputs.data.classes, device, st.step)
         return finish(tr, st, stopped)
@@ -495,12 +521,16 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
 
 
 def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool,
-           given: frozenset = frozenset()) -> Training:
-    """Data, model, optimizer, schedule, EMA, Mixup and loss: the same on every rank."""
+           given: frozenset = frozenset(), data: Data | None = None) -> Training:
+    """Data (unless given: loaded already), model, optimizer, schedule, EMA, Mixup and loss: the same on every
+    rank."""
     seed_shared(cfg.seed)
     entry = get_entry(cfg.model)
     model_img = cfg.img_size or entry.config.img_size
-    data = load_data(cfg, d, model_img if isinstance(model_img, int) else model_img[0], entry.config.in_chans)
+    if cfg.small_model:
+        check_small_model(cfg)
+    if data is None:
+        data = load_data(cfg, d, model_img if isinstance(model_img, int) else model_img[0], entry.config.in_chans)
     model = build_model(cfg, len(data.classes), data.channels).to(device)
     model.class_names = data.classes
     if model.num_classes != len(data.classes):
@@ -598,6 +628,8 @@ def train(tr: Training, st: State) -> bool:
         while st.epoch < tr.plan.epochs:
             with compiled_training_settings() if tr.cfg.compile else contextlib.nullcontext():
                 stop = train_one_epoch(tr, st, probe_start)
+            if tr.switch_to:
+                return True
             if st.batch >= tr.plan.epoch_end(st.epoch):
                 stop = finish_epoch(tr, st, stop)
             if stop and st.epoch < tr.plan.epochs:
@@ -633,6 +665,8 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
             stop = signalled or tr.max_steps_reached(st)
             if tr.budget is not None and not tr.budget.total_steps:
                 probe_budget(tr, st, probe_start)
+                if tr.switch_to:  # nothing of this model is kept: no last.ckpt
+                    return True
                 end = tr.plan.epoch_end(st.epoch)
             if st.batch < end and (stop or (cfg.save_every and st.step % cfg.save_every == 0)):
                 save_last(tr, st)
@@ -831,6 +865,13 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
     eval_s = time_evaluation(tr)
     total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every)
     tr.budget.total_steps = total = agree(tr, total)
+    cfg, epochs = tr.cfg, total / tr.plan.steps_per_epoch
+    if cfg.small_model and cfg.model != cfg.small_model and epochs < cfg.model_min_epochs:
+        tr.switch_to = cfg.small_model
+        tr.say(f"budget: {step_s * 1e3:.0f} ms a step here: {epochs:.1f} epochs of {cfg.model} fit in "
+               f"{B.duration(tr.budget.budget_s)}, under --model-min-epochs {cfg.model_min_epochs:g}: starting over "
+               f"with --small-model {cfg.small_model}")
+        return
     set_total_steps(tr, total)
     tr.budget.decided = augment_for(tr.cfg, tr.plan)
     use_augment(tr, tr.budget.decided)
@@ -995,8 +1036,10 @@ def main(argv=None) -> int:
             fixed = [n for n in ("epochs", "steps") if n in given]
             if fixed and given.get("budget"):
                 raise ConfigError(f"--budget sets the run's length itself: give it or --{fixed[0]}, not both")
-            if fixed:  # a length given on the command line replaces the recipe's budget
-                base = {**base, "budget": ""}
+            if fixed:  # a length given on the command line replaces the recipe's budget, and its model choice
+                base = {**base, "budget": "", "small_model": "", "model_min_epochs": 0.0}
+            if "model" in given and "small_model" not in given:  # a model named on the command line is trained
+                base = {**base, "small_model": "", "model_min_epochs": 0.0}
         cfg = TrainConfig.from_dict({**base, **given})
         if resolve_device(cfg.device).type == "cpu":
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
