@@ -73,6 +73,17 @@ def test_plan_keeps_a_reserve_and_replans_only_outside_the_band():
     assert B.Budget.from_dict(plan.to_dict()) == plan
 
 
+def test_a_run_projected_to_leave_a_twentieth_of_its_budget_unused_replans():
+    plan = B.Budget(budget_s=900.0)
+    total = plan.plan(used_s=10.0, done=14, step_s=0.6, eval_s=5.0, steps_per_epoch=234)
+    # After epoch 1 the steps cost 7% less than planned: the run would end near 93% of its budget.
+    used = 10.0 + (234 - 14) * 0.56 + 5.0
+    projected = used + (total - 234) * 0.56 + B.evaluations_between(234, total, 234) * 5.0
+    assert projected < B.MIN_USE * 900.0
+    assert "faster" in plan.replan(used_s=used, done=234, step_s=0.56, eval_s=5.0, steps_per_epoch=234)
+    assert plan.total_steps > total
+
+
 def test_clock_counts_from_the_process_start_or_from_now():
     since_start = B.seconds_since_process_start()
     assert 0.0 < since_start < 24 * 3600

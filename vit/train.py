@@ -44,10 +44,10 @@ from .budget import Budget, Clock, parse_budget
 from .distill import DistillationLoss, load_teacher
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
 from .metrics import confusion_matrix
+from .model import to_2tuple
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
-from .model import to_2tuple
 from .registry import create_model, get_entry
 from .runs import Checkpoint, State
 from .weights import check_state_dict
@@ -494,19 +494,9 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
             board.hparams(cfg.to_dict(), recipe)
             tr.say(f"TensorBoard events in {board.folder} (tensorboard --logdir {board.folder})")
         stopped = train(tr, st)
-        if tr.switch_to:  # too few epochs of cfg.model fit the budget: the smaller model, from its first step
-            started, data = tr.clock, tr.inputs.data
-            if d.main:  # rows of epochs the first model ended while its steps were timed (a tiny dataset)
-                runs.truncate_metrics(out / runs.METRICS, 0)
-            tr = set_up(TrainConfig.from_dict({**cfg.to_dict(), "model": tr.switch_to}), recipe, d, device, out,
-                        quiet, given, data)
-            tr.clock, tr.board = started, board  # the budget still counts from the launch
-            st = restore(tr, None)
-            tr.say(describe(tr))
-            if board is not None:  # a new writer, whose readers drop the first model's steps (purge from 0)
-                board.close()
-                tr.board = board = TB.Board(board.folder, resume_step=-1)
-                board.hparams(tr.cfg.to_dict(), recipe)
+        if tr.switch_to:  # too few epochs of cfg.model fit the budget
+            tr, st = start_over(tr, quiet, given)
+            board = tr.board
             stopped = train(tr, st)
         if board is not None and not stopped:
             board.end(tr.model, tr.inputs.data.val, tr.inputs.data.classes, device, st.step)
@@ -518,6 +508,23 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
             board.close()
         if lock is not None:
             lock.close()
+
+
+def start_over(tr: Training, quiet: bool, given: frozenset) -> tuple[Training, State]:
+    """A run with tr.switch_to, the smaller model, from its first step: the same data, folder, TensorBoard folder
+    and clock (the budget still counts from the launch); nothing of the first model is kept."""
+    if tr.dist.main:  # rows of epochs the first model ended while its steps were timed (a tiny dataset)
+        runs.truncate_metrics(tr.out / runs.METRICS, 0)
+    cfg = TrainConfig.from_dict({**tr.cfg.to_dict(), "model": tr.switch_to})
+    new = set_up(cfg, tr.recipe, tr.dist, tr.device, tr.out, quiet, given, tr.inputs.data)
+    new.clock = tr.clock
+    st = restore(new, None)
+    new.say(describe(new))
+    if tr.board is not None:  # a new writer, whose readers drop the first model's steps (purge from step 0)
+        tr.board.close()
+        new.board = TB.Board(tr.board.folder, resume_step=-1)
+        new.board.hparams(cfg.to_dict(), tr.recipe)
+    return new, st
 
 
 def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool,
