@@ -251,22 +251,26 @@ RECIPES = {r.name: r for r in [
         Command: python train.py --recipe fashion-mnist     (a 15-minute budget; --budget 7.5m for another)
             (timed: python benchmarks/time_to_accuracy.py --recipe fashion-mnist --seeds 0,1,2)
         The run times its first steps and fixes its length to end inside the budget. Where fewer than 12
-        epochs fit, it trains without crops and flips (augment_min_epochs, hflip_min_epochs): a short run
-        underfits.
+        epochs of micro fit, it starts over with vit_slim_patch7_28 (half the cost a step, twice the epochs;
+        small_model, model_min_epochs); under 12 epochs it trains without crops and flips
+        (augment_min_epochs, hflip_min_epochs): a short run underfits.
         Hardware and Measured (wall time from launch to the last evaluation; benchmarks/LOG.md has every run):
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 19 epochs, crops and flips; the earlier fixed-epoch recipe):
             92.03 / 92.06 / 92.29% test top-1 for seeds 0 / 1 / 2 at 14.64-14.74 min, mean 92.13% (std 0.14).
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32, 230-410 img/s as the host allows, 3-6 epochs fit):
-            90.09 / 89.86 / 90.00% for seeds 0 / 1 / 2 at 14.09-14.84 min, mean 89.98% (3.2-4.1 epochs at
-            860-1,100 ms a step, no crops or flips); seed 0 with crops and flips 88.50% (3.9 epochs at 907 ms),
-            with flips only 89.81% (4.2 epochs at 849 ms). The 90.5% target of such a CPU is not met.
+        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32; micro fits 3-4 epochs, so slim trains):
+            90.28 / 90.38 / 90.27% for seeds 0 / 1 / 2 at 14.13-14.82 min, mean 90.31% (5.8-6.3 epochs of slim
+            at 560-690 ms a step, the host running slow); seed 0 at 460-580 ms: 90.71% (6.7 epochs). Micro
+            the same way (warm-up 1 epoch, evaluations every epoch): mean 89.98% (3.2-4.1 epochs). The 90.5%
+            target of such a CPU is not met.
         """,
         # Patch 7 (16 tokens) costs a third of patch 4 and learned faster per epoch. Random 2-pixel crops cost
         # AdamW's underfitting model 9 points after one epoch, so the first recipes went without; Muon fits the
         # training set by epoch ~12, and crops turned that overfitting into +0.8 points (benchmarks/LOG.md,
-        # #17). Width 192 because width 128 underfit at 8 epochs (88.9%).
+        # #17). Width 192 where 12 epochs fit: width 128 underfit at 8 epochs with AdamW (88.9%, #7); with Muon,
+        # where micro fits 3-4 epochs, 128 wide (slim) at twice the epochs won by ~0.5 points (Z5, Z7).
         # Muon: 3 epochs of it reached what 18 of AdamW did; batch 256 learns as fast per epoch as 128 and
-        # halves the share of Muon's fixed per-step cost (benchmarks/LOG.md, #13-#14).
+        # halves the share of Muon's fixed per-step cost (benchmarks/LOG.md, #13-#14). Warm-up 0.3 epoch: a
+        # quarter of a 3.5-epoch run went to warm-up; evaluations every 3rd epoch (LOG.md, Z4-Z5).
         dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=0.3, eval_every=3, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
              augment_min_epochs=12, hflip=0.5, hflip_min_epochs=12, small_model="vit_slim_patch7_28",
@@ -281,12 +285,14 @@ RECIPES = {r.name: r for r in [
             --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000
             (timed: python benchmarks/time_to_accuracy.py --recipe cifar10 --seeds 0 --target 80 -- --dataset
             folder --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000)
-        A 1-hour budget: the run times its first steps and fixes its length; under 12 planned epochs it
-        trains without crops (augment_min_epochs), with flips.
+        A 1-hour budget: the run times its first steps and fixes its length. Where fewer than 12 epochs of
+        micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs); under 12 planned
+        epochs it trains without crops (augment_min_epochs), with flips.
         Hardware and Measured (JPEG tree, seed 0, wall time from launch to the last evaluation):
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32, 150-170 img/s): 78.66% val top-1 at 58.0 min
-            (11.5 epochs, flips, no crops; 79.04% after epoch 10); without flips 78.40% at 59.0 min. The 80%
-            target of such a CPU is not met. With --budget 30m: 74.18% at 29.7 min (4.9 epochs).
+        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 10 epochs, so slim trains: 79.94% val
+            top-1 at 58.3 min (18.4 epochs at 454-570 ms a step, crops and flips; 79.92% after epoch 16). The
+            80% target of such a CPU is not met. Micro before (warm-up 2, evaluations every epoch): 78.66% at
+            58.0 min (11.5 epochs, flips, no crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
             crops and flips): 81.06% (EMA; model 81.00%) at 31.1 min, 80% first at epoch 14 (17.5 min). The
             44-epoch schedule peaked at 82.02% mid-way and overfit to 80.36% at 52.7 min; AdamW (lr 1e-3, 50
