@@ -84,6 +84,28 @@ def test_a_run_projected_to_leave_a_twentieth_of_its_budget_unused_replans():
     assert plan.total_steps > total
 
 
+def test_mid_epoch_checks_replan_only_a_run_that_would_end_late():
+    plan = B.Budget(budget_s=900.0)
+    total = plan.plan(used_s=10.0, done=14, step_s=0.6, eval_s=5.0, steps_per_epoch=234)
+    # A run ahead of its plan is left alone inside an epoch (its epoch's end may extend it)...
+    assert plan.replan(used_s=60.0, done=114, step_s=0.3, eval_s=5.0, steps_per_epoch=234, late_only=True) is None
+    assert plan.total_steps == total and not plan.replans
+    # ... one that would end late is cut back at once, to end inside its budget.
+    assert "slower" in plan.replan(used_s=90.0, done=114, step_s=0.9, eval_s=5.0, steps_per_epoch=234,
+                                   late_only=True)
+    assert 90.0 + cost(114, plan.total_steps, 0.9, 5.0, 234) <= 900.0 and plan.replans[-1]["step"] == 114
+
+
+@pytest.mark.parametrize("spe, total", [(5, 100), (12, 100), (50, 1000), (234, 1400), (500, 201), (500, 20)])
+def test_mid_epoch_checks_are_evenly_spaced_over_an_epoch_or_a_shorter_plan(spe, total):
+    span = min(spe, total)  # a run checks only before its plan's last step
+    due = [b for b in range(span + 1) if B.check_due(b, B.PROBE_STEPS, spe, total)]
+    assert all(0 < b < spe for b in due) and len(due) <= B.CHECKS
+    if span >= 2 * B.CHECKS * B.PROBE_STEPS:
+        assert len(set(b2 - b1 for b1, b2 in zip(due, due[1:]))) == 1 and due[0] <= span // B.CHECKS
+    assert not any(B.check_due(b, B.PROBE_STEPS - 1, spe, total) for b in due)  # too few steps timed
+
+
 def test_clock_counts_from_the_process_start_or_from_now():
     since_start = B.seconds_since_process_start()
     assert 0.0 < since_start < 24 * 3600

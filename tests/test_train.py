@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -243,9 +244,10 @@ def test_loader_path_interrupted_and_resumed_equals_uninterrupted(tmp_path):
 def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_path):
     """--budget times the first steps and fixes the step count: the run ends inside its budget (+5%). Its plan is
     saved in last.ckpt: stopped and resumed, the run ends exactly as one given that many --steps from the start
-    (--no-replan: the plan alone decides; warm-up covers the timed steps, whose lr the length does not set).
+    (--no-replan: the plan alone decides; warm-up, 15 steps, covers the 14 timed steps, whose lr the length does
+    not set, and ends inside any plan longer than --max-steps 20).
     A rule on the plan's length (--augment-min-epochs for crops) is decided with the plan and saved with it."""
-    args = FAST + ["--deterministic", "--warmup-epochs", "1", "--ema-decay", "0.9", "--crop-pad", "2",
+    args = FAST + ["--deterministic", "--warmup-epochs", "0.7", "--ema-decay", "0.9", "--crop-pad", "2",
                    "--hflip", "0.5", "--augment-min-epochs", "1000", "--randaug", "rand-m9-mstd0.5-inc1",
                    "--repeat-aug", "2"]
     # Budgets of seconds, long enough that a slow first step on a busy 2-core host still plans > 30 steps.
@@ -256,7 +258,7 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     assert 0.6 * 9 < whole["budget"]["spent_s"] <= 1.05 * 9, whole["budget"]
 
     cut = tmp_path / "cut"
-    assert T.main(args + ["--no-replan", "--budget", "7s", "--output", str(cut), "--max-steps", "20"]) == 0
+    assert T.main(args + ["--no-replan", "--budget", "9s", "--output", str(cut), "--max-steps", "20"]) == 0
     total = ckpt(cut)["budget"]["total_steps"]
     assert total > 20 and ckpt(cut)["state"]["step"] == 20
     assert T.main(["--resume", str(cut), "--max-steps", "0"]) == 0
@@ -267,6 +269,43 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     for k in fixed["model"]:
         assert torch.equal(fixed["model"][k], resumed["model"][k]), k
     assert T.main(FAST + ["--budget", "1m", "--epochs", "3", "--output", str(tmp_path / "both")]) == 2
+
+
+def test_a_budget_shorter_than_the_warm_up_still_decays_the_learning_rate_to_its_end(tmp_path):
+    """A plan shorter than --warmup-epochs ends its warm-up a step before the plan's end, as a run given that many
+    --steps does; the cosine then runs to min_lr (without this the run would end mid-warm-up)."""
+    out = tmp_path / "run"
+    assert T.main(FAST + ["--warmup-epochs", "100", "--min-lr", "1e-4", "--budget", "4s", "--output", str(out)]) == 0
+    saved = ckpt(out)
+    total = saved["budget"]["total_steps"]
+    assert 14 < total < 100 * 22 and saved["scheduler"]["warmup_t"] == total - 1, saved["budget"]
+    assert rows(out)[-1]["lr"] == pytest.approx(1e-4)
+
+
+def test_a_run_whose_steps_slow_down_mid_epoch_replans_there_and_ends_inside_its_budget(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """The whole plan fits inside one epoch, so no epoch's end can re-plan it: when every step costs 0.1 s more
+    from step 30 on (another job starts), a mid-epoch check cuts the plan back, says so, records it in last.ckpt,
+    and the run still ends inside its budget (+5%)."""
+    make_idx_dir(tmp_path / "idx", n_train=4000, n_test=20)
+    step, spe = T.train_step, 4000 // 8
+
+    def slowing(tr, st, x, y):
+        if st.step >= 30:
+            time.sleep(0.1)
+        return step(tr, st, x, y)
+
+    monkeypatch.setattr(T, "train_step", slowing)
+    out = tmp_path / "run"
+    assert T.main(FAST + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
+                          "--model", "vit_slim_patch7_28", "--budget", "8s", "--output", str(out)]) == 0
+    saved = ckpt(out)
+    replans = saved["budget"]["replans"]
+    assert saved["budget"]["total_steps"] < spe and replans  # a plan shorter than an epoch, cut back inside it
+    assert all(r["reason"] == "slower" and r["step"] % spe for r in replans), replans
+    assert "slower than planned" in capsys.readouterr().out
+    assert saved["state"]["step"] == saved["budget"]["total_steps"]
+    assert saved["budget"]["spent_s"] <= 1.05 * 8, saved["budget"]
 
 
 def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsys):

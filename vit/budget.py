@@ -5,7 +5,10 @@ the total number of steps so that the run (set-up, training, every evaluation) e
 its learning-rate schedule run to its end. The plan is saved in last.ckpt: `--resume` continues it. At each
 epoch boundary the run compares where it is with the plan; if the machine has slowed down (or sped up) so
 that the run would end outside [MIN_USE, 1] of the budget, it re-plans the remaining steps from the last
-epoch's measured cost, says so, and records it in the plan. Wall time counts from the process's launch.
+epoch's measured cost, says so, and records it in the plan. Inside an epoch it checks a few times
+(`check_due`) whether the steps since the last check cost enough more to end the run past its budget, and
+if so re-plans at once: a machine that slows down in a run's last epoch would
+otherwise overrun it. Wall time counts from the process's launch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ RESERVE_MIN_S = 0.5  # ... and at least this many seconds
 # A run projected to end before this share of its budget re-plans to use the rest. At 0.9 a Fashion-MNIST run
 # whose steps sped up after its re-plan ended at 14.1 of its 15 minutes: 6% of the budget left unused.
 MIN_USE = 0.95
+
+CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter); each times >= PROBE_STEPS steps
 
 _IMPORTED_AT = time.monotonic()
 
@@ -77,6 +82,14 @@ def evaluations_between(done: int, total: int, steps_per_epoch: int, every: int 
     return periodic + (done < total)
 
 
+def check_due(batch: int, timed: int, steps_per_epoch: int, total_steps: int) -> bool:
+    """Whether to check, after batch `batch` of an epoch, that the run still ends inside its budget: at CHECKS
+    evenly spaced batches of an epoch or of the whole plan if it is shorter (the same batches on every rank),
+    with at least PROBE_STEPS steps timed since the last check."""
+    every = max(PROBE_STEPS, min(steps_per_epoch, total_steps) // CHECKS)
+    return timed >= PROBE_STEPS and batch % every == 0 and 0 < batch < steps_per_epoch
+
+
 def steps_that_fit(remaining_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
                    every: int = 1) -> int:
     """The largest total step count whose remaining steps and evaluations take at most `remaining_s` (at
@@ -123,13 +136,15 @@ class Budget:
         return self.total_steps
 
     def replan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
-               every: int = 1) -> str | None:
-        """At an epoch boundary: re-plan if the run would end past its budget or well before it.
+               every: int = 1, late_only: bool = False) -> str | None:
+        """At an epoch boundary: re-plan if the run would end past its budget or well before it; mid-epoch
+        (`late_only`): only if past it.
 
         Returns a line saying what changed, or None if the plan holds."""
         projected = used_s + (self.total_steps - done) * step_s + \
             evaluations_between(done, self.total_steps, steps_per_epoch, every) * eval_s
-        if MIN_USE * self.budget_s <= projected <= self.budget_s or done >= self.total_steps:
+        early = MIN_USE * self.budget_s if not late_only else 0.0
+        if early <= projected <= self.budget_s or done >= self.total_steps:
             return None
         old = self.total_steps
         new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch, every)

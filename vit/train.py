@@ -366,10 +366,18 @@ def use_augment(tr: Training, settings: dict) -> None:
     tr.crop_pad, tr.hflip = settings.get("crop_pad", tr.crop_pad), settings.get("hflip", tr.hflip)
 
 
-def set_total_steps(tr: Training, total: int) -> None:
-    """Change the plan's length (a budget's plan or re-plan): the loop and the cosine end at `total`."""
+def set_total_steps(tr: Training, total: int, done: int) -> None:
+    """Change the plan's length (a budget's plan or re-plan) after `done` steps: the loop and the cosine end at
+    `total`. A plan too short for the warm-up, still under way, shortens it as build_scheduler does for a run
+    of that length (from here on: the steps taken keep their learning rates); the cosine then still decays."""
     tr.plan.total_steps = total
-    tr.scheduler.t_initial = max(1, total - tr.scheduler.warmup_t)
+    s = tr.scheduler
+    warmup = min(round(tr.cfg.warmup_epochs * tr.plan.steps_per_epoch), total - 1)
+    if done < s.warmup_t and warmup != s.warmup_t:
+        s.warmup_t = warmup = max(warmup, done)
+        s.warmup_steps = [(v - s.warmup_lr_init) / warmup for v in s.base_values] if warmup else \
+            [1 for _ in s.base_values]
+    s.t_initial = max(1, total - s.warmup_t)
 
 
 def base_lr(group: dict) -> float:
@@ -652,6 +660,7 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
     with tqdm(total=end, initial=st.batch, desc=f"epoch {st.epoch + 1}/{tr.plan.epochs_label}", leave=False,
               disable=tr.quiet or not tr.dist.main, dynamic_ncols=True) as bar:
         t0 = time.perf_counter()
+        since = (st.step, t0)  # where the steps timed for the budget's next mid-epoch check began
         for x, y, skipped in train_batches(tr, st.epoch, st.batch, end):
             st.batch += 1
             st.skipped += skipped
@@ -675,6 +684,14 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
                 if tr.switch_to:  # nothing of this model is kept: no last.ckpt
                     return True
                 end = tr.plan.epoch_end(st.epoch)
+                since = (st.step, time.perf_counter())
+            elif tr.budget is not None and cfg.replan and st.step < tr.plan.total_steps and \
+                    B.check_due(st.batch, st.step - since[0], tr.plan.steps_per_epoch, tr.plan.total_steps):
+                step_s = (time.perf_counter() - since[1]) / (st.step - since[0])
+                if replan_budget(tr, st, step_s, tr.budget.eval_s, late_only=True):
+                    end = tr.plan.epoch_end(st.epoch)  # past st.batch: a plan keeps a step to take
+                    save_last(tr, st)  # the re-plan is recorded before the next step
+                since = (st.step, time.perf_counter())
             if st.batch < end and (stop or (cfg.save_every and st.step % cfg.save_every == 0)):
                 save_last(tr, st)
             if stop:
@@ -879,7 +896,7 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
                f"{B.duration(tr.budget.budget_s)}, under --model-min-epochs {cfg.model_min_epochs:g}: starting over "
                f"with --small-model {cfg.small_model}")
         return
-    set_total_steps(tr, total)
+    set_total_steps(tr, total, st.step)
     tr.budget.decided = augment_for(tr.cfg, tr.plan)
     use_augment(tr, tr.budget.decided)
     cropping = "".join(f"; no {what} (a run under --{flag} {epochs:g})" for what, flag, epochs, off in (
@@ -889,14 +906,18 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
            f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}{cropping}")
 
 
-def replan_budget(tr: Training, st: State, step_s: float, eval_s: float) -> None:
-    """At an epoch's end: if the last epoch's costs would take the run outside its budget, re-plan."""
-    line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every)
+def replan_budget(tr: Training, st: State, step_s: float, eval_s: float, late_only: bool = False) -> bool:
+    """At an epoch's end: if the last epoch's costs would take the run outside its budget, re-plan; mid-epoch
+    (`late_only`, step_s from this epoch's steps so far): if they would take it past. Returns whether it did."""
+    line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every,
+                            late_only)
     total = agree(tr, tr.budget.total_steps)
     tr.budget.total_steps = total
-    if total != tr.plan.total_steps:
-        set_total_steps(tr, total)
-        tr.say(line)
+    if total == tr.plan.total_steps:
+        return False
+    set_total_steps(tr, total, st.step)
+    tr.say(line or f"budget: re-planned to rank 0's {total} steps")
+    return True
 
 
 @torch.no_grad()
