@@ -23,11 +23,13 @@ from .errors import ConfigError
 
 PROBE_STEPS = 12  # steps timed before planning (after PROBE_SKIP warm-up steps, whose cost is start-up's)
 PROBE_SKIP = 2
+CHOICE_STEPS = 4  # steps timed before choosing between a model and a smaller one (--small-model): a rough cost will do
 RESERVE = 0.02  # share of the budget kept back for what was not measured (saving files, plotting, exit)...
 RESERVE_MIN_S = 0.5  # ... and at least this many seconds
-# A run projected to end before this share of its budget re-plans to use the rest. At 0.9 a Fashion-MNIST run
-# whose steps sped up after its re-plan ended at 14.1 of its 15 minutes: 6% of the budget left unused.
-MIN_USE = 0.95
+# A run projected to end before this share of its budget re-plans to use the rest (the plan aims at 1 - RESERVE).
+# At 0.9 a Fashion-MNIST run whose steps sped up after its re-plan ended at 14.1 of its 15 minutes (6% unused);
+# a run projected past the budget is cut back inside the epoch (check_due), so the band can be narrow.
+MIN_USE = 0.97
 
 CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter); each times >= PROBE_STEPS steps
 
