@@ -23,7 +23,6 @@ from .errors import ConfigError
 
 PROBE_STEPS = 12  # steps timed before planning (after PROBE_SKIP warm-up steps, whose cost is start-up's)
 PROBE_SKIP = 2
-CHOICE_STEPS = 4  # steps timed before choosing between a model and a smaller one (--small-model): a rough cost will do
 RESERVE = 0.02  # share of the budget kept back for what was not measured (saving files, plotting, exit)...
 RESERVE_MIN_S = 0.5  # ... and at least this many seconds
 # A run projected to end before this share of its budget re-plans to use the rest (the plan aims at 1 - RESERVE).

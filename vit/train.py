@@ -875,32 +875,27 @@ UNPLANNED_STEPS = 10**12  # the plan's length while a budgeted run times its fir
 
 
 def probe_budget(tr: Training, st: State, probe_start: int) -> None:
-    """After each step of a budgeted run not yet planned: start timing at `probe_start`; with a smaller model
-    to choose, after CHOICE_STEPS, start over with it where too few epochs fit; once PROBE_STEPS are timed,
-    estimate an evaluation and fix the step count (rank 0's, on every rank)."""
+    """After each step of a budgeted run not yet planned: start timing at `probe_start`, and once
+    PROBE_STEPS are timed, estimate an evaluation and fix the step count (rank 0's, on every rank)."""
     if st.step < probe_start:
         return
     if tr.probe is None:
         tr.probe = (st.step, time.perf_counter())
         return
     first, t0 = tr.probe
-    timed, cfg = st.step - first, tr.cfg
-    if cfg.small_model and cfg.model != cfg.small_model and timed == B.CHOICE_STEPS:
-        step_s, eval_s = (time.perf_counter() - t0) / timed, time_evaluation(tr)
-        fit = agree(tr, B.Budget(tr.budget.budget_s).plan(tr.used_s(), st.step, step_s, eval_s,
-                                                          tr.plan.steps_per_epoch, cfg.eval_every))
-        if fit / tr.plan.steps_per_epoch < cfg.model_min_epochs:
-            tr.switch_to = cfg.small_model
-            tr.say(f"budget: {step_s * 1e3:.0f} ms a step here: {fit / tr.plan.steps_per_epoch:.1f} epochs of "
-                   f"{cfg.model} fit in {B.duration(tr.budget.budget_s)}, under --model-min-epochs "
-                   f"{cfg.model_min_epochs:g}: starting over with --small-model {cfg.small_model}")
-            return
-    if timed < B.PROBE_STEPS:
+    if st.step - first < B.PROBE_STEPS:
         return
-    step_s = (time.perf_counter() - t0) / timed
+    step_s = (time.perf_counter() - t0) / (st.step - first)
     eval_s = time_evaluation(tr)
-    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, cfg.eval_every)
+    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every)
     tr.budget.total_steps = total = agree(tr, total)
+    cfg, epochs = tr.cfg, total / tr.plan.steps_per_epoch
+    if cfg.small_model and cfg.model != cfg.small_model and epochs < cfg.model_min_epochs:
+        tr.switch_to = cfg.small_model
+        tr.say(f"budget: {step_s * 1e3:.0f} ms a step here: {epochs:.1f} epochs of {cfg.model} fit in "
+               f"{B.duration(tr.budget.budget_s)}, under --model-min-epochs {cfg.model_min_epochs:g}: starting over "
+               f"with --small-model {cfg.small_model}")
+        return
     set_total_steps(tr, total, st.step)
     tr.budget.decided = augment_for(tr.cfg, tr.plan)
     use_augment(tr, tr.budget.decided)
