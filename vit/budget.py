@@ -6,8 +6,8 @@ its learning-rate schedule run to its end. The plan is saved in last.ckpt: `--re
 epoch boundary the run compares where it is with the plan; if the machine has slowed down (or sped up) so
 that the run would end outside [MIN_USE, 1] of the budget, it re-plans the remaining steps from the last
 epoch's measured cost, says so, and records it in the plan. Inside an epoch it checks a few times
-(`check_due`) whether the steps since the last check cost enough more to end the run past its budget, and
-if so re-plans at once: a machine that slows down in a run's last epoch would
+(`check_due`) whether the epoch's steps so far (since its start, or since the last cut) cost enough more to
+end the run past its budget, and if so re-plans at once: a machine that slows down in a run's last epoch would
 otherwise overrun it. Wall time counts from the process's launch.
 """
 
@@ -30,7 +30,7 @@ RESERVE_MIN_S = 0.5  # ... and at least this many seconds
 # a run projected past the budget is cut back inside the epoch (check_due), so the band can be narrow.
 MIN_USE = 0.97
 
-CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter); each times >= PROBE_STEPS steps
+CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter), on >= PROBE_STEPS timed steps
 
 _IMPORTED_AT = time.monotonic()
 
@@ -86,7 +86,7 @@ def evaluations_between(done: int, total: int, steps_per_epoch: int, every: int 
 def check_due(batch: int, timed: int, steps_per_epoch: int, total_steps: int) -> bool:
     """Whether to check, after batch `batch` of an epoch, that the run still ends inside its budget: at CHECKS
     evenly spaced batches of an epoch or of the whole plan if it is shorter (the same batches on every rank),
-    with at least PROBE_STEPS steps timed since the last check."""
+    with at least PROBE_STEPS steps `timed` (since the epoch's start, or the plan or the last cut)."""
     every = max(PROBE_STEPS, min(steps_per_epoch, total_steps) // CHECKS)
     return timed >= PROBE_STEPS and batch % every == 0 and 0 < batch < steps_per_epoch
 

@@ -660,7 +660,7 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
     with tqdm(total=end, initial=st.batch, desc=f"epoch {st.epoch + 1}/{tr.plan.epochs_label}", leave=False,
               disable=tr.quiet or not tr.dist.main, dynamic_ncols=True) as bar:
         t0 = time.perf_counter()
-        since = (st.step, t0)  # where the steps timed for the budget's next mid-epoch check began
+        since = (st.step, t0)  # where the steps timed for the budget's mid-epoch checks began: the epoch, plan or cut
         for x, y, skipped in train_batches(tr, st.epoch, st.batch, end):
             st.batch += 1
             st.skipped += skipped
@@ -691,7 +691,7 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
                 if replan_budget(tr, st, step_s, tr.budget.eval_s, late_only=True):
                     end = tr.plan.epoch_end(st.epoch)  # past st.batch: a plan keeps a step to take
                     save_last(tr, st)  # the re-plan is recorded before the next step
-                since = (st.step, time.perf_counter())
+                    since = (st.step, time.perf_counter())
             if st.batch < end and (stop or (cfg.save_every and st.step % cfg.save_every == 0)):
                 save_last(tr, st)
             if stop:
@@ -908,7 +908,7 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
 
 def replan_budget(tr: Training, st: State, step_s: float, eval_s: float, late_only: bool = False) -> bool:
     """At an epoch's end: if the last epoch's costs would take the run outside its budget, re-plan; mid-epoch
-    (`late_only`, step_s from the steps since the last check): if they would take it past. Returns whether it did."""
+    (`late_only`, step_s from the epoch's steps since its start or the last cut): if they would take it past. Returns whether it did."""
     line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every,
                             late_only)
     total = agree(tr, tr.budget.total_steps)
