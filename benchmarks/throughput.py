@@ -50,6 +50,9 @@ CONFIGS = {
     "fmnist": (dict(img_size=28, patch_size=4, in_chans=1, embed_dim=192, depth=9, num_heads=3, num_classes=10), 256),
     # the fashion-mnist recipe's model (vit_micro_patch7_28): 16 patch tokens
     "fmnist-p7": (dict(img_size=28, patch_size=7, in_chans=1, embed_dim=192, depth=6, num_heads=3, num_classes=10), 256),
+    # the smaller models the budgeted recipes train where too few epochs of micro fit (vit_slim_*)
+    "fmnist-slim": (dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=6, num_heads=4, num_classes=10), 256),
+    "cifar-slim": (dict(img_size=32, patch_size=4, in_chans=3, embed_dim=128, depth=6, num_heads=4, num_classes=10), 128),
     "vit_ti16": (dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=1000), 32),
     "vit_s16": (dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, num_classes=1000), 32),
     # a very narrow model, for the --precision auto rule (bf16 casts can cost more than they save)
