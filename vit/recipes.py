@@ -258,7 +258,7 @@ RECIPES = {r.name: r for r in [
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 19 epochs, crops and flips; the earlier fixed-epoch recipe):
             92.03 / 92.06 / 92.29% test top-1 for seeds 0 / 1 / 2 at 14.64-14.74 min, mean 92.13% (std 0.14).
         - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32; micro fits 3-4 epochs, so slim trains):
-            90.47 / 90.53 / 90.70% for seeds 0 / 1 / 2 at 14.7 min, mean 90.57% (5.9-6.3 epochs of slim at
+            90.47 / 90.53 / 90.70% for seeds 0 / 1 / 2 at 14.7 min, mean 90.57% (5.9-6.7 epochs of slim at
             510-680 ms a step); before the budget's mid-epoch checks 90.28 / 90.38 / 90.27% (mean 90.31%).
             Micro the same way (warm-up 1 epoch, evaluations every epoch): mean 89.98% (3.2-4.1 epochs). The
             90.5% target of such a CPU is met.
