@@ -291,8 +291,9 @@ RECIPES = {r.name: r for r in [
         Hardware and Measured (JPEG tree, seed 0, wall time from launch to the last evaluation):
         - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 10 epochs, so slim trains: 79.94% val
             top-1 at 58.3 min (18.4 epochs at 454-570 ms a step, crops and flips; 79.92% after epoch 16); run
-            again, 79.92% at 58.3 min (17.7 epochs at 489-622 ms). The 80% target of such a CPU is not met. Micro before (warm-up 2, evaluations every epoch): 78.66% at
-            58.0 min (11.5 epochs, flips, no crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
+            again, 79.92% at 58.3 min (17.7 epochs at 489-622 ms). The 80% target of such a CPU is not met.
+            Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
+            crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
             crops and flips): 81.06% (EMA; model 81.00%) at 31.1 min, 80% first at epoch 14 (17.5 min). The
             44-epoch schedule peaked at 82.02% mid-way and overfit to 80.36% at 52.7 min; AdamW (lr 1e-3, 50

@@ -341,12 +341,17 @@ def plan_steps(cfg: TrainConfig, d: Dist, n_train: int) -> Plan:
     return Plan(steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch)
 
 
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """--warmup-epochs in steps, ending a step before the plan's end at the latest (the cosine then decays)."""
+    return min(round(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
+
+
 def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> CosineLRScheduler:
     """A linear warm-up to lr, then per-step cosine decay to min_lr over the rest of the plan (timm's scheduler,
     with the warm-up as a prefix, so the learning rate peaks where warm-up ends)."""
     from timm.scheduler import CosineLRScheduler
 
-    warmup = min(round(cfg.warmup_epochs * plan.steps_per_epoch), plan.total_steps - 1)
+    warmup = warmup_steps(cfg, plan.steps_per_epoch, plan.total_steps)
     return CosineLRScheduler(optimizer, t_initial=plan.total_steps - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
                              warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
 
@@ -372,7 +377,7 @@ def set_total_steps(tr: Training, total: int, done: int) -> None:
     of that length (from here on: the steps taken keep their learning rates); the cosine then still decays."""
     tr.plan.total_steps = total
     s = tr.scheduler
-    warmup = min(round(tr.cfg.warmup_epochs * tr.plan.steps_per_epoch), total - 1)
+    warmup = warmup_steps(tr.cfg, tr.plan.steps_per_epoch, total)
     if done < s.warmup_t and warmup != s.warmup_t:
         s.warmup_t = warmup = max(warmup, done)
         s.warmup_steps = [(v - s.warmup_lr_init) / warmup for v in s.base_values] if warmup else \
@@ -908,7 +913,8 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
 
 def replan_budget(tr: Training, st: State, step_s: float, eval_s: float, late_only: bool = False) -> bool:
     """At an epoch's end: if the last epoch's costs would take the run outside its budget, re-plan; mid-epoch
-    (`late_only`, step_s from the epoch's steps since its start or the last cut): if they would take it past. Returns whether it did."""
+    (`late_only`, step_s from the epoch's steps since its start or the last cut): if they would take it past.
+    Returns whether it did."""
     line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every,
                             late_only)
     total = agree(tr, tr.budget.total_steps)
