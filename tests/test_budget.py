@@ -59,7 +59,7 @@ def test_rarer_evaluations_leave_more_steps():
 def test_plan_keeps_a_reserve_and_replans_only_outside_the_band():
     plan = B.Budget(budget_s=1000.0)
     total = plan.plan(used_s=20.0, done=10, step_s=1.0, eval_s=10.0, steps_per_epoch=100)
-    assert cost(10, total, 1.0, 10.0, 100) <= 1000.0 * (1 - B.RESERVE) - 20.0
+    assert cost(10, total, 1.0, 10.0, 100) <= 1000.0 - plan.reserve_s() - 20.0
     # On plan: nothing changes.
     assert plan.replan(used_s=20.0 + 90 + 10, done=100, step_s=1.0, eval_s=10.0, steps_per_epoch=100) is None
     # The machine slows down to 1.5 s a step: fewer steps, recorded, and the run ends inside the budget.
@@ -79,9 +79,24 @@ def test_a_run_projected_to_leave_a_twentieth_of_its_budget_unused_replans():
     # After epoch 1 the steps cost 7% less than planned: the run would end near 93% of its budget.
     used = 10.0 + (234 - 14) * 0.56 + 5.0
     projected = used + (total - 234) * 0.56 + B.evaluations_between(234, total, 234) * 5.0
-    assert projected < B.MIN_USE * 900.0
+    assert projected < plan.early_s()
     assert "faster" in plan.replan(used_s=used, done=234, step_s=0.56, eval_s=5.0, steps_per_epoch=234)
     assert plan.total_steps > total
+
+
+def test_the_reserve_is_a_share_of_the_budget_within_bounds_and_the_band_is_measured_from_the_aim():
+    """An hour keeps 30 s back, not 2% (72 s), and re-plans a run projected to end over 36 s before its aim;
+    15 minutes keeps 18 s back and re-plans below 97% of its budget; a 10-s budget keeps half a second."""
+    hour, quarter, short = B.Budget(3600.0), B.Budget(900.0), B.Budget(10.0)
+    assert (hour.reserve_s(), quarter.reserve_s(), short.reserve_s()) == (30.0, 18.0, 0.5)
+    assert hour.early_s() == 3600.0 - 30.0 - 36.0 and quarter.early_s() == pytest.approx(0.97 * 900.0)
+    total = hour.plan(used_s=60.0, done=14, step_s=0.5, eval_s=10.0, steps_per_epoch=351, every=4)
+    assert 3600.0 - 30.0 - 0.5 < 60.0 + cost(14, total, 0.5, 10.0, 351, every=4) <= 3600.0 - 30.0
+    # 1% faster steps move the end by ~35 s: inside the band, the plan holds; 2% faster re-plans.
+    for faster, holds in ((0.99, True), (0.98, False)):
+        plan = B.Budget.from_dict(hour.to_dict())
+        assert (plan.replan(used_s=60.0, done=14, step_s=0.5 * faster, eval_s=10.0, steps_per_epoch=351,
+                            every=4) is None) == holds
 
 
 def test_mid_epoch_checks_replan_only_a_run_that_would_end_late():

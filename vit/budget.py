@@ -4,7 +4,7 @@ A run with `--budget 15m` trains for a few steps, measures what a step and an ev
 the total number of steps so that the run (set-up, training, every evaluation) ends inside the budget with
 its learning-rate schedule run to its end. The plan is saved in last.ckpt: `--resume` continues it. At each
 epoch boundary the run compares where it is with the plan; if the machine has slowed down (or sped up) so
-that the run would end outside [MIN_USE, 1] of the budget, it re-plans the remaining steps from the last
+that the run would end past the budget or more than BAND of it before its aim, it re-plans the remaining steps from the last
 epoch's measured cost, says so, and records it in the plan. Inside an epoch it checks a few times
 (`check_due`) whether the epoch's steps so far (since its start, or since the last cut) cost enough more to
 end the run past its budget, and if so re-plans at once: a machine that slows down in a run's last epoch would
@@ -24,11 +24,12 @@ from .errors import ConfigError
 PROBE_STEPS = 12  # steps timed before planning (after PROBE_SKIP warm-up steps, whose cost is start-up's)
 PROBE_SKIP = 2
 RESERVE = 0.02  # share of the budget kept back for what was not measured (saving files, plotting, exit)...
-RESERVE_MIN_S = 0.5  # ... and at least this many seconds
-# A run projected to end before this share of its budget re-plans to use the rest (the plan aims at 1 - RESERVE).
-# At 0.9 a Fashion-MNIST run whose steps sped up after its re-plan ended at 14.1 of its 15 minutes (6% unused);
-# a run projected past the budget is cut back inside the epoch (check_due), so the band can be narrow.
-MIN_USE = 0.97
+RESERVE_MIN_S = 0.5  # ... at least this many seconds...
+RESERVE_MAX_S = 30.0  # ... and at most this many: a CIFAR-10 hour's end (files, figures, exit) took 4 s
+# A run projected to end more than this share of its budget before the plan's aim (the budget less the reserve)
+# re-plans to use the rest. Band 0.9 ended a Fashion-MNIST run at 14.1 of its 15 minutes; the band is narrow
+# because a run projected past the budget is cut back inside the epoch (check_due).
+BAND = 0.01
 
 CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter), on >= PROBE_STEPS timed steps
 
@@ -127,12 +128,19 @@ class Budget:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def reserve_s(self) -> float:
+        return min(max(RESERVE * self.budget_s, RESERVE_MIN_S), RESERVE_MAX_S)
+
+    def early_s(self) -> float:
+        """A run projected to end before this many seconds re-plans at an epoch boundary to use the rest."""
+        return self.budget_s - self.reserve_s() - BAND * self.budget_s
+
     def plan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
              every: int = 1) -> int:
-        """Fix total_steps from measured costs, with RESERVE of the budget kept back; the run evaluates after
+        """Fix total_steps from measured costs, with `reserve_s` of the budget kept back; the run evaluates after
         every `every`-th epoch and its last."""
         self.step_s, self.eval_s = step_s, eval_s
-        left = self.budget_s - max(RESERVE * self.budget_s, RESERVE_MIN_S) - used_s
+        left = self.budget_s - self.reserve_s() - used_s
         self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch, every)
         return self.total_steps
 
@@ -144,7 +152,7 @@ class Budget:
         Returns a line saying what changed, or None if the plan holds."""
         projected = used_s + (self.total_steps - done) * step_s + \
             evaluations_between(done, self.total_steps, steps_per_epoch, every) * eval_s
-        early = MIN_USE * self.budget_s if not late_only else 0.0
+        early = self.early_s() if not late_only else 0.0
         if early <= projected <= self.budget_s or done >= self.total_steps:
             return None
         old = self.total_steps
