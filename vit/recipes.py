@@ -288,10 +288,11 @@ RECIPES = {r.name: r for r in [
         A 1-hour budget: the run times its first steps and fixes its length. Where fewer than 12 epochs of
         micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs); under 12 planned
         epochs it trains without crops (augment_min_epochs), with flips.
-        Hardware and Measured (JPEG tree, seed 0, wall time from launch to the last evaluation):
+        Hardware and Measured (JPEG tree, wall time from launch to the last evaluation):
         - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 10 epochs, so slim trains: 79.94% val
             top-1 at 58.3 min (18.4 epochs at 454-570 ms a step, crops and flips; 79.92% after epoch 16); run
-            again, 79.92% at 58.3 min (17.7 epochs at 489-622 ms). The 80% target of such a CPU is not met.
+            again, 79.92% at 58.3 min (17.7 epochs at 489-622 ms); seed 1, 79.80% at 59.5 min (16.7 epochs at
+            545-679 ms). The 80% target of such a CPU is not met. Without crops (seed 1): 79.20%.
             Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
             crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
@@ -303,7 +304,8 @@ RECIPES = {r.name: r for r in [
         # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
         # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
         # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points, crops are left to
-        # runs of 12 epochs or more (benchmarks/LOG.md, 2026-12-01). No Mixup/CutMix. No EMA: its second
+        # runs of 12 epochs or more (benchmarks/LOG.md, 2026-12-01); slim's 16 epochs without them: 79.20%
+        # against 79.80% with (seed 1, Z11). No Mixup/CutMix. No EMA: its second
         # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
         # machine (benchmarks/LOG.md, 2026-12-01).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
