@@ -4,8 +4,8 @@ A run with `--budget 15m` trains for a few steps, measures what a step and an ev
 the total number of steps so that the run (set-up, training, every evaluation) ends inside the budget with
 its learning-rate schedule run to its end. The plan is saved in last.ckpt: `--resume` continues it. At each
 epoch boundary the run compares where it is with the plan; if the machine has slowed down (or sped up) so
-that the run would end past the budget or more than BAND of it before its aim, it re-plans the remaining steps from the last
-epoch's measured cost, says so, and records it in the plan. Inside an epoch it checks a few times
+that the run would end past the budget or more than BAND of it before its aim, it re-plans the remaining
+steps from the last epoch's measured cost, says so, and records it in the plan. Inside an epoch it checks a few times
 (`check_due`) whether the epoch's steps so far (since its start, or since the last cut) cost enough more to
 end the run past its budget, and if so re-plans at once: a machine that slows down in a run's last epoch would
 otherwise overrun it. Wall time counts from the process's launch.
@@ -27,8 +27,8 @@ RESERVE = 0.02  # share of the budget kept back for what was not measured (savin
 RESERVE_MIN_S = 0.5  # ... at least this many seconds...
 RESERVE_MAX_S = 30.0  # ... and at most this many: a CIFAR-10 hour's end (files, figures, exit) took 4 s
 # A run projected to end more than this share of its budget before the plan's aim (the budget less the reserve)
-# re-plans to use the rest. Band 0.9 ended a Fashion-MNIST run at 14.1 of its 15 minutes; the band is narrow
-# because a run projected past the budget is cut back inside the epoch (check_due).
+# re-plans to use the rest. A 10% band ended a Fashion-MNIST run at 14.1 of its 15 minutes; the band can be
+# narrow because a run projected past the budget is cut back inside the epoch (check_due).
 BAND = 0.01
 
 CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter), on >= PROBE_STEPS timed steps
