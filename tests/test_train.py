@@ -168,6 +168,34 @@ def test_flags_without_effect_in_the_data_mode_are_refused(tmp_path, capsys, fla
 # Exact resume: stopped and resumed, a run ends bit-identical to one never stopped
 
 
+def test_eval_hflip_scores_each_validation_image_with_its_mirror_image(tmp_path):
+    """--eval-hflip: train.py's validation is the mean of the logits of each image and of its mirror image
+    (torchvision's horizontal_flip here), and evaluate.py follows the run's setting by default."""
+    from torchvision.transforms.v2.functional import horizontal_flip
+
+    from vit.data import digits_split
+    from vit.evaluate import load_model, parse_args, run
+
+    out = tmp_path / "run"
+    assert T.main(FAST + ["--epochs", "2", "--eval-hflip", "--output", str(out)]) == 0
+    model = load_model(str(out / "last.ckpt")).eval()
+    val, pre = digits_split("val"), model.preprocess
+    x = (val.images.float() / 255 - torch.tensor(pre.mean).view(1, -1, 1, 1)) / torch.tensor(pre.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        plain, mirrored = model(x), model(horizontal_flip(x))
+    both = (plain + mirrored) / 2
+    last = rows(out)[-1]
+    assert round(last["val_top1"] * len(val) / 100) == int((both.argmax(1) == val.labels).sum())
+    assert last["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(both, val.labels)), rel=1e-5)
+    assert abs(last["val_loss"] - float(torch.nn.functional.cross_entropy(plain, val.labels))) > 1e-4
+    flags = [str(out / "last.ckpt"), "--precision", "fp32", "--no-progress", "--device", "cpu"]
+    report = run(parse_args([*flags, "--output", str(tmp_path / "followed")]))
+    assert report["eval_hflip"] is True and 100 * report["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
+    plain_report = run(parse_args([*flags, "--no-eval-hflip", "--output", str(tmp_path / "plain")]))
+    assert plain_report["eval_hflip"] is False
+    assert plain_report["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(plain, val.labels)), rel=1e-5)
+
+
 def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
     """--eval-every 2 over 5 epochs: validation after epochs 2, 4 and 5; every epoch still has its row."""
     out = tmp_path / "run"

@@ -32,7 +32,7 @@ import torch
 from . import data as vdata
 from . import sources
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
-from .metrics import ClassificationMetrics
+from .metrics import ClassificationMetrics, predict_logits
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .runs import BEST, LAST, atomic_write_text, find_training_config
 
@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast dtype (auto: per device)")
     g.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    g.add_argument("--eval-hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="score each image with its mirror image too, the two logits averaged (test-time flip; "
+                        "default: as the run was trained, train.py --eval-hflip, else off)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model with its weights frozen (inductor): 1.2-1.3x the eager model's bf16 "
                         "speed on CPU after 20-60 s of compiling, so worth it for thousands of images")
@@ -156,7 +159,10 @@ def load_model(checkpoint: str, model_name: str | None = None):
 
 def fill_data_args(args) -> None:
     """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
-    folder carve's --val-size/--split-seed default to the run's. `evaluate.py CHECKPOINT` needs nothing else."""
+    folder carve's --val-size/--split-seed and --eval-hflip default to the run's. `evaluate.py CHECKPOINT` needs
+    nothing else."""
+    if args.eval_hflip is None:
+        args.eval_hflip = bool((find_training_config(args.checkpoint) or {}).get("eval_hflip", False))
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
     carved = args.dataset == "folder" or sources.is_reader_scheme(args.dataset)
     source_args = ("val_size", "split_seed", "val_split", "image_key", "label_key")
@@ -319,7 +325,7 @@ def run_evaluation(model, source, args, device, precision) -> dict:
         skipped += dropped
         if x is not None:
             with autocast(precision, device), frozen:
-                logits = forward(x)
+                logits = predict_logits(forward, x, args.eval_hflip)
             metrics.update(logits.float(), y)
             progress.update(len(y) + dropped)
         else:
@@ -398,14 +404,14 @@ def safe_name(name: str) -> str:
 
 
 @torch.no_grad()
-def predict(model, paths: list[str], k: int, device, precision) -> list[dict]:
+def predict(model, paths: list[str], k: int, device, precision, hflip: bool = False) -> list[dict]:
     """Top-k classes with probabilities for image files, preprocessed as the checkpoint says."""
     pre = model.preprocess
     transform = vdata.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
     x = torch.stack([transform(vdata.load_image(p, mode)) for p in paths]).to(device)
     with autocast(precision, device):
-        probs = model(x).float().softmax(dim=1).cpu()
+        probs = predict_logits(model, x, hflip).float().softmax(dim=1).cpu()
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     results = []
@@ -447,7 +453,7 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     report = run_evaluation(model, data.source, args, device, precision)
     report["skipped_images"] += data.skipped
     report.update(checkpoint=str(args.checkpoint), data=data.description, device=str(device), precision=precision,
-                  batch_size=args.batch_size, model_config=model.config.to_dict())
+                  batch_size=args.batch_size, eval_hflip=args.eval_hflip, model_config=model.config.to_dict())
     make_output_dir(out)
     write_json(out / "report.json", report)
     plot_confusion_matrix(report["confusion_matrix"], report["class_names"], out / "confusion.png")
@@ -455,7 +461,8 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     if args.attention_maps:
         write_attention_maps(model, data.source, args.attention_maps, out / "attention", device)
     print_summary(report, [("checkpoint", str(args.checkpoint)), ("data", data.description),
-                           ("device", f"{device}, {precision}, batch {args.batch_size}")])
+                           ("device", f"{device}, {precision}, batch {args.batch_size}"
+                                      + (", each image and its mirror image" if args.eval_hflip else ""))])
     print(f"\nwrote {out / 'report.json'}, confusion.png, reliability.png"
           + (f", attention/ ({args.attention_maps} overlays)" if args.attention_maps else ""))
     return report
@@ -470,7 +477,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.output or Path("runs") / "eval" / checkpoint_name(args.checkpoint))
     report: dict = {}
     if args.predict:
-        report["predictions"] = predict(model, args.predict, args.topk, device, precision)
+        report["predictions"] = predict(model, args.predict, args.topk, device, precision, args.eval_hflip)
     if args.dataset or args.data_dir:
         report |= evaluate_dataset(model, args, out, device, precision)
     if args.export:

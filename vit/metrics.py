@@ -1,6 +1,7 @@
 """Classification metrics, accumulated batch by batch so evaluation never holds every logit in memory.
 
-One `ClassificationMetrics` collects, per batch: top-k hits, summed cross-entropy, the confusion matrix and
+`predict_logits` is what a model is scored on: its logits, or with test-time flip those of each image and its
+mirror image averaged. One `ClassificationMetrics` collects, per batch: top-k hits, summed cross-entropy, the confusion matrix and
 the calibration bins. `compute()` turns them into plain numbers and lists, ready for report.json.
 
 Conventions (the same as scikit-learn's, which the tests check against):
@@ -20,6 +21,13 @@ import torch.nn.functional as F
 from .errors import InputError
 
 ECE_BINS = 15
+
+
+def predict_logits(net, x: torch.Tensor, hflip: bool = False) -> torch.Tensor:
+    """net(x); with `hflip`, the mean of net(x) and net(x mirrored left to right): test-time flip, one more
+    forward pass for data whose classes do not depend on left and right (as flips in training assume)."""
+    logits = net(x)
+    return logits if not hflip else (logits + net(x.flip(-1))) / 2
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:

@@ -96,6 +96,8 @@ class TrainConfig:
     epochs: int = _f(60, "training epochs")
     budget: str = _f("", "wall-clock budget from launch to the last evaluation, e.g. 15m or 1h: the run times its "
                      "first steps and fixes its step count to end inside it, schedules complete ('' = use --epochs)")
+    eval_hflip: bool = _f(False, "score each validation image with its mirror image too, the two logits averaged "
+                          "(test-time flip: a second forward pass per evaluation, planned for by --budget)")
     eval_every: int = _f(1, "evaluate after every N-th epoch and after the last one (best.safetensors is chosen "
                          "among these; with --budget, only these evaluations are planned for)")
     steps: int = _f(0, "total optimizer steps, over which the schedules run (0 = epochs x steps per epoch; "
@@ -309,8 +311,9 @@ RECIPES = {r.name: r for r in [
         # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
         # machine (benchmarks/LOG.md, 2026-12-01).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
-             min_lr=0.0, warmup_epochs=0.5, eval_every=4, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
-             augment_min_epochs=12, hflip=0.5, patch_drop=0.5, small_model="vit_slim_patch4_32", model_min_epochs=12),
+             min_lr=0.0, warmup_epochs=0.5, eval_every=4, eval_hflip=True, weight_decay=0.05, label_smoothing=0.1,
+             crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5, small_model="vit_slim_patch4_32",
+             model_min_epochs=12),
     ),
     Recipe(
         "imagenet-subset-finetune",

@@ -43,7 +43,7 @@ from . import budget as B
 from .budget import Budget, Clock, parse_budget
 from .distill import DistillationLoss, load_teacher
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
-from .metrics import confusion_matrix
+from .metrics import confusion_matrix, predict_logits
 from .model import to_2tuple
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
@@ -806,7 +806,7 @@ def evaluate(tr: Training, net: nn.Module, confusion: torch.Tensor | None = None
                   for x, y, _ in inputs.val_loader if x is not None)
     for x, y in chunks:
         with autocast(tr.precision, device):
-            logits = net(x)
+            logits = predict_logits(net, x, tr.cfg.eval_hflip)
         totals += torch.stack([crit(logits.float(), y).double(), (logits.argmax(1) == y).sum().double(),
                                torch.tensor(len(y), dtype=torch.float64, device=device)])
         if confusion is not None:
@@ -928,8 +928,9 @@ def replan_budget(tr: Training, st: State, step_s: float, eval_s: float, late_on
 
 @torch.no_grad()
 def time_evaluation(tr: Training) -> float:
-    """Seconds one evaluation (model, and EMA) will take: one timed forward pass of a validation chunk, scaled
-    to this rank's share of the split. The first epoch's real evaluation corrects it (replan_budget)."""
+    """Seconds one evaluation (model and EMA, each image mirrored too with eval_hflip) will take: one timed
+    forward pass of a validation chunk, scaled to this rank's share of the split and the passes. The first
+    real evaluation corrects it (replan_budget)."""
     val, d = tr.inputs.data.val, tr.dist
     chunk = max(tr.cfg.batch_size, 256) if tr.inputs.val_loader is None else tr.cfg.batch_size // d.world
     n = min(chunk, len(val))
@@ -943,7 +944,8 @@ def time_evaluation(tr: Training) -> float:
         tr.model(x)
     forward_s = time.perf_counter() - t0
     tr.model.train()
-    return forward_s / n * -(-len(val) // d.world) * (2 if tr.ema is not None else 1)
+    passes = (2 if tr.ema is not None else 1) * (2 if tr.cfg.eval_hflip else 1)
+    return forward_s / n * -(-len(val) // d.world) * passes
 
 
 def agree(tr: Training, value: int) -> int:
