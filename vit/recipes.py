@@ -291,10 +291,12 @@ RECIPES = {r.name: r for r in [
         micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs); under 12 planned
         epochs it trains without crops (augment_min_epochs), with flips.
         Hardware and Measured (JPEG tree, wall time from launch to the last evaluation):
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 10 epochs, so slim trains: 79.94% val
-            top-1 at 58.3 min (18.4 epochs at 454-570 ms a step, crops and flips; 79.92% after epoch 16); run
-            again, 79.92% at 58.3 min (17.7 epochs at 489-622 ms); seed 1, 79.80% at 59.5 min (16.7 epochs at
-            545-679 ms). The 80% target of such a CPU is not met. Without crops (seed 1): 79.20%.
+        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 8.5-10 epochs, so slim trains. With
+            test-time flip (eval_hflip): 79.88% val top-1 at 59.4 min (seed 0, 15.1 epochs at 577-745 ms a
+            step; the same weights without the flip 79.64%). Before it: 79.94% at 58.3 min (18.4 epochs at
+            454-570 ms, crops and flips), 79.92% (17.7 epochs), seed 1 79.80% at 59.5 min (16.7 epochs); the
+            flip adds 0.08-0.14 to their best weights. The 80% target of such a CPU is not met. Without crops:
+            79.20%.
             Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
             crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
@@ -309,7 +311,8 @@ RECIPES = {r.name: r for r in [
         # runs of 12 epochs or more (benchmarks/LOG.md, 2026-12-01); slim's 16 epochs without them: 79.20%
         # against 79.80% with (seed 1, Z11). No Mixup/CutMix. No EMA: its second
         # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
-        # machine (benchmarks/LOG.md, 2026-12-01).
+        # machine (benchmarks/LOG.md, 2026-12-01). Test-time flip: +0.08-0.24 points on five hours' weights
+        # for ~13 s more an evaluation (Z12).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=0.5, eval_every=4, eval_hflip=True, weight_decay=0.05, label_smoothing=0.1,
              crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5, small_model="vit_slim_patch4_32",
