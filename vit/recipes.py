@@ -297,6 +297,7 @@ RECIPES = {r.name: r for r in [
             454-570 ms, crops and flips), 79.92% (17.7 epochs), seed 1 79.80% at 59.5 min (16.7 epochs); the
             flip adds 0.08-0.14 to their best weights. The 80% target of such a CPU is not met. Without crops:
             79.20%.
+            With --budget 30m: 77.70% at 29.45 min (seed 0, slim, 8.0 epochs, no crops, test-time flip).
             Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
             crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
