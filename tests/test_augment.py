@@ -61,7 +61,7 @@ def test_solarize_add_matches_timm(images):
     out = A.solarize_add(images, adds)
     for i in range(B):
         pil = Image.fromarray(images[i].permute(1, 2, 0).squeeze(-1).numpy())
-        ref = torch.from_numpy(np.asarray(timm_solarize_add(pil, int(adds[i])))).reshape(images[i].shape[1:] + (-1,))
+        ref = torch.from_numpy(np.array(timm_solarize_add(pil, int(adds[i])))).reshape(images[i].shape[1:] + (-1,))
         assert torch.equal(out[i], ref.permute(2, 0, 1))
 
 
