@@ -161,13 +161,14 @@ def fill_data_args(args) -> None:
     """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
     folder carve's --val-size/--split-seed and --eval-hflip default to the run's. `evaluate.py CHECKPOINT` needs
     nothing else."""
-    if args.eval_hflip is None:
-        args.eval_hflip = bool((find_training_config(args.checkpoint) or {}).get("eval_hflip", False))
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
     carved = args.dataset == "folder" or sources.is_reader_scheme(args.dataset)
     source_args = ("val_size", "split_seed", "val_split", "image_key", "label_key")
-    if needs_data or (carved and None in [getattr(args, k) for k in source_args]):
-        config = find_training_config(args.checkpoint) or {}
+    fills_source = needs_data or (carved and None in [getattr(args, k) for k in source_args])
+    config = (find_training_config(args.checkpoint) or {}) if fills_source or args.eval_hflip is None else {}
+    if args.eval_hflip is None:
+        args.eval_hflip = bool(config.get("eval_hflip", False))
+    if fills_source:
         if needs_data:
             if not config:
                 raise ConfigError(f"nothing to do: {args.checkpoint} does not name the data it was trained on; give "
