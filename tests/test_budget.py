@@ -140,3 +140,19 @@ def test_crops_and_flips_follow_the_planned_length():
     assert augment_for(flips_first, Plan(steps_per_epoch=10, total_steps=9)) == {"crop_pad": 0, "hflip": 0.0}
     always = TrainConfig(crop_pad=2, hflip=0.5)  # augment_min_epochs 0
     assert augment_for(always, Plan(steps_per_epoch=10, total_steps=1)) == {"crop_pad": 2, "hflip": 0.5}
+
+
+def test_steps_that_fit_weighs_steps_that_grow_dearer_along_the_plan():
+    """With `work`, steps cost what it says, in steps of `step_s`: here the plan's last step costs three times
+    its first (a token count growing along the plan), 0.2 to 0.6 of `step_s`. The plan is the largest whose
+    summed costs fit, past the count that steps of `step_s` each would allow."""
+    def step_cost(s, total):
+        return 0.2 + 0.4 * s / max(total - 1, 1)
+
+    def work(start, stop, total):
+        return sum(step_cost(s, total) for s in range(start, stop))
+
+    for done, remaining in [(0, 100.0), (0, 1000.0), (37, 400.0)]:
+        total = B.steps_that_fit(remaining, done, 0.5, 0.0, 10**6, work=work)
+        assert work(done, total, total) * 0.5 <= remaining < work(done, total + 1, total + 1) * 0.5
+    assert B.steps_that_fit(100.0, 0, 0.5, 0.0, 10**6, work=work) == pytest.approx(100 / (0.5 * 0.4), abs=1)

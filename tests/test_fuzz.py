@@ -740,7 +740,8 @@ TRAIN_FLAGS = {
     "--max-steps": st.sampled_from(["1", "2", "-1", "x"]),  # the run stays one or two steps long
     **{f: flag_numbers(False) for f in ["--lr", "--min-lr", "--warmup-epochs", "--weight-decay", "--label-smoothing",
                                          "--drop-path", "--patch-drop", "--mixup", "--cutmix", "--hflip", "--reprob",
-                                         "--clip-grad", "--ema-decay", "--val-size", "--augment-min-epochs"]},
+                                         "--clip-grad", "--ema-decay", "--val-size", "--augment-min-epochs",
+                                         "--patch-drop-end"]},
     "--threads": st.sampled_from(["0", "1", "2", "-1", "5000", str(2**63)]),
     "--img-size": st.sampled_from(["0", "1", "7", "8", "16", "-8", "4096", str(10**9)]),
     "--randaug": st.one_of(st.sampled_from(["rand-m9-mstd0.5-inc1", "rand-n2", "bogus-m9", "rand-m99999999999",

@@ -273,11 +273,12 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     """--budget times the first steps and fixes the step count: the run ends inside its budget (+5%). Its plan is
     saved in last.ckpt: stopped and resumed, the run ends exactly as one given that many --steps from the start
     (--no-replan: the plan alone decides; warm-up, 15 steps, covers the 14 timed steps, whose lr the length does
-    not set, and ends inside any plan longer than --max-steps 20).
-    A rule on the plan's length (--augment-min-epochs for crops) is decided with the plan and saved with it."""
+    not set, and ends inside any plan longer than --max-steps 20; the token count's line, --patch-drop-end, starts
+    after it too). A rule on the plan's length (--augment-min-epochs for crops) is decided with the plan and saved
+    with it."""
     args = FAST + ["--deterministic", "--warmup-epochs", "0.7", "--ema-decay", "0.9", "--crop-pad", "2",
                    "--hflip", "0.5", "--augment-min-epochs", "1000", "--randaug", "rand-m9-mstd0.5-inc1",
-                   "--repeat-aug", "2"]
+                   "--repeat-aug", "2", "--patch-drop", "0.5", "--patch-drop-end", "0.25"]
     # Budgets of seconds, long enough that a slow first step on a busy 2-core host still plans > 30 steps.
     assert T.main(args + ["--budget", "9s", "--output", str(tmp_path / "whole")]) == 0
     whole = ckpt(tmp_path / "whole")
@@ -297,6 +298,29 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     for k in fixed["model"]:
         assert torch.equal(fixed["model"][k], resumed["model"][k]), k
     assert T.main(FAST + ["--budget", "1m", "--epochs", "3", "--output", str(tmp_path / "both")]) == 2
+
+
+def test_patch_drop_end_moves_the_kept_tokens_along_the_plan(tmp_path, monkeypatch):
+    """--patch-drop-end: the fraction of patch tokens dropped moves in a line from --patch-drop at the first step
+    to --patch-drop-end at the last (digits: 16 patches, 4 kept then 12, and [CLS]); evaluation sees every token."""
+    seen = {True: [], False: []}  # tokens entering the first block, by training mode
+    step = T.train_step
+
+    def watching(tr, st, x, y):
+        if not st.step:
+            tr.model.blocks[0].register_forward_pre_hook(
+                lambda m, args: seen[tr.model.training].append(args[0].shape[1]))
+        return step(tr, st, x, y)
+
+    monkeypatch.setattr(T, "train_step", watching)
+    assert T.main(FAST + ["--epochs", "2", "--patch-drop", "0.75", "--patch-drop-end", "0.25",
+                          "--output", str(tmp_path / "run")]) == 0
+    tokens, total = seen[True], 2 * 22
+    assert len(tokens) == total and tokens[0] == 1 + 4 and tokens[-1] == 1 + 12
+    assert tokens == sorted(tokens)
+    for s, n in enumerate(tokens):
+        assert abs(n - (1 + 16 * (0.25 + 0.5 * s / (total - 1)))) <= 1, (s, n)
+    assert set(seen[False]) == {17}
 
 
 def test_a_budget_shorter_than_the_warm_up_still_decays_the_learning_rate_to_its_end(tmp_path):
@@ -547,8 +571,10 @@ def test_unknown_flag_model_or_value(capsys, tmp_path):
         ("--seed", str(2**63), "--seed must be below 2**63"),
         ("--threads", "100000", "--threads 100000: at most 4096"),
         ("--device", "meta", "--device 'meta': vit trains and evaluates on cpu or cuda"),
+        ("--patch-drop-end", "1", "--patch-drop-end must be in [0, 1), or -1 for --patch-drop throughout, got 1.0"),
+        ("--patch-drop-end", "0.2 --compile", "--patch-drop-end with --compile"),
     ]):
-        err = train_fails(capsys, flag, value, "--output", tmp_path / f"b{i}")
+        err = train_fails(capsys, flag, *value.split(), "--output", tmp_path / f"b{i}")
         assert match in err
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from .errors import ConfigError
 
@@ -34,6 +35,15 @@ BAND = 0.01
 CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter), on >= PROBE_STEPS timed steps
 
 _IMPORTED_AT = time.monotonic()
+
+# The cost of steps [start, stop) of a plan `total` steps long, in steps of the cost `step_s` is measured in:
+# stop - start where every step costs the same; more where steps grow dearer along the plan (fewer tokens
+# dropped as it goes).
+Work = Callable[[int, int, int], float]
+
+
+def equal_steps(start: int, stop: int, total: int) -> float:
+    return float(stop - start)
 
 
 def parse_budget(text: str, flag: str = "--budget") -> float:
@@ -93,16 +103,19 @@ def check_due(batch: int, timed: int, steps_per_epoch: int, total_steps: int) ->
 
 
 def steps_that_fit(remaining_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
-                   every: int = 1) -> int:
+                   every: int = 1, work: Work = equal_steps) -> int:
     """The largest total step count whose remaining steps and evaluations take at most `remaining_s` (at
-    least one more step: a run that has started ends with a step and an evaluation)."""
+    least one more step: a run that has started ends with a step and an evaluation). `work` must not fall as
+    the plan grows (a longer plan's remaining steps cost at least as much in all)."""
     if step_s <= 0:
         raise ValueError("step_s must be positive")
 
     def cost(total):
-        return (total - done) * step_s + evaluations_between(done, total, steps_per_epoch, every) * eval_s
+        return work(done, total, total) * step_s + evaluations_between(done, total, steps_per_epoch, every) * eval_s
 
-    lo, hi = done + 1, done + 1 + max(0, math.floor(remaining_s / step_s))  # cost is non-decreasing in total
+    lo, hi = done + 1, done + 2
+    while cost(hi) <= remaining_s:  # cost is non-decreasing in total
+        lo, hi = hi, done + 2 * (hi - done)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if cost(mid) <= remaining_s else (lo, mid - 1)
@@ -136,27 +149,27 @@ class Budget:
         return self.budget_s - self.reserve_s() - BAND * self.budget_s
 
     def plan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
-             every: int = 1) -> int:
-        """Fix total_steps from measured costs, with `reserve_s` of the budget kept back; the run evaluates after
-        every `every`-th epoch and its last."""
+             every: int = 1, work: Work = equal_steps) -> int:
+        """Fix total_steps from measured costs (`step_s` a step of unit `work`), with `reserve_s` of the budget
+        kept back; the run evaluates after every `every`-th epoch and its last."""
         self.step_s, self.eval_s = step_s, eval_s
         left = self.budget_s - self.reserve_s() - used_s
-        self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch, every)
+        self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch, every, work)
         return self.total_steps
 
     def replan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
-               every: int = 1, late_only: bool = False) -> str | None:
+               every: int = 1, late_only: bool = False, work: Work = equal_steps) -> str | None:
         """At an epoch boundary: re-plan if the run would end past its budget or well before it; mid-epoch
         (`late_only`): only if past it.
 
         Returns a line saying what changed, or None if the plan holds."""
-        projected = used_s + (self.total_steps - done) * step_s + \
+        projected = used_s + work(done, self.total_steps, self.total_steps) * step_s + \
             evaluations_between(done, self.total_steps, steps_per_epoch, every) * eval_s
         early = self.early_s() if not late_only else 0.0
         if early <= projected <= self.budget_s or done >= self.total_steps:
             return None
         old = self.total_steps
-        new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch, every)
+        new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch, every, work)
         if new == old:
             return None
         reason = "slower" if projected > self.budget_s else "faster"

@@ -367,6 +367,7 @@ class VisionTransformer(nn.Module):
         self.no_embed_class = cfg.no_embed_class
         self.dynamic_img_size = cfg.dynamic_img_size
         self.grad_checkpointing = False
+        self.patch_drop_rate = cfg.patch_drop_rate  # a trainer may change it between steps (a schedule)
 
         self.patch_embed = PatchEmbed(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
                                       embed_dim=cfg.embed_dim, strict_img_size=not cfg.dynamic_img_size)
@@ -483,7 +484,7 @@ class VisionTransformer(nn.Module):
         as a regulariser; evaluation sees every token. Prefix tokens ([CLS], registers) are always kept.
         """
         P, (B, N, C) = self.num_prefix_tokens, x.shape
-        keep = max(1, int((N - P) * (1.0 - self.config.patch_drop_rate)))
+        keep = max(1, int((N - P) * (1.0 - self.patch_drop_rate)))
         idx = torch.randn(B, N - P, device=x.device).argsort(dim=-1)[:, :keep]
         patches = x[:, P:].gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
         return torch.cat([x[:, :P], patches], dim=1)
@@ -492,7 +493,7 @@ class VisionTransformer(nn.Module):
         """(B, in_chans, H, W) -> all tokens after the final norm, (B, P + h*w, C); fewer patch tokens in
         training with patch_drop_rate."""
         x = self.embed(x)
-        if self.training and self.config.patch_drop_rate > 0:
+        if self.training and self.patch_drop_rate > 0:
             x = self._drop_patches(x)
         if self.grad_checkpointing and torch.is_grad_enabled():
             for blk in self.blocks:

@@ -40,6 +40,9 @@ class TrainConfig:
     num_classes: int = _f(0, "classifier classes (0 = the dataset's)")
     drop_path: float = _f(0.0, "stochastic depth rate at the last block (linear from 0)")
     patch_drop: float = _f(0.0, "fraction of patch tokens dropped per training image (PatchDropout; 0 = off)")
+    patch_drop_end: float = _f(-1.0, "the fraction dropped at the plan's last step, moving linearly from "
+                               "--patch-drop at its first: cheap steps early, the evaluated token count nearer "
+                               "at the end (-1 = --patch-drop throughout)")
     distilled: bool = _f(False, "give the model DeiT's distillation token and second head, a student for --teacher "
                          "(the deit_*_distilled models have them)")
     # ---- fine-tuning and distillation (vit/finetune.py, vit/distill.py)
@@ -178,6 +181,12 @@ class TrainConfig:
                               "holds at least one image")
         if not 0.0 <= self.patch_drop < 1.0:
             raise ConfigError(f"--patch-drop must be in [0, 1), got {self.patch_drop}")
+        if not (0.0 <= self.patch_drop_end < 1.0 or self.patch_drop_end == -1.0):
+            raise ConfigError(f"--patch-drop-end must be in [0, 1), or -1 for --patch-drop throughout, got "
+                              f"{self.patch_drop_end}")
+        if self.patch_drop_end >= 0 and self.compile:
+            raise ConfigError("--patch-drop-end with --compile: the token count changes along the run, and a "
+                              "compiled step compiles again for each count; give one of them")
         if self.budget:
             parse_budget(self.budget)
         if (self.small_model or self.model_min_epochs) and not (self.small_model and self.model_min_epochs and

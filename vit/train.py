@@ -366,6 +366,43 @@ def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
             "hflip": cfg.hflip if long_enough(cfg.hflip_min_epochs) else 0.0}
 
 
+# The part of a step's cost that its token count does not scale (optimizer, data, loss, the patch embedding of
+# every patch), in tokens per token of a full image: slim's CIFAR-10 step on the Zen 3 CPU, 17 to 65 tokens,
+# measured ~17.5 ms a token and ~100 ms besides (benchmarks/LOG.md).
+FIXED_TOKEN_SHARE = 0.1
+
+
+def patch_drop_at(cfg: TrainConfig, step: int | float, total: int, warmup: int) -> float:
+    """The fraction of patch tokens dropped at `step` of a plan `total` steps long whose warm-up is `warmup`
+    steps: --patch-drop, or with --patch-drop-end, --patch-drop through the warm-up and then a line to
+    --patch-drop-end at the plan's last step (the budget's timed steps are the warm-up's, which no length moves)."""
+    if cfg.patch_drop_end < 0 or total >= UNPLANNED_STEPS or step <= warmup:
+        return cfg.patch_drop
+    along = min((step - warmup) / max(total - 1 - warmup, 1), 1.0)
+    return cfg.patch_drop + (cfg.patch_drop_end - cfg.patch_drop) * along
+
+
+def step_work(cfg: TrainConfig, model: VisionTransformer, steps_per_epoch: int) -> B.Work:
+    """What steps [start, stop) of a plan cost, for the budget, in steps at the mean token count: their number,
+    or where --patch-drop-end moves the count along the plan, their tokens (and the fixed share)."""
+    if cfg.patch_drop_end < 0:
+        return B.equal_steps
+    P, N = model.num_prefix_tokens, model.patch_embed.num_patches
+
+    def tokens(rate: float) -> float:
+        return P + N * (1.0 - rate) + FIXED_TOKEN_SHARE * (N + P)
+
+    mean = tokens((cfg.patch_drop + cfg.patch_drop_end) / 2)
+
+    def work(start: int, stop: int, total: int) -> float:
+        warmup = warmup_steps(cfg, steps_per_epoch, total)
+        flat = max(0, min(stop, warmup + 1) - start)  # at --patch-drop
+        first = max(start, warmup + 1)  # then a line: the steps' mean is their middle one's
+        line = max(0, stop - first) * tokens(patch_drop_at(cfg, (first + stop - 1) / 2, total, warmup))
+        return (flat * tokens(cfg.patch_drop) + line) / mean
+    return work
+
+
 def use_augment(tr: Training, settings: dict) -> None:
     """Train with the crop padding and flip probability `augment_for` decided (a plan's, or a saved one)."""
     tr.crop_pad, tr.hflip = settings.get("crop_pad", tr.crop_pad), settings.get("hflip", tr.hflip)
@@ -465,6 +502,7 @@ class Training:
     crop_pad: int = 0  # cfg.crop_pad and cfg.hflip, or 0 where the plan is shorter than their *_min_epochs
     hflip: float = 0.0
     probe: tuple[int, float] | None = None  # (step, perf_counter()) where timing the steps for the budget began
+    work: B.Work = B.equal_steps  # what steps cost relative to one another, for the budget (step_work)
     switch_to: str = ""  # too few epochs of cfg.model fit the budget: the run starts over with this model
     clock: Clock = field(default_factory=Clock)  # the run's wall time, for the budget
     quiet: bool = False  # no progress bars
@@ -583,6 +621,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     return Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup,
                     criterion=criterion, distill=distill, precision=precision, plan=plan, budget=budget, quiet=quiet,
+                    work=step_work(cfg, model, plan.steps_per_epoch),
                     # a budgeted run's length is not known yet: a rule on it holds crops and flips back until then
                     **augment_for(cfg, plan if budget is None else Plan(plan.steps_per_epoch, 0)))
 
@@ -692,7 +731,7 @@ def train_one_epoch(tr: Training, st: State, probe_start: int = 0) -> bool:
                 since = (st.step, time.perf_counter())
             elif tr.budget is not None and cfg.replan and st.step < tr.plan.total_steps and \
                     B.check_due(st.batch, st.step - since[0], tr.plan.steps_per_epoch, tr.plan.total_steps):
-                step_s = (time.perf_counter() - since[1]) / (st.step - since[0])
+                step_s = (time.perf_counter() - since[1]) / tr.work(since[0], st.step, tr.plan.total_steps)
                 if replan_budget(tr, st, step_s, tr.budget.eval_s, late_only=True):
                     end = tr.plan.epoch_end(st.epoch)  # past st.batch: a plan keeps a step to take
                     save_last(tr, st)  # the re-plan is recorded before the next step
@@ -747,6 +786,8 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
     raises NonFiniteLossError before the step can spoil the weights, on every rank alike.
     """
     cfg, d, scaler, opt = tr.cfg, tr.dist, tr.scaler, tr.optimizer
+    if cfg.patch_drop_end >= 0:
+        tr.model.patch_drop_rate = patch_drop_at(cfg, st.step, tr.plan.total_steps, tr.scheduler.warmup_t)
     if tr.mixup is not None:
         x, y = tr.mixup(x, y)
     loss_total = torch.zeros((), device=tr.device)
@@ -862,7 +903,7 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
             line += f"  ema top-1 {row['ema_val_top1']:6.2f}%"
         print(line + f"  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {st.elapsed_s:.0f} s")
     stop = stop or bool(tr.stopper.signum) or tr.max_steps_reached(st)
-    step_s = st.train_s / max(st.loss_count, 1)
+    step_s = st.train_s / max(tr.work(st.step - st.loss_count, st.step, tr.plan.total_steps), 1e-9)
     st.next_epoch()
     if tr.budget is not None and tr.budget.total_steps and tr.cfg.replan and st.step < tr.plan.total_steps:
         replan_budget(tr, st, step_s, eval_s if evaluating else tr.budget.eval_s)
@@ -890,9 +931,10 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
     first, t0 = tr.probe
     if st.step - first < B.PROBE_STEPS:
         return
-    step_s = (time.perf_counter() - t0) / (st.step - first)
+    step_s = (time.perf_counter() - t0) / tr.work(first, st.step, tr.plan.total_steps)
     eval_s = time_evaluation(tr)
-    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every)
+    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every,
+                           tr.work)
     tr.budget.total_steps = total = agree(tr, total)
     cfg, epochs = tr.cfg, total / tr.plan.steps_per_epoch
     if cfg.small_model and cfg.model != cfg.small_model and epochs < cfg.model_min_epochs:
@@ -916,7 +958,7 @@ def replan_budget(tr: Training, st: State, step_s: float, eval_s: float, late_on
     (`late_only`, step_s from the epoch's steps since its start or the last cut): if they would take it past.
     Returns whether it did."""
     line = tr.budget.replan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every,
-                            late_only)
+                            late_only, tr.work)
     total = agree(tr, tr.budget.total_steps)
     tr.budget.total_steps = total
     if total == tr.plan.total_steps:
