@@ -300,6 +300,26 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     assert T.main(FAST + ["--budget", "1m", "--epochs", "3", "--output", str(tmp_path / "both")]) == 2
 
 
+@pytest.mark.parametrize("sched", ["cosine", "linear"])
+def test_sched_decays_the_learning_rate_after_the_warm_up(tmp_path, sched):
+    """--sched: after a 1-epoch warm-up to --lr, cosine or linear decay to --min-lr at the plan's last step;
+    digits, 4 epochs of 22 steps: the lr logged after each epoch against the formula."""
+    out = tmp_path / sched
+    assert T.main(FAST + ["--epochs", "4", "--warmup-epochs", "1", "--lr", "2e-3", "--min-lr", "1e-4",
+                          "--sched", sched, "--output", str(out)]) == 0
+    for row in rows(out):
+        along = (row["step"] - 22) / (88 - 22)
+        shape = 0.5 * (1 + math.cos(math.pi * along)) if sched == "cosine" else 1 - along
+        assert row["lr"] == pytest.approx(1e-4 + (2e-3 - 1e-4) * shape), row
+
+
+def test_resume_keeps_the_saved_schedule(trained_run, capsys, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run.out, out)
+    err = train_fails(capsys, "--resume", out, "--sched", "linear")
+    assert f"--sched linear: {out / 'last.ckpt'} continues its cosine schedule" in err
+
+
 def test_patch_drop_end_moves_the_kept_tokens_along_the_plan(tmp_path, monkeypatch):
     """--patch-drop-end: the fraction of patch tokens dropped moves in a line from --patch-drop at the first step
     to --patch-drop-end at the last (digits: 16 patches, 4 kept then 12, and [CLS]); evaluation sees every token."""

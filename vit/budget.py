@@ -4,11 +4,11 @@ A run with `--budget 15m` trains for a few steps, measures what a step and an ev
 the total number of steps so that the run (set-up, training, every evaluation) ends inside the budget with
 its learning-rate schedule run to its end. The plan is saved in last.ckpt: `--resume` continues it. At each
 epoch boundary the run compares where it is with the plan; if the machine has slowed down (or sped up) so
-that the run would end past the budget or more than BAND of it before its aim, it re-plans the remaining
-steps from the last epoch's measured cost, says so, and records it in the plan. Inside an epoch it checks a few times
-(`check_due`) whether the epoch's steps so far (since its start, or since the last cut) cost enough more to
-end the run past its budget, and if so re-plans at once: a machine that slows down in a run's last epoch would
-otherwise overrun it. Wall time counts from the process's launch.
+that the run would end past the budget or more than BAND of it before its aim, by more than SLACK of the time
+still to run, it re-plans the remaining steps from the last epoch's measured cost, says so, and records it in
+the plan. Inside an epoch it checks a few times (`check_due`) whether the epoch's steps so far (since its start,
+or since the last cut) cost enough more to end the run past its budget, and if so re-plans at once: a machine
+that slows down in a run's last epoch would otherwise overrun it. Wall time counts from the process's launch.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ RESERVE_MAX_S = 30.0  # ... and at most this many: a CIFAR-10 hour's end (files,
 # re-plans to use the rest. A 10% band ended a Fashion-MNIST run at 14.1 of its 15 minutes; the band can be
 # narrow because a run projected past the budget is cut back inside the epoch (check_due).
 BAND = 0.01
+# A projection is as uncertain as the steps it covers: the host's step cost wanders by 5-10% for minutes at a time
+# (benchmarks/LOG.md), and a band of fixed seconds cut and re-extended an hour's plan 18-31 times. So the run
+# re-plans only when it is projected past either edge by more than this share of the time still to run: early
+# on it waits for a lasting change, near the end the edges are almost exact (the last check in a run's final
+# epoch, a few minutes from its end, tolerates seconds: the reserve covers them).
+SLACK = 0.03
 
 CHECKS = 8  # mid-epoch over-budget checks an epoch (or a plan, if shorter), on >= PROBE_STEPS timed steps
 
@@ -165,8 +171,9 @@ class Budget:
         Returns a line saying what changed, or None if the plan holds."""
         projected = used_s + work(done, self.total_steps, self.total_steps) * step_s + \
             evaluations_between(done, self.total_steps, steps_per_epoch, every) * eval_s
-        early = self.early_s() if not late_only else 0.0
-        if early <= projected <= self.budget_s or done >= self.total_steps:
+        slack = SLACK * max(projected - used_s, 0.0)
+        early = self.early_s() - slack if not late_only else 0.0
+        if early <= projected <= self.budget_s + slack or done >= self.total_steps:
             return None
         old = self.total_steps
         new = self.plan(used_s, done, step_s, eval_s, steps_per_epoch, every, work)

@@ -113,7 +113,9 @@ class TrainConfig:
                   "network's weight matrices with AdamW for the rest (timm's, lr matched to AdamW's)",
                   ("adamw", "sgd", "muon"))
     lr: float = _f(2e-3, "peak learning rate")
-    min_lr: float = _f(1e-5, "learning rate at the end of the cosine schedule")
+    min_lr: float = _f(1e-5, "learning rate at the end of the schedule")
+    sched: str = _f("cosine", "decay after the warm-up: cosine, or linear to --min-lr (timm's schedulers)",
+                    ("cosine", "linear"))
     warmup_epochs: float = _f(5.0, "linear warm-up length in epochs (fractions allowed)")
     warmup_lr: float = _f(1e-6, "learning rate at the start of warm-up")
     weight_decay: float = _f(0.05, "weight decay (never on norms, biases, position embeddings, tokens)")

@@ -5,8 +5,8 @@ Reads top to bottom: command line, distributed set-up, randomness, data, model, 
 the run itself: `set_up` builds what the loop works on (a `Training`), `restore` says where it starts
 (a `State`, fresh or from last.ckpt), `train` runs epochs of `train_step`s with `finish_epoch` after each,
 and `finish` reports how it ended. The run folder's files (last.ckpt, metrics.jsonl, the lock) are
-vit/runs.py's. Optimisation reuses timm's parts: Mixup/CutMix, SoftTargetCrossEntropy, CosineLRScheduler,
-ModelEmaV3, weight-decay parameter groups. Hyperparameters and recipes live in `vit/recipes.py`.
+vit/runs.py's. Optimisation reuses timm's parts: Mixup/CutMix, SoftTargetCrossEntropy, the cosine and poly
+schedulers, ModelEmaV3, weight-decay parameter groups. Hyperparameters and recipes live in `vit/recipes.py`.
 
 Exact resume: batch order and augmentation depend only on (seed, epoch, step) (see vit/data.py), and
 last.ckpt holds every other piece of state (model, optimizer, scheduler, EMA, grad scaler, the python/
@@ -54,7 +54,7 @@ from .weights import check_state_dict
 
 if TYPE_CHECKING:
     from timm.data import Mixup
-    from timm.scheduler import CosineLRScheduler
+    from timm.scheduler.scheduler import Scheduler
     from timm.utils import ModelEmaV3
 
     from .model import VisionTransformer
@@ -346,14 +346,18 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> in
     return min(round(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> CosineLRScheduler:
-    """A linear warm-up to lr, then per-step cosine decay to min_lr over the rest of the plan (timm's scheduler,
-    with the warm-up as a prefix, so the learning rate peaks where warm-up ends)."""
-    from timm.scheduler import CosineLRScheduler
+def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> Scheduler:
+    """A linear warm-up to lr, then per-step decay to min_lr over the rest of the plan, cosine or linear (timm's
+    schedulers, the linear one its poly schedule of power 1; the warm-up a prefix, so the learning rate peaks
+    where warm-up ends)."""
+    from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
     warmup = warmup_steps(cfg, plan.steps_per_epoch, plan.total_steps)
-    return CosineLRScheduler(optimizer, t_initial=plan.total_steps - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
-                             warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+    common = dict(t_initial=plan.total_steps - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+                  warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+    if cfg.sched == "linear":
+        return PolyLRScheduler(optimizer, power=1.0, **common)
+    return CosineLRScheduler(optimizer, **common)
 
 
 def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
@@ -409,9 +413,9 @@ def use_augment(tr: Training, settings: dict) -> None:
 
 
 def set_total_steps(tr: Training, total: int, done: int) -> None:
-    """Change the plan's length (a budget's plan or re-plan) after `done` steps: the loop and the cosine end at
+    """Change the plan's length (a budget's plan or re-plan) after `done` steps: the loop and the decay end at
     `total`. A plan too short for the warm-up, still under way, shortens it as build_scheduler does for a run
-    of that length (from here on: the steps taken keep their learning rates); the cosine then still decays."""
+    of that length (from here on: the steps taken keep their learning rates); the decay then still runs."""
     tr.plan.total_steps = total
     s = tr.scheduler
     warmup = warmup_steps(tr.cfg, tr.plan.steps_per_epoch, total)
@@ -490,7 +494,7 @@ class Training:
     model: VisionTransformer
     net: nn.Module  # the model as the step calls it: DistributedDataParallel and/or torch.compile around it
     optimizer: torch.optim.Optimizer
-    scheduler: CosineLRScheduler
+    scheduler: Scheduler
     scaler: torch.amp.GradScaler  # enabled for fp16 only
     ema: ModelEmaV3 | None
     mixup: Mixup | None
@@ -1107,8 +1111,12 @@ def main(argv=None) -> int:
             changed = {k: v for k, v in given.items() if base.get(k) != v}
             if changed:
                 print(f"resume: overriding the saved config with {changed}")
+            saved_sched = base.get("sched", "cosine")
+            if given.get("sched", saved_sched) != saved_sched:
+                raise ConfigError(f"--sched {given['sched']}: {resume / runs.LAST} continues its {saved_sched} "
+                                  "schedule; start a new run for another")
             if "epochs" in changed:  # the scheduler comes back from last.ckpt with its saved length
-                print("resume: the cosine schedule keeps the saved run's length; a longer run continues at --min-lr")
+                print("resume: the schedule keeps the saved run's length; a longer run continues at --min-lr")
         else:
             base, recipe = get_recipe(args.recipe).overrides, args.recipe
             fixed = [n for n in ("epochs", "steps") if n in given]
