@@ -304,10 +304,10 @@ RECIPES = {r.name: r for r in [
         Hardware and Measured (JPEG tree, wall time from launch to the last evaluation):
         - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 8.5-10 epochs, so slim trains. With
             test-time flip (eval_hflip): 79.88% val top-1 at 59.4 min (seed 0, 15.1 epochs at 577-745 ms a
-            step; the same weights without the flip 79.64%). Before it: 79.94% at 58.3 min (18.4 epochs at
-            454-570 ms, crops and flips), 79.92% (17.7 epochs), seed 1 79.80% at 59.5 min (16.7 epochs); the
-            flip adds 0.08-0.14 to their best weights. The 80% target of such a CPU is not met. Without crops:
-            79.20%.
+            step; the same weights without the flip 79.64%), seed 2 79.48% at 59.6 min (15.8 epochs). Before
+            it: 79.94% at 58.3 min (18.4 epochs at 454-570 ms, crops and flips), 79.92% (17.7 epochs), seed 1
+            79.80% at 59.5 min (16.7 epochs); the flip adds 0.08-0.14 to their best weights. The 80% target
+            of such a CPU is not met. Without crops: 79.20%.
             With --budget 30m: 77.70% at 29.45 min (seed 0, slim, 8.0 epochs, no crops, test-time flip).
             Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
             crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
