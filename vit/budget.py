@@ -13,7 +13,6 @@ that slows down in a run's last epoch would otherwise overrun it. Wall time coun
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
