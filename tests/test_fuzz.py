@@ -736,7 +736,7 @@ def run_script(main, argv) -> tuple[int, str, str]:
 TRAIN_FLAGS = {
     **{f: flag_numbers(True) for f in ["--seed", "--split-seed", "--batch-size", "--epochs", "--steps",
                                         "--accum-steps", "--num-classes", "--save-every", "--crop-pad",
-                                        "--repeat-aug"]},
+                                        "--repeat-aug", "--eval-shift"]},
     "--max-steps": st.sampled_from(["1", "2", "-1", "x"]),  # the run stays one or two steps long
     **{f: flag_numbers(False) for f in ["--lr", "--min-lr", "--warmup-epochs", "--weight-decay", "--label-smoothing",
                                          "--drop-path", "--patch-drop", "--mixup", "--cutmix", "--hflip", "--reprob",
@@ -790,6 +790,7 @@ def predict_files(tmp_path_factory):
 
 EVALUATE_FLAGS = {
     "--batch-size": flag_numbers(True), "--topk": flag_numbers(True), "--workers": flag_numbers(True),
+    "--eval-shift": flag_numbers(True),
     "--split-seed": flag_numbers(True), "--val-size": flag_numbers(False),
     "--device": st.sampled_from(["cpu", "meta", "cuda:7", "", "auto"]),
     "--precision": st.sampled_from(["fp32", "bf16", "fp16", "auto", "int8"]),

@@ -168,32 +168,40 @@ def test_flags_without_effect_in_the_data_mode_are_refused(tmp_path, capsys, fla
 # Exact resume: stopped and resumed, a run ends bit-identical to one never stopped
 
 
-def test_eval_hflip_scores_each_validation_image_with_its_mirror_image(tmp_path):
-    """--eval-hflip: train.py's validation is the mean of the logits of each image and of its mirror image
-    (torchvision's horizontal_flip here), and evaluate.py follows the run's setting by default."""
-    from torchvision.transforms.v2.functional import horizontal_flip
+def test_eval_views_score_each_validation_image_mirrored_and_moved(tmp_path):
+    """--eval-hflip --eval-shift 1: train.py's validation is the mean of the logits of six views of each image
+    (torchvision's pad, crop and horizontal_flip here: the image and the image moved a pixel down-right and up-left
+    with a black border, each mirrored too), and evaluate.py follows the run's views unless told otherwise."""
+    from torchvision.transforms.v2 import functional as TF
 
     from vit.data import digits_split
     from vit.evaluate import load_model, parse_args, run
 
     out = tmp_path / "run"
-    assert T.main(FAST + ["--epochs", "2", "--eval-hflip", "--output", str(out)]) == 0
+    assert T.main(FAST + ["--epochs", "2", "--eval-hflip", "--eval-shift", "1", "--output", str(out)]) == 0
     model = load_model(str(out / "last.ckpt")).eval()
     val, pre = digits_split("val"), model.preprocess
-    x = (val.images.float() / 255 - torch.tensor(pre.mean).view(1, -1, 1, 1)) / torch.tensor(pre.std).view(1, -1, 1, 1)
+    normalise = lambda u: TF.normalize(u.float() / 255, pre.mean, pre.std)  # noqa: E731
+    padded = TF.pad(val.images, [1, 1, 1, 1], fill=0)
+    moved = [normalise(TF.crop(padded, top, top, 8, 8)) for top in (1, 0, 2)]
     with torch.no_grad():
-        plain, mirrored = model(x), model(horizontal_flip(x))
-    both = (plain + mirrored) / 2
+        plain, mirrored = model(moved[0]), model(TF.horizontal_flip(moved[0]))
+        six = torch.stack([model(v) for v in moved] + [model(TF.horizontal_flip(v)) for v in moved]).mean(0)
+    ce = lambda logits: float(torch.nn.functional.cross_entropy(logits, val.labels))  # noqa: E731
     last = rows(out)[-1]
-    assert round(last["val_top1"] * len(val) / 100) == int((both.argmax(1) == val.labels).sum())
-    assert last["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(both, val.labels)), rel=1e-5)
-    assert abs(last["val_loss"] - float(torch.nn.functional.cross_entropy(plain, val.labels))) > 1e-4
+    assert round(last["val_top1"] * len(val) / 100) == int((six.argmax(1) == val.labels).sum())
+    assert last["val_loss"] == pytest.approx(ce(six), rel=1e-5)
+    assert abs(last["val_loss"] - ce((plain + mirrored) / 2)) > 1e-4
     flags = [str(out / "last.ckpt"), "--precision", "fp32", "--no-progress", "--device", "cpu"]
     report = run(parse_args([*flags, "--output", str(tmp_path / "followed")]))
-    assert report["eval_hflip"] is True and 100 * report["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
-    plain_report = run(parse_args([*flags, "--no-eval-hflip", "--output", str(tmp_path / "plain")]))
-    assert plain_report["eval_hflip"] is False
-    assert plain_report["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(plain, val.labels)), rel=1e-5)
+    assert (report["eval_hflip"], report["eval_shift"]) == (True, 1)
+    assert 100 * report["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
+    mirrored_report = run(parse_args([*flags, "--eval-shift", "0", "--output", str(tmp_path / "mirrored")]))
+    assert mirrored_report["loss"] == pytest.approx(ce((plain + mirrored) / 2), rel=1e-5)
+    plain_report = run(parse_args([*flags, "--no-eval-hflip", "--eval-shift", "0",
+                                   "--output", str(tmp_path / "plain")]))
+    assert (plain_report["eval_hflip"], plain_report["eval_shift"]) == (False, 0)
+    assert plain_report["loss"] == pytest.approx(ce(plain), rel=1e-5)
 
 
 def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
@@ -593,6 +601,8 @@ def test_unknown_flag_model_or_value(capsys, tmp_path):
         ("--device", "meta", "--device 'meta': vit trains and evaluates on cpu or cuda"),
         ("--patch-drop-end", "1", "--patch-drop-end must be in [0, 1), or -1 for --patch-drop throughout, got 1.0"),
         ("--patch-drop-end", "0.2 --compile", "--patch-drop-end with --compile"),
+        ("--eval-shift", "-1", "--eval-shift must be >= 0, got -1"),
+        ("--eval-shift", "8", "--eval-shift 8 moves a 8x8 image out of view"),
     ]):
         err = train_fails(capsys, flag, *value.split(), "--output", tmp_path / f"b{i}")
         assert match in err

@@ -32,7 +32,7 @@ import torch
 from . import data as vdata
 from . import sources
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
-from .metrics import ClassificationMetrics, predict_logits
+from .metrics import ClassificationMetrics, black, check_shift, predict_logits
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .runs import BEST, LAST, atomic_write_text, find_training_config
 
@@ -84,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--eval-hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="score each image with its mirror image too, the two logits averaged (test-time flip; "
                         "default: as the run was trained, train.py --eval-hflip, else off)")
+    g.add_argument("--eval-shift", type=int, default=None, metavar="PIXELS",
+                   help="score each image moved this many pixels down-right and up-left too, the border black, the "
+                        "logits averaged (with --eval-hflip each view mirrored too; default: as the run was "
+                        "trained, train.py --eval-shift, else 0)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model with its weights frozen (inductor): 1.2-1.3x the eager model's bf16 "
                         "speed on CPU after 20-60 s of compiling, so worth it for thousands of images")
@@ -97,8 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--export", choices=EXPORT_FORMATS, default=None,
                    help="write the model in this format to OUTPUT and check it against PyTorch")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.attention_maps < 0 or args.topk < 1 or args.workers < 0:
-        p.error("--batch-size and --topk must be positive; --attention-maps and --workers non-negative")
+    if min(args.batch_size, args.topk) < 1 or min(args.attention_maps, args.workers, args.eval_shift or 0) < 0:
+        p.error("--batch-size and --topk must be positive; --attention-maps, --workers and --eval-shift non-negative")
     if args.dataset == "folder" and not args.data_dir:
         p.error("--dataset folder needs --data-dir")
     if args.dataset:
@@ -159,15 +163,18 @@ def load_model(checkpoint: str, model_name: str | None = None):
 
 def fill_data_args(args) -> None:
     """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
-    folder carve's --val-size/--split-seed and --eval-hflip default to the run's. `evaluate.py CHECKPOINT` needs
+    folder carve's --val-size/--split-seed, --eval-hflip and --eval-shift default to the run's. `evaluate.py CHECKPOINT` needs
     nothing else."""
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
     carved = args.dataset == "folder" or sources.is_reader_scheme(args.dataset)
     source_args = ("val_size", "split_seed", "val_split", "image_key", "label_key")
     fills_source = needs_data or (carved and None in [getattr(args, k) for k in source_args])
-    config = (find_training_config(args.checkpoint) or {}) if fills_source or args.eval_hflip is None else {}
+    follows_run = fills_source or args.eval_hflip is None or args.eval_shift is None
+    config = (find_training_config(args.checkpoint) or {}) if follows_run else {}
     if args.eval_hflip is None:
         args.eval_hflip = bool(config.get("eval_hflip", False))
+    if args.eval_shift is None:
+        args.eval_shift = int(config.get("eval_shift", 0))
     if fills_source:
         if needs_data:
             if not config:
@@ -321,12 +328,13 @@ def run_evaluation(model, source, args, device, precision) -> dict:
         import torch._inductor.config as inductor_config
 
         forward, frozen = torch.compile(model, dynamic=False), inductor_config.patch(freezing=True)
+    fill = black(model.preprocess).to(device)
     start = time.perf_counter()
     for x, y, dropped in batches(source, model, args, device):
         skipped += dropped
         if x is not None:
             with autocast(precision, device), frozen:
-                logits = predict_logits(forward, x, args.eval_hflip)
+                logits = predict_logits(forward, x, args.eval_hflip, args.eval_shift, fill)
             metrics.update(logits.float(), y)
             progress.update(len(y) + dropped)
         else:
@@ -405,14 +413,14 @@ def safe_name(name: str) -> str:
 
 
 @torch.no_grad()
-def predict(model, paths: list[str], k: int, device, precision, hflip: bool = False) -> list[dict]:
+def predict(model, paths: list[str], k: int, device, precision, hflip: bool = False, shift: int = 0) -> list[dict]:
     """Top-k classes with probabilities for image files, preprocessed as the checkpoint says."""
     pre = model.preprocess
     transform = vdata.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
     x = torch.stack([transform(vdata.load_image(p, mode)) for p in paths]).to(device)
     with autocast(precision, device):
-        probs = predict_logits(model, x, hflip).float().softmax(dim=1).cpu()
+        probs = predict_logits(model, x, hflip, shift, black(pre).to(device)).float().softmax(dim=1).cpu()
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     results = []
@@ -445,6 +453,12 @@ def make_output_dir(path: Path) -> Path:
 # Entry point
 
 
+def views_said(hflip: bool, shift: int) -> str:
+    """How each image is scored, for the printed summary."""
+    views = (["its mirror image"] if hflip else []) + ([f"itself moved {shift} px both ways"] if shift else [])
+    return f", each image averaged with {' and '.join(views)}" if views else ""
+
+
 def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     """Metrics over --dataset/--data-dir, report.json, the pictures and the printed summary."""
     from .plots import plot_confusion_matrix, plot_reliability
@@ -454,7 +468,8 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     report = run_evaluation(model, data.source, args, device, precision)
     report["skipped_images"] += data.skipped
     report.update(checkpoint=str(args.checkpoint), data=data.description, device=str(device), precision=precision,
-                  batch_size=args.batch_size, eval_hflip=args.eval_hflip, model_config=model.config.to_dict())
+                  batch_size=args.batch_size, eval_hflip=args.eval_hflip, eval_shift=args.eval_shift,
+                  model_config=model.config.to_dict())
     make_output_dir(out)
     write_json(out / "report.json", report)
     plot_confusion_matrix(report["confusion_matrix"], report["class_names"], out / "confusion.png")
@@ -463,7 +478,7 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
         write_attention_maps(model, data.source, args.attention_maps, out / "attention", device)
     print_summary(report, [("checkpoint", str(args.checkpoint)), ("data", data.description),
                            ("device", f"{device}, {precision}, batch {args.batch_size}"
-                                      + (", each image and its mirror image" if args.eval_hflip else ""))])
+                                      + views_said(args.eval_hflip, args.eval_shift))])
     print(f"\nwrote {out / 'report.json'}, confusion.png, reliability.png"
           + (f", attention/ ({args.attention_maps} overlays)" if args.attention_maps else ""))
     return report
@@ -474,11 +489,13 @@ def run(args: argparse.Namespace) -> dict:
     fill_data_args(args)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.model).to(device).eval()
+    check_shift(args.eval_shift, tuple(model.preprocess.input_size[1:]))
     precision = resolve_precision(args.precision, device, model.embed_dim, training=False)
     out = Path(args.output or Path("runs") / "eval" / checkpoint_name(args.checkpoint))
     report: dict = {}
     if args.predict:
-        report["predictions"] = predict(model, args.predict, args.topk, device, precision, args.eval_hflip)
+        report["predictions"] = predict(model, args.predict, args.topk, device, precision, args.eval_hflip,
+                                        args.eval_shift)
     if args.dataset or args.data_dir:
         report |= evaluate_dataset(model, args, out, device, precision)
     if args.export:

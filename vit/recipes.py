@@ -101,6 +101,9 @@ class TrainConfig:
                      "first steps and fixes its step count to end inside it, schedules complete ('' = use --epochs)")
     eval_hflip: bool = _f(False, "score each validation image with its mirror image too, the two logits averaged "
                           "(test-time flip: a second forward pass per evaluation, planned for by --budget)")
+    eval_shift: int = _f(0, "score each validation image moved this many pixels down-right and up-left too (the "
+                         "uncovered border black, as the crops' zero padding), each view mirrored too with "
+                         "--eval-hflip: 3 or 6 forward passes averaged, planned for by --budget (0 = off)")
     eval_every: int = _f(1, "evaluate after every N-th epoch and after the last one (best.safetensors is chosen "
                          "among these; with --budget, only these evaluations are planned for)")
     steps: int = _f(0, "total optimizer steps, over which the schedules run (0 = epochs x steps per epoch; "
@@ -165,7 +168,7 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",
                      "model_min_epochs",
-                     "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "opt_eps", "max_steps", "save_every", "workers", "threads",
+                     "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "eval_shift", "opt_eps", "max_steps", "save_every", "workers", "threads",
                      "img_size", "num_classes", "min_lr", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -324,11 +327,12 @@ RECIPES = {r.name: r for r in [
         # against 79.80% with (seed 1, Z11). No Mixup/CutMix. No EMA: its second
         # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
         # machine (benchmarks/LOG.md, 2026-12-01). Test-time flip: +0.08-0.24 points on five hours' weights
-        # for ~13 s more an evaluation (Z12).
-        dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon", lr=2e-3,
-             min_lr=0.0, warmup_epochs=0.5, eval_every=4, eval_hflip=True, weight_decay=0.05, label_smoothing=0.1,
-             crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5, small_model="vit_slim_patch4_32",
-             model_min_epochs=12),
+        # for ~13 s more an evaluation (Z12); the image moved a pixel each way too (six views): +1.1-1.6 more on
+        # three hours' weights, at ~70 s an evaluation, so one every 8th epoch (Z18).
+        dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon",
+             lr=2e-3, min_lr=0.0, warmup_epochs=0.5, eval_every=8, eval_hflip=True, eval_shift=1, weight_decay=0.05,
+             label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5,
+             small_model="vit_slim_patch4_32", model_min_epochs=12),
     ),
     Recipe(
         "imagenet-subset-finetune",

@@ -43,7 +43,7 @@ from . import budget as B
 from .budget import Budget, Clock, parse_budget
 from .distill import DistillationLoss, load_teacher
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
-from .metrics import confusion_matrix, predict_logits
+from .metrics import black, check_shift, confusion_matrix, predict_logits
 from .model import to_2tuple
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
@@ -589,6 +589,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     seed_shared(cfg.seed)
     entry = get_entry(cfg.model)
     model_img = cfg.img_size or entry.config.img_size
+    check_shift(cfg.eval_shift, to_2tuple(model_img))
     if cfg.small_model:
         check_small_model(cfg)
     if data is None:
@@ -842,7 +843,7 @@ def evaluate(tr: Training, net: nn.Module, confusion: torch.Tensor | None = None
     net.eval()
     crit = nn.CrossEntropyLoss(reduction="sum")
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    val = inputs.data.val
+    val, fill = inputs.data.val, black(tr.model.preprocess).to(device)
     if inputs.val_loader is None:
         idx = torch.arange(d.rank, len(val), d.world, device=val.images.device)
         chunks = ((inputs.normalize(val.images[i]), val.labels[i]) for i in idx.split(max(tr.cfg.batch_size, 256)))
@@ -851,7 +852,7 @@ def evaluate(tr: Training, net: nn.Module, confusion: torch.Tensor | None = None
                   for x, y, _ in inputs.val_loader if x is not None)
     for x, y in chunks:
         with autocast(tr.precision, device):
-            logits = predict_logits(net, x, tr.cfg.eval_hflip)
+            logits = predict_logits(net, x, tr.cfg.eval_hflip, tr.cfg.eval_shift, fill)
         totals += torch.stack([crit(logits.float(), y).double(), (logits.argmax(1) == y).sum().double(),
                                torch.tensor(len(y), dtype=torch.float64, device=device)])
         if confusion is not None:
@@ -974,7 +975,7 @@ def replan_budget(tr: Training, st: State, step_s: float, eval_s: float, late_on
 
 @torch.no_grad()
 def time_evaluation(tr: Training) -> float:
-    """Seconds one evaluation (model and EMA, each image mirrored too with eval_hflip) will take: one timed
+    """Seconds one evaluation (model and EMA, each of eval_shift's and eval_hflip's views) will take: one timed
     forward pass of a validation chunk, scaled to this rank's share of the split and the passes. The first
     real evaluation corrects it (replan_budget)."""
     val, d = tr.inputs.data.val, tr.dist
@@ -990,7 +991,7 @@ def time_evaluation(tr: Training) -> float:
         tr.model(x)
     forward_s = time.perf_counter() - t0
     tr.model.train()
-    passes = (2 if tr.ema is not None else 1) * (2 if tr.cfg.eval_hflip else 1)
+    passes = (2 if tr.ema is not None else 1) * (2 if tr.cfg.eval_hflip else 1) * (3 if tr.cfg.eval_shift else 1)
     return forward_s / n * -(-len(val) // d.world) * passes
 
 
