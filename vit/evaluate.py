@@ -163,8 +163,8 @@ def load_model(checkpoint: str, model_name: str | None = None):
 
 def fill_data_args(args) -> None:
     """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
-    folder carve's --val-size/--split-seed, --eval-hflip and --eval-shift default to the run's. `evaluate.py CHECKPOINT` needs
-    nothing else."""
+    folder carve's --val-size/--split-seed, --eval-hflip and --eval-shift default to the run's.
+    `evaluate.py CHECKPOINT` needs nothing else."""
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
     carved = args.dataset == "folder" or sources.is_reader_scheme(args.dataset)
     source_args = ("val_size", "split_seed", "val_split", "image_key", "label_key")

@@ -1,9 +1,9 @@
 """Classification metrics, accumulated batch by batch so evaluation never holds every logit in memory.
 
 `predict_logits` is what a model is scored on: its logits, or with test-time augmentation those of a few views
-of each image averaged (the image mirrored, and moved by a pixel or two each way). One `ClassificationMetrics` collects, per batch: top-k hits, summed cross-entropy, the
-confusion matrix and the calibration bins. `compute()` turns them into plain numbers and lists, ready for
-report.json.
+of each image averaged (the image mirrored, and moved by a pixel or two each way). One `ClassificationMetrics`
+collects, per batch: top-k hits, summed cross-entropy, the confusion matrix and the calibration bins.
+`compute()` turns them into plain numbers and lists, ready for report.json.
 
 Conventions (the same as scikit-learn's, which the tests check against):
 - confusion_matrix[i][j] counts images of true class i predicted as class j (rows: truth).

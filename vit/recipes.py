@@ -103,7 +103,8 @@ class TrainConfig:
                           "(test-time flip: a second forward pass per evaluation, planned for by --budget)")
     eval_shift: int = _f(0, "score each validation image moved this many pixels down-right and up-left too (the "
                          "uncovered border black, as the crops' zero padding), each view mirrored too with "
-                         "--eval-hflip: 3 or 6 forward passes averaged, planned for by --budget (0 = off)")
+                         "--eval-hflip: 3 or 6 forward passes averaged, planned for by --budget; for a model "
+                         "trained on random crops, it lowers one trained without (0 = off)")
     eval_every: int = _f(1, "evaluate after every N-th epoch and after the last one (best.safetensors is chosen "
                          "among these; with --budget, only these evaluations are planned for)")
     steps: int = _f(0, "total optimizer steps, over which the schedules run (0 = epochs x steps per epoch; "
@@ -167,9 +168,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",
-                     "model_min_epochs",
-                     "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "eval_shift", "opt_eps", "max_steps", "save_every", "workers", "threads",
-                     "img_size", "num_classes", "min_lr", "seed", "split_seed", "steps"):
+                     "model_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "eval_shift",
+                     "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size", "num_classes", "min_lr",
+                     "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path",
@@ -302,16 +303,19 @@ RECIPES = {r.name: r for r in [
             (timed: python benchmarks/time_to_accuracy.py --recipe cifar10 --seeds 0 --target 80 -- --dataset
             folder --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000)
         A 1-hour budget: the run times its first steps and fixes its length. Where fewer than 12 epochs of
-        micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs); under 12 planned
-        epochs it trains without crops (augment_min_epochs), with flips.
+        micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs). Crops and flips in
+        any run: the moved test views (eval_shift) pay only for a model trained on crops (the half hour's
+        weights, trained without: 77.70% with the flip alone, 75.06% with six views).
         Hardware and Measured (JPEG tree, wall time from launch to the last evaluation):
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 8.5-10 epochs, so slim trains. With
-            test-time flip (eval_hflip): 79.88% val top-1 at 59.4 min (seed 0, 15.1 epochs at 577-745 ms a
-            step; the same weights without the flip 79.64%), seed 2 79.48% at 59.6 min (15.8 epochs). Before
-            it: 79.94% at 58.3 min (18.4 epochs at 454-570 ms, crops and flips), 79.92% (17.7 epochs), seed 1
-            79.80% at 59.5 min (16.7 epochs); the flip adds 0.08-0.14 to their best weights. The 80% target
-            of such a CPU is not met. Without crops: 79.20%.
-            With --budget 30m: 77.70% at 29.45 min (seed 0, slim, 8.0 epochs, no crops, test-time flip).
+        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 8.5-10 epochs, so slim trains.
+            Scored on six views of each image (eval_hflip, eval_shift): 81.38% val top-1 at 59.5 min (seed 1,
+            16.7 epochs at 529-664 ms a step; the same weights with the flip alone 80.08%), 80.96% at 59.5 min
+            (seed 2, 15.7 epochs at 589-705 ms; flip alone 79.32%). With the flip alone
+            (evaluations every 4th epoch): 79.88% (seed 0, 15.1 epochs), 79.48% (seed 2); six views of those
+            hours' best weights: 80.96% and 81.04%. Before the flip: 79.94%, 79.92% (seed 0), 79.80% (seed 1).
+            Without crops: 79.20%.
+            With --budget 30m (the flip alone, evaluations every 4th epoch): 77.70% at 29.45 min (seed 0, slim,
+            8.0 epochs, no crops).
             Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
             crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
@@ -322,16 +326,15 @@ RECIPES = {r.name: r for r in [
         # Token dropping (PatchDropout) halves the cost of a step; at equal wall time it beat the full-token
         # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
         # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
-        # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points, crops are left to
-        # runs of 12 epochs or more (benchmarks/LOG.md, 2026-12-01); slim's 16 epochs without them: 79.20%
-        # against 79.80% with (seed 1, Z11). No Mixup/CutMix. No EMA: its second
+        # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points (benchmarks/LOG.md,
+        # 2026-12-01); slim's 16 epochs without crops: 79.20% against 79.80% with (seed 1, Z11). No Mixup/CutMix. No EMA: its second
         # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
         # machine (benchmarks/LOG.md, 2026-12-01). Test-time flip: +0.08-0.24 points on five hours' weights
         # for ~13 s more an evaluation (Z12); the image moved a pixel each way too (six views): +1.1-1.6 more on
         # three hours' weights, at ~70 s an evaluation, so one every 8th epoch (Z18).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon",
              lr=2e-3, min_lr=0.0, warmup_epochs=0.5, eval_every=8, eval_hflip=True, eval_shift=1, weight_decay=0.05,
-             label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5,
+             label_smoothing=0.1, crop_pad=2, hflip=0.5, patch_drop=0.5,
              small_model="vit_slim_patch4_32", model_min_epochs=12),
     ),
     Recipe(
