@@ -43,7 +43,7 @@ def translate(x: torch.Tensor, d: int, fill=0.0) -> torch.Tensor:
     are `fill` (a number, or per channel (C, 1, 1))."""
     H, W = x.shape[-2:]
     check_shift(abs(d), (H, W))
-    out = torch.empty_like(x).copy_(torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x))
+    out = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x).clone()
     if d >= 0:
         out[..., d:, d:] = x[..., :H - d, :W - d]
     else:

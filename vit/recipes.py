@@ -327,9 +327,9 @@ RECIPES = {r.name: r for r in [
         # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
         # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
         # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points (benchmarks/LOG.md,
-        # 2026-12-01); slim's 16 epochs without crops: 79.20% against 79.80% with (seed 1, Z11). No Mixup/CutMix. No EMA: its second
-        # 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on the AVX-512
-        # machine (benchmarks/LOG.md, 2026-12-01). Test-time flip: +0.08-0.24 points on five hours' weights
+        # 2026-12-01); slim's 16 epochs without crops: 79.20% against 79.80% with (seed 1, Z11). No Mixup/CutMix.
+        # No EMA: its second 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on
+        # the AVX-512 machine (benchmarks/LOG.md, 2026-12-01). Test-time flip: +0.08-0.24 points on five hours' weights
         # for ~13 s more an evaluation (Z12); the image moved a pixel each way too (six views): +1.1-1.6 more on
         # three hours' weights, at ~70 s an evaluation, so one every 8th epoch (Z18).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon",
