@@ -20,20 +20,24 @@ def test_parse_budget_refuses(text):
 
 def test_evaluations_between_counts_epoch_ends_and_a_final_partial_epoch():
     assert B.evaluations_between(0, 30, 10) == 3
-    assert B.evaluations_between(0, 35, 10) == 4
-    assert B.evaluations_between(12, 35, 10) == 3
+    assert B.evaluations_between(0, 35, 10) == 3  # epochs 1, 2 and the last: epoch 3 ends 5 steps before it
+    assert B.evaluations_between(12, 35, 10) == 2
     assert B.evaluations_between(20, 20, 10) == 0
+    assert B.evaluations_between(0, 5, 10) == 1
 
 
 @pytest.mark.parametrize("every", [1, 2, 3, 5])
 def test_evaluations_between_with_an_evaluation_every_few_epochs(every):
-    """Against the count made epoch by epoch: after each every-th epoch and the last, those not yet passed."""
+    """Against the count made epoch by epoch: after each every-th epoch that a whole epoch still follows, and
+    after the last; those not yet passed. evaluates_after, which the training loop asks, says the same."""
     for spe in (1, 3, 10):
         for total in range(1, 45):
+            last = -(-total // spe)
+            evaluated = [epoch for epoch in range(1, last + 1)
+                         if epoch == last or (epoch % every == 0 and total - epoch * spe >= spe)]
+            assert [e for e in range(1, last + 1) if B.evaluates_after(e, total, spe, every)] == evaluated
             for done in range(total + 1):
-                last = -(-total // spe)
-                expected = sum(1 for epoch in range(1, last + 1)
-                               if min(epoch * spe, total) > done and (epoch % every == 0 or epoch == last))
+                expected = sum(1 for epoch in evaluated if min(epoch * spe, total) > done)
                 assert B.evaluations_between(done, total, spe, every) == expected, (done, total, spe)
 
 
@@ -130,18 +134,21 @@ def test_clock_counts_from_the_process_start_or_from_now():
     assert B.Clock().elapsed() < 0.5
 
 
-def test_crops_and_flips_follow_the_planned_length():
+def test_crops_flips_and_moved_test_views_follow_the_planned_length():
     from vit.recipes import TrainConfig
     from vit.train import Plan, augment_for
 
-    rule = TrainConfig(crop_pad=2, hflip=0.5, augment_min_epochs=3, hflip_min_epochs=3)
-    assert augment_for(rule, Plan(steps_per_epoch=10, total_steps=30)) == {"crop_pad": 2, "hflip": 0.5}
-    assert augment_for(rule, Plan(steps_per_epoch=10, total_steps=29)) == {"crop_pad": 0, "hflip": 0.0}
-    flips_first = TrainConfig(crop_pad=2, hflip=0.5, augment_min_epochs=3, hflip_min_epochs=1)
-    assert augment_for(flips_first, Plan(steps_per_epoch=10, total_steps=29)) == {"crop_pad": 0, "hflip": 0.5}
-    assert augment_for(flips_first, Plan(steps_per_epoch=10, total_steps=9)) == {"crop_pad": 0, "hflip": 0.0}
-    always = TrainConfig(crop_pad=2, hflip=0.5)  # augment_min_epochs 0
-    assert augment_for(always, Plan(steps_per_epoch=10, total_steps=1)) == {"crop_pad": 2, "hflip": 0.5}
+    def settings(cfg, total):
+        return augment_for(cfg, Plan(steps_per_epoch=10, total_steps=total))
+
+    rule = TrainConfig(crop_pad=2, hflip=0.5, eval_shift=1, augment_min_epochs=3, hflip_min_epochs=3)
+    assert settings(rule, 30) == {"crop_pad": 2, "hflip": 0.5, "eval_shift": 1}
+    assert settings(rule, 29) == {"crop_pad": 0, "hflip": 0.0, "eval_shift": 0}  # no crops, so no moved views
+    flips_first = TrainConfig(crop_pad=2, hflip=0.5, eval_shift=1, augment_min_epochs=3, hflip_min_epochs=1)
+    assert settings(flips_first, 29) == {"crop_pad": 0, "hflip": 0.5, "eval_shift": 0}
+    assert settings(flips_first, 9) == {"crop_pad": 0, "hflip": 0.0, "eval_shift": 0}
+    always = TrainConfig(crop_pad=2, hflip=0.5, eval_shift=2)  # augment_min_epochs 0
+    assert settings(always, 1) == {"crop_pad": 2, "hflip": 0.5, "eval_shift": 2}
 
 
 def test_steps_that_fit_weighs_steps_that_grow_dearer_along_the_plan():

@@ -202,6 +202,21 @@ def test_training_config_is_read_without_the_optimizer_state(tmp_path):
     assert runs.find_training_config(tmp_path / "elsewhere" / "model.pth") is None
 
 
+def test_the_training_config_says_what_the_run_used(tmp_path):
+    """The flags a run's length turned off (last.ckpt's "augment" entry) read as the run used them; the entry is
+    saved and read back whole, and a checkpoint without it reads as its config."""
+    path = tmp_path / runs.LAST
+    config = {"model": "vit_nano_patch2_8", "dataset": "digits", "crop_pad": 2, "hflip": 0.5, "eval_shift": 1}
+    runs.save_checkpoint(path, checkpoint(config=config, augment={"crop_pad": 0, "hflip": 0.5, "eval_shift": 0}))
+    assert runs.read_training_config(path) == {**config, "crop_pad": 0, "eval_shift": 0}
+    assert runs.read_checkpoint(path).augment == {"crop_pad": 0, "hflip": 0.5, "eval_shift": 0}
+    assert runs.read_checkpoint(path).config == config  # resuming starts from the flags
+    obj = torch.load(path, weights_only=True)
+    del obj["augment"]
+    torch.save(obj, path)
+    assert runs.read_training_config(path) == config and runs.read_checkpoint(path).augment is None
+
+
 @pytest.mark.parametrize("damage, match", [
     ("truncated", "cannot load"),
     ("not a checkpoint", "is not a train.py checkpoint"),
@@ -213,6 +228,7 @@ def test_training_config_is_read_without_the_optimizer_state(tmp_path):
     ("bad state value", "state.epoch is '1', not an integer"),
     ("negative position", "state.batch is -3, expected a finite number >= 0"),
     ("bad decided setting", "budget.decided is {'crop_pad': -1}"),
+    ("bad augment entry", "the 'augment' entry is {'eval_shift': 1.5}"),
 ])
 def test_damaged_checkpoint_names_the_file_and_the_entry(tmp_path, damage, match):
     path = tmp_path / runs.LAST
@@ -235,6 +251,8 @@ def test_damaged_checkpoint_names_the_file_and_the_entry(tmp_path, damage, match
         obj["state"]["batch"] = -3
     elif damage == "bad decided setting":
         obj["budget"] = {"budget_s": 60.0, "total_steps": 10, "decided": {"crop_pad": -1}}
+    elif damage == "bad augment entry":
+        obj["augment"] = {"eval_shift": 1.5}
     torch.save(obj, path)
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:1000])

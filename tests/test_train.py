@@ -204,8 +204,33 @@ def test_eval_views_score_each_validation_image_mirrored_and_moved(tmp_path):
     assert plain_report["loss"] == pytest.approx(ce(plain), rel=1e-5)
 
 
+def test_a_run_too_short_for_crops_scores_no_moved_views(tmp_path):
+    """--eval-shift 1 with --augment-min-epochs above the run's length: no crops, so validation scores the image
+    and its mirror alone, and evaluate.py follows what the run used (last.ckpt's "augment" entry)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from vit.data import digits_split
+    from vit.evaluate import load_model, parse_args, run
+
+    out = tmp_path / "run"
+    assert T.main(FAST + ["--epochs", "2", "--eval-hflip", "--eval-shift", "1", "--crop-pad", "1",
+                          "--augment-min-epochs", "3", "--output", str(out)]) == 0
+    model = load_model(str(out / "last.ckpt")).eval()
+    val, pre = digits_split("val"), model.preprocess
+    x = TF.normalize(val.images.float() / 255, pre.mean, pre.std)
+    with torch.no_grad():
+        flipped = (model(x) + model(TF.horizontal_flip(x))) / 2
+    ce = float(torch.nn.functional.cross_entropy(flipped, val.labels))
+    assert rows(out)[-1]["val_loss"] == pytest.approx(ce, rel=1e-5)
+    report = run(parse_args([str(out / "last.ckpt"), "--precision", "fp32", "--no-progress", "--device", "cpu",
+                             "--output", str(tmp_path / "followed")]))
+    assert (report["eval_hflip"], report["eval_shift"]) == (True, 0)
+    assert 100 * report["top1"] == pytest.approx(rows(out)[-1]["val_top1"], abs=1e-9)
+
+
 def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
-    """--eval-every 2 over 5 epochs: validation after epochs 2, 4 and 5; every epoch still has its row."""
+    """--eval-every 2 over 5 epochs: validation after epochs 2, 4 and 5; every epoch still has its row. An
+    every-th epoch less than a whole epoch before the run's end is not evaluated: the last epoch is."""
     out = tmp_path / "run"
     assert T.main(FAST + ["--epochs", "5", "--eval-every", "2", "--output", str(out)]) == 0
     got = rows(out)
@@ -213,6 +238,10 @@ def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
     assert [r["epoch"] for r in got if "val_top1" in r] == [2, 4, 5]
     assert all("val_loss" not in r for r in got if r["epoch"] in (1, 3))
     assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
+    # 2.6 epochs of steps (22 an epoch): epoch 2 ends 13 steps before the last, which evaluates instead
+    short = tmp_path / "short"
+    assert T.main(FAST + ["--steps", "57", "--eval-every", "1", "--output", str(short)]) == 0
+    assert [(r["epoch"], r["step"]) for r in rows(short) if "val_top1" in r] == [(1, 22), (3, 57)]
 
 
 @pytest.mark.parametrize("opt", ["adamw", "muon"])
@@ -291,7 +320,8 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     assert T.main(args + ["--budget", "9s", "--output", str(tmp_path / "whole")]) == 0
     whole = ckpt(tmp_path / "whole")
     assert whole["state"]["step"] == whole["budget"]["total_steps"] > 30
-    assert whole["budget"]["decided"] == {"crop_pad": 0, "hflip": 0.5}  # far fewer than 1000 epochs fit: no crops
+    # far fewer than 1000 epochs fit: no crops; last.ckpt says what the run used
+    assert whole["budget"]["decided"] == whole["augment"] == {"crop_pad": 0, "hflip": 0.5, "eval_shift": 0}
     assert 0.6 * 9 < whole["budget"]["spent_s"] <= 1.05 * 9, whole["budget"]
 
     cut = tmp_path / "cut"

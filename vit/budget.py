@@ -90,12 +90,18 @@ class Clock:
         return time.monotonic() - self.start
 
 
+def evaluates_after(epoch: int, total: int, steps_per_epoch: int, every: int = 1) -> bool:
+    """Whether a run of `total` steps evaluates at the end of its `epoch`-th epoch (1-based): after its last
+    epoch, and after every `every`-th one that a whole epoch still follows (one closer to the run's end than that
+    would cost an evaluation's time to measure a few steps' change: the final evaluation follows it)."""
+    return epoch >= -(-total // steps_per_epoch) or (epoch % every == 0 and (epoch + 1) * steps_per_epoch <= total)
+
+
 def evaluations_between(done: int, total: int, steps_per_epoch: int, every: int = 1) -> int:
-    """Evaluations still to run when `done` of `total` steps are taken: at the end of every `every`-th epoch,
-    and at the end of the run (its last epoch, whole or not)."""
-    last = -(-total // steps_per_epoch)  # the number of the run's last epoch
+    """Evaluations still to run when `done` of `total` steps are taken (those `evaluates_after` says)."""
     past = done // steps_per_epoch  # epochs already ended
-    periodic = (last - 1) // every - min(past, last - 1) // every  # every-th epochs ended in (past, last)
+    upper = total // steps_per_epoch - 1  # the last every-th epoch evaluated is at most this one
+    periodic = upper // every - min(past, upper) // every  # every-th epochs ended in (past, upper]
     return periodic + (done < total)
 
 

@@ -104,9 +104,10 @@ class TrainConfig:
     eval_shift: int = _f(0, "score each validation image moved this many pixels down-right and up-left too (the "
                          "uncovered border black, as the crops' zero padding), each view mirrored too with "
                          "--eval-hflip: 3 or 6 forward passes averaged, planned for by --budget; for a model "
-                         "trained on random crops, it lowers one trained without (0 = off)")
-    eval_every: int = _f(1, "evaluate after every N-th epoch and after the last one (best.safetensors is chosen "
-                         "among these; with --budget, only these evaluations are planned for)")
+                         "trained on random crops, it lowers one trained without: off where --augment-min-epochs "
+                         "turns crops off (0 = off)")
+    eval_every: int = _f(1, "evaluate after the last epoch and every N-th one that a whole epoch still follows "
+                         "(best.safetensors is chosen among these; with --budget, only these are planned for)")
     steps: int = _f(0, "total optimizer steps, over which the schedules run (0 = epochs x steps per epoch; "
                     "--budget sets it)")
     replan: bool = _f(True, "with --budget: re-plan the remaining steps at an epoch boundary when the machine has "
@@ -334,7 +335,7 @@ RECIPES = {r.name: r for r in [
         # three hours' weights, at ~70 s an evaluation, so one every 8th epoch (Z18).
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon",
              lr=2e-3, min_lr=0.0, warmup_epochs=0.5, eval_every=8, eval_hflip=True, eval_shift=1, weight_decay=0.05,
-             label_smoothing=0.1, crop_pad=2, hflip=0.5, patch_drop=0.5,
+             label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5,
              small_model="vit_slim_patch4_32", model_min_epochs=12),
     ),
     Recipe(

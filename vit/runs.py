@@ -209,6 +209,9 @@ class Checkpoint:
     rng: dict  # python, numpy, torch (and cuda) RNG states of rank 0
     state: State = field(default_factory=State)
     budget: dict | None = None  # a --budget run's plan (vit.budget.Budget.to_dict()); None without a budget
+    # the values the run's length gave the flags with a *_min_epochs rule (crop_pad, hflip, eval_shift); None before
+    # a budgeted run's plan
+    augment: dict | None = None
 
     def to_dict(self) -> dict:
         entries = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -245,13 +248,18 @@ def read_checkpoint(path: Path) -> Checkpoint:
         rng=_entry(obj, path, "rng", dict),
         state=_state(obj, path),
         budget=_budget(obj, path),
+        augment=_augment(obj, path),
     )
 
 
 def read_training_config(path: Path) -> dict:
-    """A last.ckpt's TrainConfig dict, without reading the model or optimizer tensors into memory (the file is
-    memory-mapped and only the entries' structure is unpickled)."""
-    return _training_config(_load(path, mmap=True), path)
+    """A last.ckpt's TrainConfig dict as the run used it: its length may have turned flags off (no crops, flips
+    or moved test views in a short run: the "augment" entry). Read without the model or optimizer
+    tensors in memory (the file is memory-mapped and only the entries' structure is unpickled)."""
+    obj = _load(path, mmap=True)
+    config = _training_config(obj, path)
+    config.update((k, v) for k, v in (_augment(obj, path) or {}).items() if k in config)
+    return config
 
 
 def find_training_config(checkpoint: str | Path) -> dict | None:
@@ -332,6 +340,13 @@ def _training_config(obj: Mapping, path: Path) -> dict:
     return config
 
 
+def _augment(obj: Mapping, path: Path) -> dict | None:
+    if "augment" not in obj:  # written before the entry existed
+        return None
+    augment = _entry(obj, path, "augment", dict, optional=True)
+    return None if augment is None else _check_augment(augment, path, "the 'augment' entry")
+
+
 def _class_names(obj: Mapping, path: Path) -> list[str]:
     names = _entry(obj, path, "class_names", list)
     if not all(isinstance(n, str) for n in names):
@@ -407,10 +422,19 @@ def _budget(obj: Mapping, path: Path) -> dict | None:
             raise CheckpointError(f"{path}: budget.{key} is {value!r}, expected a {kind}")
         if key in saved and key not in ("replans", "decided") and value < 0:
             raise CheckpointError(f"{path}: budget.{key} is {value!r}, expected >= 0")
-    decided = saved.get("decided", {})
-    crop, flip = decided.get("crop_pad", 0), decided.get("hflip", 0.0)
-    if set(decided) - {"crop_pad", "hflip"} or not isinstance(crop, int) or isinstance(crop, bool) or crop < 0 \
-            or not isinstance(flip, (int, float)) or isinstance(flip, bool) or not 0 <= flip <= 1:
-        raise CheckpointError(f"{path}: budget.decided is {decided!r}, expected crop_pad >= 0 and hflip in [0, 1]")
+    _check_augment(saved.get("decided", {}), path, "budget.decided")
     return Budget.from_dict(saved).to_dict()
+
+
+def _check_augment(settings: dict, path: Path, name: str) -> dict:
+    """Settings a run's length decided (train.augment_for): crop_pad, hflip, eval_shift, each optional."""
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    flip = settings.get("hflip", 0.0)
+    if set(settings) - {"crop_pad", "hflip", "eval_shift"} or not count(settings.get("crop_pad", 0)) \
+            or not count(settings.get("eval_shift", 0)) or not isinstance(flip, (int, float)) \
+            or isinstance(flip, bool) or not 0 <= flip <= 1:
+        raise CheckpointError(f"{path}: {name} is {settings!r}, expected crop_pad >= 0, hflip in [0, 1] and "
+                              f"eval_shift >= 0")
+    return settings
 

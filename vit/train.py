@@ -361,12 +361,15 @@ def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> Scheduler:
 
 
 def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
-    """Random-crop padding and flip probability for a plan of this length: no crops where it is shorter than
-    cfg.augment_min_epochs, no flips where it is shorter than cfg.hflip_min_epochs. A budgeted run with these
-    rules decides when its plan is made, and neither crops nor flips while its first steps are timed."""
+    """Random-crop padding, flip probability and test-time shift for a plan of this length: no crops where it
+    is shorter than cfg.augment_min_epochs, and then no moved test views either (a model that never saw a moved
+    image scores them lower: benchmarks/LOG.md); no flips where it is shorter than cfg.hflip_min_epochs. A
+    budgeted run with these rules decides when its plan is made, and neither crops nor flips while its first
+    steps are timed."""
     def long_enough(epochs: float) -> bool:
         return plan.total_steps >= epochs * plan.steps_per_epoch
-    return {"crop_pad": cfg.crop_pad if long_enough(cfg.augment_min_epochs) else 0,
+    crops = long_enough(cfg.augment_min_epochs)
+    return {"crop_pad": cfg.crop_pad if crops else 0, "eval_shift": cfg.eval_shift if crops else 0,
             "hflip": cfg.hflip if long_enough(cfg.hflip_min_epochs) else 0.0}
 
 
@@ -408,8 +411,10 @@ def step_work(cfg: TrainConfig, model: VisionTransformer, steps_per_epoch: int) 
 
 
 def use_augment(tr: Training, settings: dict) -> None:
-    """Train with the crop padding and flip probability `augment_for` decided (a plan's, or a saved one)."""
+    """Train with the crop padding and flip probability, and evaluate with the test-time shift, that
+    `augment_for` decided (a plan's, or a saved one)."""
     tr.crop_pad, tr.hflip = settings.get("crop_pad", tr.crop_pad), settings.get("hflip", tr.hflip)
+    tr.eval_shift = settings.get("eval_shift", tr.eval_shift)
 
 
 def set_total_steps(tr: Training, total: int, done: int) -> None:
@@ -505,6 +510,7 @@ class Training:
     budget: Budget | None = None  # --budget: the plan's costs and re-plans (vit/budget.py)
     crop_pad: int = 0  # cfg.crop_pad and cfg.hflip, or 0 where the plan is shorter than their *_min_epochs
     hflip: float = 0.0
+    eval_shift: int = 0  # cfg.eval_shift, or 0 where crops are off for the plan's length
     probe: tuple[int, float] | None = None  # (step, perf_counter()) where timing the steps for the budget began
     work: B.Work = B.equal_steps  # what steps cost relative to one another, for the budget (step_work)
     switch_to: str = ""  # too few epochs of cfg.model fit the budget: the run starts over with this model
@@ -628,6 +634,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
                     criterion=criterion, distill=distill, precision=precision, plan=plan, budget=budget, quiet=quiet,
                     work=step_work(cfg, model, plan.steps_per_epoch),
                     # a budgeted run's length is not known yet: a rule on it holds crops and flips back until then
+                    # (time_evaluation plans for cfg.eval_shift's views until augment_for decides)
                     **augment_for(cfg, plan if budget is None else Plan(plan.steps_per_epoch, 0)))
 
 
@@ -852,7 +859,7 @@ def evaluate(tr: Training, net: nn.Module, confusion: torch.Tensor | None = None
                   for x, y, _ in inputs.val_loader if x is not None)
     for x, y in chunks:
         with autocast(tr.precision, device):
-            logits = predict_logits(net, x, tr.cfg.eval_hflip, tr.cfg.eval_shift, fill)
+            logits = predict_logits(net, x, tr.cfg.eval_hflip, tr.eval_shift, fill)
         totals += torch.stack([crit(logits.float(), y).double(), (logits.argmax(1) == y).sum().double(),
                                torch.tensor(len(y), dtype=torch.float64, device=device)])
         if confusion is not None:
@@ -866,8 +873,9 @@ def evaluate(tr: Training, net: nn.Module, confusion: torch.Tensor | None = None
 
 
 def evaluates_after(cfg: TrainConfig, plan: Plan, epoch: int) -> bool:
-    """Whether the run evaluates at the end of `epoch` (0-based): every cfg.eval_every-th epoch, and the last."""
-    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 >= plan.epochs
+    """Whether the run evaluates at the end of `epoch` (0-based): its last, and every cfg.eval_every-th one
+    that a whole epoch still follows (budget.evaluates_after, which the budget plans for)."""
+    return B.evaluates_after(epoch + 1, plan.total_steps, plan.steps_per_epoch, cfg.eval_every)
 
 
 def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
@@ -937,23 +945,27 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
     if st.step - first < B.PROBE_STEPS:
         return
     step_s = (time.perf_counter() - t0) / tr.work(first, st.step, tr.plan.total_steps)
-    eval_s = time_evaluation(tr)
-    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, tr.plan.steps_per_epoch, tr.cfg.eval_every,
-                           tr.work)
+    cfg, spe = tr.cfg, tr.plan.steps_per_epoch
+    eval_s = time_evaluation(tr, cfg.eval_shift)
+    total = tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, spe, cfg.eval_every, tr.work)
     tr.budget.total_steps = total = agree(tr, total)
-    cfg, epochs = tr.cfg, total / tr.plan.steps_per_epoch
+    epochs = total / spe
     if cfg.small_model and cfg.model != cfg.small_model and epochs < cfg.model_min_epochs:
         tr.switch_to = cfg.small_model
         tr.say(f"budget: {step_s * 1e3:.0f} ms a step here: {epochs:.1f} epochs of {cfg.model} fit in "
                f"{B.duration(tr.budget.budget_s)}, under --model-min-epochs {cfg.model_min_epochs:g}: starting over "
                f"with --small-model {cfg.small_model}")
         return
-    set_total_steps(tr, total, st.step)
-    tr.budget.decided = augment_for(tr.cfg, tr.plan)
+    tr.budget.decided = augment_for(cfg, Plan(spe, total))
     use_augment(tr, tr.budget.decided)
+    if tr.eval_shift != cfg.eval_shift:  # fewer views an evaluation than timed: the steps they leave
+        eval_s *= eval_passes(tr, tr.eval_shift) / eval_passes(tr, cfg.eval_shift)
+        total = agree(tr, tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, spe, cfg.eval_every, tr.work))
+    set_total_steps(tr, total, st.step)
     cropping = "".join(f"; no {what} (a run under --{flag} {epochs:g})" for what, flag, epochs, off in (
-        ("random crops", "augment-min-epochs", tr.cfg.augment_min_epochs, tr.crop_pad != tr.cfg.crop_pad),
-        ("flips", "hflip-min-epochs", tr.cfg.hflip_min_epochs, tr.hflip != tr.cfg.hflip)) if off)
+        ("random crops", "augment-min-epochs", cfg.augment_min_epochs, tr.crop_pad != cfg.crop_pad),
+        ("moved test views", "augment-min-epochs", cfg.augment_min_epochs, tr.eval_shift != cfg.eval_shift),
+        ("flips", "hflip-min-epochs", cfg.hflip_min_epochs, tr.hflip != cfg.hflip)) if off)
     tr.say(f"budget: {step_s * 1e3:.0f} ms a step and ~{eval_s:.1f} s an evaluation here: {total} steps "
            f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}{cropping}")
 
@@ -974,9 +986,9 @@ def replan_budget(tr: Training, st: State, step_s: float, eval_s: float, late_on
 
 
 @torch.no_grad()
-def time_evaluation(tr: Training) -> float:
-    """Seconds one evaluation (model and EMA, each of eval_shift's and eval_hflip's views) will take: one timed
-    forward pass of a validation chunk, scaled to this rank's share of the split and the passes. The first
+def time_evaluation(tr: Training, shift: int) -> float:
+    """Seconds one evaluation (model and EMA, each view of eval_hflip and a test-time `shift`) will take: one
+    timed forward pass of a validation chunk, scaled to this rank's share of the split and the passes. The first
     real evaluation corrects it (replan_budget)."""
     val, d = tr.inputs.data.val, tr.dist
     chunk = max(tr.cfg.batch_size, 256) if tr.inputs.val_loader is None else tr.cfg.batch_size // d.world
@@ -991,8 +1003,12 @@ def time_evaluation(tr: Training) -> float:
         tr.model(x)
     forward_s = time.perf_counter() - t0
     tr.model.train()
-    passes = (2 if tr.ema is not None else 1) * (2 if tr.cfg.eval_hflip else 1) * (3 if tr.cfg.eval_shift else 1)
-    return forward_s / n * -(-len(val) // d.world) * passes
+    return forward_s / n * -(-len(val) // d.world) * eval_passes(tr, shift)
+
+
+def eval_passes(tr: Training, shift: int) -> int:
+    """Forward passes over the validation split an evaluation takes: model and EMA, each view."""
+    return (2 if tr.ema is not None else 1) * (2 if tr.cfg.eval_hflip else 1) * (3 if shift else 1)
 
 
 def agree(tr: Training, value: int) -> int:
@@ -1014,6 +1030,8 @@ def save_last(tr: Training, st: State) -> None:
         scheduler=tr.scheduler.state_dict(), ema=tr.ema.module.state_dict() if tr.ema is not None else None,
         scaler=tr.scaler.state_dict() if tr.scaler.is_enabled() else None, rng=rng_state(), state=st,
         budget=({**tr.budget.to_dict(), "spent_s": tr.used_s()} if tr.budget is not None else None),
+        augment=(None if tr.plan.total_steps >= UNPLANNED_STEPS else
+                 dict(crop_pad=tr.crop_pad, hflip=tr.hflip, eval_shift=tr.eval_shift)),
     ))
 
 
