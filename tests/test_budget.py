@@ -149,6 +149,8 @@ def test_crops_flips_and_moved_test_views_follow_the_planned_length():
     assert settings(flips_first, 9) == {"crop_pad": 0, "hflip": 0.0, "eval_shift": 0}
     always = TrainConfig(crop_pad=2, hflip=0.5, eval_shift=2)  # augment_min_epochs 0
     assert settings(always, 1) == {"crop_pad": 2, "hflip": 0.5, "eval_shift": 2}
+    never_cropped = TrainConfig(crop_pad=0, eval_shift=1, augment_min_epochs=3)  # the flags' own choice
+    assert settings(never_cropped, 29) == {"crop_pad": 0, "hflip": 0.0, "eval_shift": 1}
 
 
 def test_steps_that_fit_weighs_steps_that_grow_dearer_along_the_plan():

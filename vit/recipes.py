@@ -304,9 +304,8 @@ RECIPES = {r.name: r for r in [
             (timed: python benchmarks/time_to_accuracy.py --recipe cifar10 --seeds 0 --target 80 -- --dataset
             folder --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000)
         A 1-hour budget: the run times its first steps and fixes its length. Where fewer than 12 epochs of
-        micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs). Crops and flips in
-        any run: the moved test views (eval_shift) pay only for a model trained on crops (the half hour's
-        weights, trained without: 77.70% with the flip alone, 75.06% with six views).
+        micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs). Crops where at least
+        12 epochs fit (augment_min_epochs), and the moved test views (eval_shift) only with them; flips in any run.
         Hardware and Measured (JPEG tree, wall time from launch to the last evaluation):
         - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 8.5-10 epochs, so slim trains.
             Scored on six views of each image (eval_hflip, eval_shift): 81.38% val top-1 at 59.5 min (seed 1,
@@ -315,8 +314,9 @@ RECIPES = {r.name: r for r in [
             (evaluations every 4th epoch): 79.88% (seed 0, 15.1 epochs), 79.48% (seed 2); six views of those
             hours' best weights: 80.96% and 81.04%. Before the flip: 79.94%, 79.92% (seed 0), 79.80% (seed 1).
             Without crops: 79.20%.
-            With --budget 30m (the flip alone, evaluations every 4th epoch): 77.70% at 29.45 min (seed 0, slim,
-            8.0 epochs, no crops).
+            With --budget 30m (no crops, so the flip alone): 77.10% at 29.27 min (seed 0, slim, 7.7 epochs at
+            564-686 ms a step); before, 77.70% (8.0 epochs). With crops and six views: 77.20% (8.0 epochs; the
+            flip alone on those weights 76.46%; trained without crops, six views 75.06%).
             Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
             crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
         - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
@@ -328,7 +328,8 @@ RECIPES = {r.name: r for r in [
         # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
         # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
         # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points (benchmarks/LOG.md,
-        # 2026-12-01); slim's 16 epochs without crops: 79.20% against 79.80% with (seed 1, Z11). No Mixup/CutMix.
+        # 2026-12-01); slim's 16 epochs without crops: 79.20% against 79.80% with (seed 1, Z11); at 8 epochs crops
+        # cost 1.24 points, six views won back 0.74 (Z19), so crops from 12. No Mixup/CutMix.
         # No EMA: its second 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on
         # the AVX-512 machine (benchmarks/LOG.md, 2026-12-01). Test-time flip: +0.08-0.24 points on five hours' weights
         # for ~13 s more an evaluation (Z12); the image moved a pixel each way too (six views): +1.1-1.6 more on

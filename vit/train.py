@@ -362,13 +362,13 @@ def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> Scheduler:
 
 def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
     """Random-crop padding, flip probability and test-time shift for a plan of this length: no crops where it
-    is shorter than cfg.augment_min_epochs, and then no moved test views either (a model that never saw a moved
-    image scores them lower: benchmarks/LOG.md); no flips where it is shorter than cfg.hflip_min_epochs. A
+    is shorter than cfg.augment_min_epochs, and then no moved test views either (a model the rule kept from
+    moved images scores them lower: benchmarks/LOG.md); no flips where it is shorter than cfg.hflip_min_epochs. A
     budgeted run with these rules decides when its plan is made, and neither crops nor flips while its first
     steps are timed."""
     def long_enough(epochs: float) -> bool:
         return plan.total_steps >= epochs * plan.steps_per_epoch
-    crops = long_enough(cfg.augment_min_epochs)
+    crops = long_enough(cfg.augment_min_epochs) or not cfg.crop_pad
     return {"crop_pad": cfg.crop_pad if crops else 0, "eval_shift": cfg.eval_shift if crops else 0,
             "hflip": cfg.hflip if long_enough(cfg.hflip_min_epochs) else 0.0}
 
@@ -963,8 +963,8 @@ def probe_budget(tr: Training, st: State, probe_start: int) -> None:
         total = agree(tr, tr.budget.plan(tr.used_s(), st.step, step_s, eval_s, spe, cfg.eval_every, tr.work))
     set_total_steps(tr, total, st.step)
     cropping = "".join(f"; no {what} (a run under --{flag} {epochs:g})" for what, flag, epochs, off in (
-        ("random crops", "augment-min-epochs", cfg.augment_min_epochs, tr.crop_pad != cfg.crop_pad),
-        ("moved test views", "augment-min-epochs", cfg.augment_min_epochs, tr.eval_shift != cfg.eval_shift),
+        ("random crops" + (" or moved test views" if tr.eval_shift != cfg.eval_shift else ""), "augment-min-epochs",
+         cfg.augment_min_epochs, tr.crop_pad != cfg.crop_pad),
         ("flips", "hflip-min-epochs", cfg.hflip_min_epochs, tr.hflip != cfg.hflip)) if off)
     tr.say(f"budget: {step_s * 1e3:.0f} ms a step and ~{eval_s:.1f} s an evaluation here: {total} steps "
            f"({total / tr.plan.steps_per_epoch:.1f} epochs) fit in {B.duration(tr.budget.budget_s)}{cropping}")
