@@ -34,7 +34,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -396,6 +396,7 @@ def test_hostile_weight_metadata(tmp_path_factory, meta):
 @settings(max_examples=60, deadline=None)
 @given(blob=st.one_of(st.binary(max_size=512), st.integers(1, 99).map(lambda pct: ("truncate", pct))),
        suffix=st.sampled_from([".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt"]))
+@example(blob=b"X\xff\xff\xff\x7f", suffix=".pt")  # a pickled string whose length field claims 2 GiB
 @limited
 def test_weight_loader_on_random_bytes(tmp_path_factory, blob, suffix):
     """Random bytes, and a real checkpoint cut at a random point: always a CheckpointError naming the file."""

@@ -308,9 +308,10 @@ RECIPES = {r.name: r for r in [
         12 epochs fit (augment_min_epochs), and the moved test views (eval_shift) only with them; flips in any run.
         Hardware and Measured (JPEG tree, wall time from launch to the last evaluation):
         - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 8.5-10 epochs, so slim trains.
-            Scored on six views of each image (eval_hflip, eval_shift): 81.38% val top-1 at 59.5 min (seed 1,
-            16.7 epochs at 529-664 ms a step; the same weights with the flip alone 80.08%), 80.96% at 59.5 min
-            (seed 2, 15.7 epochs at 589-705 ms; flip alone 79.32%). With the flip alone
+            Scored on six views of each image (eval_hflip, eval_shift): 81.24% val top-1 at 59.6 min (seed 0,
+            17.1 epochs at 512-807 ms a step), 81.38% at 59.5 min (seed 1, 16.7 epochs at 529-664 ms; the same
+            weights with the flip alone 80.08%), 80.96% at 59.5 min (seed 2, 15.7 epochs at 589-705 ms; flip
+            alone 79.32%): mean 81.19%. With the flip alone
             (evaluations every 4th epoch): 79.88% (seed 0, 15.1 epochs), 79.48% (seed 2); six views of those
             hours' best weights: 80.96% and 81.04%. Before the flip: 79.94%, 79.92% (seed 0), 79.80% (seed 1).
             Without crops: 79.20%.

@@ -269,6 +269,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
             struct.error) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
+    except MemoryError as e:  # a damaged length field: the unpickler asks for more bytes than the file holds
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: a record in it claims more memory than "
+                              f"this process may take ({path.stat().st_size} bytes on disk)") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     trained = read_trained_model(obj, path)  # train.py's last.ckpt: vit.runs knows its layout
