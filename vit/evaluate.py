@@ -86,8 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "default: as the run was trained, train.py --eval-hflip, else off)")
     g.add_argument("--eval-shift", type=int, default=None, metavar="PIXELS",
                    help="score each image moved this many pixels down-right and up-left too, the border black, the "
-                        "logits averaged (with --eval-hflip each view mirrored too; default: as the run was "
-                        "trained, train.py --eval-shift, else 0)")
+                        "logits averaged (with --eval-hflip each view mirrored too; default: as the run used it, "
+                        "train.py --eval-shift, off where the run was too short for crops, else 0)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model with its weights frozen (inductor): 1.2-1.3x the eager model's bf16 "
                         "speed on CPU after 20-60 s of compiling, so worth it for thousands of images")

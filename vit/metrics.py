@@ -52,6 +52,7 @@ def translate(x: torch.Tensor, d: int, fill=0.0) -> torch.Tensor:
 
 
 def check_shift(shift: int, size: tuple[int, int]) -> None:
+    """A ConfigError naming --eval-shift where a move of `shift` pixels leaves nothing of a `size` image."""
     if shift >= min(size):
         raise ConfigError(f"--eval-shift {shift} moves a {size[0]}x{size[1]} image out of view: give fewer pixels "
                           "than its side")
