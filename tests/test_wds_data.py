@@ -6,6 +6,8 @@ that make up the epoch; truncated shards, unlabelled samples, missing shards and
 import io
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -215,3 +217,49 @@ def test_streamed_training_resumes_bit_identical(same_images, tmp_path):
     assert cut["state"]["step"] == full["state"]["step"] == 12
     for k in full["model"]:
         assert torch.equal(full["model"][k], cut["model"][k]), k
+
+
+NOT_LOCAL = ["pipe:touch PWNED;cat val.tar", "http://127.0.0.1:9/val.tar", "s3://bucket/val.tar",
+             "file:val.tar"]
+
+
+@pytest.mark.parametrize("name", NOT_LOCAL)
+def test_shard_names_that_are_not_local_paths_run_and_fetch_nothing(same_images, tmp_path, monkeypatch, name):
+    """A URL or webdataset `pipe:` command as a shard name (in _info.json, in --val-split, in the pattern), even
+    with a file of that very name beside it, is a DataError naming it; no shell runs, train.py and evaluate.py
+    included."""
+    from vit import evaluate as E
+
+    folder = tmp_path / "shards"
+    shutil.copytree(Path(same_images.shards).parent, folder)
+    first = folder / "train-0000.tar"
+    if "/" not in name:
+        shutil.copy(first, folder / name)  # the file the name would read, were it taken as a path
+    info = json.loads((folder / "_info.json").read_text())
+    info["splits"]["val"] = {"name": "val", "filenames": [name], "shard_lengths": [5], "num_samples": 5}
+    (folder / "_info.json").write_text(json.dumps(info))
+    monkeypatch.chdir(folder)
+    for dataset, kw in (("wds:train-0000.tar", {}), (f"wds:{name}", {}), ("wds:{train-0000.tar," + name + "}", {}),
+                        ("wds:train-0001.tar", {"val_split": name})):
+        if kw:
+            (folder / "_info.json").unlink(missing_ok=True)
+        with pytest.raises(DataError, match=f"{re.escape(repr(name))} is not (a local path|the name of a shard)"):
+            S.load_dataset(dataset, "val", **MEMORY, **kw)
+    (folder / "_info.json").write_text(json.dumps(info))
+    args = ["--quiet", "--device", "cpu", "--dataset", "wds:train-0000.tar", "--img-size", "8", "--epochs", "1",
+            "--batch-size", "4"]
+    assert T.main(args + ["--output", str(tmp_path / "refused")]) != 0
+    assert T.main(args[:4] + [f"wds:{same_images.shards}"] + args[5:] + ["--output", str(tmp_path / "run")]) == 0
+    with pytest.raises(SystemExit, match="2"):
+        E.main([str(tmp_path / "run"), "--dataset", "wds:train-0000.tar"])
+    assert not (folder / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_only_regular_files_are_read_as_shards(same_images, tmp_path):
+    """A FIFO named where a shard should be is refused at once, never opened to wait for a writer."""
+    fifo = tmp_path / "train-0000.tar"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="missing"):
+        S.load_dataset(f"wds:{fifo}", "train", **MEMORY)
+    with pytest.raises(DataError, match="is not a regular file"):
+        list(W.read_shard(W.Shard(str(fifo), 1, 0), "", "cls", "error"))

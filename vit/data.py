@@ -30,6 +30,8 @@ import logging
 import math
 import os
 import random
+import re
+import stat
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -205,6 +207,33 @@ def network_timeout(seconds: float):
         yield
     finally:
         socket.setdefaulttimeout(saved)
+
+
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # pipe:, http:, s3:, file:... (a drive letter is one letter)
+
+
+def local_path(name: str, where: str) -> str:
+    """`name`, a local file name; a DataError naming `where` for anything a reader would treat as a URL or a
+    command (webdataset opens `pipe:CMD` through a shell, `http:`/`s3:` over the network)."""
+    if URL_SCHEME.match(name):
+        raise DataError(f"{where}: {name!r} is not a local path (URLs and pipe: commands are not read; "
+                        "a file on this machine whose name holds a colon reads as ./NAME)")
+    return name
+
+
+def open_regular_file(path: str | Path):
+    """`path` opened for reading if it is a regular file; a DataError for a FIFO, device or folder (opening a FIFO
+    would wait for a writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise DataError(f"cannot open {path}: {e.strerror or e}") from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DataError(f"{path} is not a regular file (a FIFO, device or folder is not read)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def scan_image_folder(root: str | Path) -> FileData:

@@ -1,6 +1,6 @@
 """WebDataset tar shards as training and evaluation data: `--dataset wds:PATTERN`, read with `webdataset`.
 
-PATTERN is a brace pattern of local shard files (a network filesystem mount will do), e.g.
+PATTERN is a brace pattern of local shard files (a network filesystem mount will do; no URLs or `pipe:` commands), e.g.
 `shards/train-{000000..000127}.tar`. A sample is the group of members sharing a key (webdataset's rule); its
 image is the first member with an image extension (or --image-key EXT), its label the integer in KEY.cls (or
 --label-key EXT, or --label-key json:FIELD for a field of KEY.json).
@@ -86,7 +86,8 @@ def expand(pattern: str) -> list[str]:
     require_webdataset()
     import braceexpand  # installed with webdataset
 
-    paths = list(braceexpand.braceexpand(pattern))
+    D.local_path(pattern, f"wds:{pattern}")
+    paths = [D.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"wds:{pattern}: {len(missing)} of {len(paths)} shard(s) missing, e.g. {missing[0]}")
@@ -269,14 +270,16 @@ def read_shard(shard: Shard, image_key: str, label_key: str, on_corrupt: str):
         errors.append(e)
         return False
 
-    files = tariterators.tar_file_expander(tariterators.url_opener([{"url": shard.path}], handler=stop), handler=stop)
-    pending, n = None, 0  # one sample held back: the last one of a truncated shard may be cut short
-    for sample in tariterators.group_by_keys(files, handler=stop):
-        if n == shard.count:  # the count is what this split holds of the shard
-            break
-        if pending is not None:
-            yield _complete(pending, n - 1, shard, image_key, label_key)
-        pending, n = sample, n + 1
+    # The shard is opened here, not by webdataset's URL opener, which would run a `pipe:` name through a shell.
+    with D.open_regular_file(shard.path) as stream:
+        files = tariterators.tar_file_expander([{"url": shard.path, "stream": stream}], handler=stop)
+        pending, n = None, 0  # one sample held back: the last one of a truncated shard may be cut short
+        for sample in tariterators.group_by_keys(files, handler=stop):
+            if n == shard.count:  # the count is what this split holds of the shard
+                break
+            if pending is not None:
+                yield _complete(pending, n - 1, shard, image_key, label_key)
+            pending, n = sample, n + 1
     truncated = bool(errors) or n < shard.count
     if pending is not None:
         cut = truncated and (sample_image(pending, image_key, shard.path) is None or
@@ -340,8 +343,12 @@ def validation_pattern(pattern: str, first_shard: str, info: dict, val_split: st
     name = val_split or next((s for s in VAL_SPLITS if s in splits), "")
     if name in splits:  # a split of _info.json: its shards lie beside the train ones
         files = splits[name].get("filenames", [])
+        where = f"{Path(first_shard).parent}/_info.json, split {name!r}"
         if not files:
-            raise DataError(f"{Path(first_shard).parent}/_info.json: split {name!r} lists no filenames")
+            raise DataError(f"{where}: lists no filenames")
+        for f in files:  # names of files beside _info.json, joined into one brace pattern
+            if not isinstance(f, str) or D.local_path(f, where) and (Path(f).name != f or any(c in f for c in "{},")):
+                raise DataError(f"{where}: {f!r} is not the name of a shard file beside it")
         return str(Path(first_shard).parent / ("{" + ",".join(files) + "}" if len(files) > 1 else files[0]))
     if val_split and not any(c in val_split for c in "/{*") and not val_split.endswith(".tar"):
         raise DataError(f"wds:{pattern}: no split {val_split!r} (--val-split) in _info.json "
