@@ -136,7 +136,7 @@ def test_clock_counts_from_the_process_start_or_from_now():
 
 def test_crops_flips_and_moved_test_views_follow_the_planned_length():
     from vit.recipes import TrainConfig
-    from vit.train import Plan, augment_for
+    from vit.plan import Plan, augment_for
 
     def settings(cfg, total):
         return augment_for(cfg, Plan(steps_per_epoch=10, total_steps=total))

@@ -430,8 +430,8 @@ def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsy
     short = tmp_path / "short"
     assert T.main(args + ["--model-min-epochs", "1000", "--output", str(short)]) == 0
     out = capsys.readouterr().out
-    assert "of vit_micro_patch7_28 fit in 5 s, under --model-min-epochs 1000: starting over with --small-model " \
-           "vit_slim_patch7_28" in out
+    assert "of vit_micro_patch7_28 fit in 5 s, under --model-min-epochs 1000: training vit_slim_patch7_28 " \
+           "instead" in out
     saved = ckpt(short)
     assert saved["config"]["model"] == "vit_slim_patch7_28"
     assert saved["state"]["step"] == saved["budget"]["total_steps"] > 0
@@ -441,7 +441,7 @@ def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsy
 
     long = tmp_path / "long"
     assert T.main(args + ["--model-min-epochs", "0.5", "--output", str(long)]) == 0
-    assert "starting over" not in capsys.readouterr().out
+    assert "instead" not in capsys.readouterr().out
     assert ckpt(long)["config"]["model"] == "vit_micro_patch7_28"
 
 

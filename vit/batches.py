@@ -1,0 +1,133 @@
+"""The run's data as the training loop takes it: the train and validation splits (`load_data`), and where batches
+come from (`Inputs`): tensors on the device, cropped, flipped, normalised and erased there, or DataLoader workers
+running timm's transforms on images read from disk. Batch order and augmentation are vit/data.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from . import data as D
+from . import sources
+from .augment import RandAugment
+from .distributed import Dist, all_reduce_sum
+from .errors import ConfigError
+from .recipes import TrainConfig, flag
+
+if TYPE_CHECKING:
+    from .preprocess import Preprocess
+
+
+@dataclass
+class Data:
+    train: D.TensorData | D.FileData
+    val: D.TensorData | D.FileData
+    classes: list[str]
+    channels: int  # channels the images are decoded to (models with in_chans 1 read grey)
+
+
+def load_data(cfg: TrainConfig, d: Dist, model_img_size: int, model_chans: int) -> Data:
+    channels = 1 if model_chans == 1 else 3
+    kw = dict(data_dir=cfg.data_dir, download=cfg.download, val_size=cfg.val_size, split_seed=cfg.split_seed,
+              data_mode=cfg.data_mode, img_size=cfg.img_size or model_img_size, channels=channels,
+              on_corrupt=cfg.on_corrupt, val_split=cfg.val_split, image_key=cfg.image_key, label_key=cfg.label_key)
+    first = cfg.download and d.world > 1  # rank 0 downloads alone; the others then read its files
+    if first and not d.is_main:
+        dist.barrier()
+    train, val = sources.load_dataset(cfg.dataset, "train", **kw), sources.load_dataset(cfg.dataset, "val", **kw)
+    if first and d.is_main:
+        dist.barrier()
+    if train.classes != val.classes:
+        raise ConfigError(f"train and val classes differ: {train.classes} vs {val.classes}")
+    if isinstance(train, D.TensorData):
+        channels = train.images.shape[1]
+    return Data(train, val, train.classes, channels)
+
+
+@dataclass
+class Inputs:
+    """Where batches come from: tensors on the device (cropped, flipped, normalised and erased there), or
+    DataLoader workers (timm's transforms) for images read from disk."""
+
+    data: Data
+    normalize: D.Normalize
+    erase: Callable[[torch.Tensor], torch.Tensor] | None = None  # in memory: timm's RandomErasing
+    randaug: RandAugment | None = None  # in memory: vit.augment's, per image on the uint8 batch
+    train_loader: torch.utils.data.DataLoader | None = None  # from disk
+    train_sampler: D.ShardSampler | None = None  # or a stream's batches: set_epoch(epoch, start_step) either way
+    val_loader: torch.utils.data.DataLoader | None = None
+    cfg: TrainConfig | None = None
+    dist: Dist = Dist()
+    device: torch.device = torch.device("cpu")
+
+    def train_batches(self, epoch: int, start: int, end: int, steps_per_epoch: int, augment: dict) -> Iterator[tuple]:
+        """(x, y, images skipped) for batches start..end-1 of `epoch`: this rank's share, augmented (crop padding
+        and flip probability from `augment`) and normalised on the device; x and y are None for a batch of
+        unreadable images only."""
+        cfg, d = self.cfg, self.dist
+        if start >= end:
+            return
+        if self.train_loader is None:
+            perm = D.epoch_permutation(len(self.data.train), cfg.seed, epoch)
+            for b in range(start, end):
+                x, y = D.memory_batch(self.data.train, perm, b, cfg.batch_size, d.rank, d.world,
+                                      D.step_generator(cfg.seed, epoch * steps_per_epoch + b), augment["crop_pad"],
+                                      augment["hflip"], self.randaug, cfg.repeat_aug)
+                x = self.normalize(x)
+                yield (self.erase(x) if self.erase is not None else x), y, 0
+            return
+        self.train_sampler.set_epoch(epoch, start)
+        for b, (x, y, skipped) in enumerate(self.train_loader, start):
+            if x is None:
+                yield None, None, skipped
+            else:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), skipped
+            if b + 1 >= end:
+                return
+
+    def batch_is_empty(self, x: torch.Tensor | None) -> bool:
+        """Whether to skip this step: on one process, when its batch had no readable image; across ranks (the
+        DataLoader path), when any rank's had none, so that every rank skips the same steps and none waits alone."""
+        if self.dist.world == 1 or self.train_loader is None:
+            return x is None
+        flag = torch.tensor([float(x is None)], device=self.device)
+        return all_reduce_sum(flag, self.dist).item() > 0
+
+
+# Flags that act in one data mode only; given on the command line in the other, they are an error.
+MEMORY_ONLY = ("crop_pad", "augment_min_epochs", "hflip_min_epochs", "repeat_aug")
+LOADER_ONLY = ("workers",)
+
+
+def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device,
+                 given: frozenset = frozenset()) -> Inputs:
+    normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
+    in_memory = isinstance(data.train, D.TensorData)
+    idle = given & set(LOADER_ONLY if in_memory else MEMORY_ONLY)
+    if idle:
+        mode = "in memory" if in_memory else "through the DataLoader (--data-mode loader)"
+        raise ConfigError(f"{', '.join('--' + flag(n) for n in sorted(idle))} has no effect when the images are "
+                          f"read {mode}; leave it out, or choose the other --data-mode")
+    if in_memory:
+        side = min(data.train.images.shape[-2:])
+        if cfg.crop_pad > side:  # a crop shifted past the whole image: only padding left
+            raise ConfigError(f"--crop-pad {cfg.crop_pad} is more than the images' side ({side} pixels)")
+        data.train, data.val = data.train.to(device), data.val.to(device)
+        erase = None
+        if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
+            from timm.data.random_erasing import RandomErasing
+
+            erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
+        randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
+        return Inputs(data, normalize, erase, randaug, cfg=cfg, dist=d, device=device)
+    pin, local = device.type == "cuda", cfg.batch_size // d.world
+    train_loader, sampler = D.train_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
+                                           data.channels, cfg.on_corrupt, cfg.batch_size, cfg.workers, cfg.seed, d.rank,
+                                           d.world, pin)
+    val_loader = D.eval_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt, local,
+                               cfg.workers, d.rank, d.world, pin)
+    return Inputs(data, normalize, None, None, train_loader, sampler, val_loader, cfg, d, device)

@@ -1,0 +1,85 @@
+"""Distributed training: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them a run is one process.
+
+`Dist` says which rank this process is; `setup_distributed` joins the process group (NCCL on CUDA, gloo on CPU),
+`all_reduce_sum` adds a tensor over ranks, and `rank0_value` gives every rank rank 0's number (timings differ
+between ranks; a plan made from them must not). `elastic_restart` lets a worker that torchrun restarted continue
+its run from last.ckpt.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import runs
+from .precision import resolve_device
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes the run folder and prints."""
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    device = resolve_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **restart_store(rank, world))
+    return Dist(rank, world, local_rank), device
+
+
+def restart_store(rank: int, world: int) -> dict:
+    """init_process_group's store under a single torchrun agent: its own key prefix for each restart.
+
+    The agent serves one store for the whole job (TORCHELASTIC_USE_AGENT_STORE), and process groups write
+    the same keys in every round, so the workers of a restart would read their dead predecessors' addresses
+    there (gloo: "connectFullMesh failed ... Connection refused"). With one agent every worker of a round has
+    the same restart count; several agents count their restarts apart, so there the store is left as it is.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" \
+            or os.environ.get("GROUP_WORLD_SIZE") != "1":
+        return {}
+    store, _, _ = next(dist.rendezvous("env://"))
+    return dict(store=dist.PrefixStore(f"vit/restart{restart}", store), rank=rank, world_size=world)
+
+
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def rank0_value(value: int, d: Dist, device: torch.device) -> int:
+    """Rank 0's `value` on every rank."""
+    if d.world == 1:
+        return value
+    t = torch.tensor([value if d.is_main else 0], dtype=torch.int64, device=device)
+    return int(all_reduce_sum(t, d).item())
+
+
+def elastic_restart(output: str | None) -> Path | None:
+    """Under torchrun with --max-restarts, a restarted worker (TORCHELASTIC_RESTART_COUNT > 0) continues the
+    run its command names with --output from the last.ckpt there, instead of refusing the folder."""
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts and output and (Path(output) / runs.LAST).is_file():
+        if os.environ.get("RANK", "0") == "0":
+            print(f"resume: torchrun restart {restarts}: continuing the run in {output} from its {runs.LAST}")
+        return Path(output)
+    return None

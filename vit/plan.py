@@ -1,0 +1,256 @@
+"""A run's length, and the planner the training loop calls: how many steps in all, and evaluate now?
+
+A run of --epochs or --steps has a `Plan` fixed up front. A run with --budget has a `BudgetPlanner`: it times the
+run's first steps and one evaluation pass, fixes the step count that ends the run inside its budget
+(vit/budget.py's arithmetic), decides what the length decides (crops, flips, moved test views: `augment_for`),
+and re-plans when the machine's speed changes. The loop calls both the same way, at named points:
+
+    plan.start(step)                       once, before the first step of this process
+    plan.after_step(step, batch, step_s)   after every optimizer step: True when the length changed
+    plan.after_epoch(step, ...)            after an epoch's evaluation: True when the length changed
+    plan.total_steps, plan.epoch_end(e), plan.evaluates_after(e), plan.patch_drop_at(step)
+
+and where the length changed rebuilds its learning-rate schedule for it (vit/train.py `use_plan`). Which model
+a budget trains is chosen before the run is built: `choose_model` times a few steps of each candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from . import budget as budgets
+from .budget import Budget, Clock
+
+if TYPE_CHECKING:
+    from .recipes import TrainConfig
+
+UNPLANNED_STEPS = 10**12  # the length of a budgeted run while it times its first steps
+
+# The part of a step's cost that its token count does not scale (optimizer, data, loss, the patch embedding of
+# every patch), in tokens per token of a full image: slim's CIFAR-10 step on the Zen 3 CPU, 17 to 65 tokens,
+# measured ~17.5 ms a token and ~100 ms besides (benchmarks/LOG.md).
+FIXED_TOKEN_SHARE = 0.1
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """--warmup-epochs in steps, ending a step before the plan's end at the latest (the cosine then decays)."""
+    return min(round(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
+
+
+@dataclass
+class Plan:
+    """The run's length in steps, fixed up front: the schedule spans it and the loop ends with it.
+
+    A step is a global batch (an optimizer step, unless every image in it was unreadable). The last epoch may
+    end early where total_steps is not a whole number of epochs. `warmup` is the schedule's warm-up in steps;
+    `every` evaluates after every every-th epoch (and the last).
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int = 0
+    every: int = 1
+    patch_drop: tuple[float, float] = (0.0, -1.0)  # --patch-drop, --patch-drop-end (-1: constant)
+
+    @property
+    def planned(self) -> bool:
+        return self.total_steps < UNPLANNED_STEPS
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    @property
+    def epochs_label(self) -> str:
+        return str(self.epochs) if self.planned else "?"
+
+    def epoch_end(self, epoch: int) -> int:
+        """The batch at which `epoch` ends."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the run evaluates at the end of `epoch` (0-based): its last, and every every-th one that a
+        whole epoch still follows (budget.evaluates_after, which a budget plans for)."""
+        return budgets.evaluates_after(epoch + 1, self.total_steps, self.steps_per_epoch, self.every)
+
+    def patch_drop_at(self, step: int | float, total: int | None = None) -> float:
+        """The fraction of patch tokens dropped at `step` (of a plan `total` steps long, this one's by default):
+        --patch-drop, or with --patch-drop-end, --patch-drop through the warm-up and then a line to --patch-drop-end
+        at the plan's last step (a budget's timed steps are the warm-up's, which no length moves)."""
+        start, end = self.patch_drop
+        total = self.total_steps if total is None else total
+        if end < 0 or total >= UNPLANNED_STEPS or step <= self.warmup:
+            return start
+        along = min((step - self.warmup) / max(total - 1 - self.warmup, 1), 1.0)
+        return start + (end - start) * along
+
+    # The loop's calls: a fixed plan never changes.
+    def start(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int, batch: int, step_s: float) -> bool:
+        return False
+
+    def after_epoch(self, step: int, epoch_steps: int, epoch_s: float, eval_s: float | None) -> bool:
+        return False
+
+
+def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
+    """Random-crop padding, flip probability and test-time shift for a plan of this length: no crops where it
+    is shorter than cfg.augment_min_epochs, and then no moved test views either (a model the rule kept from
+    moved images scores them lower: benchmarks/LOG.md); no flips where it is shorter than cfg.hflip_min_epochs. A
+    budgeted run with these rules decides when its plan is made, and neither crops nor flips while its first
+    steps are timed."""
+    def long_enough(epochs: float) -> bool:
+        return plan.total_steps >= epochs * plan.steps_per_epoch
+    crops = long_enough(cfg.augment_min_epochs) or not cfg.crop_pad
+    return {"crop_pad": cfg.crop_pad if crops else 0, "eval_shift": cfg.eval_shift if crops else 0,
+            "hflip": cfg.hflip if long_enough(cfg.hflip_min_epochs) else 0.0}
+
+
+def eval_passes(cfg: TrainConfig, shift: int) -> int:
+    """Forward passes over the validation split an evaluation takes: model and EMA, each view."""
+    return (2 if cfg.ema_decay else 1) * (2 if cfg.eval_hflip else 1) * (3 if shift else 1)
+
+
+def step_work(cfg: TrainConfig, plan: Plan, prefix_tokens: int, patches: int) -> budgets.Work:
+    """What steps [start, stop) of a plan cost, for the budget, in steps at the mean token count: their number,
+    or where --patch-drop-end moves the count along the plan, their tokens (and the fixed share)."""
+    if cfg.patch_drop_end < 0:
+        return budgets.equal_steps
+    P, N = prefix_tokens, patches
+
+    def tokens(rate: float) -> float:
+        return P + N * (1.0 - rate) + FIXED_TOKEN_SHARE * (N + P)
+
+    mean = tokens((cfg.patch_drop + cfg.patch_drop_end) / 2)
+
+    def work(start: int, stop: int, total: int) -> float:
+        warmup = warmup_steps(cfg, plan.steps_per_epoch, total)
+        flat = max(0, min(stop, warmup + 1) - start)  # at --patch-drop
+        first = max(start, warmup + 1)  # then a line: the steps' mean is their middle one's
+        at = Plan(plan.steps_per_epoch, total, warmup, patch_drop=plan.patch_drop)
+        line = max(0, stop - first) * tokens(at.patch_drop_at((first + stop - 1) / 2))
+        return (flat * tokens(cfg.patch_drop) + line) / mean
+    return work
+
+
+@dataclass
+class BudgetPlanner(Plan):
+    """A --budget run's plan: times the first steps of this process (after PROBE_SKIP), fixes the length, and
+    re-plans at epoch ends and at a few checks inside each epoch (vit/budget.py). `budget` is what last.ckpt saves.
+
+    Given by the loop: `eval_pass_s()` times one forward pass over this rank's validation share; `agree(n)` gives
+    rank 0's n on every rank; `say` prints on rank 0."""
+
+    cfg: TrainConfig = None
+    budget: Budget = None
+    clock: Clock = field(default_factory=Clock)
+    eval_pass_s: Callable[[], float] = None
+    agree: Callable[[int], int] = int
+    say: Callable[..., None] = print
+    work: budgets.Work = budgets.equal_steps
+    augment: dict = field(default_factory=dict)  # augment_for's settings once planned
+    _probe: list = field(default_factory=list)  # [first step timed, seconds since] while timing
+    _window: list = field(default_factory=lambda: [0, 0.0])  # [steps, seconds] since the epoch's start or a cut
+    _probe_start: int = 0
+
+    def used_s(self) -> float:
+        """Budget used so far: earlier processes of this run, and this one since its launch."""
+        return self.budget.spent_s + self.clock.elapsed()
+
+    def start(self, step: int) -> None:
+        self._probe_start, self._probe, self._window = step + budgets.PROBE_SKIP, [], [0, 0.0]
+
+    def after_step(self, step: int, batch: int, step_s: float) -> bool:
+        if not self.planned:
+            return self._time_probe(step, step_s)
+        self._window[0] += 1
+        self._window[1] += step_s
+        if not (self.cfg.replan and step < self.total_steps and
+                budgets.check_due(batch, self._window[0], self.steps_per_epoch, self.total_steps)):
+            return False
+        per_step = self._window[1] / self.work(step - self._window[0], step, self.total_steps)
+        return self._replan(step, per_step, self.budget.eval_s, late_only=True)
+
+    def after_epoch(self, step: int, epoch_steps: int, epoch_s: float, eval_s: float | None) -> bool:
+        self._window = [0, 0.0]
+        if not (self.planned and self.cfg.replan and step < self.total_steps):
+            return False
+        per_step = epoch_s / max(self.work(step - epoch_steps, step, self.total_steps), 1e-9)
+        return self._replan(step, per_step, self.budget.eval_s if eval_s is None else eval_s)
+
+    def _time_probe(self, step: int, step_s: float) -> bool:
+        """Time PROBE_STEPS steps from the probe's start, then plan: True once planned."""
+        if step <= self._probe_start:
+            return False
+        if not self._probe:
+            self._probe = [step - 1, 0.0]
+        self._probe[1] += step_s
+        if step - self._probe[0] < budgets.PROBE_STEPS:
+            return False
+        per_step = self._probe[1] / self.work(self._probe[0], step, self.total_steps)
+        cfg, pass_s = self.cfg, self.eval_pass_s()
+        total = self._plan(step, per_step, pass_s * eval_passes(cfg, cfg.eval_shift))
+        self.augment = self.budget.decided = augment_for(cfg, Plan(self.steps_per_epoch, total))
+        shift = self.augment["eval_shift"]
+        if shift != cfg.eval_shift:  # fewer views an evaluation than first planned for: the steps they leave
+            total = self._plan(step, per_step, pass_s * eval_passes(cfg, shift))
+        self._set_total(total, step)
+        cropping = "".join(f"; no {what} (a run under --{flag} {epochs:g})" for what, flag, epochs, off in (
+            ("random crops" + (" or moved test views" if shift != cfg.eval_shift else ""), "augment-min-epochs",
+             cfg.augment_min_epochs, self.augment["crop_pad"] != cfg.crop_pad),
+            ("flips", "hflip-min-epochs", cfg.hflip_min_epochs, self.augment["hflip"] != cfg.hflip)) if off)
+        self.say(f"budget: {per_step * 1e3:.0f} ms a step and ~{self.budget.eval_s:.1f} s an evaluation here: "
+                 f"{total} steps ({total / self.steps_per_epoch:.1f} epochs) fit in "
+                 f"{budgets.duration(self.budget.budget_s)}{cropping}")
+        return True
+
+    def _plan(self, step: int, per_step: float, eval_s: float) -> int:
+        return self.agree(self.budget.plan(self.used_s(), step, per_step, eval_s, self.steps_per_epoch, self.every,
+                                           self.work))
+
+    def _replan(self, step: int, per_step: float, eval_s: float, late_only: bool = False) -> bool:
+        line = self.budget.replan(self.used_s(), step, per_step, eval_s, self.steps_per_epoch, self.every, late_only,
+                                  self.work)
+        total = self.agree(self.budget.total_steps)
+        if total == self.total_steps:
+            return False
+        self._set_total(total, step)
+        self._window = [0, 0.0]
+        self.say(line or f"budget: re-planned to rank 0's {total} steps")
+        return True
+
+    def _set_total(self, total: int, done: int) -> None:
+        """The new length after `done` steps. A plan too short for the warm-up, still under way, shortens it as
+        a run of that length would have it (from here on: the steps taken keep their learning rates)."""
+        self.budget.total_steps = self.total_steps = total
+        warmup = warmup_steps(self.cfg, self.steps_per_epoch, total)
+        if done < self.warmup and warmup != self.warmup:
+            self.warmup = max(warmup, done)
+
+
+def epochs_that_fit(budget_s: float, used_s: float, step_s: float, eval_s: float, steps_per_epoch: int,
+                    every: int = 1) -> float:
+    """Epochs of steps of `step_s` (and an evaluation of `eval_s` as the plan has them) that fit what is left."""
+    left = budget_s - Budget(budget_s).reserve_s() - used_s
+    return budgets.steps_that_fit(left, 0, step_s, eval_s, steps_per_epoch, every) / steps_per_epoch
+
+
+def choose_model(cfg: TrainConfig, candidates: list[tuple[str, float]], time_model: Callable[[str], tuple],
+                 steps_per_epoch: int, used_s: Callable[[], float], agree: Callable[[int], int] = int,
+                 say: Callable[..., None] = print) -> str:
+    """The first of `candidates` ((model, the epochs it needs at least), largest first) whose minimum epochs fit
+    the budget, by `time_model(name)` -> (seconds a step, seconds an evaluation pass) measured here (rank 0's
+    verdict on every rank); the last candidate when none does (it is not timed)."""
+    budget_s = budgets.parse_budget(cfg.budget)
+    for (name, min_epochs), (smaller, _) in zip(candidates, candidates[1:]):
+        step_s, pass_s = time_model(name)
+        fit = epochs_that_fit(budget_s, used_s(), step_s, pass_s * eval_passes(cfg, cfg.eval_shift), steps_per_epoch,
+                              cfg.eval_every)
+        if agree(int(fit >= min_epochs)):
+            return name
+        say(f"budget: {step_s * 1e3:.0f} ms a step here: {fit:.1f} epochs of {name} fit in "
+            f"{budgets.duration(budget_s)}, under --model-min-epochs {min_epochs:g}: training {smaller} instead")
+    return candidates[-1][0]
