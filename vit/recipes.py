@@ -266,29 +266,19 @@ RECIPES = {r.name: r for r in [
         "fashion-mnist",
         """Fashion-MNIST from the Debian package's IDX files, validated on the official 10,000-image test set.
 
-        Command: python train.py --recipe fashion-mnist     (a 15-minute budget; --budget 7.5m for another)
-            (timed: python benchmarks/time_to_accuracy.py --recipe fashion-mnist --seeds 0,1,2)
-        The run times its first steps and fixes its length to end inside the budget. Where fewer than 12
-        epochs of micro fit, it starts over with vit_slim_patch7_28 (half the cost a step, twice the epochs;
-        small_model, model_min_epochs); under 12 epochs it trains without crops and flips
-        (augment_min_epochs, hflip_min_epochs): a short run underfits.
-        Hardware and Measured (wall time from launch to the last evaluation; benchmarks/LOG.md has every run):
-        - 2-core AMD EPYC with AVX-512 BF16 (bf16, 19 epochs, crops and flips; the earlier fixed-epoch recipe):
-            92.03 / 92.06 / 92.29% test top-1 for seeds 0 / 1 / 2 at 14.64-14.74 min, mean 92.13% (std 0.14).
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32; micro fits 3-4 epochs, so slim trains):
-            90.47 / 90.53 / 90.70% for seeds 0 / 1 / 2 at 14.7 min, mean 90.57% (5.9-6.7 epochs of slim at
-            510-680 ms a step); before the budget's mid-epoch checks 90.28 / 90.38 / 90.27% (mean 90.31%).
-            Micro the same way (warm-up 1 epoch, evaluations every epoch): mean 89.98% (3.2-4.1 epochs). The
-            90.5% target of such a CPU is met. With --budget 7.5m: 89.17% at 7.27 min (seed 0, 2.7 epochs).
+        Command: python train.py --recipe fashion-mnist   (a 15-minute budget; --budget 7.5m for half)
+        Hardware: 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32), two threads: fewer than 12 epochs of micro
+            fit, so the run trains vit_slim_patch7_28 (5.9-6.7 epochs), without crops or flips.
+        Measured: 90.57% test top-1 in 14.5-14.7 min, mean of seeds 0-2 (90.47 / 90.53 / 90.70%, std 0.12);
+            with --budget 7.5m 89.17% in 7.27 min (seed 0). Minutes from launch to the last evaluation.
         """,
-        # Patch 7 (16 tokens) costs a third of patch 4 and learned faster per epoch. Random 2-pixel crops cost
-        # AdamW's underfitting model 9 points after one epoch, so the first recipes went without; Muon fits the
-        # training set by epoch ~12, and crops turned that overfitting into +0.8 points (benchmarks/LOG.md,
-        # #17). Width 192 where 12 epochs fit: width 128 underfit at 8 epochs with AdamW (88.9%, #7); with Muon,
-        # where micro fits 3-4 epochs, 128 wide (slim) at twice the epochs won by ~0.5 points (Z5, Z7).
-        # Muon: 3 epochs of it reached what 18 of AdamW did; batch 256 learns as fast per epoch as 128 and
-        # halves the share of Muon's fixed per-step cost (benchmarks/LOG.md, #13-#14). Warm-up 0.3 epoch: a
-        # quarter of a 3.5-epoch run went to warm-up; evaluations every 3rd epoch (LOG.md, Z4-Z5).
+        # Patch 7 (16 tokens) costs a third of patch 4 and learns faster per epoch. Muon: 3 epochs of it reach what
+        # 18 of AdamW do; batch 256 learns as fast per epoch as 128 and halves the share of Muon's fixed per-step
+        # cost. A budgeted run trains micro (192 wide) where 12 of its epochs fit, else slim (128 wide) at twice
+        # the epochs, ~0.6 points better where micro fits 3-4. Crops (2 px) add 0.9 points at 19 epochs, but at 4
+        # epochs crops and flips cost an underfitting model 1.6, so both only from 12 planned epochs. Warm-up 0.3
+        # epoch and an evaluation every 3rd epoch: a 3-7 epoch run spends its steps training (+0.2 points against
+        # 1 epoch and every epoch). Every run behind these figures: benchmarks/LOG.md.
         dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=0.3, eval_every=3, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
              augment_min_epochs=12, hflip=0.5, hflip_min_epochs=12, small_model="vit_slim_patch7_28",
@@ -296,45 +286,29 @@ RECIPES = {r.name: r for r in [
     ),
     Recipe(
         "cifar10",
-        """CIFAR-10 at 32x32, in memory, half the tokens dropped, Muon, on 2 CPU cores.
+        """CIFAR-10 at 32x32, in memory, half the tokens dropped, Muon, each image scored on six views.
 
-        Command (torchvision's files): python train.py --recipe cifar10 --data-dir data/ --download
-        Command (JPEG tree, 5,000 held out by --split-seed 0): python train.py --recipe cifar10 --dataset folder
-            --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000
-            (timed: python benchmarks/time_to_accuracy.py --recipe cifar10 --seeds 0 --target 80 -- --dataset
-            folder --data-dir ../shared/data/cifar10-jpeg/train --val-size 5000)
-        A 1-hour budget: the run times its first steps and fixes its length. Where fewer than 12 epochs of
-        micro fit, it starts over with vit_slim_patch4_32 (small_model, model_min_epochs). Crops where at least
-        12 epochs fit (augment_min_epochs), and the moved test views (eval_shift) only with them; flips in any run.
-        Hardware and Measured (JPEG tree, wall time from launch to the last evaluation):
-        - 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32): micro fits 8.5-10 epochs, so slim trains.
-            Scored on six views of each image (eval_hflip, eval_shift): 81.24% val top-1 at 59.6 min (seed 0,
-            17.1 epochs at 512-807 ms a step), 81.38% at 59.5 min (seed 1, 16.7 epochs at 529-664 ms; the same
-            weights with the flip alone 80.08%), 80.96% at 59.5 min (seed 2, 15.7 epochs at 589-705 ms; flip
-            alone 79.32%): mean 81.19%. With the flip alone
-            (evaluations every 4th epoch): 79.88% (seed 0, 15.1 epochs), 79.48% (seed 2); six views of those
-            hours' best weights: 80.96% and 81.04%. Before the flip: 79.94%, 79.92% (seed 0), 79.80% (seed 1).
-            Without crops: 79.20%.
-            With --budget 30m (no crops, so the flip alone): 77.10% at 29.27 min (seed 0, slim, 7.7 epochs at
-            564-686 ms a step); before, 77.70% (8.0 epochs). With crops and six views: 77.20% (8.0 epochs; the
-            flip alone on those weights 76.46%; trained without crops, six views 75.06%).
-            Micro before (warm-up 2, evaluations every epoch): 78.66% at 58.0 min (11.5 epochs, flips, no
-            crops); with --budget 30m 74.18% at 29.7 min (4.9 epochs).
-        - 2-core AMD EPYC with AVX-512 BF16 (bf16, 640-780 img/s; the earlier fixed 25 epochs, with EMA,
-            crops and flips): 81.06% (EMA; model 81.00%) at 31.1 min, 80% first at epoch 14 (17.5 min). The
-            44-epoch schedule peaked at 82.02% mid-way and overfit to 80.36% at 52.7 min; AdamW (lr 1e-3, 50
-            epochs) 78.42% in 58.2 min.
+        Command: python train.py --recipe cifar10 --dataset folder --data-dir cifar10-jpeg/train --val-size 5000
+            (a 1-hour budget, --budget 30m for half; 5,000 of the 50,000 training images, a tree of JPEGs, held
+            out by --split-seed 0. For torchvision's files: python train.py --recipe cifar10 --data-dir DIR
+            --download)
+        Hardware: 2-core AMD EPYC Zen 3, AVX2, no native bf16 (fp32), two threads: fewer than 12 epochs of micro
+            fit, so the run trains vit_slim_patch4_32 (15.7-17.1 epochs, crops and flips).
+        Measured: 81.19% val top-1 in 59.5-59.6 min, mean of seeds 0-2 (81.24 / 81.38 / 80.96%, std 0.21);
+            with --budget 30m 77.10% in 29.27 min (seed 0; too short for crops, so scored on the image and its
+            mirror). Minutes from launch to the last evaluation.
         """,
-        # Token dropping (PatchDropout) halves the cost of a step; at equal wall time it beat the full-token
-        # model by 3.9 points, and dropping 75% lost (benchmarks/LOG.md, C1-C2, C8). Muon: timm's, on the
-        # 25 weight matrices (C10). 25 epochs, not 44: the 44-epoch run overfit from epoch ~26 (C12-C13).
-        # Flips in any run: on the Zen 3 CPU's hour (11.5 epochs) they gave +0.26 points (benchmarks/LOG.md,
-        # 2026-12-01); slim's 16 epochs without crops: 79.20% against 79.80% with (seed 1, Z11); at 8 epochs crops
-        # cost 1.24 points, six views won back 0.74 (Z19), so crops from 12. No Mixup/CutMix.
-        # No EMA: its second 5,000-image evaluation an epoch cost a sixth of the hour at fp32, for +0.06 points on
-        # the AVX-512 machine (benchmarks/LOG.md, 2026-12-01). Test-time flip: +0.08-0.24 points on five hours' weights
-        # for ~13 s more an evaluation (Z12); the image moved a pixel each way too (six views): +1.1-1.6 more on
-        # three hours' weights, at ~70 s an evaluation, so one every 8th epoch (Z18).
+        # Token dropping (PatchDropout, half the patches) halves a step's cost; at equal wall time it beat all
+        # tokens by 3.9 points, and dropping 75% lost. Muon: timm's, on the weight matrices; lr 2e-3 (3e-3 lost
+        # 0.5 points on slim); batch 256 is no faster per image. 25 epochs for a run given no budget: a 44-epoch
+        # schedule overfit from epoch ~26. A budgeted run trains micro where 12 of its epochs fit, else slim at
+        # twice the epochs. Warm-up half an epoch, short against the 8-17 epochs a budget fits. Flips in any run
+        # (+0.26 points even at 11.5 epochs); crops from 12 planned epochs: at 16 they add 0.6 points, at 8 they
+        # cost 1.2. Six views (eval_hflip, eval_shift: the image and its mirror, each also moved a pixel
+        # down-right and up-left) add 1.1-1.6 points to the two unmoved ones at ~70 s an evaluation, so one every
+        # 8th epoch; a model trained without crops loses 2.6 points on moved views, so a run too short for crops
+        # scores on two. No EMA: its second evaluation an epoch cost a sixth of an fp32 hour for +0.06 points. No
+        # Mixup/CutMix. Every run behind these figures: benchmarks/LOG.md.
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon",
              lr=2e-3, min_lr=0.0, warmup_epochs=0.5, eval_every=8, eval_hflip=True, eval_shift=1, weight_decay=0.05,
              label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5,
@@ -350,10 +324,10 @@ RECIPES = {r.name: r for r in [
         Command: python train.py --recipe imagenet-subset-finetune --data-dir imagenette2-320
         Hardware: one GPU (on 2 quiet CPU cores a ViT-S/16 training step runs at ~22 img/s: ~7 min an
         Imagenette epoch).
-        Measured: no accuracy yet. The machines this package was built on have no internet (neither the hub
-        weights nor an ImageNet subset can be fetched) and no GPU. Its whole path (weights from a file, a new
-        head, resized position embeddings, DataLoader workers with RandAugment and erasing, Mixup/CutMix,
-        layer decay, EMA) runs in tests/test_train.py::test_finetune_recipe_from_local_weights on a tiny tree.
+        Measured: no accuracy; measuring needs the hub's weights, an ImageNet subset and a GPU. Its whole path
+        (weights from a file, a new head, resized position embeddings, DataLoader workers with RandAugment and
+        erasing, Mixup/CutMix, layer decay, EMA) runs in
+        tests/test_train.py::test_finetune_recipe_from_local_weights on a tiny tree.
         """,
         dict(model="vit_small_patch16_224", pretrained="hf-hub:timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
              dataset="folder", data_mode="loader", epochs=10, batch_size=128,
