@@ -422,8 +422,8 @@ def test_a_run_whose_steps_slow_down_mid_epoch_replans_there_and_ends_inside_its
 
 def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsys):
     """--small-model: where fewer than --model-min-epochs of --model fit the budget, the run times --model's
-    first steps, says so and starts over with the smaller model inside the same budget: last.ckpt, best.safetensors
-    and metrics.jsonl are the small model's alone. Where enough epochs fit, --model trains."""
+    first steps on a copy of it, says so and builds the smaller model alone inside the same budget: last.ckpt,
+    best.safetensors and metrics.jsonl are the small model's. Where enough epochs fit, --model trains."""
     make_idx_dir(tmp_path / "idx", n_train=400, n_test=20)
     args = FAST + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
                    "--model", "vit_micro_patch7_28", "--small-model", "vit_slim_patch7_28", "--budget", "5s"]
@@ -440,7 +440,7 @@ def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsy
     assert [r["epoch"] for r in rows(short)] == list(range(1, len(rows(short)) + 1))
 
     long = tmp_path / "long"
-    assert T.main(args + ["--model-min-epochs", "0.5", "--output", str(long)]) == 0
+    assert T.main(args + ["--model-min-epochs", "0.5", "--budget", "12s", "--output", str(long)]) == 0
     assert "instead" not in capsys.readouterr().out
     assert ckpt(long)["config"]["model"] == "vit_micro_patch7_28"
 

@@ -16,14 +16,27 @@ a budget trains is chosen before the run is built: `choose_model` times a few st
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+import torch
+import torch.nn as nn
+
 from . import budget as budgets
-from .budget import Budget, Clock
+from . import data as D
+from .budget import Budget, Clock, parse_budget
+from .builders import build_model
+from .distributed import Dist
+from .errors import ConfigError
+from .optim import build_optimizer
+from .precision import autocast, resolve_precision
+from .recipes import TrainConfig
+from .rng import rng_state, set_rng_state
 
 if TYPE_CHECKING:
-    from .recipes import TrainConfig
+    from .batches import Data
+    from .preprocess import Preprocess
 
 UNPLANNED_STEPS = 10**12  # the length of a budgeted run while it times its first steps
 
@@ -94,6 +107,30 @@ class Plan:
 
     def after_epoch(self, step: int, epoch_steps: int, epoch_s: float, eval_s: float | None) -> bool:
         return False
+
+
+def plan_for(cfg: TrainConfig, d: Dist, n_train: int) -> Plan:
+    """The run's length: --epochs or --steps, or a budget's planner (which fixes it once its first steps are timed)."""
+    local = cfg.batch_size // d.world
+    if cfg.batch_size % d.world or local % cfg.accum_steps:
+        raise ConfigError(f"--batch-size {cfg.batch_size} must split evenly over {d.world} rank(s) x "
+                          f"{cfg.accum_steps} accumulation step(s)")
+    if (cfg.mixup or cfg.cutmix) and local % 2:
+        raise ConfigError(f"Mixup/CutMix need an even per-rank batch, got {local}")
+    spe = n_train // cfg.batch_size
+    if spe < 1:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
+    total = UNPLANNED_STEPS if cfg.budget else cfg.steps or cfg.epochs * spe
+    common = dict(warmup=warmup_steps(cfg, spe, total), every=cfg.eval_every,
+                  patch_drop=(cfg.patch_drop, cfg.patch_drop_end))
+    if not cfg.budget:
+        plan = Plan(spe, total, **common)
+        plan.augment = augment_for(cfg, plan)
+        return plan
+    # a budgeted run's length is not known yet: a rule on it holds crops and flips back until then (the planner
+    # times an evaluation with cfg.eval_shift's views until augment_for decides)
+    return BudgetPlanner(spe, total, **common, augment=augment_for(cfg, Plan(spe, 0)), cfg=cfg,
+                         budget=Budget(parse_budget(cfg.budget)))
 
 
 def augment_for(cfg: TrainConfig, plan: Plan) -> dict:
@@ -254,3 +291,58 @@ def choose_model(cfg: TrainConfig, candidates: list[tuple[str, float]], time_mod
         say(f"budget: {step_s * 1e3:.0f} ms a step here: {fit:.1f} epochs of {name} fit in "
             f"{budgets.duration(budget_s)}, under --model-min-epochs {min_epochs:g}: training {smaller} instead")
     return candidates[-1][0]
+
+
+@torch.no_grad()
+def forward_s(model: nn.Module, x: torch.Tensor, precision: str, device: torch.device) -> float:
+    """Seconds one inference forward pass over the batch `x` takes."""
+    model.eval()
+    t0 = time.perf_counter()
+    with autocast(precision, device):
+        model(x).float().sum().item()  # .item(): the device has finished
+    model.train()
+    return time.perf_counter() - t0
+
+
+def eval_pass_s(model: nn.Module, val: torch.Tensor, n_val: int, precision: str, device: torch.device,
+                d: Dist) -> float:
+    """Seconds one forward pass over this rank's share of a validation split of `n_val` images takes: the chunk
+    `val` timed, scaled (the first real evaluation corrects it)."""
+    return forward_s(model, val, precision, device) / len(val) * -(-n_val // d.world)
+
+
+def time_model(cfg: TrainConfig, name: str, data: Data, d: Dist, device: torch.device) -> tuple[float, float]:
+    """(seconds a training step, seconds an evaluation pass) of model `name` here: a copy built for the timing
+    alone, PROBE_SKIP steps to warm up and PROBE_STEPS timed (forward, loss, backward, optimizer) on the run's
+    first images (random ones of their shape where they are read from disk); the random streams are left as
+    they were."""
+    saved, cfg = rng_state(), TrainConfig.from_dict({**cfg.to_dict(), "model": name})
+    model = build_model(cfg, len(data.classes), data.channels).to(device)
+    precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
+    optimizer = build_optimizer(cfg, model, device, precision)
+    x, y, val = sample_batches(cfg, data, model.preprocess, d, device)
+    for i in range(budgets.PROBE_SKIP + budgets.PROBE_STEPS):
+        if i == budgets.PROBE_SKIP:
+            t0 = time.perf_counter()
+        with autocast(precision, device):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    loss.item()  # the device has finished
+    step_s = (time.perf_counter() - t0) / budgets.PROBE_STEPS
+    pass_s = eval_pass_s(model, val, len(data.val), precision, device, d)
+    set_rng_state(saved)
+    return step_s, pass_s
+
+
+def sample_batches(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device) -> tuple:
+    """(x, y) of a training batch and a validation chunk, as the loop and evaluate() feed them: the first images
+    of each split, normalised, or random pixels of their shape where the images are read from disk."""
+    local, chunk = cfg.batch_size // d.world, max(cfg.batch_size, 256)
+    if isinstance(data.train, D.TensorData):
+        normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
+        return (normalize(data.train.images[:local].to(device)), data.train.labels[:local].to(device),
+                normalize(data.val.images[:min(chunk, len(data.val))].to(device)))
+    x = torch.randn(local, *pre.input_size, device=device)
+    return x, torch.randint(len(data.classes), (local,), device=device), x[:min(local, len(data.val))]

@@ -1,12 +1,13 @@
 """Train a ViT: `python train.py` (sklearn digits, offline, ~1 minute on 2 CPU cores) up to ImageNet subsets
 on several GPUs (`torchrun --nproc_per_node=N train.py ...`).
 
-Reads top to bottom: command line, distributed set-up, randomness, data, model, optimizer and schedule, then
-the run itself: `set_up` builds what the loop works on (a `Training`), `restore` says where it starts
-(a `State`, fresh or from last.ckpt), `train` runs epochs of `train_step`s with `finish_epoch` after each,
-and `finish` reports how it ended. The run folder's files (last.ckpt, metrics.jsonl, the lock) are
-vit/runs.py's. Optimisation reuses timm's parts: Mixup/CutMix, SoftTargetCrossEntropy, the cosine and poly
-schedulers, ModelEmaV3, weight-decay parameter groups. Hyperparameters and recipes live in `vit/recipes.py`.
+Reads top to bottom: command line; `set_up` builds what the loop works on once (a `Training`: data, the run's
+length, model, optimizer and schedule); `restore` says where it starts (a `State`, fresh or from last.ckpt);
+`train` runs epochs of `train_step`s with `finish_epoch` (evaluate, record, save) after each; `finish` reports how
+it ended. The loop asks the run's plan (vit/plan.py: a fixed length, or a time budget's planner) after each
+step and epoch whether the length changed, and which epochs evaluate. Its helpers live in their own modules:
+the parts (vit/builders.py: model, schedule, Mixup, loss, EMA), batches (vit/batches.py), ranks (vit/distributed.py),
+random streams (vit/rng.py), the run folder (vit/runs.py). Hyperparameters and recipes live in `vit/recipes.py`.
 
 Exact resume: batch order and augmentation depend only on (seed, epoch, step) (see vit/data.py), and
 last.ckpt holds every other piece of state (model, optimizer, scheduler, EMA, grad scaler, the python/
@@ -32,24 +33,22 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import data as D
-from . import finetune as FT
-from . import runs
-from . import tensorboard as TB
 from . import budget as budgets
-from .batches import Data, Inputs, build_inputs, load_data
-from .budget import Budget, Clock, parse_budget
-from .distributed import Dist, all_reduce_sum, elastic_restart, rank0_value, setup_distributed
+from . import finetune, runs, tensorboard
+from .batches import Inputs, build_inputs, load_data
+from .budget import Budget, Clock
+from .builders import base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler, check_small_model
 from .distill import DistillationLoss, load_teacher
+from .distributed import Dist, all_reduce_sum, elastic_restart, rank0_value, setup_distributed
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
 from .metrics import black, check_shift, confusion_matrix, predict_logits
 from .model import to_2tuple
 from .optim import build_optimizer
+from .plan import BudgetPlanner, Plan, choose_model, eval_pass_s, plan_for, sample_batches, step_work, time_model
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
-from .plan import UNPLANNED_STEPS, BudgetPlanner, Plan, augment_for, choose_model, step_work, warmup_steps
-from .registry import create_model, get_entry
-from .rng import rng_state, seed_per_rank, seed_shared, set_rng_state, torch_settings
+from .registry import get_entry
+from .rng import rng_state, seed_per_rank, seed_shared, torch_settings
 from .runs import Checkpoint, State
 from .weights import check_state_dict
 
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
 
     from .model import VisionTransformer
-    from .preprocess import Preprocess
 
 PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (matplotlib costs ~0.3 s a figure)
 
@@ -103,160 +101,11 @@ def parse_args(argv=None):
 # Model, optimizer, schedule
 
 
-def check_small_model(cfg: TrainConfig) -> None:
-    """--small-model must take the images --model takes: it trains on the same loaded data."""
-    big, small = get_entry(cfg.model).config, get_entry(cfg.small_model).config
-    size = [to_2tuple(cfg.img_size or c.img_size) for c in (big, small)]
-    if size[0] != size[1] or big.in_chans != small.in_chans:
-        raise ConfigError(f"--small-model {cfg.small_model} takes {size[1][0]}x{size[1][1]}x{small.in_chans} "
-                          f"images, --model {cfg.model} {size[0][0]}x{size[0][1]}x{big.in_chans}: the two must "
-                          "take the same input")
-
-
-def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
-    entry = get_entry(cfg.model)
-    overrides = dict(num_classes=cfg.num_classes or num_classes)
-    if cfg.img_size:
-        overrides["img_size"] = cfg.img_size
-    if cfg.drop_path:
-        overrides["drop_path_rate"] = cfg.drop_path
-    if cfg.patch_drop:
-        overrides["patch_drop_rate"] = cfg.patch_drop
-    if cfg.distilled:
-        overrides["distilled"] = True
-    if not cfg.pretrained and entry.config.in_chans != data_channels:
-        overrides["in_chans"] = data_channels  # e.g. a grey dataset on an RGB variant, trained from scratch
-    return create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)
-
-
-def plan_for(cfg: TrainConfig, d: Dist, n_train: int) -> Plan:
-    """The run's length: --epochs or --steps, or a budget's planner (which fixes it once its first steps are timed)."""
-    local = cfg.batch_size // d.world
-    if cfg.batch_size % d.world or local % cfg.accum_steps:
-        raise ConfigError(f"--batch-size {cfg.batch_size} must split evenly over {d.world} rank(s) x "
-                          f"{cfg.accum_steps} accumulation step(s)")
-    if (cfg.mixup or cfg.cutmix) and local % 2:
-        raise ConfigError(f"Mixup/CutMix need an even per-rank batch, got {local}")
-    spe = n_train // cfg.batch_size
-    if spe < 1:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
-    total = UNPLANNED_STEPS if cfg.budget else cfg.steps or cfg.epochs * spe
-    common = dict(warmup=warmup_steps(cfg, spe, total), every=cfg.eval_every,
-                  patch_drop=(cfg.patch_drop, cfg.patch_drop_end))
-    if not cfg.budget:
-        plan = Plan(spe, total, **common)
-        plan.augment = augment_for(cfg, plan)
-        return plan
-    # a budgeted run's length is not known yet: a rule on it holds crops and flips back until then (the planner
-    # times an evaluation with cfg.eval_shift's views until augment_for decides)
-    return BudgetPlanner(spe, total, **common, augment=augment_for(cfg, Plan(spe, 0)), cfg=cfg,
-                         budget=Budget(parse_budget(cfg.budget)))
-
-
-def build_scheduler(cfg: TrainConfig, optimizer, plan: Plan) -> Scheduler:
-    """A linear warm-up to lr over plan.warmup steps, then per-step decay to min_lr over the rest of the plan,
-    cosine or linear (timm's schedulers, the linear one its poly schedule of power 1; the warm-up a prefix, so the
-    learning rate peaks where warm-up ends). Built again whenever a budget's plan changes its length."""
-    from timm.scheduler import CosineLRScheduler, PolyLRScheduler
-
-    common = dict(t_initial=max(1, plan.total_steps - plan.warmup), lr_min=cfg.min_lr, warmup_t=plan.warmup,
-                  warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
-    if cfg.sched == "linear":
-        return PolyLRScheduler(optimizer, power=1.0, **common)
-    return CosineLRScheduler(optimizer, **common)
-
-
 def use_plan(tr: Training, st: State) -> None:
     """The plan's length changed (a budget's plan or re-plan): the schedule is built for it, and the next step
     takes its learning rate from the new schedule."""
-    tr.scheduler = build_scheduler(tr.cfg, tr.optimizer, tr.plan)
+    tr.scheduler = build_scheduler(tr.cfg, tr.optimizer, tr.plan.total_steps, tr.plan.warmup)
     tr.scheduler.step_update(st.step)
-
-
-def base_lr(group: dict) -> float:
-    """A parameter group's lr without its layer-decay scale: the schedule's value."""
-    return group["lr"] / group.get("lr_scale", 1.0)
-
-
-def build_mixup(cfg: TrainConfig, num_classes: int):
-    if not (cfg.mixup or cfg.cutmix):
-        return None
-    from timm.data import Mixup
-
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                 switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.label_smoothing,
-                 num_classes=num_classes)
-
-
-def build_criterion(cfg: TrainConfig, mixup: Mixup | None) -> nn.Module:
-    if mixup is not None:
-        from timm.loss import SoftTargetCrossEntropy
-
-        return SoftTargetCrossEntropy()  # Mixup already made the targets soft (and smoothed them)
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-
-def build_ema(cfg: TrainConfig, model) -> ModelEmaV3 | None:
-    if not cfg.ema_decay:
-        return None
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
-
-
-@torch.no_grad()
-def forward_s(model: nn.Module, x: torch.Tensor, precision: str, device: torch.device) -> float:
-    """Seconds one inference forward pass over the batch `x` takes."""
-    model.eval()
-    t0 = time.perf_counter()
-    with autocast(precision, device):
-        model(x).float().sum().item()  # .item(): the device has finished
-    model.train()
-    return time.perf_counter() - t0
-
-
-def eval_pass_s(model: nn.Module, val: torch.Tensor, n_val: int, precision: str, device: torch.device,
-                d: Dist) -> float:
-    """Seconds one forward pass over this rank's share of a validation split of `n_val` images takes: the chunk
-    `val` timed, scaled (the first real evaluation corrects it)."""
-    return forward_s(model, val, precision, device) / len(val) * -(-n_val // d.world)
-
-
-def time_model(cfg: TrainConfig, name: str, data: Data, d: Dist, device: torch.device) -> tuple[float, float]:
-    """(seconds a training step, seconds an evaluation pass) of model `name` here: a copy built for the timing
-    alone, PROBE_SKIP steps to warm up and PROBE_STEPS timed (forward, loss, backward, optimizer) on the run's
-    first images (random ones of their shape where they are read from disk); the random streams are left as
-    they were."""
-    saved, cfg = rng_state(), TrainConfig.from_dict({**cfg.to_dict(), "model": name})
-    model = build_model(cfg, len(data.classes), data.channels).to(device)
-    precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
-    optimizer = build_optimizer(cfg, model, device, precision)
-    x, y, val = sample_batches(cfg, data, model.preprocess, d, device)
-    for i in range(budgets.PROBE_SKIP + budgets.PROBE_STEPS):
-        if i == budgets.PROBE_SKIP:
-            t0 = time.perf_counter()
-        with autocast(precision, device):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    loss.item()  # the device has finished
-    step_s = (time.perf_counter() - t0) / budgets.PROBE_STEPS
-    pass_s = eval_pass_s(model, val, len(data.val), precision, device, d)
-    set_rng_state(saved)
-    return step_s, pass_s
-
-
-def sample_batches(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device) -> tuple:
-    """(x, y) of a training batch and a validation chunk, as the loop and evaluate() feed them: the first images
-    of each split, normalised, or random pixels of their shape where the images are read from disk."""
-    local, chunk = cfg.batch_size // d.world, max(cfg.batch_size, 256)
-    if isinstance(data.train, D.TensorData):
-        normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
-        return (normalize(data.train.images[:local].to(device)), data.train.labels[:local].to(device),
-                normalize(data.val.images[:min(chunk, len(data.val))].to(device)))
-    x = torch.randn(local, *pre.input_size, device=device)
-    return x, torch.randint(len(data.classes), (local,), device=device), x[:min(local, len(data.val))]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -305,7 +154,7 @@ class Training:
     precision: str
     plan: Plan  # the run's length, or a budget's planner (vit/plan.py)
     quiet: bool = False  # no progress bars
-    board: TB.Board | None = None  # rank 0's TensorBoard writer (--tensorboard, --log-dir)
+    board: tensorboard.Board | None = None  # rank 0's TensorBoard writer (--tensorboard, --log-dir)
     stopper: Stopper = field(default_factory=Stopper)
     plotted_at: float = 0.0  # perf_counter() of the last curves.png
 
@@ -327,14 +176,14 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     out = output or resume or runs.default_folder(recipe)
     lock = board = None
     try:
-        if TB.enabled(cfg):
-            TB.require()
+        if tensorboard.enabled(cfg):
+            tensorboard.require()
         lock = runs.lock_output(out, resume is not None) if d.is_main else None
         tr = set_up(cfg, recipe, d, device, out, quiet, given, ckpt is None, clock or Clock())
         st = restore(tr, ckpt)
-        tr.say(describe(tr))
-        if TB.enabled(cfg) and d.is_main:
-            tr.board = board = TB.Board(TB.folder_for(cfg, out), st.step if ckpt is not None else None)
+        tr.say(summary(tr))
+        if tensorboard.enabled(cfg) and d.is_main:
+            tr.board = board = tensorboard.Board(tensorboard.folder_for(cfg, out), st.step if ckpt is not None else None)
             board.hparams(cfg.to_dict(), recipe)
             tr.say(f"TensorBoard events in {board.folder} (tensorboard --logdir {board.folder})")
         stopped = train(tr, st)
@@ -375,13 +224,13 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     if model.num_classes != len(data.classes):
         raise ConfigError(f"the model has {model.num_classes} classes but {cfg.dataset} has {len(data.classes)}")
     if cfg.freeze:  # before the optimizer: frozen parameters are left out of it
-        FT.freeze(model, cfg.freeze)
+        finetune.freeze(model, cfg.freeze)
     if cfg.lora_rank:
-        FT.add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        finetune.add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     inputs = build_inputs(cfg, data, model.preprocess, d, device, given)
     precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
     optimizer = build_optimizer(cfg, model, device, precision)
-    scheduler = build_scheduler(cfg, optimizer, plan)
+    scheduler = build_scheduler(cfg, optimizer, plan.total_steps, plan.warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ema = build_ema(cfg, model)
     mixup = build_mixup(cfg, model.num_classes)
@@ -439,9 +288,9 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
     return st
 
 
-def describe(tr: Training) -> str:
+def summary(tr: Training) -> str:
     cfg, data = tr.cfg, tr.inputs.data
-    n_params, trainable = sum(p.numel() for p in tr.model.parameters()), FT.trainable_parameters(tr.model)
+    n_params, trainable = sum(p.numel() for p in tr.model.parameters()), finetune.trainable_parameters(tr.model)
     if not tr.plan.planned:
         length = (f"a budget of {budgets.duration(tr.plan.budget.budget_s)} (steps planned after timing the first "
                   f"{budgets.PROBE_SKIP + budgets.PROBE_STEPS}), {tr.plan.steps_per_epoch} steps of {cfg.batch_size} "
@@ -606,7 +455,7 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
     confusion = best_model = None
     if evaluating:
         K = len(tr.inputs.data.classes)
-        confusion = torch.zeros(K, K, dtype=torch.int64, device=tr.device) if TB.enabled(cfg) else None
+        confusion = torch.zeros(K, K, dtype=torch.int64, device=tr.device) if tensorboard.enabled(cfg) else None
         row["val_loss"], row["val_top1"] = evaluate(tr, tr.net, confusion)
         best_model, top1 = tr.model, row["val_top1"]
         if tr.ema is not None:
