@@ -39,7 +39,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import vit
+from vit.deit import DeiTConfig, config_from_dict
 from vit.model import ViTConfig, VisionTransformer
+from vit.registry import build_from_config
 
 CASE_SECONDS = 20  # a case's wall time (the first case of a test also imports what it uses)
 CASE_MEMORY = 1536 * 2**20  # address space a case may add to what the process holds
@@ -150,7 +152,7 @@ def config_fields(with_junk: bool = True):
 def build(fields: dict):
     """The model, or the VitError its configuration raised."""
     try:
-        return VisionTransformer(ViTConfig.from_dict({**TINY, **fields}))
+        return build_from_config(config_from_dict({**TINY, **fields}))
     except vit.VitError as e:
         return e
 
@@ -213,7 +215,7 @@ def test_valid_configs_round_trip_and_train(fields):
     """Whatever builds also survives to_dict/from_dict and a backward pass on a correct input."""
     model = build(fields)
     assume(not isinstance(model, vit.VitError))
-    assert ViTConfig.from_dict(model.config.to_dict()) == model.config
+    assert config_from_dict(model.config.to_dict()) == model.config
     c = model.config
     H, W = (c.img_size, c.img_size) if isinstance(c.img_size, int) else c.img_size
     model(torch.randn(2, c.in_chans, H, W)).sum().backward()
@@ -357,7 +359,7 @@ def metadata_field(base: dict, keys: list[str]):
 
 
 def weight_metadata():
-    config_keys = [f.name for f in ViTConfig.__dataclass_fields__.values()] + ["bogus"]
+    config_keys = [f.name for f in DeiTConfig.__dataclass_fields__.values()] + ["bogus"]
     names = st.one_of(st.lists(st.text(max_size=3), min_size=2, max_size=4).map(json.dumps),  # 3 classes
                       hostile_values().map(json.dumps), st.text(max_size=6))
     return st.fixed_dictionaries({"config": metadata_field(TINY, config_keys)}, optional={

@@ -184,31 +184,6 @@ def test_option_parity_with_timm(case):
         torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
 
 
-def test_distilled_heads_match_timm_in_training_and_eval():
-    """timm's VisionTransformerDistilled: (cls, dist) logits while distilled_training, their mean otherwise."""
-    from timm.models.deit import VisionTransformerDistilled
-
-    ours = vit.create_model("vit_tiny_patch4_32", depth=2, distilled=True)
-    ref = VisionTransformerDistilled(img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=3, num_classes=10)
-    ref.load_state_dict(ours.state_dict(), strict=True)
-    x = make_input(ours)
-    with torch.no_grad():
-        ours.eval(), ref.eval()
-        assert (ours(x) - ref(x)).abs().max() <= 1e-5  # the mean of the two heads
-        torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
-                                   ref.forward_head(ref.forward_features(x), pre_logits=True), rtol=0, atol=1e-5)
-        assert ours.forward_features(x).shape[1] == 2 + 64 and ours.num_prefix_tokens == 2
-        ours.train(), ref.train()
-        ours.set_distilled_training(), ref.set_distilled_training()
-        (cls, dist), (ref_cls, ref_dist) = ours(x), ref(x)
-        assert (cls - ref_cls).abs().max() <= 1e-5 and (dist - ref_dist).abs().max() <= 1e-5
-        ours.set_distilled_training(False)  # the flag off: the mean while training too
-        torch.testing.assert_close(ours(x), (ref_cls + ref_dist) / 2, rtol=0, atol=1e-5)
-    assert ours.get_classifier() == (ours.head, ours.head_dist)
-    ours.reset_classifier(3)
-    assert ours.head_dist.out_features == 3 and ours(x).shape == (2, 3)
-
-
 def test_num_params_counts_every_parameter():
     for kw in [{}, dict(distilled=True), dict(reg_tokens=4), dict(reg_tokens=2, no_embed_class=True),
                dict(num_classes=0, distilled=True), dict(class_token=False, global_pool="avg")]:

@@ -44,7 +44,8 @@ def test_layer_decay_equals_timms_helper_through_group_matcher(overrides, caplog
     import timm
 
     c = model.config
-    twin = (timm.models.deit.VisionTransformerDistilled if c.distilled else timm.models.VisionTransformer)(
+    distilled = isinstance(model, vit.VisionTransformerDistilled)
+    twin = (timm.models.deit.VisionTransformerDistilled if distilled else timm.models.VisionTransformer)(
         img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
         embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads)
     twin_names = {id(p): n for n, p in twin.named_parameters()}

@@ -5,6 +5,7 @@
     logits = model(torch.randn(2, 3, 32, 32))  # (2, 10)
 """
 
+from .deit import DeiTConfig, VisionTransformerDistilled
 from .errors import CheckpointError, ConfigError, DataError, InputError, OutputError, VitError
 from .flops import count_flops
 from .model import ViTConfig, VisionTransformer
@@ -14,7 +15,7 @@ from .weights import load_pretrained, resample_pos_embed, save_pretrained
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "InputError", "OutputError", "VitError",
-    "ViTConfig", "VisionTransformer", "count_flops", "resample_pos_embed",
+    "ViTConfig", "VisionTransformer", "DeiTConfig", "VisionTransformerDistilled", "count_flops", "resample_pos_embed",
     "Preprocess", "create_model", "get_entry", "list_models",
     "load_pretrained", "read_metadata", "save_pretrained",
 ]

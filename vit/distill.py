@@ -9,8 +9,8 @@ The teacher is any model this package loads (a checkpoint, a folder, hf-hub:ORG/
 pretrained weights (a convnet, as DeiT's RegNetY-16GF). It runs in evaluation mode without gradients, in the
 precision of the step around it (under its autocast), on the inputs the student sees, Mixup included,
 converted to the teacher's own normalisation, channel count and image size where they differ. A distilled
-student (ViTConfig(distilled=True)) learns the teacher through its distillation head and the labels through
-its [CLS] head; any other student learns both through its one head.
+student (`vit.deit.VisionTransformerDistilled`: create_model(NAME, distilled=True)) learns the teacher through
+its distillation head and the labels through its [CLS] head; any other student learns both through its one head.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .deit import DeiTConfig
 from .model import ViTConfig, to_2tuple
 
 
@@ -15,9 +16,9 @@ def count_flops(config: ViTConfig, img_size: int | Sequence[int] | None = None) 
     H, W = to_2tuple(img_size or config.img_size)
     p, C = config.patch_size, config.embed_dim
     n = (H // p) * (W // p)
-    N = n + int(config.class_token) + int(config.distilled) + config.reg_tokens
+    N = n + config.num_prefix_tokens
     hidden = int(C * config.mlp_ratio)
     stem = 2 * n * C * config.in_chans * p * p
     block = 2 * N * (3 * C * C + C * C + 2 * C * hidden) + 2 * 2 * N * N * C  # linears, then q@k^T and attn@v
-    head = 2 * C * config.num_classes * (1 + int(config.distilled))  # DeiT's second head
+    head = 2 * C * config.num_classes * (2 if isinstance(config, DeiTConfig) else 1)  # DeiT's second head
     return stem + config.depth * block + head

@@ -7,7 +7,7 @@ Pure: no I/O, no argparse, nothing of this package but its errors. Ordered botto
 embeddings, patch embedding, attention, MLP, block, model. Attention and the MLP call the reference torch
 ops; `vit.kernels.use` (which `create_model` applies) swaps in kernels measured faster on a device.
 Shape letters: B batch, N tokens, C width, H heads, D head dim, h/w patch grid, P prefix tokens ([CLS],
-DeiT's distillation token, registers).
+registers, and any a subclass adds: DeiT's in vit/deit.py).
 """
 
 from __future__ import annotations
@@ -78,7 +78,6 @@ class ViTConfig:
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly from 0 to this at the last block
     patch_drop_rate: float = 0.0  # training only: drop this fraction of patch tokens per image (PatchDropout)
     norm_eps: float = 1e-6  # every LayerNorm's epsilon: timm's and JAX's 1e-6; transformers' configs say 1e-12
-    distilled: bool = False  # DeiT (Touvron et al., 2021): a distillation token after [CLS], read by `head_dist`
 
     def __post_init__(self):
         def fail(name, rule):
@@ -97,15 +96,11 @@ class ViTConfig:
             fail("num_classes", f"an integer >= 0 (0: no head), up to {MAX_SIZE}")
         if not _is_int(self.reg_tokens) or not 0 <= self.reg_tokens <= MAX_SIZE:
             fail("reg_tokens", f"an integer >= 0, up to {MAX_SIZE}")
-        for name in ("qkv_bias", "qk_norm", "class_token", "no_embed_class", "dynamic_img_size", "distilled"):
+        for name in ("qkv_bias", "qk_norm", "class_token", "no_embed_class", "dynamic_img_size"):
             if not isinstance(getattr(self, name), bool):  # a config from a file: "no" is not False
                 fail(name, "True or False")
         if self.fc_norm is not None and not isinstance(self.fc_norm, bool):
             fail("fc_norm", "True, False or None")
-        if self.distilled and (self.global_pool != "token" or self.reg_tokens or self.fc_norm):
-            raise ConfigError("distilled=True reads the [CLS] and distillation tokens after the final norm (as timm's "
-                              f"VisionTransformerDistilled): it needs global_pool='token' (got {self.global_pool!r}), "
-                              f"no reg_tokens (got {self.reg_tokens}) and no fc_norm (got {self.fc_norm})")
         if self.init_values is not None and (not isinstance(self.init_values, (int, float)) or
                                              isinstance(self.init_values, bool) or not 0 <= self.init_values < math.inf):
             fail("init_values", "None or a finite number >= 0 (0: off)")
@@ -133,15 +128,20 @@ class ViTConfig:
                               f"{self.mlp_ratio}, img_size {self.img_size}, patch_size {self.patch_size}); "
                               "raise it with the environment variable VIT_MAX_PARAMS")
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """P, the learned tokens before the patches: [CLS] and registers (a subclass's config counts its own)."""
+        return int(self.class_token) + self.reg_tokens
+
     def num_params(self) -> int:
         """Parameter count from the fields alone (norms and biases included), nothing allocated."""
         H, W = to_2tuple(self.img_size)
         C, p, hidden = self.embed_dim, self.patch_size, int(self.embed_dim * self.mlp_ratio)
-        prefix = int(self.class_token) + int(self.distilled) + self.reg_tokens  # [CLS], distillation, registers
+        prefix = self.num_prefix_tokens
         tokens = (H // p) * (W // p) + (0 if self.no_embed_class else prefix) + prefix  # position rows, then tokens
         block = 4 * C * C + 2 * C * hidden + 9 * C + hidden
-        heads = (C + 1) * self.num_classes * (1 + int(self.distilled))
-        return self.depth * block + tokens * C + (self.in_chans * p * p + 3) * C + heads
+        head = (C + 1) * self.num_classes
+        return self.depth * block + tokens * C + (self.in_chans * p * p + 3) * C + head
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
@@ -346,24 +346,26 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT classifier. Build from a `ViTConfig`, or from its fields as keyword arguments (timm-style).
 
-    With distilled=True, DeiT's: a distillation token after [CLS] and a second head on it (`head_dist`). The
-    output is the mean of the two heads' logits, or both, (cls, dist), while training with
-    `set_distilled_training()` (timm's `VisionTransformerDistilled`).
+    A subclass adds prefix tokens through `_add_prefix_tokens` and `_prefix_tokens`, with a config subclass
+    that counts them (vit/deit.py: DeiT's).
     """
 
+    config_class = ViTConfig  # the config it is built from; keyword arguments override this class's defaults
     # Set by create_model and the weight loaders, saved with the weights; data and evaluation code read them.
     preprocess = None  # a `vit.Preprocess`
     class_names: list[str] | None = None
 
     def __init__(self, config: ViTConfig | None = None, **overrides):
         super().__init__()
-        cfg = (config or ViTConfig()).replace(**overrides)
+        cfg = (config or self.config_class()).replace(**overrides)
+        if type(cfg) is not self.config_class:  # another config counts tokens and heads this class does not build
+            raise ConfigError(f"{type(self).__name__} is built from a {self.config_class.__name__}, got a "
+                              f"{type(cfg).__name__}: vit.registry.build_from_config builds the model of any config")
         self.config = cfg
         self.num_classes = cfg.num_classes
         self.global_pool = cfg.global_pool
         self.embed_dim = self.num_features = cfg.embed_dim
-        self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled) + cfg.reg_tokens
-        self.distilled_training = False  # distilled: return (cls, dist) logits in training, as timm's flag
+        self.num_prefix_tokens = cfg.num_prefix_tokens
         self.no_embed_class = cfg.no_embed_class
         self.dynamic_img_size = cfg.dynamic_img_size
         self.grad_checkpointing = False
@@ -372,9 +374,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
                                       embed_dim=cfg.embed_dim, strict_img_size=not cfg.dynamic_img_size)
         D = cfg.embed_dim
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
-        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
+        self._add_prefix_tokens(cfg)
         embed_len = self.patch_embed.num_patches + (0 if cfg.no_embed_class else self.num_prefix_tokens)
         # Fixed sin-cos embeddings stay a (frozen) parameter so state-dict names match the learned case.
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D), requires_grad=cfg.pos_embed == "learn")
@@ -392,9 +392,18 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        if cfg.distilled:  # absent otherwise: timm's VisionTransformer has no such key
-            self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()
+
+    def _add_prefix_tokens(self, cfg: ViTConfig) -> None:
+        """[CLS] (paper eq. 1, x_class) and the registers; a subclass adds its own here, so that its tokens stand
+        before pos_embed in the parameter order (an optimizer's saved state follows that order)."""
+        D = cfg.embed_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
+
+    def _prefix_tokens(self) -> list[torch.Tensor]:
+        """The prefix tokens in sequence order, each (1, n, C): P = config.num_prefix_tokens rows in all."""
+        return [t for t in (self.cls_token, self.reg_token) if t is not None]
 
     # ---- initialisation and timm-style model API
 
@@ -411,8 +420,6 @@ class VisionTransformer(nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
-        if self.dist_token is not None:
-            nn.init.trunc_normal_(self.dist_token, std=0.02)  # as DeiT's
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -421,26 +428,29 @@ class VisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {n for n in ("pos_embed", "cls_token", "dist_token", "reg_token") if getattr(self, n) is not None}
+        return {n for n in ("pos_embed", "cls_token", "reg_token") if getattr(self, n) is not None}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth, as timm's (its layer-decay helper reads them): stem, blocks, final norm."""
-        return dict(stem=r"^cls_token|dist_token|reg_token|pos_embed|patch_embed",
+        return dict(stem=r"^cls_token|reg_token|pos_embed|patch_embed",
                     blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_distilled_training(self, enable: bool = True) -> None:
-        """A distilled model returns (cls, dist) logits while training, for a distillation loss."""
-        self.distilled_training = enable
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass: less memory, about a third more compute."""
         self.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module | tuple[nn.Module, nn.Module]:
-        return (self.head, self.head_dist) if self.dist_token is not None else self.head
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        """A freshly initialised linear head for `num_classes` on the model's device and dtype (0: Identity)."""
+        head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+        return head.to(self.pos_embed.device, self.pos_embed.dtype)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head, features out)."""
@@ -449,12 +459,7 @@ class VisionTransformer(nn.Module):
         self.config = self.config.replace(num_classes=num_classes, global_pool=global_pool,
                                           fc_norm=isinstance(self.fc_norm, nn.LayerNorm))
         self.num_classes, self.global_pool = num_classes, global_pool
-        for name in ("head", "head_dist") if self.dist_token is not None else ("head",):
-            head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-            if num_classes > 0:
-                nn.init.trunc_normal_(head.weight, std=0.02)
-                nn.init.zeros_(head.bias)
-            setattr(self, name, head.to(self.pos_embed.device, self.pos_embed.dtype))
+        self.head = self._new_head(num_classes)
 
     # ---- forward
 
@@ -467,7 +472,7 @@ class VisionTransformer(nn.Module):
                     resample_grid(pos_embed[:, prefix:], self.patch_embed.grid_size, (h, w)))
             pos_embed = torch.cat([pos_embed[:, :prefix], grid], dim=1)
         x = x.reshape(B, h * w, C)
-        prefix_tokens = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        prefix_tokens = [t.expand(B, -1, -1) for t in self._prefix_tokens()]
         if self.no_embed_class:
             x = x + pos_embed
             return torch.cat(prefix_tokens + [x], dim=1)
@@ -507,17 +512,8 @@ class VisionTransformer(nn.Module):
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         return x[:, 0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, N, C) -> logits (B, num_classes), or the pooled, normed features with pre_logits.
-
-        Distilled: the mean of the [CLS] head's and the distillation head's logits (features with pre_logits),
-        or the two apart while training with `distilled_training`."""
-        if self.dist_token is not None:
-            x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
-            if pre_logits:
-                return (x + x_dist) / 2
-            x, x_dist = self.head(x), self.head_dist(x_dist)
-            return (x, x_dist) if self.distilled_training and self.training else (x + x_dist) / 2
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, N, C) -> logits (B, num_classes), or the pooled, normed features with pre_logits."""
         x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 

@@ -18,6 +18,7 @@ import torch
 
 from . import kernels, weights
 from .errors import CheckpointError, ConfigError
+from .deit import DeiTConfig, VisionTransformerDistilled, config_from_dict
 from .flops import count_flops
 from .model import ViTConfig, VisionTransformer, to_2tuple
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -122,7 +123,7 @@ def _deit_distilled_entries():
         name = f"deit_{size}_distilled_patch16_{res}"
         yield ModelEntry(
             name=name,
-            config=ViTConfig(img_size=res, patch_size=16, embed_dim=dim, depth=depth, num_heads=heads, distilled=True),
+            config=DeiTConfig(img_size=res, patch_size=16, embed_dim=dim, depth=depth, num_heads=heads),
             preprocess=Preprocess((3, res, res), IMAGENET_MEAN, IMAGENET_STD, "bicubic", 0.9 if res == 224 else 1.0),
             description=f"DeiT-{size[0].upper()}/16 distilled at {res}px: [CLS] and distillation heads, ImageNet-1k",
             hf_hub_id=f"timm/{name}.fb_in1k",
@@ -160,7 +161,8 @@ def get_entry(name: str) -> ModelEntry:
 
 def create_model(name: str | None = None, pretrained: bool | str = False, *, attn_kernel: str = "auto",
                  mlp_kernel: str = "auto", **overrides) -> VisionTransformer:
-    """Build a registered model by name, with any `ViTConfig` field as an override.
+    """Build a registered model by name, with any `ViTConfig` field as an override, and distilled=True or False
+    for DeiT's distillation token and second head (`vit.deit.VisionTransformerDistilled`) or none.
 
     pretrained: False for random init; True for the entry's hub weights; "hf-hub:ORG/REPO", a folder or a
     file path for other weights (read by `vit.weights`, with position embeddings and head adapted to the
@@ -176,10 +178,20 @@ def create_model(name: str | None = None, pretrained: bool | str = False, *, att
     elif entry is None:
         raise ConfigError("create_model needs a model name (see vit.list_models()), or pretrained=PATH")
     else:
-        config = entry.config.replace(**overrides)
-        model = VisionTransformer(config)
+        config = _with_overrides(entry.config, overrides)
+        model = build_from_config(config)
         model.preprocess = preprocess_for(entry.preprocess, config)
     return kernels.use(model, attn=attn_kernel, mlp=mlp_kernel)
+
+
+def _with_overrides(config: ViTConfig, overrides: dict) -> ViTConfig:
+    """`config` with some fields changed; distilled=True or False changes the kind (`vit.deit.config_from_dict`)."""
+    return config_from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+
+def build_from_config(config: ViTConfig) -> VisionTransformer:
+    """The model a config describes: DeiT's `VisionTransformerDistilled` for a `DeiTConfig`, else the ViT."""
+    return (VisionTransformerDistilled if isinstance(config, DeiTConfig) else VisionTransformer)(config)
 
 
 def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool | str | os.PathLike,
@@ -200,9 +212,9 @@ def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool 
         base = entry.config
         if info.config is not None and "num_classes" not in overrides:
             base = base.replace(num_classes=info.config.num_classes)
-    config = base.replace(**overrides)
+    config = _with_overrides(base, overrides)
     try:
-        model = VisionTransformer(config)
+        model = build_from_config(config)
     except ConfigError as e:
         if entry is not None or overrides:
             raise
@@ -227,7 +239,7 @@ def resolve_architecture(info: weights.PretrainedInfo, source: object = "") -> w
     if info.config is not None or info.architecture not in MODELS:
         return info
     try:  # an architecture argument we do not have is an error, not something to ignore
-        config = MODELS[info.architecture].config.replace(**(info.model_args or {}))
+        config = _with_overrides(MODELS[info.architecture].config, info.model_args or {})
     except ConfigError as e:
         raise CheckpointError(f"{source}: model_args of {info.architecture}: {e}") from e
     return dataclasses.replace(info, config=config)
@@ -259,7 +271,7 @@ def model_table() -> str:
         entry = MODELS[name]
         c = entry.config
         with torch.device("meta"):  # count parameters without allocating them
-            params = sum(p.numel() for p in VisionTransformer(c).parameters())
+            params = sum(p.numel() for p in build_from_config(c).parameters())
         H, W = (c.img_size,) * 2 if isinstance(c.img_size, int) else c.img_size
         rows.append(f"| `{name}` | {H}x{W}x{c.in_chans} | {c.embed_dim}/{c.depth}/{c.num_heads} | "
                     f"{params / 1e6:.2f} | {count_flops(c) / 1e9:.3g} | {entry.description} |")

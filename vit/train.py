@@ -238,7 +238,8 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     if cfg.teacher:
         teacher, view = load_teacher(cfg.teacher, model, device, cfg.teacher_pretrained)
         distill = DistillationLoss(criterion, teacher, view, cfg.distill or "hard", cfg.distill_alpha, cfg.distill_tau)
-        model.set_distilled_training()  # a distilled student returns (cls, dist) logits while training
+        if hasattr(model, "set_distilled_training"):  # a distilled student returns (cls, dist) logits while training
+            model.set_distilled_training()
     net = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .deit import DeiTConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, OutputError
 from .model import ViTConfig, VisionTransformer, resample_grid, to_2tuple
 from .preprocess import Preprocess
@@ -165,7 +166,7 @@ def _info_from_strings(meta: Mapping[str, object], source: Path) -> PretrainedIn
         raise CheckpointError(f"{source}: metadata format_version {_shown(version)}; this vit reads versions 1 to "
                               f"{FORMAT_VERSION} (written by a newer vit?)")
     try:
-        config = ViTConfig.from_dict(config) if config is not None else None
+        config = config_from_dict(config) if config is not None else None
     except ConfigError as e:
         raise CheckpointError(f"{source}: metadata 'config': {e}") from e
     try:
@@ -208,7 +209,7 @@ def _checkpoint_info(obj: dict, path: Path) -> PretrainedInfo:
     config = obj.get("model_config", obj.get("config"))
     if isinstance(config, dict) and isinstance(config.get("model"), dict):  # a training config with a model part
         config = config["model"]
-    if isinstance(config, dict) and set(config) <= {f.name for f in fields(ViTConfig)}:
+    if isinstance(config, dict) and set(config) <= {f.name for f in fields(DeiTConfig)}:  # a model config
         meta["config"] = config
     for key in ("preprocess", "class_names", "format_version"):
         if key in obj:
@@ -779,12 +780,12 @@ def _info_from_transformers_config(cfg: dict) -> PretrainedInfo:
     names = [labels[str(i)] for i in range(len(labels))] if labels else None
     hidden = cfg.get("hidden_size", 768)
     # transformers' layer_norm_eps defaults to 1e-12 where timm's and JAX's is 1e-6: kept, for equal logits.
-    config = ViTConfig(
+    config = config_from_dict(dict(
         img_size=cfg.get("image_size", 224), patch_size=cfg.get("patch_size", 16), in_chans=cfg.get("num_channels", 3),
         num_classes=0 if headless else len(labels) or 2, embed_dim=hidden, depth=cfg.get("num_hidden_layers", 12),
         num_heads=cfg.get("num_attention_heads", 12), mlp_ratio=cfg.get("intermediate_size", 4 * hidden) / hidden,
         qkv_bias=cfg.get("qkv_bias", True), norm_eps=cfg.get("layer_norm_eps", 1e-12),
-        distilled=cfg.get("model_type") == "deit")  # every DeiT model has the distillation token
+        distilled=cfg.get("model_type") == "deit"))  # every DeiT model has the distillation token
     return PretrainedInfo(config, None, None if headless else names)
 
 
