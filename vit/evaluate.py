@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import data as vdata
+from . import data
 from . import sources
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
 from .metrics import ClassificationMetrics, black, check_shift, predict_logits
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="registered architecture for weights files without a config")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
-                   help=f"named dataset (as train.py): {', '.join(vdata.DATASETS)}, hf:NAME or wds:PATTERN; 'folder' "
+                   help=f"named dataset (as train.py): {', '.join(data.DATASETS)}, hf:NAME or wds:PATTERN; 'folder' "
                    "is train.py's split of --data-dir")
     g.add_argument("--data-dir", default="", help="dataset root; alone, an ImageFolder tree ROOT/CLASS/*.jpg "
                    "evaluated whole (or its val/ folder where ROOT has train/ and val/)")
@@ -203,7 +203,7 @@ def checkpoint_name(checkpoint: str) -> str:
 class EvalData:
     """What to evaluate: in-memory uint8 tensors or image files, with labels in the model's class indices."""
 
-    source: vdata.TensorData | vdata.FileData | vdata.StreamData  # or hf: rows (FileData's interface)
+    source: data.TensorData | data.FileData | data.StreamData  # or hf: rows (FileData's interface)
     description: str
     skipped: int = 0  # unreadable images dropped while decoding into memory (--on-corrupt skip)
 
@@ -220,23 +220,23 @@ def load_eval_data(args, model) -> EvalData:
         description = f"{args.dataset} ({args.split})"
         skipped = getattr(source, "skipped", 0)
     elif args.dataset and args.dataset != "folder":
-        source = vdata.load_dataset(args.dataset, args.split, args.data_dir)
+        source = data.load_dataset(args.dataset, args.split, args.data_dir)
         description = f"{args.dataset} ({args.split})"
     elif args.dataset == "folder":
-        source = vdata.folder_split(args.data_dir, args.split, args.val_size, args.split_seed)
+        source = data.folder_split(args.data_dir, args.split, args.val_size, args.split_seed)
         description = f"{args.data_dir} ({args.split}, train.py's split)"
     else:
         root = Path(args.data_dir)
         if (root / "train").is_dir() and (root / "val").is_dir():
-            source = vdata.folder_split(root, args.split)
+            source = data.folder_split(root, args.split)
             description = f"{root} ({'test' if args.split == 'test' and (root / 'test').is_dir() else 'val'}/)"
         else:  # a single tree: every image in it
-            source = vdata.scan_image_folder(root)
+            source = data.scan_image_folder(root)
             description = f"{root} (every image)"
     # Small images are decoded as train.py decodes them (resized to a square, no crop); large ones go through
     # the checkpoint's own preprocessing (resize by crop_pct, centre crop, its interpolation and mean/std).
-    if isinstance(source, vdata.FileData) and max(H, W) <= vdata.MEMORY_MAX_SIDE:
-        decoded = vdata.decode_folder(source, H, C, args.on_corrupt)
+    if isinstance(source, data.FileData) and max(H, W) <= data.MEMORY_MAX_SIDE:
+        decoded = data.decode_folder(source, H, C, args.on_corrupt)
         source, skipped = decoded, len(source) - len(decoded)
     source = remap_labels(source, model)
     return EvalData(source, f"{description}, {len(source)} images", skipped)
@@ -264,23 +264,23 @@ def remap_labels(source, model):
     index = class_index(source.classes, model)
     if index == list(range(len(index))):
         return source
-    if isinstance(source, vdata.TensorData):
-        return vdata.TensorData(source.images, torch.tensor(index)[source.labels], list(model.class_names))
+    if isinstance(source, data.TensorData):
+        return data.TensorData(source.images, torch.tensor(index)[source.labels], list(model.class_names))
     return source.relabeled(index, list(model.class_names))
 
 
 def batches(source, model, args, device: torch.device):
     """Yield normalised (x, y, skipped) batches on `device`."""
     pre = model.preprocess
-    if isinstance(source, vdata.TensorData):
-        normalize = vdata.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], device)
+    if isinstance(source, data.TensorData):
+        normalize = data.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], device)
         for i in range(0, len(source), args.batch_size):
             x = source.images[i:i + args.batch_size].to(device, non_blocking=True)
             yield normalize(x), source.labels[i:i + args.batch_size].to(device), 0
         return
-    transform = vdata.file_transforms(pre, train=False)
-    loader = vdata.eval_loader(source, transform, pre.input_size[0], args.on_corrupt, args.batch_size, args.workers,
-                               rank=0, world=1, pin_memory=device.type == "cuda")
+    transform = data.file_transforms(pre, train=False)
+    loader = data.eval_loader(source, transform, pre.input_size[0], args.on_corrupt, args.batch_size, args.workers,
+                              rank=0, world=1, pin_memory=device.type == "cuda")
     for x, y, skipped in loader:
         if x is not None:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), skipped
@@ -291,18 +291,18 @@ def batches(source, model, args, device: torch.device):
 def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen images, normalised as for evaluation (CPU), with their labels."""
     pre = model.preprocess
-    if isinstance(source, vdata.TensorData):
-        normalize = vdata.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], torch.device("cpu"))
+    if isinstance(source, data.TensorData):
+        normalize = data.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], torch.device("cpu"))
         idx = torch.tensor(indices)
         return normalize(source.images[idx]), source.labels[idx]
-    if isinstance(source, vdata.StreamData):
+    if isinstance(source, data.StreamData):
         raise ConfigError("--attention-maps picks images by index, which streamed wds: shards do not offer; "
                           "evaluate a model of at most 64 px (decoded into memory), or the same images as hf: or a "
                           "folder")
-    transform = vdata.file_transforms(pre, train=False)
+    transform = data.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
     items = [source.item(i) for i in indices]
-    images = [transform(vdata.load_image(src, mode, name)) for src, _, name in items]
+    images = [transform(data.load_image(src, mode, name)) for src, _, name in items]
     return torch.stack(images), torch.tensor([label for _, label, _ in items])
 
 
@@ -416,9 +416,9 @@ def safe_name(name: str) -> str:
 def predict(model, paths: list[str], k: int, device, precision, hflip: bool = False, shift: int = 0) -> list[dict]:
     """Top-k classes with probabilities for image files, preprocessed as the checkpoint says."""
     pre = model.preprocess
-    transform = vdata.file_transforms(pre, train=False)
+    transform = data.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
-    x = torch.stack([transform(vdata.load_image(p, mode)) for p in paths]).to(device)
+    x = torch.stack([transform(data.load_image(p, mode)) for p in paths]).to(device)
     with autocast(precision, device):
         probs = predict_logits(model, x, hflip, shift, black(pre).to(device)).float().softmax(dim=1).cpu()
     names = model.class_names or [str(i) for i in range(model.num_classes)]
@@ -463,11 +463,11 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     """Metrics over --dataset/--data-dir, report.json, the pictures and the printed summary."""
     from .plots import plot_confusion_matrix, plot_reliability
 
-    data = load_eval_data(args, model)
-    print(f"evaluating {args.checkpoint} on {data.description} ({device}, {precision})", file=sys.stderr)
-    report = run_evaluation(model, data.source, args, device, precision)
-    report["skipped_images"] += data.skipped
-    report.update(checkpoint=str(args.checkpoint), data=data.description, device=str(device), precision=precision,
+    evaluated = load_eval_data(args, model)
+    print(f"evaluating {args.checkpoint} on {evaluated.description} ({device}, {precision})", file=sys.stderr)
+    report = run_evaluation(model, evaluated.source, args, device, precision)
+    report["skipped_images"] += evaluated.skipped
+    report.update(checkpoint=str(args.checkpoint), data=evaluated.description, device=str(device), precision=precision,
                   batch_size=args.batch_size, eval_hflip=args.eval_hflip, eval_shift=args.eval_shift,
                   model_config=model.config.to_dict())
     make_output_dir(out)
@@ -475,8 +475,8 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     plot_confusion_matrix(report["confusion_matrix"], report["class_names"], out / "confusion.png")
     plot_reliability(report["reliability"], report["ece"], out / "reliability.png")
     if args.attention_maps:
-        write_attention_maps(model, data.source, args.attention_maps, out / "attention", device)
-    print_summary(report, [("checkpoint", str(args.checkpoint)), ("data", data.description),
+        write_attention_maps(model, evaluated.source, args.attention_maps, out / "attention", device)
+    print_summary(report, [("checkpoint", str(args.checkpoint)), ("data", evaluated.description),
                            ("device", f"{device}, {precision}, batch {args.batch_size}"
                                       + views_said(args.eval_hflip, args.eval_shift))])
     print(f"\nwrote {out / 'report.json'}, confusion.png, reliability.png"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as D
+from . import data
 from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.hf_data")
@@ -208,7 +208,7 @@ def encoded(cell, name: str) -> bytes | str:
 
 def hf_split(name: str, split: str, *, val_split: str = "", val_size: float = 0.1, split_seed: int = 0,
              image_key: str = "", label_key: str = "", memory: bool = True, img_size: int = 0, channels: int = 3,
-             on_corrupt: str = "skip") -> D.TensorData | ArrowRows:
+             on_corrupt: str = "skip") -> data.TensorData | ArrowRows:
     """One split of `hf:NAME`: decoded into memory, or as rows for DataLoader workers."""
     datasets = require_datasets()
     splits = open_splits(name)
@@ -236,12 +236,12 @@ def hf_split(name: str, split: str, *, val_split: str = "", val_size: float = 0.
     if isinstance(ds.features[image], datasets.Image):  # the encoded bytes, for vit.data's decoder
         ds = ds.cast_column(image, datasets.Image(decode=False))
     if carved:
-        ds = ds.select(D.carve(len(ds), split, val_size, split_seed, f"hf:{name} split {train_name}"))
+        ds = ds.select(data.carve(len(ds), split, val_size, split_seed, f"hf:{name} split {train_name}"))
         where += " (carved)"
     rows = ArrowRows(ds, image, label, classes, where)
     if not memory:
         return rows
-    return D.decode_images(_read_all(ds, image, label, where), classes, img_size, channels, on_corrupt)
+    return data.decode_images(_read_all(ds, image, label, where), classes, img_size, channels, on_corrupt)
 
 
 def _read_all(ds, image: str, label: str, where: str, chunk: int = 1024):

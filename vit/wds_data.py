@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data as D
+from . import data
 from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.wds_data")
@@ -86,8 +86,8 @@ def expand(pattern: str) -> list[str]:
     require_webdataset()
     import braceexpand  # installed with webdataset
 
-    D.local_path(pattern, f"wds:{pattern}")
-    paths = [D.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
+    data.local_path(pattern, f"wds:{pattern}")
+    paths = [data.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"wds:{pattern}: {len(missing)} of {len(paths)} shard(s) missing, e.g. {missing[0]}")
@@ -170,12 +170,12 @@ def _is_label_member(ext: str, label_key: str) -> bool:
     return ext == ("json" if label_key.startswith("json:") else label_key)
 
 
-def _parse_label(ext: str, data: bytes, label_key: str, shard: str, key: str) -> int:
+def _parse_label(ext: str, member: bytes, label_key: str, shard: str, key: str) -> int:
     try:
         if label_key.startswith("json:"):
-            value = json.loads(data)[label_key[5:]]
+            value = json.loads(member)[label_key[5:]]
         else:
-            value = data.decode().strip()
+            value = member.decode().strip()
         return int(value)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise DataError(f"shard {shard}, sample {key}: no integer label in {key}.{ext} for --label-key {label_key} "
@@ -271,7 +271,7 @@ def read_shard(shard: Shard, image_key: str, label_key: str, on_corrupt: str):
         return False
 
     # The shard is opened here, not by webdataset's URL opener, which would run a `pipe:` name through a shell.
-    with D.open_regular_file(shard.path) as stream:
+    with data.open_regular_file(shard.path) as stream:
         files = tariterators.tar_file_expander([{"url": shard.path, "stream": stream}], handler=stop)
         pending, n = None, 0  # one sample held back: the last one of a truncated shard may be cut short
         for sample in tariterators.group_by_keys(files, handler=stop):
@@ -310,7 +310,7 @@ def _complete(sample: dict, index: int, shard: Shard, image_key: str, label_key:
 
 def wds_split(pattern: str, split: str, *, val_split: str = "", val_size: float = 0.1, split_seed: int = 0,
               image_key: str = "", label_key: str = "", memory: bool = True, img_size: int = 0, channels: int = 3,
-              on_corrupt: str = "skip") -> D.TensorData | "ShardStream":
+              on_corrupt: str = "skip") -> data.TensorData | "ShardStream":
     """One split of `wds:PATTERN`: decoded into memory, or as a stream for DataLoader workers."""
     paths = expand(pattern)
     info = read_info(paths[0])
@@ -328,12 +328,12 @@ def wds_split(pattern: str, split: str, *, val_split: str = "", val_size: float 
         return ShardStream(source)
     items = sorted(_all_samples(source), key=lambda s: (s[0], s[1]))  # key order: independent of the sharding
     if carved:
-        keep = D.carve(len(items), split, val_size, split_seed, f"wds:{pattern}")
+        keep = data.carve(len(items), split, val_size, split_seed, f"wds:{pattern}")
         items = [items[i] for i in keep]
     for key, shard, _, label in items:
         check_label(label, len(train.classes), shard, key)
-    return D.decode_images(((image, label, f"{shard} sample {key}") for key, shard, image, label in items),
-                           train.classes, img_size, channels, on_corrupt)
+    return data.decode_images(((image, label, f"{shard} sample {key}") for key, shard, image, label in items),
+                              train.classes, img_size, channels, on_corrupt)
 
 
 def validation_pattern(pattern: str, first_shard: str, info: dict, val_split: str) -> str:
@@ -347,7 +347,8 @@ def validation_pattern(pattern: str, first_shard: str, info: dict, val_split: st
         if not files:
             raise DataError(f"{where}: lists no filenames")
         for f in files:  # names of files beside _info.json, joined into one brace pattern
-            if not isinstance(f, str) or D.local_path(f, where) and (Path(f).name != f or any(c in f for c in "{},")):
+            if not isinstance(f, str) or data.local_path(f, where) and (
+                    Path(f).name != f or any(c in f for c in "{},")):
                 raise DataError(f"{where}: {f!r} is not the name of a shard file beside it")
         return str(Path(first_shard).parent / ("{" + ",".join(files) + "}" if len(files) > 1 else files[0]))
     if val_split and not any(c in val_split for c in "/{*") and not val_split.endswith(".tar"):
@@ -385,7 +386,7 @@ def buffer_order(count: int, seed: int, epoch: int, shard: int, size: int = SHUF
     return out
 
 
-class ShardStream(D.StreamData):
+class ShardStream(data.StreamData):
     """A split of shards read in order: `train_loader` and `eval_loader` make its DataLoaders."""
 
     def __init__(self, shards: ShardSet, index: list[int] | None = None):
@@ -409,10 +410,10 @@ class ShardStream(D.StreamData):
         return _loader(StreamBatches(self, transform, channels, batch_size, workers, rank, world), workers, pin_memory)
 
 
-def _loader(batches, workers: int, pin_memory: bool) -> "D.FileLoader":
+def _loader(batches, workers: int, pin_memory: bool) -> "data.FileLoader":
     # Workers are not persistent: each pass starts them afresh with the epoch and start step just set.
-    return D.FileLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        generator=torch.Generator().manual_seed(0))
+    return data.FileLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                           generator=torch.Generator().manual_seed(0))
 
 
 class StreamBatches(torch.utils.data.IterableDataset):
@@ -435,7 +436,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
         try:
             yield from self._eval_batches(worker) if self.seed is None else self._train_batches(worker)
         except DataError as e:
-            yield D.Unreadable(str(e))  # raised by FileLoader, in the main process, as one line
+            yield data.Unreadable(str(e))  # raised by FileLoader, in the main process, as one line
 
     # ---- training: the epoch's sequence and this worker's steps of it
 
@@ -513,7 +514,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
         name = f"{shard.path} sample {key}"
         check_label(label, len(self.stream.set.classes), shard.path, key)
         try:
-            im = D.load_image(image, self.mode, name)
+            im = data.load_image(image, self.mode, name)
         except DataError:
             if self.stream.set.on_corrupt == "error":
                 raise
@@ -522,7 +523,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
         label = label if self.stream.index is None else self.stream.index[label]
         if self.seed is None:
             return self.transform(im), label
-        with D.seeded_rngs(D.sample_seed(self.seed, self.epoch, shard.offset + j)):
+        with data.seeded_rngs(data.sample_seed(self.seed, self.epoch, shard.offset + j)):
             return self.transform(im), label
 
     # ---- validation: every sample once, each rank and worker a contiguous share in shard order
