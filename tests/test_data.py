@@ -38,7 +38,7 @@ def test_digits_split_is_fixed_disjoint_and_complete():
 def test_idx_files_load_exactly(tmp_path):
     arrays = make_idx_dir(tmp_path)
     for split, prefix in (("train", "train"), ("val", "t10k"), ("test", "t10k")):
-        d = data.load_dataset("fashion-mnist", split, data_dir=str(tmp_path))
+        d = data.load_builtin("fashion-mnist", split, data_dir=str(tmp_path))
         assert d.images.shape == (len(arrays[prefix][0]), 1, 28, 28)
         assert np.array_equal(d.images[:, 0].numpy(), arrays[prefix][0])
         assert np.array_equal(d.labels.numpy(), arrays[prefix][1])
@@ -60,7 +60,7 @@ def test_real_fashion_mnist_if_installed():
 
     if not Path(data.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip("dataset-fashion-mnist not installed")
-    d = data.load_dataset("fashion-mnist", "test")
+    d = data.load_builtin("fashion-mnist", "test")
     assert d.images.shape == (10000, 1, 28, 28) and torch.bincount(d.labels).tolist() == [1000] * 10
 
 
@@ -69,8 +69,8 @@ def test_real_fashion_mnist_if_installed():
 
 def test_cifar10_through_torchvision(tiny_cifar10):
     root, written = tiny_cifar10
-    train = data.load_dataset("cifar10", "train", data_dir=str(root))
-    val = data.load_dataset("cifar10", "val", data_dir=str(root))
+    train = data.load_builtin("cifar10", "train", data_dir=str(root))
+    val = data.load_builtin("cifar10", "val", data_dir=str(root))
     assert train.images.shape == (20, 3, 32, 32) and val.images.shape == (4, 3, 32, 32)
     pixels, labels = written["test_batch"]
     assert np.array_equal(val.images.numpy(), pixels.reshape(-1, 3, 32, 32)) and val.labels.tolist() == labels
@@ -79,7 +79,7 @@ def test_cifar10_through_torchvision(tiny_cifar10):
 
 def test_cifar_missing_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="--download"):
-        data.load_dataset("cifar10", "train", data_dir=str(tmp_path))
+        data.load_builtin("cifar10", "train", data_dir=str(tmp_path))
 
 
 def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
@@ -99,12 +99,12 @@ def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
             monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
             with pytest.raises(DataError, match=rf"cannot download cifar10 into {tmp_path}: .*{reason}.*"
                                                 r"cifar-10-batches-py/ \(or cifar-10-python.tar.gz\)"):
-                data.load_dataset("cifar10", "train", data_dir=str(tmp_path), download=True)
+                data.load_builtin("cifar10", "train", data_dir=str(tmp_path), download=True)
     finally:
         silent.close()
     assert socket.getdefaulttimeout() is None  # put back
     with pytest.raises(ConfigError, match="--download fetches cifar10 and cifar100 only, not --dataset digits"):
-        data.load_dataset("digits", "train", download=True)
+        data.load_builtin("digits", "train", download=True)
 
 
 # ---- ImageFolder trees of JPEGs
@@ -124,13 +124,13 @@ def test_single_tree_carves_a_seeded_disjoint_val_split(tmp_path):
 def test_train_val_tree_and_memory_decoding(tmp_path):
     make_folder(tmp_path / "train")
     make_folder(tmp_path / "val", per_class=2, seed=1)
-    val = data.load_dataset("folder", "val", data_dir=str(tmp_path), img_size=8, channels=3)
+    val = data.load_builtin("folder", "val", data_dir=str(tmp_path), img_size=8, channels=3)
     assert isinstance(val, data.TensorData) and val.images.shape == (6, 3, 8, 8)
     assert val.labels.tolist() == [0, 0, 1, 1, 2, 2]
     # Decoding matches PIL directly (convert, bilinear resize).
     ref = np.asarray(Image.open(tmp_path / "val" / "cat" / "0.jpg").convert("RGB").resize((8, 8), Image.BILINEAR))
     assert np.array_equal(val.images[0].permute(1, 2, 0).numpy(), ref)
-    files = data.load_dataset("folder", "train", data_dir=str(tmp_path), data_mode="loader")
+    files = data.load_builtin("folder", "train", data_dir=str(tmp_path), data_mode="loader")
     assert isinstance(files, data.FileData) and len(files) == 18
 
 
@@ -208,7 +208,7 @@ def test_rank_shards_make_up_the_global_batch():
 
 def test_unknown_dataset_and_split():
     with pytest.raises(ConfigError, match="imagenet"):
-        data.load_dataset("imagenet", "train")
+        data.load_builtin("imagenet", "train")
     with pytest.raises(ConfigError, match="dev"):
         data.digits_split("dev")
 

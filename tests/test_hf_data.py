@@ -24,7 +24,7 @@ MEMORY = dict(val_size=5, split_seed=3, data_mode="memory", img_size=8, channels
 
 
 def folder(split, **kw):
-    return data.load_dataset("folder", split, data_dir=str(kw.pop("root")), **{**MEMORY, **kw})
+    return data.load_builtin("folder", split, data_dir=str(kw.pop("root")), **{**MEMORY, **kw})
 
 
 def hub_cache(cache, parquet, repo="org/tiny", splits=("train",)):
@@ -106,7 +106,7 @@ def test_rows_for_dataloader_workers_match_the_folder_loader(same_images):
     transform = create_transform(8, is_training=True, hflip=0.5, mean=(0.5,), std=(0.5,))
     kw = dict(val_size=5, split_seed=3, data_mode="loader")
     rows = sources.load_dataset(f"hf:{same_images.hf_disk}", "train", **kw)
-    files = data.load_dataset("folder", "train", data_dir=str(same_images.folder), **kw)
+    files = data.load_builtin("folder", "train", data_dir=str(same_images.folder), **kw)
     assert type(rows).__name__ == "ArrowRows" and len(rows) == len(files)
 
     def batches(split, workers):

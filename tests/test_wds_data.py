@@ -58,7 +58,7 @@ def test_shards_decode_to_the_folders_tensors(same_images, which):
     split, whatever order the samples were written in (key order)."""
     pattern = getattr(same_images, which)
     for split in ("train", "val"):
-        ref = data.load_dataset("folder", split, data_dir=str(same_images.folder), **MEMORY)
+        ref = data.load_builtin("folder", split, data_dir=str(same_images.folder), **MEMORY)
         got = sources.load_dataset(f"wds:{pattern}", split, **MEMORY)
         assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels), split
     assert got.classes == (list(same_images.classes) if which == "shards" else ["0", "1", "2"])
@@ -189,7 +189,7 @@ def test_json_labels_and_a_validation_pattern(same_images, tmp_path):
     import webdataset as wds
 
     (tmp_path / "j").mkdir()
-    ref = data.load_dataset("folder", "train", data_dir=str(same_images.folder), **MEMORY)
+    ref = data.load_builtin("folder", "train", data_dir=str(same_images.folder), **MEMORY)
     files = data.scan_image_folder(same_images.folder).samples
     for split, part in (("train", files[:18]), ("val", files[18:])):
         with wds.ShardWriter(str(tmp_path / "j" / f"{split}-%04d.tar"), maxcount=6, verbose=0) as sink:

@@ -82,7 +82,7 @@ def tensor_splits(name: str, data_dir: str, download: bool) -> list[Split]:
             return buf.getvalue(), int(tensors.labels[i]), "png", f"{i}.png"
         return Split(split_name, tensors.classes, len(tensors), get)
 
-    return [of(s, data.load_dataset(name, "train" if s == "train" else "test", data_dir, download))
+    return [of(s, data.load_builtin(name, "train" if s == "train" else "test", data_dir=data_dir, download=download))
             for s in ("train", "test")]
 
 

@@ -1,6 +1,6 @@
 """Datasets for training and evaluation: where the images come from and how batches reach the model.
 
-Two paths, chosen per dataset (see `load_dataset`):
+Two paths, chosen per dataset (see `load_builtin`):
 - small images (digits, MNIST, Fashion-MNIST, CIFAR, small ImageFolder trees) are decoded once into a uint8
   tensor (N, C, H, W) that lives on the training device; each batch is cropped, flipped and normalised there
   in a few tensor ops (airbench's approach): no per-image Python in the hot loop. `--reprob` adds timm's
@@ -46,7 +46,7 @@ from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.data")
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")  # the names load_dataset knows
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")  # the names load_builtin knows
 SPLITS = ("train", "val", "test")
 DIGITS_SPLIT_SEED = 0  # evaluate.py --dataset digits reproduces the held-out split with this seed
 DIGITS_VAL_FRACTION = 0.2
@@ -370,13 +370,15 @@ def decode_images(items, classes: list[str], size: int, channels: int, on_corrup
                       len(skipped))
 
 
-def load_dataset(name: str, split: str, data_dir: str = "", download: bool = False, val_size: float = 0.1,
+def load_builtin(name: str, split: str, *, data_dir: str = "", download: bool = False, val_size: float = 0.1,
                  split_seed: int = 0, data_mode: str = "auto", img_size: int = 0, channels: int = 3,
                  on_corrupt: str = "skip") -> TensorData | FileData:
-    """One split of a named dataset: `TensorData` (in memory) or `FileData` (for DataLoader workers).
+    """One split of a built-in dataset (a name in DATASETS): `TensorData` (in memory) or `FileData` (for
+    DataLoader workers). Callers outside the data layer go through `vit.sources.load_dataset`, which takes every
+    --dataset name (hf:NAME and wds:PATTERN too) and sends these here.
 
     For ImageFolder trees, data_mode "auto" decodes into memory when img_size <= MEMORY_MAX_SIDE; `img_size`
-    and `channels` then say what to decode to. (hf:NAME and wds:PATTERN: `vit.sources.load_dataset`.)
+    and `channels` then say what to decode to.
     """
     if name != "folder" and data_mode == "loader":
         raise ConfigError(f"--data-mode loader reads image files from a folder; --dataset {name} is held in memory "

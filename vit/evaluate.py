@@ -219,12 +219,13 @@ def load_eval_data(args, model) -> EvalData:
                                     label_key=args.label_key or "")
         description = f"{args.dataset} ({args.split})"
         skipped = getattr(source, "skipped", 0)
-    elif args.dataset and args.dataset != "folder":
-        source = data.load_dataset(args.dataset, args.split, args.data_dir)
-        description = f"{args.dataset} ({args.split})"
-    elif args.dataset == "folder":
-        source = data.folder_split(args.data_dir, args.split, args.val_size, args.split_seed)
+    elif args.dataset == "folder":  # its files: decoded below if the model's images are small
+        source = sources.load_dataset("folder", args.split, data_dir=args.data_dir, val_size=args.val_size,
+                                      split_seed=args.split_seed, data_mode="loader")
         description = f"{args.data_dir} ({args.split}, train.py's split)"
+    elif args.dataset:
+        source = sources.load_dataset(args.dataset, args.split, data_dir=args.data_dir)
+        description = f"{args.dataset} ({args.split})"
     else:
         root = Path(args.data_dir)
         if (root / "train").is_dir() and (root / "val").is_dir():
