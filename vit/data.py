@@ -48,10 +48,15 @@ log = logging.getLogger("vit.data")
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")  # the names load_builtin knows
 SPLITS = ("train", "val", "test")
+# What a dataset's own validation split may be called (Hugging Face's name first, then convert.py's): hf: and wds:
+# validate on the first of these a dataset has where --val-split names none.
+VALIDATION_SPLIT_NAMES = ("validation", "val", "valid")
 DIGITS_SPLIT_SEED = 0  # evaluate.py --dataset digits reproduces the held-out split with this seed
 DIGITS_VAL_FRACTION = 0.2
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# The files read as images: in a folder, those with these suffixes; in a WebDataset sample, its first member
+# with one of these extensions, in this order.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".ppm", ".bmp", ".pgm", ".tif", ".tiff")
 MEMORY_MAX_SIDE = 64  # ImageFolder images up to this size are decoded into memory in data_mode=auto
 
 

@@ -35,7 +35,6 @@ from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.hf_data")
 
-VAL_SPLITS = ("validation", "val", "valid")  # tried in this order when --val-split is not given
 LABEL_COLUMNS = ("label", "labels")  # integer columns taken as labels where no ClassLabel feature says so
 
 
@@ -121,7 +120,7 @@ def pick_split(splits: dict, name: str, split: str, val_split: str) -> str | Non
             return val_split
     if split == "test" and "test" in splits:
         return "test"
-    return next((s for s in VAL_SPLITS if s in splits), None)
+    return next((s for s in data.VALIDATION_SPLIT_NAMES if s in splits), None)
 
 
 def find_columns(ds, name: str, split: str, image_key: str, label_key: str) -> tuple[str, str]:

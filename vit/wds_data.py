@@ -11,8 +11,8 @@ count and the class names:
                                               "num_samples": N}, "val": {...}}}
 Without it, or for a shard it does not list, the shard's tar headers are scanned for the count (and the label
 members read for the number of classes). Splits: "val" is --val-split (a split of _info.json, or a shard
-pattern), else _info.json's val/validation split, else (in memory only) a seeded carve of train as for a folder;
-"test" is _info.json's test split if it has one, else val.
+pattern), else _info.json's validation, val or valid split, else (in memory only) a seeded carve of train as for a
+folder; "test" is _info.json's test split if it has one, else val.
 
 Small images are decoded into memory: every sample of every shard, in key order (so the order, and a carve,
 do not depend on how the samples were cut into shards; `vit.convert` keys samples by their index in the source).
@@ -56,8 +56,7 @@ from .errors import ConfigError, DataError
 log = logging.getLogger("vit.wds_data")
 
 INFO_FILES = ("_info.json", "info.json")  # timm's names for the sidecar
-VAL_SPLITS = ("val", "validation")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff")
+IMAGE_MEMBERS = tuple(suffix.lstrip(".") for suffix in data.IMAGE_EXTENSIONS)  # a sample's image: the first it has
 SHUFFLE_BUFFER = 1000  # samples: the in-shard shuffle of a streamed epoch; a worker holds at most this many
 
 
@@ -194,7 +193,7 @@ def sample_image(sample: dict, image_key: str, shard: str) -> bytes | None:
     """The encoded image of a sample; None where it has none (a sample cut short)."""
     if image_key:
         return sample.get(image_key)
-    return next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+    return next((sample[e] for e in IMAGE_MEMBERS if e in sample), None)
 
 
 def check_label(label: int, n_classes: int, shard: str, key: str) -> None:
@@ -300,7 +299,7 @@ def _complete(sample: dict, index: int, shard: Shard, image_key: str, label_key:
     image = sample_image(sample, image_key, shard.path)
     if image is None:
         raise DataError(f"shard {shard.path}, sample {sample['__key__']}: no image member "
-                        f"({image_key or '/'.join(IMAGE_EXTS)}); its members: {', '.join(_exts(sample))}")
+                        f"({image_key or '/'.join(IMAGE_MEMBERS)}); its members: {', '.join(_exts(sample))}")
     return index, sample["__key__"], image, sample_label(sample, label_key, shard.path)
 
 
@@ -338,9 +337,9 @@ def wds_split(pattern: str, split: str, *, val_split: str = "", val_size: float 
 
 def validation_pattern(pattern: str, first_shard: str, info: dict, val_split: str) -> str:
     """The shard pattern of the validation split: --val-split (a split of _info.json or a pattern), else
-    _info.json's val/validation split, else '' (a carve)."""
+    _info.json's validation, val or valid split (the first it has), else '' (a carve)."""
     splits = info.get("splits", {})
-    name = val_split or next((s for s in VAL_SPLITS if s in splits), "")
+    name = val_split or next((s for s in data.VALIDATION_SPLIT_NAMES if s in splits), "")
     if name in splits:  # a split of _info.json: its shards lie beside the train ones
         files = splits[name].get("filenames", [])
         where = f"{Path(first_shard).parent}/_info.json, split {name!r}"
