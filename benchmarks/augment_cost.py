@@ -61,9 +61,11 @@ def main(argv=None) -> int:
     model = vit.create_model(args.model, num_classes=10)
     chosen = precision.resolve_precision("auto", torch.device("cpu"), model.embed_dim, training=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    norm = data.Normalize(model.preprocess.mean, model.preprocess.std, 3, (32, 32), torch.device("cpu"))
+    norm = data.Normalize(model.preprocess.mean, model.preprocess.std, channels=3, size=(32, 32),
+                          device=torch.device("cpu"))
     crit = nn.CrossEntropyLoss()
-    x0, y0 = data.memory_batch(tensors, perm, 0, B, 0, 1, torch.Generator().manual_seed(0), 2, 0.5)
+    x0, y0 = data.memory_batch(tensors, perm, 0, batch_size=B, rank=0, world=1, gen=torch.Generator().manual_seed(0),
+                               pad=2, hflip=0.5)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -73,8 +75,9 @@ def main(argv=None) -> int:
         opt.step()
 
     def batch(randaug=None, repeats=1):
-        return lambda: data.memory_batch(tensors, perm, 1, B, 0, 1, torch.Generator().manual_seed(1), 2, 0.5,
-                                         randaug=randaug, repeats=repeats)
+        return lambda: data.memory_batch(tensors, perm, 1, batch_size=B, rank=0, world=1,
+                                         gen=torch.Generator().manual_seed(1), pad=2, hflip=0.5, randaug=randaug,
+                                         repeats=repeats)
 
     contenders = {
         "crop+flip": batch(),

@@ -206,8 +206,9 @@ def timm_loader(folder: Path, batch_size: int, workers: int) -> torch.utils.data
 def train_py_loader(files: data.FileData, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
     """train.py's loader path for --dataset folder, as build_inputs makes it (one rank)."""
     sampler = data.ShardSampler(len(files.samples), batch_size, seed=0, rank=0, world=1)
-    return data.file_loader(files, data.file_transforms(PRE, True, 0.5, POLICY), 3, "skip", batch_size, workers,
-                            sampler, pin_memory=False)
+    transform = data.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
+    return data.file_loader(files, transform, channels=3, on_corrupt="skip", batch_size=batch_size, workers=workers,
+                            sampler=sampler, pin_memory=False)
 
 
 def make_rows(work: Path, batch_size: int, workers: list[int]) -> list[Row]:
@@ -221,7 +222,7 @@ def make_rows(work: Path, batch_size: int, workers: list[int]) -> list[Row]:
         rows.append(Row("folder", "PIL", "train.py", w, lambda w=w: train_py_loader(files, batch_size, w)))
         rows.append(Row("folder", "PIL", "timm", w, lambda w=w: timm_loader(work / "folder", batch_size, w)))
         for dec_name, dec in DECODERS.items():
-            tf = data.file_transforms(PRE, True, 0.5, POLICY)
+            tf = data.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
             rows.append(Row("folder", dec_name, "Decoded", w,
                             lambda w=w, dec=dec, tf=tf: loader_for(Decoded(folder, n, dec, tf), batch_size, w)))
             rows.append(Row("WebDataset", dec_name, "webdataset", w,

@@ -142,10 +142,10 @@ def test_corrupt_images_skipped_with_count_or_error(tmp_path, caplog):
     files = data.scan_image_folder(tmp_path)
     assert len(files) == 11  # the .txt is ignored by extension
     with caplog.at_level(logging.WARNING, logger="vit.data"):
-        d = data.decode_folder(files, 8, 3, on_corrupt="skip")
+        d = data.decode_folder(files, size=8, channels=3, on_corrupt="skip")
     assert len(d) == 9 and "skipped 2 unreadable image(s)" in caplog.text
     with pytest.raises(DataError, match="broken.jpg"):
-        data.decode_folder(files, 8, 3, on_corrupt="error")
+        data.decode_folder(files, size=8, channels=3, on_corrupt="error")
 
 
 def test_empty_class_folder_and_single_class_are_errors(tmp_path):
@@ -167,7 +167,8 @@ def test_file_loader_with_timm_transforms_skips_corrupt(tmp_path):
     pre = Preprocess((3, 16, 16), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
     tf = data.file_transforms(pre, train=True, randaug="rand-m9-mstd0.5-inc1", reprob=0.25)
     sampler = data.ShardSampler(len(files), 7, seed=0, rank=0, world=1)
-    loader = data.file_loader(files, tf, 3, "skip", 7, 0, sampler, pin_memory=False)
+    loader = data.file_loader(files, tf, channels=3, on_corrupt="skip", batch_size=7, workers=0, sampler=sampler,
+                              pin_memory=False)
     batches = list(loader)
     assert sum(len(y) for _, y, _ in batches) + sum(s for _, _, s in batches) == 7  # one step of 7
     x, y, _ = batches[0]
@@ -196,12 +197,14 @@ def test_rank_shards_make_up_the_global_batch():
     tensors = data.TensorData(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).clone(),
                               torch.arange(40), [str(i) for i in range(40)])
     perm = data.epoch_permutation(40, seed=0, epoch=1)
-    one = data.memory_batch(tensors, perm, 2, 8, 0, 1, torch.Generator().manual_seed(5), 1, 0.5)
-    two = [data.memory_batch(tensors, perm, 2, 8, r, 2, torch.Generator().manual_seed(5), 1, 0.5) for r in range(2)]
+    one = data.memory_batch(tensors, perm, 2, batch_size=8, rank=0, world=1, gen=torch.Generator().manual_seed(5),
+                            pad=1, hflip=0.5)
+    two = [data.memory_batch(tensors, perm, 2, batch_size=8, rank=r, world=2, gen=torch.Generator().manual_seed(5),
+                             pad=1, hflip=0.5) for r in range(2)]
     assert torch.equal(torch.cat([t[0] for t in two]), one[0]) and torch.equal(torch.cat([t[1] for t in two]), one[1])
-    loader_idx = [[i for i, _ in data.ShardSampler(40, 8, 0, r, 2)] for r in range(2)]
+    loader_idx = [[i for i, _ in data.ShardSampler(40, 8, seed=0, rank=r, world=2)] for r in range(2)]
     assert sorted(loader_idx[0] + loader_idx[1]) == list(range(40))
-    s = data.ShardSampler(40, 8, 0, 0, 1)
+    s = data.ShardSampler(40, 8, seed=0, rank=0, world=1)
     s.set_epoch(1, start_step=2)
     assert [i for i, _ in s][:8] == perm[16:24].tolist()  # mid-epoch resume starts at the right batch
 

@@ -89,9 +89,10 @@ def test_teacher_view_is_the_teachers_own_preprocessing():
     student = vit.Preprocess((1, 8, 8), (0.3,), (0.38,), "bilinear", 1.0)
     teacher = vit.Preprocess((3, 16, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 1.0)
     cpu = torch.device("cpu")
-    seen = TeacherView(student, teacher)(data.Normalize(student.mean, student.std, 1, (8, 8), cpu)(pixels))
-    torch.testing.assert_close(seen, data.Normalize(teacher.mean, teacher.std, 3, (16, 16), cpu)(pixels), rtol=0,
-                               atol=1e-5)
+    as_student = data.Normalize(student.mean, student.std, channels=1, size=(8, 8), device=cpu)
+    as_teacher = data.Normalize(teacher.mean, teacher.std, channels=3, size=(16, 16), device=cpu)
+    seen = TeacherView(student, teacher)(as_student(pixels))
+    torch.testing.assert_close(seen, as_teacher(pixels), rtol=0, atol=1e-5)
     same = torch.randn(2, 1, 8, 8)
     assert TeacherView(student, student)(same) is same
 

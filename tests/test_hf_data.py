@@ -90,7 +90,8 @@ def test_validation_split_is_used_and_named(same_images, tmp_path):
                                "holdout": hf_dataset_of(items[20:], same_images.classes)})
     dd.save_to_disk(str(tmp_path / "dd"))
     name = f"hf:{tmp_path / 'dd'}"
-    every = data.decode_folder(data.scan_image_folder(same_images.folder), 8, 1)  # the folder's order: items'
+    # the folder's order: items'
+    every = data.decode_folder(data.scan_image_folder(same_images.folder), size=8, channels=1)
     for split, val_split, rows in [("train", "", slice(0, 16)), ("val", "", slice(16, 20)),
                                    ("test", "", slice(16, 20)),  # no test split: val
                                    ("val", "holdout", slice(20, None))]:
@@ -110,8 +111,8 @@ def test_rows_for_dataloader_workers_match_the_folder_loader(same_images):
     assert type(rows).__name__ == "ArrowRows" and len(rows) == len(files)
 
     def batches(split, workers):
-        loader, sampler = data.train_loader(split, transform, 1, "error", 6, workers, seed=0, rank=0, world=1,
-                                            pin_memory=False)
+        loader, sampler = data.train_loader(split, transform, channels=1, on_corrupt="error", batch_size=6,
+                                            workers=workers, seed=0, rank=0, world=1, pin_memory=False)
         sampler.set_epoch(1)
         return [(x, y) for x, y, _ in loader]
 

@@ -46,8 +46,8 @@ def to_tensor(im):
 
 
 def epoch_ids(stream, batch, workers=0, rank=0, world=1, epoch=0, start=0) -> list[list[int]]:
-    loader, position = data.train_loader(stream, to_tensor, 1, "error", batch, workers, seed=0, rank=rank, world=world,
-                                         pin_memory=False)
+    loader, position = data.train_loader(stream, to_tensor, channels=1, on_corrupt="error", batch_size=batch,
+                                         workers=workers, seed=0, rank=rank, world=world, pin_memory=False)
     position.set_epoch(epoch, start)
     return [y.tolist() for _, y, _ in loader]
 
@@ -77,8 +77,9 @@ def test_a_streamed_epoch_resumes_exactly_and_changes_with_the_epoch(tmp_path):
         assert epoch_ids(stream, 6, workers, start=3) == full[3:]
     assert sum(epoch_ids(stream, 6, 0, epoch=1), []) != sum(epoch_ids(stream, 6, 0), [])
     # Validation: every sample once, each rank and worker its share
-    shares = [sum((y.tolist() for _, y, _ in data.eval_loader(stream, to_tensor, 1, "error", 4, 2, r, 2, False)), [])
-              for r in range(2)]
+    loaders = [data.eval_loader(stream, to_tensor, channels=1, on_corrupt="error", batch_size=4, workers=2, rank=r,
+                                world=2, pin_memory=False) for r in range(2)]
+    shares = [sum((y.tolist() for _, y, _ in loader), []) for loader in loaders]
     assert sorted(shares[0] + shares[1]) == list(range(53))
 
 
@@ -149,7 +150,8 @@ def test_a_truncated_shard_is_named_or_skipped_and_counted(same_images, tmp_path
     assert len(got) == 24 - 3 - 5  # 2 of the shard's 5 samples remain; 5 held out
     if info:  # streamed: the lost samples are left out of their batches and counted
         stream = sources.load_dataset(f"wds:{pattern}", "train", data_mode="loader")
-        loader, position = data.train_loader(stream, to_tensor, 1, "skip", 4, 0, 0, 0, 1, False)
+        loader, position = data.train_loader(stream, to_tensor, channels=1, on_corrupt="skip", batch_size=4, workers=0,
+                                             seed=0, rank=0, world=1, pin_memory=False)
         position.set_epoch(0)
         assert sum(skipped for _, _, skipped in loader) == 3
 
@@ -199,7 +201,7 @@ def test_json_labels_and_a_validation_pattern(same_images, tmp_path):
     kw = dict(MEMORY, label_key="json:label", val_split=str(tmp_path / "j" / "val-0000.tar"))
     trained = sources.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "train", **kw)
     held_out = sources.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "val", **kw)
-    every = data.decode_folder(data.FileData(files, ref.classes), 8, 1)
+    every = data.decode_folder(data.FileData(files, ref.classes), size=8, channels=1)
     assert torch.equal(trained.images, every.images[:18]) and torch.equal(held_out.labels, every.labels[18:])
 
 
@@ -262,4 +264,4 @@ def test_only_regular_files_are_read_as_shards(same_images, tmp_path):
     with pytest.raises(DataError, match="missing"):
         sources.load_dataset(f"wds:{fifo}", "train", **MEMORY)
     with pytest.raises(DataError, match="is not a regular file"):
-        list(wds_data.read_shard(wds_data.Shard(str(fifo), 1, 0), "", "cls", "error"))
+        list(wds_data.read_shard(wds_data.Shard(str(fifo), 1, 0), image_key="", label_key="cls", on_corrupt="error"))

@@ -65,7 +65,7 @@ def folder_splits(root: Path, val_size: float, split_seed: int) -> list[Split]:
         names = ["train", "val"] + (["test"] if (root / "test").is_dir() else [])
         return [of(n, data.folder_split(root, n)) for n in names]
     if val_size:
-        return [of(n, data.folder_split(root, n, val_size, split_seed)) for n in ("train", "val")]
+        return [of(n, data.folder_split(root, n, val_size=val_size, seed=split_seed)) for n in ("train", "val")]
     return [of("train", data.scan_image_folder(root))]
 
 

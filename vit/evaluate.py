@@ -237,7 +237,7 @@ def load_eval_data(args, model) -> EvalData:
     # Small images are decoded as train.py decodes them (resized to a square, no crop); large ones go through
     # the checkpoint's own preprocessing (resize by crop_pct, centre crop, its interpolation and mean/std).
     if isinstance(source, data.FileData) and max(H, W) <= data.MEMORY_MAX_SIDE:
-        decoded = data.decode_folder(source, H, C, args.on_corrupt)
+        decoded = data.decode_folder(source, size=H, channels=C, on_corrupt=args.on_corrupt)
         source, skipped = decoded, len(source) - len(decoded)
     source = remap_labels(source, model)
     return EvalData(source, f"{description}, {len(source)} images", skipped)
@@ -274,14 +274,16 @@ def batches(source, model, args, device: torch.device):
     """Yield normalised (x, y, skipped) batches on `device`."""
     pre = model.preprocess
     if isinstance(source, data.TensorData):
-        normalize = data.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], device)
+        normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=pre.input_size[1:],
+                                   device=device)
         for i in range(0, len(source), args.batch_size):
             x = source.images[i:i + args.batch_size].to(device, non_blocking=True)
             yield normalize(x), source.labels[i:i + args.batch_size].to(device), 0
         return
     transform = data.file_transforms(pre, train=False)
-    loader = data.eval_loader(source, transform, pre.input_size[0], args.on_corrupt, args.batch_size, args.workers,
-                              rank=0, world=1, pin_memory=device.type == "cuda")
+    loader = data.eval_loader(source, transform, channels=pre.input_size[0], on_corrupt=args.on_corrupt,
+                              batch_size=args.batch_size, workers=args.workers, rank=0, world=1,
+                              pin_memory=device.type == "cuda")
     for x, y, skipped in loader:
         if x is not None:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), skipped
@@ -293,7 +295,8 @@ def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, tor
     """Chosen images, normalised as for evaluation (CPU), with their labels."""
     pre = model.preprocess
     if isinstance(source, data.TensorData):
-        normalize = data.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], torch.device("cpu"))
+        normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=pre.input_size[1:],
+                                   device=torch.device("cpu"))
         idx = torch.tensor(indices)
         return normalize(source.images[idx]), source.labels[idx]
     if isinstance(source, data.StreamData):

@@ -246,7 +246,8 @@ LOADER_ONLY = ("workers",)
 
 def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device,
                  given: frozenset = frozenset()) -> Inputs:
-    normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
+    normalize = D.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=tuple(pre.input_size[1:]),
+                            device=device)
     in_memory = isinstance(data.train, D.TensorData)
     idle = given & set(LOADER_ONLY if in_memory else MEMORY_ONLY)
     if idle:
@@ -266,11 +267,13 @@ def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device:
         randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
         return Inputs(data, normalize, erase, randaug)
     pin, local = device.type == "cuda", cfg.batch_size // d.world
-    train_loader, sampler = D.train_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
-                                           data.channels, cfg.on_corrupt, cfg.batch_size, cfg.workers, cfg.seed, d.rank,
-                                           d.world, pin)
-    val_loader = D.eval_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt, local,
-                               cfg.workers, d.rank, d.world, pin)
+    train_transform = D.file_transforms(pre, True, hflip=cfg.hflip, randaug=cfg.randaug, reprob=cfg.reprob)
+    train_loader, sampler = D.train_loader(data.train, train_transform, channels=data.channels,
+                                           on_corrupt=cfg.on_corrupt, batch_size=cfg.batch_size, workers=cfg.workers,
+                                           seed=cfg.seed, rank=d.rank, world=d.world, pin_memory=pin)
+    val_loader = D.eval_loader(data.val, D.file_transforms(pre, False), channels=data.channels,
+                               on_corrupt=cfg.on_corrupt, batch_size=local, workers=cfg.workers, rank=d.rank,
+                               world=d.world, pin_memory=pin)
     return Inputs(data, normalize, None, None, train_loader, sampler, val_loader)
 
 
@@ -775,9 +778,9 @@ def train_batches(tr: Training, epoch: int, start: int, end: int) -> Iterator[tu
     if inputs.train_loader is None:
         perm = D.epoch_permutation(len(inputs.data.train), cfg.seed, epoch)
         for b in range(start, end):
-            x, y = D.memory_batch(inputs.data.train, perm, b, cfg.batch_size, d.rank, d.world,
-                                  D.step_generator(cfg.seed, epoch * spe + b), tr.crop_pad, tr.hflip,
-                                  inputs.randaug, cfg.repeat_aug)
+            x, y = D.memory_batch(inputs.data.train, perm, b, batch_size=cfg.batch_size, rank=d.rank, world=d.world,
+                                  gen=D.step_generator(cfg.seed, epoch * spe + b), pad=tr.crop_pad, hflip=tr.hflip,
+                                  randaug=inputs.randaug, repeats=cfg.repeat_aug)
             x = inputs.normalize(x)
             yield (inputs.erase(x) if inputs.erase is not None else x), y, 0
         return
