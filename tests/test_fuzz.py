@@ -625,7 +625,7 @@ def test_npz_archives(tmp_path_factory, archive):
     path = tmp_path_factory.mktemp("npz") / "w.npz"
     path.write_bytes(archive)
     try:
-        state, _ = vit.weights.read_checkpoint(path)
+        state, _ = vit.weights.read_weights_file(path)
     except vit.VitError as e:
         event("refused")
         assert str(path) in str(e), e

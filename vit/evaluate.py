@@ -120,7 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(checkpoint: str, model_name: str | None = None):
     """A model with weights, `.preprocess` and (where the file has them) `.class_names`, from CHECKPOINT."""
     from .registry import create_model, get_entry, list_models, preprocess_for
-    from .weights import read_metadata
+    from .weights import read_stored_metadata
 
     path = Path(checkpoint)
     if path.is_dir():  # a train.py run folder; any other folder (a hub snapshot) goes to vit.weights as it is
@@ -131,7 +131,7 @@ def load_model(checkpoint: str, model_name: str | None = None):
         except ConfigError as e:
             # Asked only on failure (a second read of a large file costs seconds): without a name, weights that
             # say nothing of their architecture are the reason, and the command line is the way out.
-            info = read_metadata(path) if model_name is None else None
+            info = read_stored_metadata(path) if model_name is None else None
             if info is not None and info.config is None and info.architecture is None:
                 raise CheckpointError(f"{path} carries no model config: name its architecture with --model NAME "
                                       "(see vit.list_models())") from e
@@ -405,7 +405,7 @@ def write_attention_maps(model, source, n: int, out_dir: Path, device, chunk: in
         for i, label in enumerate(y.tolist()):
             conf, pred = probs[i].max(dim=0)
             pred, true = names[int(pred)], names[label]
-            title = f"predicted: {describe(pred)} ({100 * float(conf):.0f}%)   true: {describe(true)}"
+            title = f"predicted: {class_description(pred)} ({100 * float(conf):.0f}%)   true: {class_description(true)}"
             path = out_dir / f"{start + i:03d}_{safe_name(true)}_as_{safe_name(pred)}.png"
             plot_attention_overlay(pictures[i].numpy(), heat[i].numpy(), title, path, correct=pred == true)
             paths.append(path)
@@ -432,11 +432,11 @@ def predict(model, paths: list[str], k: int, device, precision, hflip: bool = Fa
         results.append({"image": path, "top": [{"class": names[c], "probability": q} for c, q in zip(i, p)]})
         print(path)
         for rank, (c, q) in enumerate(zip(i, p), 1):
-            print(f"  {rank}. {describe(names[c]):<40} {100 * q:6.2f} %")
+            print(f"  {rank}. {class_description(names[c]):<40} {100 * q:6.2f} %")
     return results
 
 
-def describe(name: str) -> str:
+def class_description(name: str) -> str:
     """A WordNet id (ImageNet folder name) with its words, e.g. 'n02123045 (tabby, tabby cat)'; else the name."""
     if re.fullmatch(r"n\d{8}", name):
         from timm.data import ImageNetInfo
