@@ -32,7 +32,8 @@ import torch
 from . import data
 from . import sources
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
-from .metrics import ClassificationMetrics, black, check_shift, predict_logits
+from .eval_views import black, check_shift, predict_logits
+from .metrics import ClassificationMetrics
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .runs import BEST, LAST, atomic_write_text, find_training_config
 

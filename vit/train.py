@@ -43,7 +43,8 @@ from . import budget as B
 from .budget import Budget, Clock, parse_budget
 from .distill import DistillationLoss, load_teacher
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
-from .metrics import black, check_shift, confusion_matrix, predict_logits
+from .eval_views import black, check_shift, predict_logits
+from .metrics import confusion_matrix
 from .model import to_2tuple
 from .optim import build_optimizer
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
