@@ -26,7 +26,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vit  # noqa: E402
-from vit import augment, data as D, precision as P  # noqa: E402
+from vit import augment, data, precision  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,33 +54,36 @@ def main(argv=None) -> int:
 
     B = args.batch_size
     images = torch.randint(0, 256, (4 * B, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    data = D.TensorData(images, torch.randint(0, 10, (4 * B,)), [str(i) for i in range(10)])
+    tensors = data.TensorData(images, torch.randint(0, 10, (4 * B,)), [str(i) for i in range(10)])
     perm = torch.randperm(4 * B, generator=torch.Generator().manual_seed(0))
     ra = augment.RandAugment.parse(args.policy)
 
     model = vit.create_model(args.model, num_classes=10)
-    precision = P.resolve_precision("auto", torch.device("cpu"), model.embed_dim, training=True)
+    chosen = precision.resolve_precision("auto", torch.device("cpu"), model.embed_dim, training=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    norm = D.Normalize(model.preprocess.mean, model.preprocess.std, 3, (32, 32), torch.device("cpu"))
+    norm = data.Normalize(model.preprocess.mean, model.preprocess.std, channels=3, size=(32, 32),
+                          device=torch.device("cpu"))
     crit = nn.CrossEntropyLoss()
-    x0, y0 = D.memory_batch(data, perm, 0, B, 0, 1, torch.Generator().manual_seed(0), 2, 0.5)
+    x0, y0 = data.memory_batch(tensors, perm, 0, batch_size=B, rank=0, world=1, gen=torch.Generator().manual_seed(0),
+                               pad=2, hflip=0.5)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with P.autocast(precision, torch.device("cpu")):
+        with precision.autocast(chosen, torch.device("cpu")):
             loss = crit(model(norm(x0)), y0)
         loss.backward()
         opt.step()
 
     def batch(randaug=None, repeats=1):
-        return lambda: D.memory_batch(data, perm, 1, B, 0, 1, torch.Generator().manual_seed(1), 2, 0.5,
-                                      randaug=randaug, repeats=repeats)
+        return lambda: data.memory_batch(tensors, perm, 1, batch_size=B, rank=0, world=1,
+                                         gen=torch.Generator().manual_seed(1), pad=2, hflip=0.5, randaug=randaug,
+                                         repeats=repeats)
 
     contenders = {
         "crop+flip": batch(),
         f"crop+flip+{args.policy}": batch(ra),
         f"crop+flip+{args.policy}, 3 repeats": batch(ra, 3),
-        f"training step ({precision})": step,
+        f"training step ({chosen})": step,
     }
     for fn in contenders.values():  # warm up
         fn(), fn()
@@ -91,11 +94,11 @@ def main(argv=None) -> int:
             contenders[name]()
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    step_s = med[f"training step ({precision})"]
+    step_s = med[f"training step ({chosen})"]
 
     cpu = cpu_name()
     print(f"{args.model}, batch {B}, {torch.get_num_threads()} threads, {cpu}, "
-          f"native bf16: {P.cpu_has_bf16()}")
+          f"native bf16: {precision.cpu_has_bf16()}")
     print(f"| what | ms per batch | share of a training step |\n|---|---|---|")
     rows = []
     for name, s in med.items():
@@ -103,11 +106,11 @@ def main(argv=None) -> int:
         rows.append(dict(what=name, ms=s * 1e3, share_of_step=share))
         print(f"| {name} | {s * 1e3:.1f} | {100 * share:.1f}% |")
     RESULTS.mkdir(exist_ok=True)
-    tag = "avx512bf16" if P.cpu_has_bf16() else "no-native-bf16"
+    tag = "avx512bf16" if precision.cpu_has_bf16() else "no-native-bf16"
     out = RESULTS / f"augment-cost-{tag}.json"
     out.write_text(json.dumps(dict(model=args.model, batch_size=B, policy=args.policy, cpu=cpu,
-                                   native_bf16=P.cpu_has_bf16(), threads=torch.get_num_threads(),
-                                   precision=precision, rows=rows), indent=1))
+                                   native_bf16=precision.cpu_has_bf16(), threads=torch.get_num_threads(),
+                                   precision=chosen, rows=rows), indent=1))
     print(f"wrote {out}")
     return 0
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import vit  # noqa: E402
-from vit import finetune as FT  # noqa: E402
+from vit import finetune  # noqa: E402
 from vit.data import FASHION_MNIST_DIR, read_idx  # noqa: E402
 
 MODEL = "vit_micro_patch4_32"
@@ -59,10 +59,10 @@ def trainable(flags: list[str], backbone: str) -> tuple[int, int]:
     """(trained, total) parameters of the variant's model, built as train.py builds it."""
     model = vit.create_model(MODEL, pretrained=backbone if "--pretrained" in flags else False)
     if "--freeze" in flags:
-        FT.freeze(model, flags[flags.index("--freeze") + 1])
+        finetune.freeze(model, flags[flags.index("--freeze") + 1])
     if "--lora-rank" in flags:
-        FT.add_lora(model, int(flags[flags.index("--lora-rank") + 1]))
-    return FT.trainable_parameters(model), sum(p.numel() for p in model.parameters())
+        finetune.add_lora(model, int(flags[flags.index("--lora-rank") + 1]))
+    return finetune.trainable_parameters(model), sum(p.numel() for p in model.parameters())
 
 
 def run(name: str, flags: list[str], data: Path, out: Path, minutes: float, threads: int) -> dict:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vit import data as D  # noqa: E402
+from vit import data  # noqa: E402
 from vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment_cost import cpu_name  # noqa: E402
@@ -131,12 +131,12 @@ class Decoded(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         jpeg, label = self.read(i)
-        with D.seeded_rngs(D.sample_seed(0, 0, i)):
+        with data.seeded_rngs(data.sample_seed(0, 0, i)):
             return self.transform(self.decode(jpeg)), label
 
 
 class FolderBytes:
-    def __init__(self, files: D.FileData):
+    def __init__(self, files: data.FileData):
         self.samples = files.samples
 
     def __call__(self, i: int) -> tuple[bytes, int]:
@@ -161,7 +161,7 @@ def webdataset_pipeline(shards: list[str], decode, transform):
 
     def sample(key_jpeg_cls):
         key, jpeg, cls = key_jpeg_cls
-        with D.seeded_rngs(D.sample_seed(0, 0, int(key))):
+        with data.seeded_rngs(data.sample_seed(0, 0, int(key))):
             return transform(decode(jpeg)), int(cls)
 
     return wds.WebDataset(shards, shardshuffle=False, empty_check=False).to_tuple("__key__", "jpg", "cls").map(sample)
@@ -199,19 +199,20 @@ def timm_loader(folder: Path, batch_size: int, workers: int) -> torch.utils.data
         use_prefetcher=False, hflip=0.5, auto_augment=POLICY, interpolation=PRE.interpolation, mean=PRE.mean,
         std=PRE.std, crop_pct=PRE.crop_pct, num_workers=workers, device=torch.device("cpu"),
     )
-    D.posterize_any_bits(loader.dataset.transform)  # Pillow 13 refuses timm's 0-bit posterize (vit/data.py)
+    data.posterize_any_bits(loader.dataset.transform)  # Pillow 13 refuses timm's 0-bit posterize (vit/data.py)
     return loader
 
 
-def train_py_loader(files: D.FileData, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+def train_py_loader(files: data.FileData, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
     """train.py's loader path for --dataset folder, as build_inputs makes it (one rank)."""
-    sampler = D.ShardSampler(len(files.samples), batch_size, seed=0, rank=0, world=1)
-    return D.file_loader(files, D.file_transforms(PRE, True, 0.5, POLICY), 3, "skip", batch_size, workers,
-                         sampler, pin_memory=False)
+    sampler = data.ShardSampler(len(files.samples), batch_size, seed=0, rank=0, world=1)
+    transform = data.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
+    return data.file_loader(files, transform, channels=3, on_corrupt="skip", batch_size=batch_size, workers=workers,
+                            sampler=sampler, pin_memory=False)
 
 
 def make_rows(work: Path, batch_size: int, workers: list[int]) -> list[Row]:
-    files = D.scan_image_folder(work / "folder")
+    files = data.scan_image_folder(work / "folder")
     shards = sorted(str(p) for p in (work / "wds").glob("*.tar"))
     parquet = ParquetBytes(work / "parquet" / "train.parquet", work / "hf-cache")
     folder = FolderBytes(files)
@@ -221,7 +222,7 @@ def make_rows(work: Path, batch_size: int, workers: list[int]) -> list[Row]:
         rows.append(Row("folder", "PIL", "train.py", w, lambda w=w: train_py_loader(files, batch_size, w)))
         rows.append(Row("folder", "PIL", "timm", w, lambda w=w: timm_loader(work / "folder", batch_size, w)))
         for dec_name, dec in DECODERS.items():
-            tf = D.file_transforms(PRE, True, 0.5, POLICY)
+            tf = data.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
             rows.append(Row("folder", dec_name, "Decoded", w,
                             lambda w=w, dec=dec, tf=tf: loader_for(Decoded(folder, n, dec, tf), batch_size, w)))
             rows.append(Row("WebDataset", dec_name, "webdataset", w,

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-import vit.data as D
-import vit.sources as S
+from vit import data
+from vit import sources
 from vit.convert import main
 
 from conftest import folder_items
@@ -35,8 +35,8 @@ def test_folder_to_shards_read_back_by_webdataset(same_images, tmp_path, capsys)
     assert sorted(s["__key__"] for s in read) == [f"{i:06d}" for i in range(24)]
     assert [s["__key__"] for s in read] != sorted(s["__key__"] for s in read)  # shuffled on writing
     for s in read:
-        data, _, label, _ = items[int(s["__key__"])]
-        assert s["png"] == data and int(s["cls"]) == label
+        encoded, _, label, _ = items[int(s["__key__"])]
+        assert s["png"] == encoded and int(s["cls"]) == label
     assert main([str(same_images.folder), str(tmp_path / "b"), "--to", "wds", "--shard-size", "10"]) == 0
     for name in ("train-000000.tar", "train-000002.tar"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -61,8 +61,8 @@ def test_folder_to_hf_read_back_by_datasets(same_images, hf_cache, tmp_path, fmt
         assert table.num_rows == 10 and [c["bytes"] for c in table.column("image").to_pylist()] == \
             [d for d, _, _, _ in items[:10]]
     for split in ("train", "val"):  # and the package reads it as the folder
-        ref = D.load_dataset("folder", split, data_dir=str(same_images.folder), **MEMORY)
-        got = S.load_dataset(f"hf:{tmp_path / 'out'}", split, **MEMORY)
+        ref = data.load_builtin("folder", split, data_dir=str(same_images.folder), **MEMORY)
+        got = sources.load_dataset(f"hf:{tmp_path / 'out'}", split, **MEMORY)
         assert got.classes == ref.classes
         assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels)
 
@@ -76,8 +76,8 @@ def test_a_carved_val_split_matches_train_pys_carve(same_images, tmp_path):
     assert info["splits"]["val"]["num_samples"] == 5 and info["splits"]["train"]["num_samples"] == 19
     pattern = f"wds:{tmp_path / 's' / 'train-000000.tar'}"
     for split in ("train", "val"):
-        ref = D.load_dataset("folder", split, data_dir=str(same_images.folder), **MEMORY)
-        got = S.load_dataset(pattern, split, **{**MEMORY, "val_size": 0.1})  # val: the val shards, not a carve
+        ref = data.load_builtin("folder", split, data_dir=str(same_images.folder), **MEMORY)
+        got = sources.load_dataset(pattern, split, **{**MEMORY, "val_size": 0.1})  # val: the val shards, not a carve
         assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels), split
 
 
@@ -85,13 +85,14 @@ def test_torchvision_dataset_to_shards_and_hf(tiny_cifar10, hf_cache, tmp_path):
     """CIFAR-10 from torchvision's files: train and test splits, each image as lossless PNG that decodes to
     torchvision's pixels."""
     root, _ = tiny_cifar10
-    ref = {s: D.load_dataset("cifar10", s, str(root)) for s in ("train", "val")}  # val: the official test set
+    # val: the official test set
+    ref = {s: data.load_builtin("cifar10", s, data_dir=str(root)) for s in ("train", "val")}
     for fmt in ("wds", "hf"):
         assert main(["cifar10", str(tmp_path / fmt), "--to", fmt, "--data-dir", str(root)]) == 0
     pattern = f"wds:{tmp_path / 'wds' / 'train-000000.tar'}"
     for name in (pattern, f"hf:{tmp_path / 'hf'}"):
         for split, theirs in (("train", "train"), ("test", "val")):
-            got = S.load_dataset(name, split, data_mode="memory", img_size=32, val_split="test")
+            got = sources.load_dataset(name, split, data_mode="memory", img_size=32, val_split="test")
             assert got.classes == ref[theirs].classes
             assert torch.equal(got.images, ref[theirs].images) and torch.equal(got.labels, ref[theirs].labels)
 

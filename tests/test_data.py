@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vit import data as D
+from vit import data
 from vit.errors import ConfigError, DataError
 
 from conftest import make_folder, make_idx_dir
@@ -20,11 +20,11 @@ from conftest import make_folder, make_idx_dir
 def test_digits_split_is_fixed_disjoint_and_complete():
     from sklearn.datasets import load_digits
 
-    train, val = D.digits_split("train"), D.digits_split("val")
+    train, val = data.digits_split("train"), data.digits_split("val")
     assert len(train) + len(val) == 1797 and len(val) == 359
     assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (1, 8, 8)
-    assert torch.equal(D.digits_split("val").images, val.images)  # same seed, same split
-    assert torch.equal(D.digits_split("test").labels, val.labels)  # "test" is the held-out split too
+    assert torch.equal(data.digits_split("val").images, val.images)  # same seed, same split
+    assert torch.equal(data.digits_split("test").labels, val.labels)  # "test" is the held-out split too
     # Together the two splits are exactly sklearn's images (0..16 scaled to 0..255), each once.
     ref = load_digits()
     ref_rows = {(np.round(im * 255 / 16).astype(np.uint8).tobytes(), int(t)) for im, t in zip(ref.images, ref.target)}
@@ -38,7 +38,7 @@ def test_digits_split_is_fixed_disjoint_and_complete():
 def test_idx_files_load_exactly(tmp_path):
     arrays = make_idx_dir(tmp_path)
     for split, prefix in (("train", "train"), ("val", "t10k"), ("test", "t10k")):
-        d = D.load_dataset("fashion-mnist", split, data_dir=str(tmp_path))
+        d = data.load_builtin("fashion-mnist", split, data_dir=str(tmp_path))
         assert d.images.shape == (len(arrays[prefix][0]), 1, 28, 28)
         assert np.array_equal(d.images[:, 0].numpy(), arrays[prefix][0])
         assert np.array_equal(d.labels.numpy(), arrays[prefix][1])
@@ -47,20 +47,20 @@ def test_idx_files_load_exactly(tmp_path):
 
 def test_idx_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="no train-images-idx3"):
-        D.idx_split(tmp_path, "train", D.MNIST_CLASSES)
+        data.idx_split(tmp_path, "train", data.MNIST_CLASSES)
     bad = tmp_path / "x.gz"
     with gzip.open(bad, "wb") as f:
         f.write(b"\x00\x00\x0d\x01" + b"\x00" * 8)
     with pytest.raises(DataError, match="x.gz"):
-        D.read_idx(bad)
+        data.read_idx(bad)
 
 
 def test_real_fashion_mnist_if_installed():
     from pathlib import Path
 
-    if not Path(D.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").exists():
+    if not Path(data.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip("dataset-fashion-mnist not installed")
-    d = D.load_dataset("fashion-mnist", "test")
+    d = data.load_builtin("fashion-mnist", "test")
     assert d.images.shape == (10000, 1, 28, 28) and torch.bincount(d.labels).tolist() == [1000] * 10
 
 
@@ -69,17 +69,17 @@ def test_real_fashion_mnist_if_installed():
 
 def test_cifar10_through_torchvision(tiny_cifar10):
     root, written = tiny_cifar10
-    train = D.load_dataset("cifar10", "train", data_dir=str(root))
-    val = D.load_dataset("cifar10", "val", data_dir=str(root))
+    train = data.load_builtin("cifar10", "train", data_dir=str(root))
+    val = data.load_builtin("cifar10", "val", data_dir=str(root))
     assert train.images.shape == (20, 3, 32, 32) and val.images.shape == (4, 3, 32, 32)
-    data, labels = written["test_batch"]
-    assert np.array_equal(val.images.numpy(), data.reshape(-1, 3, 32, 32)) and val.labels.tolist() == labels
+    pixels, labels = written["test_batch"]
+    assert np.array_equal(val.images.numpy(), pixels.reshape(-1, 3, 32, 32)) and val.labels.tolist() == labels
     assert train.classes[0] == "airplane"
 
 
 def test_cifar_missing_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="--download"):
-        D.load_dataset("cifar10", "train", data_dir=str(tmp_path))
+        data.load_builtin("cifar10", "train", data_dir=str(tmp_path))
 
 
 def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
@@ -93,18 +93,18 @@ def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
     closed.close()  # nothing listens there: connection refused
-    monkeypatch.setattr(D, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.5)
     try:
         for port, reason in [(closed_port, "refused"), (silent.getsockname()[1], "timed out")]:
             monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
             with pytest.raises(DataError, match=rf"cannot download cifar10 into {tmp_path}: .*{reason}.*"
                                                 r"cifar-10-batches-py/ \(or cifar-10-python.tar.gz\)"):
-                D.load_dataset("cifar10", "train", data_dir=str(tmp_path), download=True)
+                data.load_builtin("cifar10", "train", data_dir=str(tmp_path), download=True)
     finally:
         silent.close()
     assert socket.getdefaulttimeout() is None  # put back
     with pytest.raises(ConfigError, match="--download fetches cifar10 and cifar100 only, not --dataset digits"):
-        D.load_dataset("digits", "train", download=True)
+        data.load_builtin("digits", "train", download=True)
 
 
 # ---- ImageFolder trees of JPEGs
@@ -112,26 +112,26 @@ def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_single_tree_carves_a_seeded_disjoint_val_split(tmp_path):
     make_folder(tmp_path)
-    train = D.folder_split(tmp_path, "train", val_size=0.25, seed=3)
-    val = D.folder_split(tmp_path, "val", val_size=0.25, seed=3)
+    train = data.folder_split(tmp_path, "train", val_size=0.25, seed=3)
+    val = data.folder_split(tmp_path, "val", val_size=0.25, seed=3)
     assert len(train) == 14 and len(val) == 4  # round(18 * 0.25)
     assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
-    assert D.folder_split(tmp_path, "val", val_size=0.25, seed=3).samples == val.samples
-    assert D.folder_split(tmp_path, "val", val_size=3, seed=3).samples != val.samples  # a count works too
+    assert data.folder_split(tmp_path, "val", val_size=0.25, seed=3).samples == val.samples
+    assert data.folder_split(tmp_path, "val", val_size=3, seed=3).samples != val.samples  # a count works too
     assert train.classes == ["cat", "dog", "emu"]
 
 
 def test_train_val_tree_and_memory_decoding(tmp_path):
     make_folder(tmp_path / "train")
     make_folder(tmp_path / "val", per_class=2, seed=1)
-    val = D.load_dataset("folder", "val", data_dir=str(tmp_path), img_size=8, channels=3)
-    assert isinstance(val, D.TensorData) and val.images.shape == (6, 3, 8, 8)
+    val = data.load_builtin("folder", "val", data_dir=str(tmp_path), img_size=8, channels=3)
+    assert isinstance(val, data.TensorData) and val.images.shape == (6, 3, 8, 8)
     assert val.labels.tolist() == [0, 0, 1, 1, 2, 2]
     # Decoding matches PIL directly (convert, bilinear resize).
     ref = np.asarray(Image.open(tmp_path / "val" / "cat" / "0.jpg").convert("RGB").resize((8, 8), Image.BILINEAR))
     assert np.array_equal(val.images[0].permute(1, 2, 0).numpy(), ref)
-    files = D.load_dataset("folder", "train", data_dir=str(tmp_path), data_mode="loader")
-    assert isinstance(files, D.FileData) and len(files) == 18
+    files = data.load_builtin("folder", "train", data_dir=str(tmp_path), data_mode="loader")
+    assert isinstance(files, data.FileData) and len(files) == 18
 
 
 def test_corrupt_images_skipped_with_count_or_error(tmp_path, caplog):
@@ -139,23 +139,23 @@ def test_corrupt_images_skipped_with_count_or_error(tmp_path, caplog):
     (tmp_path / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (tmp_path / "dog" / "empty.png").write_bytes(b"")
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
-    files = D.scan_image_folder(tmp_path)
+    files = data.scan_image_folder(tmp_path)
     assert len(files) == 11  # the .txt is ignored by extension
     with caplog.at_level(logging.WARNING, logger="vit.data"):
-        d = D.decode_folder(files, 8, 3, on_corrupt="skip")
+        d = data.decode_folder(files, size=8, channels=3, on_corrupt="skip")
     assert len(d) == 9 and "skipped 2 unreadable image(s)" in caplog.text
     with pytest.raises(DataError, match="broken.jpg"):
-        D.decode_folder(files, 8, 3, on_corrupt="error")
+        data.decode_folder(files, size=8, channels=3, on_corrupt="error")
 
 
 def test_empty_class_folder_and_single_class_are_errors(tmp_path):
     make_folder(tmp_path / "a", classes=("x", "y"))
     (tmp_path / "a" / "z").mkdir()
     with pytest.raises(DataError, match="holds no images"):
-        D.scan_image_folder(tmp_path / "a")
+        data.scan_image_folder(tmp_path / "a")
     make_folder(tmp_path / "b", classes=("only",))
     with pytest.raises(DataError, match="at least 2"):
-        D.scan_image_folder(tmp_path / "b")
+        data.scan_image_folder(tmp_path / "b")
 
 
 def test_file_loader_with_timm_transforms_skips_corrupt(tmp_path):
@@ -163,11 +163,12 @@ def test_file_loader_with_timm_transforms_skips_corrupt(tmp_path):
 
     make_folder(tmp_path, per_class=2)
     (tmp_path / "cat" / "broken.jpg").write_bytes(b"garbage")
-    files = D.scan_image_folder(tmp_path)
+    files = data.scan_image_folder(tmp_path)
     pre = Preprocess((3, 16, 16), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
-    tf = D.file_transforms(pre, train=True, randaug="rand-m9-mstd0.5-inc1", reprob=0.25)
-    sampler = D.ShardSampler(len(files), 7, seed=0, rank=0, world=1)
-    loader = D.file_loader(files, tf, 3, "skip", 7, 0, sampler, pin_memory=False)
+    tf = data.file_transforms(pre, train=True, randaug="rand-m9-mstd0.5-inc1", reprob=0.25)
+    sampler = data.ShardSampler(len(files), 7, seed=0, rank=0, world=1)
+    loader = data.file_loader(files, tf, channels=3, on_corrupt="skip", batch_size=7, workers=0, sampler=sampler,
+                              pin_memory=False)
     batches = list(loader)
     assert sum(len(y) for _, y, _ in batches) + sum(s for _, _, s in batches) == 7  # one step of 7
     x, y, _ = batches[0]
@@ -179,9 +180,9 @@ def test_file_loader_with_timm_transforms_skips_corrupt(tmp_path):
 
 def test_augment_batch_matches_a_per_image_oracle():
     x = torch.randint(0, 256, (5, 3, 6, 7), dtype=torch.uint8)
-    assert torch.equal(D.augment_batch(x, torch.Generator().manual_seed(0), pad=0, hflip=0.0), x)
+    assert torch.equal(data.augment_batch(x, torch.Generator().manual_seed(0), pad=0, hflip=0.0), x)
     pad = 2
-    out = D.augment_batch(x, torch.Generator().manual_seed(1), pad=pad, hflip=0.5)
+    out = data.augment_batch(x, torch.Generator().manual_seed(1), pad=pad, hflip=0.5)
     g = torch.Generator().manual_seed(1)  # replay the same draws
     dy, dx = torch.randint(0, 2 * pad + 1, (5,), generator=g), torch.randint(0, 2 * pad + 1, (5,), generator=g)
     flip = torch.rand(5, generator=g) < 0.5
@@ -193,24 +194,26 @@ def test_augment_batch_matches_a_per_image_oracle():
 
 
 def test_rank_shards_make_up_the_global_batch():
-    data = D.TensorData(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).clone(),
-                        torch.arange(40), [str(i) for i in range(40)])
-    perm = D.epoch_permutation(40, seed=0, epoch=1)
-    one = D.memory_batch(data, perm, 2, 8, 0, 1, torch.Generator().manual_seed(5), 1, 0.5)
-    two = [D.memory_batch(data, perm, 2, 8, r, 2, torch.Generator().manual_seed(5), 1, 0.5) for r in range(2)]
+    tensors = data.TensorData(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).clone(),
+                              torch.arange(40), [str(i) for i in range(40)])
+    perm = data.epoch_permutation(40, seed=0, epoch=1)
+    one = data.memory_batch(tensors, perm, 2, batch_size=8, rank=0, world=1, gen=torch.Generator().manual_seed(5),
+                            pad=1, hflip=0.5)
+    two = [data.memory_batch(tensors, perm, 2, batch_size=8, rank=r, world=2, gen=torch.Generator().manual_seed(5),
+                             pad=1, hflip=0.5) for r in range(2)]
     assert torch.equal(torch.cat([t[0] for t in two]), one[0]) and torch.equal(torch.cat([t[1] for t in two]), one[1])
-    loader_idx = [[i for i, _ in D.ShardSampler(40, 8, 0, r, 2)] for r in range(2)]
+    loader_idx = [[i for i, _ in data.ShardSampler(40, 8, seed=0, rank=r, world=2)] for r in range(2)]
     assert sorted(loader_idx[0] + loader_idx[1]) == list(range(40))
-    s = D.ShardSampler(40, 8, 0, 0, 1)
+    s = data.ShardSampler(40, 8, seed=0, rank=0, world=1)
     s.set_epoch(1, start_step=2)
     assert [i for i, _ in s][:8] == perm[16:24].tolist()  # mid-epoch resume starts at the right batch
 
 
 def test_unknown_dataset_and_split():
     with pytest.raises(ConfigError, match="imagenet"):
-        D.load_dataset("imagenet", "train")
+        data.load_builtin("imagenet", "train")
     with pytest.raises(ConfigError, match="dev"):
-        D.digits_split("dev")
+        data.digits_split("dev")
 
 
 # ---- image files of unusual kinds
@@ -221,18 +224,18 @@ def test_high_bit_depth_images_keep_their_contrast(tmp_path):
     Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)).save(tmp_path / "gray16.png")
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "gray.tiff")
     for name in ("gray16.png", "gray.tiff"):
-        assert np.asarray(D.load_image(str(tmp_path / name), "L")).tolist() == [[128] * 4] * 4, name
-    assert np.asarray(D.load_image(str(tmp_path / "gray16.png"), "RGB")).shape == (4, 4, 3)
+        assert np.asarray(data.load_image(str(tmp_path / name), "L")).tolist() == [[128] * 4] * 4, name
+    assert np.asarray(data.load_image(str(tmp_path / "gray16.png"), "RGB")).shape == (4, 4, 3)
     Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32)).save(tmp_path / "nan.tiff")
     with pytest.raises(DataError, match=r"nan.tiff.*NaN"):
-        D.load_image(str(tmp_path / "nan.tiff"), "L")
+        data.load_image(str(tmp_path / "nan.tiff"), "L")
 
 
 def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over twice the limit, PIL refuses
     with pytest.raises(DataError, match=r"bomb.png"):
-        D.load_image(str(tmp_path / "bomb.png"), "RGB")
+        data.load_image(str(tmp_path / "bomb.png"), "RGB")
 
 
 def test_timm_posterize_at_zero_bits_gives_black_as_torchvision():
@@ -242,7 +245,7 @@ def test_timm_posterize_at_zero_bits_gives_black_as_torchvision():
     from PIL import Image
     from vit import Preprocess
 
-    tf = D.file_transforms(Preprocess((3, 16, 16)), train=True, randaug="rand-m10-mstd0-inc1")
+    tf = data.file_transforms(Preprocess((3, 16, 16)), train=True, randaug="rand-m10-mstd0-inc1")
     (op,) = [op for t in tf.transforms for op in getattr(t, "ops", ()) if op.name == "PosterizeIncreasing"]
     op.prob = 1.0
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 9, 3), dtype=np.uint8))
@@ -265,7 +268,7 @@ def test_seeded_rngs_draw_as_the_global_seeds_and_put_the_states_back():
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
     reference = draws()
     random.seed(11), np.random.seed(11), torch.manual_seed(11)
-    with D.seeded_rngs(5):
+    with data.seeded_rngs(5):
         assert draws() == reference
     assert draws() == after
 
@@ -277,10 +280,10 @@ def test_a_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
     import zlib
 
     Image.new("RGB", (1, 1)).save(tmp_path / "big.png")
-    data = bytearray((tmp_path / "big.png").read_bytes())
-    struct.pack_into(">II", data, 16, 12000, 12000)  # IHDR's width and height, then its CRC
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
-    (tmp_path / "big.png").write_bytes(bytes(data))
+    png = bytearray((tmp_path / "big.png").read_bytes())
+    struct.pack_into(">II", png, 16, 12000, 12000)  # IHDR's width and height, then its CRC
+    struct.pack_into(">I", png, 29, zlib.crc32(bytes(png[12:29])))
+    (tmp_path / "big.png").write_bytes(bytes(png))
     assert Image.MAX_IMAGE_PIXELS < 12000**2 < 2 * Image.MAX_IMAGE_PIXELS
     with pytest.raises(DataError, match=r"big.png: 12000x12000 pixels, over PIL's limit of 89478485"):
-        D.load_image(str(tmp_path / "big.png"), "RGB")
+        data.load_image(str(tmp_path / "big.png"), "RGB")

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 import vit
-from vit import data as D
-from vit import train as T
+from vit import data
+from vit import train
 from vit.distill import DistillationLoss, TeacherView
 
 from test_train import FAST, ckpt, rows, train_fails
@@ -89,8 +89,10 @@ def test_teacher_view_is_the_teachers_own_preprocessing():
     student = vit.Preprocess((1, 8, 8), (0.3,), (0.38,), "bilinear", 1.0)
     teacher = vit.Preprocess((3, 16, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 1.0)
     cpu = torch.device("cpu")
-    seen = TeacherView(student, teacher)(D.Normalize(student.mean, student.std, 1, (8, 8), cpu)(pixels))
-    torch.testing.assert_close(seen, D.Normalize(teacher.mean, teacher.std, 3, (16, 16), cpu)(pixels), rtol=0, atol=1e-5)
+    as_student = data.Normalize(student.mean, student.std, channels=1, size=(8, 8), device=cpu)
+    as_teacher = data.Normalize(teacher.mean, teacher.std, channels=3, size=(16, 16), device=cpu)
+    seen = TeacherView(student, teacher)(as_student(pixels))
+    torch.testing.assert_close(seen, as_teacher(pixels), rtol=0, atol=1e-5)
     same = torch.randn(2, 1, 8, 8)
     assert TeacherView(student, student)(same) is same
 
@@ -100,8 +102,8 @@ def test_distilling_from_a_teacher_trained_on_digits(trained_run, tmp_path, caps
     (hard), the student's best.safetensors a distilled model of its own, without the teacher's weights."""
     teacher = trained_run.out / "best.safetensors"
     out = tmp_path / "student"
-    assert T.main([*FAST, "--epochs", "1", "--lr", "4e-3", "--distilled", "--teacher", str(teacher),
-                   "--output", str(out)]) == 0
+    assert train.main([*FAST, "--epochs", "1", "--lr", "4e-3", "--distilled", "--teacher", str(teacher),
+                       "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"distilling from {teacher} (hard)" in printed
     assert len(rows(out)) == 1 and all(r["images_per_s"] > 0 for r in rows(out))

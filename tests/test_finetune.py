@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import vit
-from vit import finetune as FT
-from vit import train as T
+from vit import finetune
+from vit import train
 
 from test_train import FAST, ckpt, train_fails
 
@@ -17,7 +17,7 @@ def backbone_run(trained_run, tmp_path, *flags):
     """One epoch on digits from the trained run's weights with `flags`; returns (loaded weights, last.ckpt)."""
     source = trained_run.out / "best.safetensors"
     out = tmp_path / "ft"
-    assert T.main([*FAST, "--epochs", "1", "--pretrained", str(source), "--output", str(out), *flags]) == 0
+    assert train.main([*FAST, "--epochs", "1", "--pretrained", str(source), "--output", str(out), *flags]) == 0
     loaded = vit.create_model("vit_nano_patch2_8", pretrained=source).state_dict()
     return loaded, ckpt(out), out
 
@@ -39,9 +39,9 @@ def test_lora_trains_the_adapters_and_head_alone_and_merges_back(trained_run, tm
             assert torch.equal(value, loaded[key.replace(".base_layer", "")]), key
 
     model = vit.create_model("vit_nano_patch2_8", num_classes=classes)
-    FT.add_lora(model, rank, 8)
+    finetune.add_lora(model, rank, 8)
     model.load_state_dict(state)
-    assert FT.trainable_parameters(model) == adapters + C * classes + classes
+    assert finetune.trainable_parameters(model) == adapters + C * classes + classes
     assert any(state[k].any() for k in state if "lora_B" in k)  # the adapters moved from their zero start
     monkeypatch.setitem(sys.modules, "peft", None)  # best.safetensors loads without peft
     merged = vit.create_model(pretrained=out / "best.safetensors").eval()
@@ -56,15 +56,15 @@ def test_merge_equals_peft_merge_and_unload():
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    model = FT.add_lora(vit.create_model("vit_nano_patch2_8", depth=2), rank=2, alpha=6)
+    model = finetune.add_lora(vit.create_model("vit_nano_patch2_8", depth=2), rank=2, alpha=6)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
-    ours = FT.merge_lora(model).state_dict()
+    ours = finetune.merge_lora(model).state_dict()
     plain = vit.create_model("vit_nano_patch2_8", depth=2)
     plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k})
-    reference = get_peft_model(plain, LoraConfig(r=2, lora_alpha=6, target_modules=FT.LORA_TARGETS))
+    reference = get_peft_model(plain, LoraConfig(r=2, lora_alpha=6, target_modules=finetune.LORA_TARGETS))
     reference.load_state_dict({f"base_model.model.{k}": v for k, v in model.state_dict().items()}, strict=True)
     theirs = reference.merge_and_unload().state_dict()
     assert ours.keys() == theirs.keys()

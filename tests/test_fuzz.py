@@ -627,7 +627,7 @@ def test_npz_archives(tmp_path_factory, archive):
     path = tmp_path_factory.mktemp("npz") / "w.npz"
     path.write_bytes(archive)
     try:
-        state, _ = vit.weights.read_checkpoint(path)
+        state, _ = vit.weights.read_weights_file(path)
     except vit.VitError as e:
         event("refused")
         assert str(path) in str(e), e
@@ -695,14 +695,14 @@ def image_files(draw) -> tuple[bytes, str]:
 def test_image_files(tmp_path_factory, image, channels):
     """Every reader of images goes through vit.data.load_image: an image in the asked mode that the evaluation
     transform turns into finite numbers, or a DataError naming the file."""
-    from vit import data as D
+    from vit import data
 
-    data, suffix = image
+    encoded, suffix = image
     path = tmp_path_factory.mktemp("img") / f"x{suffix}"
-    path.write_bytes(data)
+    path.write_bytes(encoded)
     mode = "L" if channels == 1 else "RGB"
     try:
-        im = D.load_image(str(path), mode)
+        im = data.load_image(str(path), mode)
     except vit.DataError as e:
         event("refused")
         assert str(path) in str(e), e
@@ -710,7 +710,7 @@ def test_image_files(tmp_path_factory, image, channels):
     event("read")
     assert im.mode == mode and 0 < im.width * im.height <= 16 * 16
     pre = vit.Preprocess((channels, 8, 8), (0.5,) * channels, (0.25,) * channels, "bilinear", 1.0)
-    x = D.file_transforms(pre, train=False)(im)
+    x = data.file_transforms(pre, train=False)(im)
     assert x.shape == (channels, 8, 8) and torch.isfinite(x).all()
 
 
@@ -768,12 +768,12 @@ def test_train_command_lines(tmp_path_factory, flags):
     """train.py with up to four hostile flag values (one step at most): it trains, or exits 2 with one
     `error:` line (argparse's usage line and `error:` for a value of the wrong kind), or 1 for a non-finite
     loss -- never a traceback."""
-    from vit import train as T
+    from vit import train
 
     out = tmp_path_factory.mktemp("flags") / "run"
     argv = ["--quiet", "--device", "cpu", "--epochs", "1", "--max-steps", "1", "--batch-size", "64",
             "--output", str(out), *(a for f, v in flags.items() for a in (f, v))]
-    code, _, err = run_script(T.main, argv)
+    code, _, err = run_script(train.main, argv)
     event(f"exit {code}")
     assert "Traceback" not in err, err
     assert code in (0, 1, 2), (code, err)

@@ -11,9 +11,9 @@ import shutil
 import pytest
 import torch
 
-import vit.data as D
-import vit.sources as S
-from vit import train as T
+from vit import data
+from vit import sources
+from vit import train
 from vit.errors import ConfigError, DataError
 
 from conftest import folder_items, hf_dataset_of
@@ -24,7 +24,7 @@ MEMORY = dict(val_size=5, split_seed=3, data_mode="memory", img_size=8, channels
 
 
 def folder(split, **kw):
-    return D.load_dataset("folder", split, data_dir=str(kw.pop("root")), **{**MEMORY, **kw})
+    return data.load_builtin("folder", split, data_dir=str(kw.pop("root")), **{**MEMORY, **kw})
 
 
 def hub_cache(cache, parquet, repo="org/tiny", splits=("train",)):
@@ -56,7 +56,7 @@ def test_hf_sources_decode_to_the_folders_tensors(same_images, hf_cache, tmp_pat
         name = "org/tiny"
     for split in ("train", "val"):
         ref = folder(split, root=same_images.folder)
-        got = S.load_dataset(f"hf:{name}", split, **MEMORY)
+        got = sources.load_dataset(f"hf:{name}", split, **MEMORY)
         assert got.classes == ref.classes == list(same_images.classes)
         assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels), split
 
@@ -76,9 +76,9 @@ def test_an_unreachable_hub_is_asked_once_then_the_cache_is_read(same_images, hf
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_answer)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     ref = folder("val", root=same_images.folder)
-    assert torch.equal(S.load_dataset("hf:org/tiny", "val", **MEMORY).images, ref.images)
+    assert torch.equal(sources.load_dataset("hf:org/tiny", "val", **MEMORY).images, ref.images)
     with pytest.raises(DataError, match="hf:org/absent: cannot reach the Hugging Face hub"):
-        S.load_dataset("hf:org/absent", "train", **MEMORY)
+        sources.load_dataset("hf:org/absent", "train", **MEMORY)
     assert len(asked) == 2 and "datasets/org/tiny" in asked[0] and datasets.config.HF_HUB_OFFLINE is False
 
 
@@ -90,11 +90,12 @@ def test_validation_split_is_used_and_named(same_images, tmp_path):
                                "holdout": hf_dataset_of(items[20:], same_images.classes)})
     dd.save_to_disk(str(tmp_path / "dd"))
     name = f"hf:{tmp_path / 'dd'}"
-    every = D.decode_folder(D.scan_image_folder(same_images.folder), 8, 1)  # the folder's order: items'
+    # the folder's order: items'
+    every = data.decode_folder(data.scan_image_folder(same_images.folder), size=8, channels=1)
     for split, val_split, rows in [("train", "", slice(0, 16)), ("val", "", slice(16, 20)),
                                    ("test", "", slice(16, 20)),  # no test split: val
                                    ("val", "holdout", slice(20, None))]:
-        got = S.load_dataset(name, split, **MEMORY, val_split=val_split)
+        got = sources.load_dataset(name, split, **MEMORY, val_split=val_split)
         assert torch.equal(got.images, every.images[rows]) and torch.equal(got.labels, every.labels[rows]), split
 
 
@@ -105,13 +106,13 @@ def test_rows_for_dataloader_workers_match_the_folder_loader(same_images):
 
     transform = create_transform(8, is_training=True, hflip=0.5, mean=(0.5,), std=(0.5,))
     kw = dict(val_size=5, split_seed=3, data_mode="loader")
-    rows = S.load_dataset(f"hf:{same_images.hf_disk}", "train", **kw)
-    files = D.load_dataset("folder", "train", data_dir=str(same_images.folder), **kw)
+    rows = sources.load_dataset(f"hf:{same_images.hf_disk}", "train", **kw)
+    files = data.load_builtin("folder", "train", data_dir=str(same_images.folder), **kw)
     assert type(rows).__name__ == "ArrowRows" and len(rows) == len(files)
 
-    def batches(data, workers):
-        loader, sampler = D.train_loader(data, transform, 1, "error", 6, workers, seed=0, rank=0, world=1,
-                                         pin_memory=False)
+    def batches(split, workers):
+        loader, sampler = data.train_loader(split, transform, channels=1, on_corrupt="error", batch_size=6,
+                                            workers=workers, seed=0, rank=0, world=1, pin_memory=False)
         sampler.set_epoch(1)
         return [(x, y) for x, y, _ in loader]
 
@@ -124,35 +125,35 @@ def test_rows_for_dataloader_workers_match_the_folder_loader(same_images):
 def test_bad_hf_inputs_name_what_is_wrong(same_images, hf_cache, tmp_path):
     name = f"hf:{same_images.hf_disk}"
     with pytest.raises(DataError, match="no column 'pixels' .*--image-key.*columns: image, label"):
-        S.load_dataset(name, "train", **MEMORY, image_key="pixels")
+        sources.load_dataset(name, "train", **MEMORY, image_key="pixels")
     with pytest.raises(DataError, match="no column 'target' .*--label-key"):
-        S.load_dataset(name, "train", **MEMORY, label_key="target")
+        sources.load_dataset(name, "train", **MEMORY, label_key="target")
     with pytest.raises(DataError, match=r"no split 'validaton' \(--val-split\); splits: train"):
-        S.load_dataset(name, "val", **MEMORY, val_split="validaton")
+        sources.load_dataset(name, "val", **MEMORY, val_split="validaton")
     with pytest.raises(DataError, match="hf:org/absent: cannot reach the Hugging Face hub .*not in the datasets cache"):
-        S.load_dataset("hf:org/absent", "train", **MEMORY)
+        sources.load_dataset("hf:org/absent", "train", **MEMORY)
     with pytest.raises(DataError, match="no such file or folder"):
-        S.load_dataset(f"hf:{tmp_path / 'nothing' / 'here'}", "train", **MEMORY)
+        sources.load_dataset(f"hf:{tmp_path / 'nothing' / 'here'}", "train", **MEMORY)
     # A column without images, a split without labels (the hub's test splits hold -1)
     items = folder_items(same_images.folder)
     no_image = datasets.Dataset.from_dict({"text": ["a"] * 4, "label": [0, 1, 0, 1]})
     no_image.save_to_disk(str(tmp_path / "text"))
     with pytest.raises(DataError, match="has no image column .*--image-key; columns: text"):
-        S.load_dataset(f"hf:{tmp_path / 'text'}", "train", **MEMORY)
+        sources.load_dataset(f"hf:{tmp_path / 'text'}", "train", **MEMORY)
     unlabelled = hf_dataset_of(items, same_images.classes).cast_column("label", datasets.Value("int64"))
     unlabelled = unlabelled.map(lambda r, i: {"label": -1 if i == 3 else r["label"]}, with_indices=True)
     unlabelled.save_to_disk(str(tmp_path / "unlabelled"))
     with pytest.raises(DataError, match=r"split train: 1 row\(s\) without a label in column 'label'"):
-        S.load_dataset(f"hf:{tmp_path / 'unlabelled'}", "train", **MEMORY)
+        sources.load_dataset(f"hf:{tmp_path / 'unlabelled'}", "train", **MEMORY)
 
 
 def test_flags_for_hf_and_wds_only(same_images):
     with pytest.raises(ConfigError, match="--data-dir has no effect with --dataset hf:"):
-        S.load_dataset(f"hf:{same_images.hf_disk}", "train", data_dir="x", **MEMORY)
+        sources.load_dataset(f"hf:{same_images.hf_disk}", "train", data_dir="x", **MEMORY)
     with pytest.raises(ConfigError, match="are for hf: and wds: datasets, not digits"):
-        S.load_dataset("digits", "train", label_key="label")
+        sources.load_dataset("digits", "train", label_key="label")
     with pytest.raises(ConfigError, match="unknown dataset 'hf:'"):
-        S.check_dataset("hf:")
+        sources.check_dataset("hf:")
 
 
 def test_folder_shards_and_hf_train_bit_identical(same_images, hf_cache, tmp_path, capsys):
@@ -161,20 +162,20 @@ def test_folder_shards_and_hf_train_bit_identical(same_images, hf_cache, tmp_pat
     common = ["--quiet", "--device", "cpu", "--precision", "fp32", "--deterministic", "--model", "vit_nano_patch2_8",
               "--img-size", "8", "--batch-size", "4", "--val-size", "5", "--split-seed", "3", "--epochs", "2",
               "--max-steps", "6", "--warmup-epochs", "0", "--hflip", "0.5", "--crop-pad", "1", "--seed", "5"]
-    sources = {"folder": ["--dataset", "folder", "--data-dir", str(same_images.folder)],
-               "wds": ["--dataset", f"wds:{same_images.shards}"],
-               "hf": ["--dataset", f"hf:{same_images.hf_disk}"],
-               "parquet": ["--dataset", f"hf:{same_images.parquet}"]}
+    dataset_flags = {"folder": ["--dataset", "folder", "--data-dir", str(same_images.folder)],
+                     "wds": ["--dataset", f"wds:{same_images.shards}"],
+                     "hf": ["--dataset", f"hf:{same_images.hf_disk}"],
+                     "parquet": ["--dataset", f"hf:{same_images.parquet}"]}
     weights = {}
-    for name, flags in sources.items():
-        assert T.main(common + flags + ["--output", str(tmp_path / name)]) == 0, capsys.readouterr().err
+    for name, flags in dataset_flags.items():
+        assert train.main(common + flags + ["--output", str(tmp_path / name)]) == 0, capsys.readouterr().err
         weights[name] = torch.load(tmp_path / name / "last.ckpt", map_location="cpu", weights_only=True)["model"]
     assert "19 train / 5 val images, 3 classes" in capsys.readouterr().out
     for name in ("wds", "hf", "parquet"):
         for k, v in weights["folder"].items():
             assert torch.equal(v, weights[name][k]), (name, k)
     # Teeth: another seed moves the weights
-    assert T.main(common + sources["folder"] + ["--seed", "6", "--output", str(tmp_path / "other")]) == 0
+    assert train.main(common + dataset_flags["folder"] + ["--seed", "6", "--output", str(tmp_path / "other")]) == 0
     other = torch.load(tmp_path / "other" / "last.ckpt", map_location="cpu", weights_only=True)["model"]
     assert not torch.equal(other["head.weight"], weights["folder"]["head.weight"])
 

@@ -5,18 +5,18 @@ import torch
 from timm.optim import muon as timm_muon
 
 import vit
-from vit import optim as O
+from vit import optim
 from vit.recipes import TrainConfig
 
 
 def test_param_groups_no_decay_and_layer_decay():
     model = vit.create_model("vit_nano_patch2_8")
-    groups = O.param_groups(model, 0.05, 0.0)
+    groups = optim.param_groups(model, 0.05, 0.0)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.bias", "head.bias"} <= no_decay
     assert "blocks.0.attn.qkv.weight" not in no_decay
-    groups = O.param_groups(model, 0.05, 0.5)
+    groups = optim.param_groups(model, 0.05, 0.5)
     scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
     assert scale["head.weight"] == 1.0 and scale["blocks.5.mlp.fc1.weight"] == 0.5
     assert scale["patch_embed.proj.weight"] == scale["pos_embed"] == 0.5 ** 7
@@ -31,7 +31,7 @@ def test_layer_decay_equals_timms_helper_through_group_matcher(overrides, caplog
 
     model = vit.create_model("vit_nano_patch2_8", **overrides)
     names = {id(p): n for n, p in model.named_parameters()}
-    ours = {names[id(p)]: g["lr_scale"] for g in O.param_groups(model, 0.05, 0.65) for p in g["params"]}
+    ours = {names[id(p)]: g["lr_scale"] for g in optim.param_groups(model, 0.05, 0.65) for p in g["params"]}
     timm_groups = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.65)
     theirs = {names[id(p)]: g["lr_scale"] for g in timm_groups for p in g["params"]}
     assert "no effect" not in caplog.text
@@ -63,7 +63,7 @@ def test_muon_steps_weight_matrices_by_their_polar_factor_and_the_rest_like_nada
     torch.manual_seed(0)
     model = vit.create_model("vit_nano_patch4_32")
     lr, wd = 1e-3, 0.05
-    opt = O.build_optimizer(TrainConfig(opt="muon", lr=lr, weight_decay=wd), model, torch.device("cpu"), "fp32")
+    opt = optim.build_optimizer(TrainConfig(opt="muon", lr=lr, weight_decay=wd), model, torch.device("cpu"), "fp32")
     params = dict(model.named_parameters())
     before = {n: p.detach().clone() for n, p in params.items()}
     grads = {n: torch.randn_like(p) for n, p in params.items()}
@@ -102,8 +102,8 @@ def test_muon_orthogonalises_in_the_training_precision(precision, dtype):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(24, 16))
     g = torch.randn(24, 16)
-    opt = O.Muon([w], ns_dtype=O.newton_schulz_dtype(precision), lr=0.1, weight_decay=0.0, momentum=0.95,
-                 nesterov=False, adjust_lr_fn=None)
+    opt = optim.Muon([w], ns_dtype=optim.newton_schulz_dtype(precision), lr=0.1, weight_decay=0.0, momentum=0.95,
+                     nesterov=False, adjust_lr_fn=None)
     before = w.detach().clone()
     w.grad = g.clone()
     opt.step()

@@ -2,7 +2,7 @@
 every hyperparameter is a train.py flag."""
 
 import vit
-from vit import train as T
+from vit import train
 from vit.data import digits_split
 from vit.recipes import RECIPES, TrainConfig
 
@@ -13,11 +13,11 @@ def test_recipes_are_valid_and_documented():
         cfg = r.config(data_dir="x")
         vit.get_entry(cfg.model)
         assert "Command" in r.doc and "Hardware" in r.doc and "Measured" in r.doc
-    flags = T.build_parser().format_help()
+    flags = train.build_parser().format_help()
     for name in TrainConfig.__dataclass_fields__:  # every hyperparameter is a flag
         assert "--" + name.replace("_", "-") in flags
 
 
 def test_digits_recipe_states_the_split_it_trains_on():
-    train, val = digits_split("train"), digits_split("val")
-    assert f"{len(train):,} train / {len(val)} held-out" in RECIPES["digits"].doc
+    train_split, val_split = digits_split("train"), digits_split("val")
+    assert f"{len(train_split):,} train / {len(val_split)} held-out" in RECIPES["digits"].doc

@@ -91,6 +91,25 @@ def test_weight_formats_know_nothing_of_the_registry_or_training():
     assert not graph["vit.weights"] & {"vit.registry", "vit.train", "vit.evaluate", "vit.recipes"}
 
 
+DATA_LAYER = ("data", "sources", "hf_data", "wds_data")
+
+
+def test_data_layer_takes_arguments_past_the_third_by_keyword():
+    """A function of the data layer with more than three parameters takes the rest by keyword (`*`), so a call
+    such as train_loader(files, transform, channels=1, batch_size=64, ...) reads without counting positions."""
+    functions, by_position = 0, []
+    for name in DATA_LAYER:
+        path = PACKAGE / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions += 1
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                if len(positional) > 3:
+                    by_position.append(f"vit/{name}.py:{node.lineno} {node.name}({', '.join(positional)})")
+    assert functions > 50  # the walk sees the methods too
+    assert not by_position, "\n".join(by_position)
+
+
 HISTORY = re.compile(r"\bsessions? ?\d|\bissues? #?\d", re.IGNORECASE)
 
 

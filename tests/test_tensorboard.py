@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vit import train as T
+from vit import train
 
 from conftest import ROOT
 
@@ -50,7 +50,7 @@ def test_a_run_logs_its_scalars_hyperparameters_confusion_matrix_and_rollouts(tm
     """Also: with its output captured (not a terminal), the run prints one line an epoch and its summary, and
     draws no progress bar."""
     out = tmp_path / "run"
-    assert T.main(FAST + ["--epochs", "2", "--ema-decay", "0.9", "--tensorboard", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--epochs", "2", "--ema-decay", "0.9", "--tensorboard", "--output", str(out)]) == 0
     printed, err = capsys.readouterr()
     assert printed.count("epoch   1/2  train loss") == 1 and printed.count("epoch   2/2  train loss") == 1
     assert "done in" in printed and "outputs in" in printed and "epoch 1/2:" not in err, err
@@ -95,11 +95,11 @@ def test_a_resumed_run_shows_each_step_once(tmp_path):
     --log-dir puts the events in LOG_DIR/<run folder name>."""
     logs, cut = tmp_path / "tb", tmp_path / "cut"
     args = FAST + ["--quiet", "--epochs", "1"]
-    assert T.main(args + ["--output", str(cut), "--log-dir", str(logs), "--max-steps", "2"]) == 0
+    assert train.main(args + ["--output", str(cut), "--log-dir", str(logs), "--max-steps", "2"]) == 0
     at_step_2 = (cut / "last.ckpt").read_bytes()
-    assert T.main(["--resume", str(cut), "--max-steps", "4"]) == 0
+    assert train.main(["--resume", str(cut), "--max-steps", "4"]) == 0
     (cut / "last.ckpt").write_bytes(at_step_2)
-    assert T.main(["--resume", str(cut), "--max-steps", "0"]) == 0
+    assert train.main(["--resume", str(cut), "--max-steps", "0"]) == 0
     assert not list(cut.glob("events.out.tfevents.*")) and len(list((logs / "cut").glob("events.*"))) == 3
     acc, (row,) = events(logs / "cut"), rows(cut)
     for tag in ("loss/train_step", "lr", "speed/images_per_s"):
@@ -113,11 +113,12 @@ def test_a_resumed_run_shows_each_step_once(tmp_path):
 def test_tensorboard_missing_or_unwritable_is_one_line_error(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert T.main(FAST + ["--quiet", "--epochs", "1", "--log-dir", str(blocker), "--output", str(tmp_path / "a")]) == 2
+    assert train.main(FAST + ["--quiet", "--epochs", "1", "--log-dir", str(blocker),
+                              "--output", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write TensorBoard events in ") and str(blocker) in err
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now raises ImportError
-    assert T.main(FAST + ["--epochs", "1", "--tensorboard", "--output", str(tmp_path / "b")]) == 2
+    assert train.main(FAST + ["--epochs", "1", "--tensorboard", "--output", str(tmp_path / "b")]) == 2
     assert "--tensorboard and --log-dir need the tensorboard package: pip install" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()  # refused before anything was built or written
 
@@ -126,9 +127,9 @@ def test_progress_bars_on_a_terminal(tmp_path, capsys, monkeypatch):
     """The other side of the first test's check: on a terminal the bar is drawn (and --quiet hides it)."""
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert T.main(FAST + ["--epochs", "1", "--max-steps", "2", "--output", str(tmp_path / "a")]) == 0
+    assert train.main(FAST + ["--epochs", "1", "--max-steps", "2", "--output", str(tmp_path / "a")]) == 0
     assert "epoch 1/1:" in capsys.readouterr().err
-    assert T.main(FAST + ["--epochs", "1", "--max-steps", "2", "--quiet", "--output", str(tmp_path / "b")]) == 0
+    assert train.main(FAST + ["--epochs", "1", "--max-steps", "2", "--quiet", "--output", str(tmp_path / "b")]) == 0
     assert "epoch 1/1:" not in capsys.readouterr().err
 
 

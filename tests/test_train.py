@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import vit
-from vit import train as T
+from vit import train
 from vit.runs import lock_output
 
 from conftest import (DIGITS, ROOT, assert_no_code_ran, corrupt_jpeg, digit_folder, make_folder, make_idx_dir,
@@ -54,7 +54,7 @@ def ckpt(out: Path) -> dict:
 def train_fails(capsys, *argv, code=2) -> str:
     """train.py with `argv` (one epoch of 6 steps unless they say otherwise) must end with exit `code`, a
     message and no traceback; returns what it printed on stderr."""
-    rc = T.main([*FAST, "--epochs", "1", "--batch-size", "256", *map(str, argv)])
+    rc = train.main([*FAST, "--epochs", "1", "--batch-size", "256", *map(str, argv)])
     err = capsys.readouterr().err
     assert rc == code, err
     assert "Traceback" not in err
@@ -98,23 +98,23 @@ def test_folder_and_idx_sources_train(tmp_path):
     make_folder(tmp_path / "imgs", per_class=8, size=16)
     for mode in ("memory", "loader"):
         out = tmp_path / mode
-        assert T.main(FAST + ["--dataset", "folder", "--data-dir", str(tmp_path / "imgs"), "--data-mode", mode,
-                              "--model", "vit_nano_patch4_32", "--img-size", "16", "--val-size", "6",
-                              "--batch-size", "6", "--epochs", "1", "--output", str(out)]
-                      + (["--workers", "0"] if mode == "loader" else [])) == 0
+        assert train.main(FAST + ["--dataset", "folder", "--data-dir", str(tmp_path / "imgs"), "--data-mode", mode,
+                                  "--model", "vit_nano_patch4_32", "--img-size", "16", "--val-size", "6",
+                                  "--batch-size", "6", "--epochs", "1", "--output", str(out)]
+                          + (["--workers", "0"] if mode == "loader" else [])) == 0
         assert rows(out)[0]["epoch"] == 1
     make_idx_dir(tmp_path / "idx", n_train=40, n_test=10)
     out = tmp_path / "idx-run"
-    assert T.main(FAST + ["--recipe", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
-                          "--epochs", "1", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--recipe", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
+                              "--epochs", "1", "--output", str(out)]) == 0
     assert vit.create_model(pretrained=str(out / "best.safetensors")).class_names[0] == "T-shirt/top"
 
 
 def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     out = tmp_path / "run"
-    assert T.main(FAST + ["--recipe", "cifar10", "--data-dir", str(root), "--batch-size", "10", "--epochs", "1",
-                          "--img-size", "16", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--recipe", "cifar10", "--data-dir", str(root), "--batch-size", "10", "--epochs", "1",
+                              "--img-size", "16", "--output", str(out)]) == 0
     assert "val_top1" in rows(out)[0] and (out / "best.safetensors").is_file()
 
 
@@ -126,10 +126,10 @@ def test_finetune_recipe_from_local_weights(tmp_path):
     vit.save_pretrained(src, tmp_path / "pre.safetensors")
     make_folder(tmp_path / "imgs", per_class=8, size=40)
     out = tmp_path / "ft"
-    assert T.main(["--recipe", "imagenet-subset-finetune", "--quiet", "--device", "cpu", "--model", "vit_nano_patch4_32",
-                   "--pretrained", str(tmp_path / "pre.safetensors"), "--img-size", "48", "--data-dir",
-                   str(tmp_path / "imgs"), "--val-size", "6", "--batch-size", "6", "--epochs", "1", "--workers", "0",
-                   "--output", str(out)]) == 0
+    assert train.main(["--recipe", "imagenet-subset-finetune", "--quiet", "--device", "cpu",
+                       "--model", "vit_nano_patch4_32", "--pretrained", str(tmp_path / "pre.safetensors"),
+                       "--img-size", "48", "--data-dir", str(tmp_path / "imgs"), "--val-size", "6", "--batch-size", "6",
+                       "--epochs", "1", "--workers", "0", "--output", str(out)]) == 0
     model = vit.create_model(pretrained=str(out / "best.safetensors"))
     assert model.num_classes == 3 and model.pos_embed.shape[1] == 1 + 12 * 12
     assert model.class_names == ["cat", "dog", "emu"]
@@ -141,8 +141,8 @@ def test_finetune_recipe_from_local_weights(tmp_path):
 def test_memory_mode_random_erasing_reaches_the_batches(tmp_path):
     """--reprob in memory mode: timm's RandomErasing on the normalised batch changes what the model learns."""
     args = FAST + ["--epochs", "1", "--max-steps", "2", "--deterministic"]
-    assert T.main(args + ["--output", str(tmp_path / "plain")]) == 0
-    assert T.main(args + ["--reprob", "1", "--output", str(tmp_path / "erased")]) == 0
+    assert train.main(args + ["--output", str(tmp_path / "plain")]) == 0
+    assert train.main(args + ["--reprob", "1", "--output", str(tmp_path / "erased")]) == 0
     plain, erased = ckpt(tmp_path / "plain")["model"], ckpt(tmp_path / "erased")["model"]
     assert not torch.equal(plain["patch_embed.proj.weight"], erased["patch_embed.proj.weight"])
 
@@ -160,7 +160,7 @@ def test_flags_without_effect_in_the_data_mode_are_refused(tmp_path, capsys, fla
         make_folder(tmp_path / "imgs", per_class=2, size=16)
         flags = ["--dataset", "folder", "--data-dir", str(tmp_path / "imgs"), "--data-mode", "loader",
                  "--model", "vit_nano_patch4_32", "--workers", "0", "--batch-size", "2", *flags[1:]]
-    assert T.main(FAST + ["--epochs", "1", "--output", str(tmp_path / "run"), *flags]) == 2
+    assert train.main(FAST + ["--epochs", "1", "--output", str(tmp_path / "run"), *flags]) == 2
     assert says in capsys.readouterr().err
 
 
@@ -178,7 +178,7 @@ def test_eval_views_score_each_validation_image_mirrored_and_moved(tmp_path):
     from vit.evaluate import load_model, parse_args, run
 
     out = tmp_path / "run"
-    assert T.main(FAST + ["--epochs", "2", "--eval-hflip", "--eval-shift", "1", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--epochs", "2", "--eval-hflip", "--eval-shift", "1", "--output", str(out)]) == 0
     model = load_model(str(out / "last.ckpt")).eval()
     val, pre = digits_split("val"), model.preprocess
     normalise = lambda u: TF.normalize(u.float() / 255, pre.mean, pre.std)  # noqa: E731
@@ -213,8 +213,8 @@ def test_a_run_too_short_for_crops_scores_no_moved_views(tmp_path):
     from vit.evaluate import load_model, parse_args, run
 
     out = tmp_path / "run"
-    assert T.main(FAST + ["--epochs", "2", "--eval-hflip", "--eval-shift", "1", "--crop-pad", "1",
-                          "--augment-min-epochs", "3", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--epochs", "2", "--eval-hflip", "--eval-shift", "1", "--crop-pad", "1",
+                              "--augment-min-epochs", "3", "--output", str(out)]) == 0
     model = load_model(str(out / "last.ckpt")).eval()
     val, pre = digits_split("val"), model.preprocess
     x = TF.normalize(val.images.float() / 255, pre.mean, pre.std)
@@ -232,7 +232,7 @@ def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
     """--eval-every 2 over 5 epochs: validation after epochs 2, 4 and 5; every epoch still has its row. An
     every-th epoch less than a whole epoch before the run's end is not evaluated: the last epoch is."""
     out = tmp_path / "run"
-    assert T.main(FAST + ["--epochs", "5", "--eval-every", "2", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--epochs", "5", "--eval-every", "2", "--output", str(out)]) == 0
     got = rows(out)
     assert [r["epoch"] for r in got] == [1, 2, 3, 4, 5]
     assert [r["epoch"] for r in got if "val_top1" in r] == [2, 4, 5]
@@ -240,7 +240,7 @@ def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
     assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
     # 2.6 epochs of steps (22 an epoch): epoch 2 ends 13 steps before the last, which evaluates instead
     short = tmp_path / "short"
-    assert T.main(FAST + ["--steps", "57", "--eval-every", "1", "--output", str(short)]) == 0
+    assert train.main(FAST + ["--steps", "57", "--eval-every", "1", "--output", str(short)]) == 0
     assert [(r["epoch"], r["step"]) for r in rows(short) if "val_top1" in r] == [(1, 22), (3, 57)]
 
 
@@ -251,13 +251,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, capsys, opt):
     args = FAST + ["--epochs", "2", "--deterministic", "--ema-decay", "0.9", "--drop-path", "0.1", "--crop-pad", "1",
                    "--reprob", "0.25", "--opt", opt]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert T.main(args + ["--output", str(full)]) == 0
-    assert T.main(args + ["--output", str(cut), "--max-steps", "30"]) == 0  # the schedule still spans 2 epochs
+    assert train.main(args + ["--output", str(full)]) == 0
+    assert train.main(args + ["--output", str(cut), "--max-steps", "30"]) == 0  # the schedule still spans 2 epochs
     assert ckpt(cut)["state"]["step"] == 30 and ckpt(cut)["state"]["batch"] == 8
     with open(cut / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "step": 44, "train_lo')
     capsys.readouterr()
-    assert T.main(["--resume", str(cut), "--max-steps", "0"]) == 0
+    assert train.main(["--resume", str(cut), "--max-steps", "0"]) == 0
     assert f"resumed {cut} at epoch 2, batch 8, step 30" in capsys.readouterr().out
     a, b = ckpt(full), ckpt(cut)
     assert b["state"]["step"] == a["state"]["step"] == 44
@@ -280,9 +280,9 @@ def test_finetuning_and_distillation_resume_exactly(trained_run, tmp_path, flags
     flags = [str(trained_run.out / "best.safetensors") if f == "TRAINED" else f for f in flags]
     args = FAST + ["--epochs", "1", "--batch-size", "256", "--deterministic", *flags]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert T.main(args + ["--output", str(full)]) == 0
-    assert T.main(args + ["--output", str(cut), "--max-steps", "2"]) == 0
-    assert T.main(["--resume", str(cut), "--max-steps", "0"]) == 0
+    assert train.main(args + ["--output", str(full)]) == 0
+    assert train.main(args + ["--output", str(cut), "--max-steps", "2"]) == 0
+    assert train.main(["--resume", str(cut), "--max-steps", "0"]) == 0
     a, b = ckpt(full), ckpt(cut)
     assert a["state"]["step"] == b["state"]["step"] == 5
     for k in a["model"]:
@@ -297,9 +297,9 @@ def test_loader_path_interrupted_and_resumed_equals_uninterrupted(tmp_path):
                    "--model", "vit_nano_patch4_32", "--img-size", "16", "--val-size", "6", "--batch-size", "6",
                    "--epochs", "2", "--deterministic", "--hflip", "0.5", "--randaug", "rand-m9-mstd0.5-inc1",
                    "--reprob", "0.25", "--patch-drop", "0.25"]
-    assert T.main(args + ["--workers", "0", "--output", str(tmp_path / "full")]) == 0
-    assert T.main(args + ["--workers", "2", "--max-steps", "4", "--output", str(tmp_path / "cut")]) == 0
-    assert T.main(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]) == 0
+    assert train.main(args + ["--workers", "0", "--output", str(tmp_path / "full")]) == 0
+    assert train.main(args + ["--workers", "2", "--max-steps", "4", "--output", str(tmp_path / "cut")]) == 0
+    assert train.main(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]) == 0
     full, cut = ckpt(tmp_path / "full"), ckpt(tmp_path / "cut")
     assert cut["state"]["step"] == full["state"]["step"] == 6
     for k in full["model"]:
@@ -319,7 +319,7 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     # Budgets of seconds, long enough that a slow first step on a busy 2-core host still plans > 30 steps. The run
     # that must end inside its budget has 20 s: with 22-step epochs its checks come every ~0.8 s, and the other
     # test worker can slow the unchecked steps of a last epoch by more than 5% of 9 s (0.45 s).
-    assert T.main(args + ["--budget", "20s", "--output", str(tmp_path / "whole")]) == 0
+    assert train.main(args + ["--budget", "20s", "--output", str(tmp_path / "whole")]) == 0
     whole = ckpt(tmp_path / "whole")
     assert whole["state"]["step"] == whole["budget"]["total_steps"] > 30
     # far fewer than 1000 epochs fit: no crops; last.ckpt says what the run used
@@ -327,17 +327,17 @@ def test_budgeted_run_ends_inside_its_budget_and_resumes_its_plan_exactly(tmp_pa
     assert 0.6 * 20 < whole["budget"]["spent_s"] <= 1.05 * 20, whole["budget"]
 
     cut = tmp_path / "cut"
-    assert T.main(args + ["--no-replan", "--budget", "9s", "--output", str(cut), "--max-steps", "20"]) == 0
+    assert train.main(args + ["--no-replan", "--budget", "9s", "--output", str(cut), "--max-steps", "20"]) == 0
     total = ckpt(cut)["budget"]["total_steps"]
     assert total > 20 and ckpt(cut)["state"]["step"] == 20
-    assert T.main(["--resume", str(cut), "--max-steps", "0"]) == 0
+    assert train.main(["--resume", str(cut), "--max-steps", "0"]) == 0
     resumed = ckpt(cut)
     assert resumed["state"]["step"] == resumed["budget"]["total_steps"] == total
-    assert T.main(args + ["--steps", str(total), "--output", str(tmp_path / "fixed")]) == 0
+    assert train.main(args + ["--steps", str(total), "--output", str(tmp_path / "fixed")]) == 0
     fixed = ckpt(tmp_path / "fixed")
     for k in fixed["model"]:
         assert torch.equal(fixed["model"][k], resumed["model"][k]), k
-    assert T.main(FAST + ["--budget", "1m", "--epochs", "3", "--output", str(tmp_path / "both")]) == 2
+    assert train.main(FAST + ["--budget", "1m", "--epochs", "3", "--output", str(tmp_path / "both")]) == 2
 
 
 @pytest.mark.parametrize("sched", ["cosine", "linear"])
@@ -345,8 +345,8 @@ def test_sched_decays_the_learning_rate_after_the_warm_up(tmp_path, sched):
     """--sched: after a 1-epoch warm-up to --lr, cosine or linear decay to --min-lr at the plan's last step;
     digits, 4 epochs of 22 steps: the lr logged after each epoch against the formula."""
     out = tmp_path / sched
-    assert T.main(FAST + ["--epochs", "4", "--warmup-epochs", "1", "--lr", "2e-3", "--min-lr", "1e-4",
-                          "--sched", sched, "--output", str(out)]) == 0
+    assert train.main(FAST + ["--epochs", "4", "--warmup-epochs", "1", "--lr", "2e-3", "--min-lr", "1e-4",
+                              "--sched", sched, "--output", str(out)]) == 0
     for row in rows(out):
         along = (row["step"] - 22) / (88 - 22)
         shape = 0.5 * (1 + math.cos(math.pi * along)) if sched == "cosine" else 1 - along
@@ -364,7 +364,7 @@ def test_patch_drop_end_moves_the_kept_tokens_along_the_plan(tmp_path, monkeypat
     """--patch-drop-end: the fraction of patch tokens dropped moves in a line from --patch-drop at the first step
     to --patch-drop-end at the last (digits: 16 patches, 4 kept then 12, and [CLS]); evaluation sees every token."""
     seen = {True: [], False: []}  # tokens entering the first block, by training mode
-    step = T.train_step
+    step = train.train_step
 
     def watching(tr, st, x, y):
         if not st.step:
@@ -372,9 +372,9 @@ def test_patch_drop_end_moves_the_kept_tokens_along_the_plan(tmp_path, monkeypat
                 lambda m, args: seen[tr.model.training].append(args[0].shape[1]))
         return step(tr, st, x, y)
 
-    monkeypatch.setattr(T, "train_step", watching)
-    assert T.main(FAST + ["--epochs", "2", "--patch-drop", "0.75", "--patch-drop-end", "0.25",
-                          "--output", str(tmp_path / "run")]) == 0
+    monkeypatch.setattr(train, "train_step", watching)
+    assert train.main(FAST + ["--epochs", "2", "--patch-drop", "0.75", "--patch-drop-end", "0.25",
+                              "--output", str(tmp_path / "run")]) == 0
     tokens, total = seen[True], 2 * 22
     assert len(tokens) == total and tokens[0] == 1 + 4 and tokens[-1] == 1 + 12
     assert tokens == sorted(tokens)
@@ -387,7 +387,8 @@ def test_a_budget_shorter_than_the_warm_up_still_decays_the_learning_rate_to_its
     """A plan shorter than --warmup-epochs ends its warm-up a step before the plan's end, as a run given that many
     --steps does; the cosine then runs to min_lr (without this the run would end mid-warm-up)."""
     out = tmp_path / "run"
-    assert T.main(FAST + ["--warmup-epochs", "100", "--min-lr", "1e-4", "--budget", "4s", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--warmup-epochs", "100", "--min-lr", "1e-4", "--budget", "4s",
+                              "--output", str(out)]) == 0
     saved = ckpt(out)
     total = saved["budget"]["total_steps"]
     assert 14 < total < 100 * 22 and saved["scheduler"]["warmup_t"] == total - 1, saved["budget"]
@@ -400,17 +401,17 @@ def test_a_run_whose_steps_slow_down_mid_epoch_replans_there_and_ends_inside_its
     from step 30 on (another job starts), a mid-epoch check cuts the plan back, says so, records it in last.ckpt,
     and the run still ends inside its budget (+5%)."""
     make_idx_dir(tmp_path / "idx", n_train=4000, n_test=20)
-    step, spe = T.train_step, 4000 // 8
+    step, spe = train.train_step, 4000 // 8
 
     def slowing(tr, st, x, y):
         if st.step >= 30:
             time.sleep(0.1)
         return step(tr, st, x, y)
 
-    monkeypatch.setattr(T, "train_step", slowing)
+    monkeypatch.setattr(train, "train_step", slowing)
     out = tmp_path / "run"
-    assert T.main(FAST + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
-                          "--model", "vit_slim_patch7_28", "--budget", "8s", "--output", str(out)]) == 0
+    assert train.main(FAST + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
+                              "--model", "vit_slim_patch7_28", "--budget", "8s", "--output", str(out)]) == 0
     saved = ckpt(out)
     replans = saved["budget"]["replans"]
     assert saved["budget"]["total_steps"] < spe and replans  # a plan shorter than an epoch, cut back inside it
@@ -428,7 +429,7 @@ def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsy
     args = FAST + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
                    "--model", "vit_micro_patch7_28", "--small-model", "vit_slim_patch7_28", "--budget", "5s"]
     short = tmp_path / "short"
-    assert T.main(args + ["--model-min-epochs", "1000", "--output", str(short)]) == 0
+    assert train.main(args + ["--model-min-epochs", "1000", "--output", str(short)]) == 0
     out = capsys.readouterr().out
     assert "of vit_micro_patch7_28 fit in 5 s, under --model-min-epochs 1000: training vit_slim_patch7_28 " \
            "instead" in out
@@ -440,7 +441,7 @@ def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsy
     assert [r["epoch"] for r in rows(short)] == list(range(1, len(rows(short)) + 1))
 
     long = tmp_path / "long"
-    assert T.main(args + ["--model-min-epochs", "0.5", "--budget", "12s", "--output", str(long)]) == 0
+    assert train.main(args + ["--model-min-epochs", "0.5", "--budget", "12s", "--output", str(long)]) == 0
     assert "instead" not in capsys.readouterr().out
     assert ckpt(long)["config"]["model"] == "vit_micro_patch7_28"
 
@@ -452,8 +453,8 @@ def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsy
      "takes 8x8x1 images, --model vit_micro_patch7_28 28x28x1"),
 ])
 def test_small_model_flags_that_cannot_work_are_refused(capsys, tmp_path, flags, says):
-    rc = T.main(FAST + ["--model", "vit_micro_patch7_28", "--dataset", "fashion-mnist", "--data-dir", "absent",
-                        "--output", str(tmp_path / "run"), *flags])
+    rc = train.main(FAST + ["--model", "vit_micro_patch7_28", "--dataset", "fashion-mnist", "--data-dir", "absent",
+                            "--output", str(tmp_path / "run"), *flags])
     err = capsys.readouterr().err
     assert rc == 2 and says in err and "Traceback" not in err, err
 
@@ -537,12 +538,12 @@ def test_a_restarted_torchrun_worker_resumes_its_folder(tmp_path, capsys, monkey
     the run in --output from last.ckpt instead of refusing the folder as one already holding a run."""
     out = tmp_path / "run"
     args = FAST + ["--epochs", "2", "--deterministic", "--output", str(out)]
-    assert T.main(args + ["--max-steps", "3"]) == 0
+    assert train.main(args + ["--max-steps", "3"]) == 0
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert T.main(args + ["--max-steps", "0"]) == 0
+    assert train.main(args + ["--max-steps", "0"]) == 0
     assert "torchrun restart 1: continuing the run in" in capsys.readouterr().out
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
-    assert T.main(args[:-2] + ["--output", str(tmp_path / "whole")]) == 0
+    assert train.main(args[:-2] + ["--output", str(tmp_path / "whole")]) == 0
     restarted, whole = ckpt(out), ckpt(tmp_path / "whole")
     assert restarted["state"]["step"] == whole["state"]["step"]
     for k in whole["model"]:
@@ -552,15 +553,15 @@ def test_a_restarted_torchrun_worker_resumes_its_folder(tmp_path, capsys, monkey
 def test_a_folder_in_use_or_holding_a_run_is_refused(tmp_path, capsys):
     """train.py takes the folder's lock before anything else (tests/test_runs.py: the lock across processes)."""
     out = tmp_path / "run"
-    assert T.main(FAST[1:] + ["--epochs", "1", "--max-steps", "2", "--output", str(out)]) == 0
+    assert train.main(FAST[1:] + ["--epochs", "1", "--max-steps", "2", "--output", str(out)]) == 0
     # the command it prints runs to the end, not one step more (the saved config keeps --max-steps)
     assert f"Continue with: python train.py --resume {out} --max-steps 0" in capsys.readouterr().out
     held = lock_output(out, resume=True)  # as a running train.py holds it
     for argv in (["--output", str(out)], ["--resume", str(out)]):  # even --resume: the run is alive
-        assert T.main(FAST + ["--epochs", "1", *argv]) == 2
+        assert train.main(FAST + ["--epochs", "1", *argv]) == 2
         assert f"{out} is in use by another train.py (pid {os.getpid()})" in capsys.readouterr().err
     held.close()
-    assert T.main(FAST + ["--epochs", "1", "--output", str(out)]) == 2
+    assert train.main(FAST + ["--epochs", "1", "--output", str(out)]) == 2
     assert f"{out} already holds a training run (last.ckpt): continue it with --resume {out}" \
         in capsys.readouterr().err
 
@@ -594,7 +595,7 @@ def test_disk_full_on_fsync(capsys, monkeypatch, tmp_path):
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(T.os, "fsync", no_space)
+    monkeypatch.setattr(train.os, "fsync", no_space)
     out = tmp_path / "run"
     err = train_fails(capsys, "--output", out)
     assert f"cannot write {out}" in err and "No space left on device" in err
@@ -618,7 +619,7 @@ def test_unknown_flag_model_or_value(capsys, tmp_path):
                        (["--precision", "fp8"], "invalid choice: 'fp8'"),
                        (["--recipe", "imagenet-full"], "invalid choice: 'imagenet-full'")]:
         with pytest.raises(SystemExit) as e:
-            T.main(argv)
+            train.main(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err
     err = train_fails(capsys, "--model", "vit_nano_patch3_8", "--output", tmp_path / "a")
     assert "unknown model 'vit_nano_patch3_8'" in err
@@ -721,7 +722,7 @@ def test_unreadable_images(capsys, caplog, tmp_path, bad):
     err = train_fails(capsys, *folder_args(root, tmp_path / "a", "--on-corrupt", "error"))
     assert f"cannot read image {path}" in err
     with caplog.at_level(logging.WARNING):  # the default: skip, with a count in the log
-        assert T.main([*FAST, "--epochs", "1", *folder_args(root, tmp_path / "b")]) == 0
+        assert train.main([*FAST, "--epochs", "1", *folder_args(root, tmp_path / "b")]) == 0
     assert "skipped 1 unreadable image(s)" in caplog.text and str(path) in caplog.text
 
 
@@ -752,7 +753,7 @@ def test_folder_layout_errors(capsys, caplog, tmp_path):
     digit_folder(root, classes=("1",), per_class=6)
     (root / "1" / "notes.txt").write_text("not an image")
     with caplog.at_level(logging.WARNING):
-        assert T.main([*FAST, "--epochs", "1", *folder_args(root, tmp_path / "c")]) == 0
+        assert train.main([*FAST, "--epochs", "1", *folder_args(root, tmp_path / "c")]) == 0
     assert "ignored 1 file(s) without an image extension" in caplog.text
 
 
@@ -770,7 +771,7 @@ def test_images_of_any_size_and_mode(tmp_path):
     """Image size and channel count are train.py's job, not the user's: RGB, grey and odd sizes are all
     converted to what the model expects (documented)."""
     root = mixed_folder(tmp_path / "data")
-    assert T.main([*FAST, "--epochs", "1", *folder_args(root, tmp_path / "run")]) == 0
+    assert train.main([*FAST, "--epochs", "1", *folder_args(root, tmp_path / "run")]) == 0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -793,7 +794,7 @@ def test_ddp_two_gloo_processes_equal_one_process(opt, tmp_path):
         two_ranks = pool.submit(subprocess.run, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                                  "--standalone", "train.py", *args, "--output", str(tmp_path / "two")],
                                 cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        assert T.main(args + ["--output", str(tmp_path / "one")]) == 0
+        assert train.main(args + ["--output", str(tmp_path / "one")]) == 0
         two = two_ranks.result()
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("on digits:") == 1 and two.stdout.count("Continue with") == 1  # rank 0 logs
@@ -805,7 +806,7 @@ def test_ddp_two_gloo_processes_equal_one_process(opt, tmp_path):
     for k, v in one.items():
         torch.testing.assert_close(v, two[k], rtol=0, atol=1e-6, msg=k)
     # Teeth: another seed (other initial weights and batches) ends far beyond the 1e-6 tolerance.
-    assert T.main(args + ["--seed", "1", "--output", str(tmp_path / "other")]) == 0
+    assert train.main(args + ["--seed", "1", "--output", str(tmp_path / "other")]) == 0
     other = ckpt(tmp_path / "other")["model"]
     assert max((v - other[k]).abs().max() for k, v in one.items()) > 1e-3
 

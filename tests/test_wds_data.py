@@ -18,10 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-import vit.data as D
-import vit.sources as S
-import vit.wds_data as W
-from vit import train as T
+from vit import data
+from vit import sources
+from vit import wds_data
+from vit import train
 from vit.errors import ConfigError, DataError
 
 from conftest import folder_items, write_shards
@@ -46,8 +46,8 @@ def to_tensor(im):
 
 
 def epoch_ids(stream, batch, workers=0, rank=0, world=1, epoch=0, start=0) -> list[list[int]]:
-    loader, position = D.train_loader(stream, to_tensor, 1, "error", batch, workers, seed=0, rank=rank, world=world,
-                                      pin_memory=False)
+    loader, position = data.train_loader(stream, to_tensor, channels=1, on_corrupt="error", batch_size=batch,
+                                         workers=workers, seed=0, rank=rank, world=world, pin_memory=False)
     position.set_epoch(epoch, start)
     return [y.tolist() for _, y, _ in loader]
 
@@ -58,8 +58,8 @@ def test_shards_decode_to_the_folders_tensors(same_images, which):
     split, whatever order the samples were written in (key order)."""
     pattern = getattr(same_images, which)
     for split in ("train", "val"):
-        ref = D.load_dataset("folder", split, data_dir=str(same_images.folder), **MEMORY)
-        got = S.load_dataset(f"wds:{pattern}", split, **MEMORY)
+        ref = data.load_builtin("folder", split, data_dir=str(same_images.folder), **MEMORY)
+        got = sources.load_dataset(f"wds:{pattern}", split, **MEMORY)
         assert torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels), split
     assert got.classes == (list(same_images.classes) if which == "shards" else ["0", "1", "2"])
 
@@ -68,8 +68,8 @@ def test_a_streamed_epoch_resumes_exactly_and_changes_with_the_epoch(tmp_path):
     """53 samples in shards of 7, batch 6: 8 steps, the last 5 samples of the epoch's order sit out. A pass
     started at step k is the uninterrupted pass from k on (0 and 2 workers); shards and in-shard order are
     drawn again each epoch."""
-    stream = S.load_dataset(f"wds:{ids_shards(tmp_path, 53, 7)}", "train", data_mode="loader")
-    assert isinstance(stream, D.StreamData) and len(stream) == 53
+    stream = sources.load_dataset(f"wds:{ids_shards(tmp_path, 53, 7)}", "train", data_mode="loader")
+    assert isinstance(stream, data.StreamData) and len(stream) == 53
     for workers in (0, 2):
         full = epoch_ids(stream, 6, workers)
         assert len(full) == 8 and all(len(b) == 6 for b in full)
@@ -77,21 +77,22 @@ def test_a_streamed_epoch_resumes_exactly_and_changes_with_the_epoch(tmp_path):
         assert epoch_ids(stream, 6, workers, start=3) == full[3:]
     assert sum(epoch_ids(stream, 6, 0, epoch=1), []) != sum(epoch_ids(stream, 6, 0), [])
     # Validation: every sample once, each rank and worker its share
-    shares = [sum((y.tolist() for _, y, _ in D.eval_loader(stream, to_tensor, 1, "error", 4, 2, r, 2, False)), [])
-              for r in range(2)]
+    loaders = [data.eval_loader(stream, to_tensor, channels=1, on_corrupt="error", batch_size=4, workers=2, rank=r,
+                                world=2, pin_memory=False) for r in range(2)]
+    shares = [sum((y.tolist() for _, y, _ in loader), []) for loader in loaders]
     assert sorted(shares[0] + shares[1]) == list(range(53))
 
 
 def test_buffer_order_is_a_bounded_permutation():
-    order = W.buffer_order(2500, seed=1, epoch=2, shard=3, size=100)
+    order = wds_data.buffer_order(2500, seed=1, epoch=2, shard=3, size=100)
     assert sorted(order.tolist()) == list(range(2500))
     assert all(order[k] < k + 100 for k in range(2500))  # output k is among the first k + 100 read
-    assert not np.array_equal(order, W.buffer_order(2500, seed=1, epoch=3, shard=3, size=100))
+    assert not np.array_equal(order, wds_data.buffer_order(2500, seed=1, epoch=3, shard=3, size=100))
 
 
 def _rank(rank, world, port, pattern, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    stream = S.load_dataset(f"wds:{pattern}", "train", data_mode="loader")
+    stream = sources.load_dataset(f"wds:{pattern}", "train", data_mode="loader")
     seen = [epoch_ids(stream, 8, workers=1, rank=rank, world=world, epoch=e) for e in (0, 1)]
     gathered = [None] * world
     dist.all_gather_object(gathered, seen)
@@ -141,15 +142,16 @@ def test_a_truncated_shard_is_named_or_skipped_and_counted(same_images, tmp_path
     shard; skip trains on the rest and logs how many samples were lost."""
     pattern, shard = truncated_copy(same_images.shards, tmp_path, info)
     with pytest.raises(DataError, match=f"shard {shard} is truncated"):
-        S.load_dataset(f"wds:{pattern}", "train", **MEMORY, on_corrupt="error")
+        sources.load_dataset(f"wds:{pattern}", "train", **MEMORY, on_corrupt="error")
     with caplog.at_level(logging.WARNING, logger="vit.wds_data"):
-        got = S.load_dataset(f"wds:{pattern}", "train", **MEMORY)
+        got = sources.load_dataset(f"wds:{pattern}", "train", **MEMORY)
     lost = "3 of its 5 samples" if info else "the sample cut off"
     assert f"{shard}" in caplog.text and f"skipped {lost}" in caplog.text
     assert len(got) == 24 - 3 - 5  # 2 of the shard's 5 samples remain; 5 held out
     if info:  # streamed: the lost samples are left out of their batches and counted
-        stream = S.load_dataset(f"wds:{pattern}", "train", data_mode="loader")
-        loader, position = D.train_loader(stream, to_tensor, 1, "skip", 4, 0, 0, 0, 1, False)
+        stream = sources.load_dataset(f"wds:{pattern}", "train", data_mode="loader")
+        loader, position = data.train_loader(stream, to_tensor, channels=1, on_corrupt="skip", batch_size=4, workers=0,
+                                             seed=0, rank=0, world=1, pin_memory=False)
         position.set_epoch(0)
         assert sum(skipped for _, _, skipped in loader) == 3
 
@@ -164,24 +166,24 @@ def test_bad_shards_name_the_shard_key_or_split(same_images, tmp_path):
             sink.write({**sample, "cls": i % 2} if i != 2 else sample)
     bad = str(tmp_path / "nolabel" / "s-0000.tar")
     with pytest.raises(DataError, match=f"shard {bad}, sample 000002: no label \\(000002.cls"):
-        S.load_dataset(f"wds:{bad}", "train", **MEMORY)
+        sources.load_dataset(f"wds:{bad}", "train", **MEMORY)
     with pytest.raises(DataError, match=f"1 of 6 shard\\(s\\) missing, e.g. .*train-0005.tar"):
-        S.load_dataset(f"wds:{same_images.shards.replace('0004', '0005')}", "train", **MEMORY)
+        sources.load_dataset(f"wds:{same_images.shards.replace('0004', '0005')}", "train", **MEMORY)
     with pytest.raises(DataError, match="no split 'validaton' \\(--val-split\\) in _info.json \\(splits: train\\)"):
-        S.load_dataset(f"wds:{same_images.shards}", "val", **MEMORY, val_split="validaton")
+        sources.load_dataset(f"wds:{same_images.shards}", "val", **MEMORY, val_split="validaton")
     with pytest.raises(DataError, match=r"shard .*bare/train-0000.tar, sample \d+: no label \(\d+.json for "
                        "--label-key json:label\); its members: cls, png"):
-        S.load_dataset(f"wds:{same_images.bare_shards}", "train", **MEMORY, label_key="json:label")
+        sources.load_dataset(f"wds:{same_images.bare_shards}", "train", **MEMORY, label_key="json:label")
     with pytest.raises(ConfigError, match="streamed shards hold out no validation carve; .*--val-split PATTERN"):
-        S.load_dataset(f"wds:{same_images.shards}", "val", data_mode="loader")
+        sources.load_dataset(f"wds:{same_images.shards}", "val", data_mode="loader")
     (tmp_path / "info").mkdir()
     shutil.copy(Path(same_images.shards).parent / "train-0000.tar", tmp_path / "info")
     (tmp_path / "info" / "_info.json").write_text('{"classes": "cat dog emu", "splits": {}}')
     with pytest.raises(DataError, match="_info.json: expected an object with 'splits' .* and 'classes', a list"):
-        S.load_dataset(f"wds:{tmp_path / 'info' / 'train-0000.tar'}", "train", **MEMORY)
+        sources.load_dataset(f"wds:{tmp_path / 'info' / 'train-0000.tar'}", "train", **MEMORY)
     two = write_shards(tmp_path / "two", folder_items(same_images.folder), classes=["cat", "dog"])  # labels 0-2
     with pytest.raises(DataError, match=r"shard .*two/train-000\d.tar, sample \d+: label 2, but there are 2 classes"):
-        S.load_dataset(f"wds:{two}", "train", **MEMORY)
+        sources.load_dataset(f"wds:{two}", "train", **MEMORY)
 
 
 def test_json_labels_and_a_validation_pattern(same_images, tmp_path):
@@ -189,18 +191,18 @@ def test_json_labels_and_a_validation_pattern(same_images, tmp_path):
     import webdataset as wds
 
     (tmp_path / "j").mkdir()
-    ref = D.load_dataset("folder", "train", data_dir=str(same_images.folder), **MEMORY)
-    files = D.scan_image_folder(same_images.folder).samples
+    ref = data.load_builtin("folder", "train", data_dir=str(same_images.folder), **MEMORY)
+    files = data.scan_image_folder(same_images.folder).samples
     for split, part in (("train", files[:18]), ("val", files[18:])):
         with wds.ShardWriter(str(tmp_path / "j" / f"{split}-%04d.tar"), maxcount=6, verbose=0) as sink:
             for i, (path, label) in enumerate(part):
                 sink.write({"__key__": f"{i:06d}", "png": Path(path).read_bytes(),
                             "json": json.dumps({"label": label, "path": path}).encode()})
     kw = dict(MEMORY, label_key="json:label", val_split=str(tmp_path / "j" / "val-0000.tar"))
-    train = S.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "train", **kw)
-    val = S.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "val", **kw)
-    every = D.decode_folder(D.FileData(files, ref.classes), 8, 1)
-    assert torch.equal(train.images, every.images[:18]) and torch.equal(val.labels, every.labels[18:])
+    trained = sources.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "train", **kw)
+    held_out = sources.load_dataset(f"wds:{tmp_path / 'j' / 'train-{0000..0002}.tar'}", "val", **kw)
+    every = data.decode_folder(data.FileData(files, ref.classes), size=8, channels=1)
+    assert torch.equal(trained.images, every.images[:18]) and torch.equal(held_out.labels, every.labels[18:])
 
 
 def test_streamed_training_resumes_bit_identical(same_images, tmp_path):
@@ -210,9 +212,9 @@ def test_streamed_training_resumes_bit_identical(same_images, tmp_path):
             f"wds:{same_images.shards}", "--val-split", same_images.shards, "--data-mode", "loader", "--workers", "2",
             "--img-size", "8", "--batch-size", "4", "--epochs", "2", "--warmup-epochs", "0", "--hflip", "0.5",
             "--randaug", "rand-m9-mstd0.5-inc1"]
-    assert T.main(args + ["--output", str(tmp_path / "full")]) == 0
-    assert T.main(args + ["--max-steps", "3", "--output", str(tmp_path / "cut")]) == 0
-    assert T.main(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]) == 0
+    assert train.main(args + ["--output", str(tmp_path / "full")]) == 0
+    assert train.main(args + ["--max-steps", "3", "--output", str(tmp_path / "cut")]) == 0
+    assert train.main(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]) == 0
     full, cut = (torch.load(tmp_path / r / "last.ckpt", weights_only=True) for r in ("full", "cut"))
     assert cut["state"]["step"] == full["state"]["step"] == 12
     for k in full["model"]:
@@ -228,7 +230,7 @@ def test_shard_names_that_are_not_local_paths_run_and_fetch_nothing(same_images,
     """A URL or webdataset `pipe:` command as a shard name (in _info.json, in --val-split, in the pattern), even
     with a file of that very name beside it, is a DataError naming it; no shell runs, train.py and evaluate.py
     included."""
-    from vit import evaluate as E
+    from vit import evaluate
 
     folder = tmp_path / "shards"
     shutil.copytree(Path(same_images.shards).parent, folder)
@@ -244,14 +246,14 @@ def test_shard_names_that_are_not_local_paths_run_and_fetch_nothing(same_images,
         if kw:
             (folder / "_info.json").unlink(missing_ok=True)
         with pytest.raises(DataError, match=f"{re.escape(repr(name))} is not (a local path|the name of a shard)"):
-            S.load_dataset(dataset, "val", **MEMORY, **kw)
+            sources.load_dataset(dataset, "val", **MEMORY, **kw)
     (folder / "_info.json").write_text(json.dumps(info))
     args = ["--quiet", "--device", "cpu", "--dataset", "wds:train-0000.tar", "--img-size", "8", "--epochs", "1",
             "--batch-size", "4"]
-    assert T.main(args + ["--output", str(tmp_path / "refused")]) != 0
-    assert T.main(args[:4] + [f"wds:{same_images.shards}"] + args[5:] + ["--output", str(tmp_path / "run")]) == 0
+    assert train.main(args + ["--output", str(tmp_path / "refused")]) != 0
+    assert train.main(args[:4] + [f"wds:{same_images.shards}"] + args[5:] + ["--output", str(tmp_path / "run")]) == 0
     with pytest.raises(SystemExit, match="2"):
-        E.main([str(tmp_path / "run"), "--dataset", "wds:train-0000.tar"])
+        evaluate.main([str(tmp_path / "run"), "--dataset", "wds:train-0000.tar"])
     assert not (folder / "PWNED").exists() and not (tmp_path / "PWNED").exists()
 
 
@@ -260,6 +262,6 @@ def test_only_regular_files_are_read_as_shards(same_images, tmp_path):
     fifo = tmp_path / "train-0000.tar"
     os.mkfifo(fifo)
     with pytest.raises(DataError, match="missing"):
-        S.load_dataset(f"wds:{fifo}", "train", **MEMORY)
+        sources.load_dataset(f"wds:{fifo}", "train", **MEMORY)
     with pytest.raises(DataError, match="is not a regular file"):
-        list(W.read_shard(W.Shard(str(fifo), 1, 0), "", "cls", "error"))
+        list(wds_data.read_shard(wds_data.Shard(str(fifo), 1, 0), image_key="", label_key="cls", on_corrupt="error"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vit
-from vit.weights import read_checkpoint
+from vit.weights import read_weights_file
 
 from conftest import NANO, assert_no_code_ran, tiny_nano
 
@@ -101,7 +101,7 @@ def test_timm_config_json_names_an_architecture_the_registry_resolves(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "architecture": "vit_tiny_patch16_224.augreg_in21k_ft_in1k", "num_classes": 3,
         "model_args": {"depth": 2, "img_size": 32}, "label_names": list("abc")}))
-    raw = vit.weights.read_metadata(tmp_path)
+    raw = vit.weights.read_stored_metadata(tmp_path)
     assert raw.config is None and raw.architecture == "vit_tiny_patch16_224"
     assert raw.model_args == {"depth": 2, "img_size": 32, "num_classes": 3}
     info = vit.read_metadata(tmp_path)
@@ -367,7 +367,7 @@ def test_jax_bfloat16_arrays(tmp_path):
     exact = {k: torch.from_numpy(v).bfloat16() for k, v in w.items()}
     raw = {k: t.view(torch.int16).numpy().view("V2") for k, t in exact.items()}
     np.savez(tmp_path / "bf16.npz", **{"params/" + k: v for k, v in raw.items()})
-    state, _ = read_checkpoint(tmp_path / "bf16.npz")
+    state, _ = read_weights_file(tmp_path / "bf16.npz")
     assert all(torch.equal(state["params/" + k], t.float()) for k, t in exact.items())
 
 

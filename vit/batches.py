@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from . import data as D
+from . import data
 from . import sources
 from .augment import RandAugment
 from .distributed import Dist, all_reduce_sum
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Data:
-    train: D.TensorData | D.FileData
-    val: D.TensorData | D.FileData
+    train: data.TensorData | data.FileData
+    val: data.TensorData | data.FileData
     classes: list[str]
     channels: int  # channels the images are decoded to (models with in_chans 1 read grey)
 
@@ -43,7 +43,7 @@ def load_data(cfg: TrainConfig, d: Dist, model_img_size: int, model_chans: int) 
         dist.barrier()
     if train.classes != val.classes:
         raise ConfigError(f"train and val classes differ: {train.classes} vs {val.classes}")
-    if isinstance(train, D.TensorData):
+    if isinstance(train, data.TensorData):
         channels = train.images.shape[1]
     return Data(train, val, train.classes, channels)
 
@@ -54,11 +54,11 @@ class Inputs:
     DataLoader workers (timm's transforms) for images read from disk."""
 
     data: Data
-    normalize: D.Normalize
+    normalize: data.Normalize
     erase: Callable[[torch.Tensor], torch.Tensor] | None = None  # in memory: timm's RandomErasing
     randaug: RandAugment | None = None  # in memory: vit.augment's, per image on the uint8 batch
     train_loader: torch.utils.data.DataLoader | None = None  # from disk
-    train_sampler: D.ShardSampler | None = None  # or a stream's batches: set_epoch(epoch, start_step) either way
+    train_sampler: data.ShardSampler | None = None  # or a stream's batches: set_epoch(epoch, start_step) either way
     val_loader: torch.utils.data.DataLoader | None = None
     cfg: TrainConfig | None = None
     dist: Dist = Dist()
@@ -72,11 +72,12 @@ class Inputs:
         if start >= end:
             return
         if self.train_loader is None:
-            perm = D.epoch_permutation(len(self.data.train), cfg.seed, epoch)
+            perm = data.epoch_permutation(len(self.data.train), cfg.seed, epoch)
             for b in range(start, end):
-                x, y = D.memory_batch(self.data.train, perm, b, cfg.batch_size, d.rank, d.world,
-                                      D.step_generator(cfg.seed, epoch * steps_per_epoch + b), augment["crop_pad"],
-                                      augment["hflip"], self.randaug, cfg.repeat_aug)
+                x, y = data.memory_batch(self.data.train, perm, b, batch_size=cfg.batch_size, rank=d.rank,
+                                         world=d.world, gen=data.step_generator(cfg.seed, epoch * steps_per_epoch + b),
+                                         pad=augment["crop_pad"], hflip=augment["hflip"], randaug=self.randaug,
+                                         repeats=cfg.repeat_aug)
                 x = self.normalize(x)
                 yield (self.erase(x) if self.erase is not None else x), y, 0
             return
@@ -103,31 +104,35 @@ MEMORY_ONLY = ("crop_pad", "augment_min_epochs", "hflip_min_epochs", "repeat_aug
 LOADER_ONLY = ("workers",)
 
 
-def build_inputs(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device,
+def build_inputs(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, device: torch.device,
                  given: frozenset = frozenset()) -> Inputs:
-    normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
-    in_memory = isinstance(data.train, D.TensorData)
+    normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=tuple(pre.input_size[1:]),
+                               device=device)
+    in_memory = isinstance(splits.train, data.TensorData)
     idle = given & set(LOADER_ONLY if in_memory else MEMORY_ONLY)
     if idle:
         mode = "in memory" if in_memory else "through the DataLoader (--data-mode loader)"
         raise ConfigError(f"{', '.join('--' + flag(n) for n in sorted(idle))} has no effect when the images are "
                           f"read {mode}; leave it out, or choose the other --data-mode")
     if in_memory:
-        side = min(data.train.images.shape[-2:])
+        side = min(splits.train.images.shape[-2:])
         if cfg.crop_pad > side:  # a crop shifted past the whole image: only padding left
             raise ConfigError(f"--crop-pad {cfg.crop_pad} is more than the images' side ({side} pixels)")
-        data.train, data.val = data.train.to(device), data.val.to(device)
+        splits.train, splits.val = splits.train.to(device), splits.val.to(device)
         erase = None
         if cfg.reprob > 0:  # timm's, on the normalised batch; its draws come from the saved Python/torch RNGs
             from timm.data.random_erasing import RandomErasing
 
             erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
         randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
-        return Inputs(data, normalize, erase, randaug, cfg=cfg, dist=d, device=device)
+        return Inputs(splits, normalize, erase, randaug, cfg=cfg, dist=d, device=device)
     pin, local = device.type == "cuda", cfg.batch_size // d.world
-    train_loader, sampler = D.train_loader(data.train, D.file_transforms(pre, True, cfg.hflip, cfg.randaug, cfg.reprob),
-                                           data.channels, cfg.on_corrupt, cfg.batch_size, cfg.workers, cfg.seed, d.rank,
-                                           d.world, pin)
-    val_loader = D.eval_loader(data.val, D.file_transforms(pre, False), data.channels, cfg.on_corrupt, local,
-                               cfg.workers, d.rank, d.world, pin)
-    return Inputs(data, normalize, None, None, train_loader, sampler, val_loader, cfg, d, device)
+    train_transform = data.file_transforms(pre, True, hflip=cfg.hflip, randaug=cfg.randaug, reprob=cfg.reprob)
+    train_loader, sampler = data.train_loader(splits.train, train_transform, channels=splits.channels,
+                                              on_corrupt=cfg.on_corrupt, batch_size=cfg.batch_size,
+                                              workers=cfg.workers, seed=cfg.seed, rank=d.rank, world=d.world,
+                                              pin_memory=pin)
+    val_loader = data.eval_loader(splits.val, data.file_transforms(pre, False), channels=splits.channels,
+                                  on_corrupt=cfg.on_corrupt, batch_size=local, workers=cfg.workers, rank=d.rank,
+                                  world=d.world, pin_memory=pin)
+    return Inputs(splits, normalize, None, None, train_loader, sampler, val_loader, cfg, d, device)

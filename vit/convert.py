@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as D
+from . import data
 from .errors import ConfigError, OutputError, VitError
 
 FORMATS = ("wds", "hf", "parquet")
@@ -45,17 +45,17 @@ class Split:
         self.name, self.classes, self.n, self.get = name, classes, n, get
 
     def sample(self, i: int) -> tuple[bytes, int, str, str]:
-        data, label, ext, name = self.get(i)
-        if not isinstance(data, bytes):
+        encoded, label, ext, name = self.get(i)
+        if not isinstance(encoded, bytes):
             try:
-                data = Path(data).read_bytes()
+                encoded = Path(encoded).read_bytes()
             except OSError as e:
-                raise OutputError(f"cannot read {data}: {e}") from e
-        return data, label, ext, name
+                raise OutputError(f"cannot read {encoded}: {e}") from e
+        return encoded, label, ext, name
 
 
 def folder_splits(root: Path, val_size: float, split_seed: int) -> list[Split]:
-    def of(name, files: D.FileData):
+    def of(name, files: data.FileData):
         def get(i):
             path, label = files.samples[i]
             return path, label, Path(path).suffix.lower().lstrip("."), str(Path(path).relative_to(root))
@@ -63,26 +63,26 @@ def folder_splits(root: Path, val_size: float, split_seed: int) -> list[Split]:
 
     if (root / "train").is_dir() and (root / "val").is_dir():
         names = ["train", "val"] + (["test"] if (root / "test").is_dir() else [])
-        return [of(n, D.folder_split(root, n)) for n in names]
+        return [of(n, data.folder_split(root, n)) for n in names]
     if val_size:
-        return [of(n, D.folder_split(root, n, val_size, split_seed)) for n in ("train", "val")]
-    return [of("train", D.scan_image_folder(root))]
+        return [of(n, data.folder_split(root, n, val_size=val_size, seed=split_seed)) for n in ("train", "val")]
+    return [of("train", data.scan_image_folder(root))]
 
 
 def tensor_splits(name: str, data_dir: str, download: bool) -> list[Split]:
-    def of(split_name, data: D.TensorData):
-        mode = "L" if data.images.shape[1] == 1 else "RGB"
+    def of(split_name, tensors: data.TensorData):
+        mode = "L" if tensors.images.shape[1] == 1 else "RGB"
 
         def get(i):
             from PIL import Image
 
             buf = io.BytesIO()
-            pixels = data.images[i].permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
+            pixels = tensors.images[i].permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
             Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(buf, "PNG")
-            return buf.getvalue(), int(data.labels[i]), "png", f"{i}.png"
-        return Split(split_name, data.classes, len(data), get)
+            return buf.getvalue(), int(tensors.labels[i]), "png", f"{i}.png"
+        return Split(split_name, tensors.classes, len(tensors), get)
 
-    return [of(s, D.load_dataset(name, "train" if s == "train" else "test", data_dir, download))
+    return [of(s, data.load_builtin(name, "train" if s == "train" else "test", data_dir=data_dir, download=download))
             for s in ("train", "test")]
 
 
@@ -112,8 +112,8 @@ def write_wds(splits: list[Split], out: Path, shard_size: int, shuffle_seed: int
         with wds.ShardWriter(str(out / f"{split.name}-%06d.tar"), maxcount=shard_size, maxsize=float("inf"),
                              post=finished, verbose=0, encoder=False, mtime=0) as sink:
             for i in order.tolist():
-                data, label, ext, _ = split.sample(i)
-                sink.write({"__key__": f"{i:0{width}d}", ext: data, "cls": str(label).encode()})
+                encoded, label, ext, _ = split.sample(i)
+                sink.write({"__key__": f"{i:0{width}d}", ext: encoded, "cls": str(label).encode()})
         names = [Path(p).name for p in paths]
         info["splits"][split.name] = {"name": split.name, "filenames": names, "shard_lengths": counts,
                                       "num_samples": split.n}
@@ -130,8 +130,8 @@ def hf_dataset(split: Split, cache_dir: str):
 
     def rows(start, stop):
         for i in range(start, stop):
-            data, label, _, name = split.sample(i)
-            yield {"image": {"bytes": data, "path": name}, "label": label}
+            encoded, label, _, name = split.sample(i)
+            yield {"image": {"bytes": encoded, "path": name}, "label": label}
 
     # A fresh fingerprint: nothing to reuse in a new cache, and hashing the generator would hash the whole source.
     return datasets.Dataset.from_generator(rows, features=features, cache_dir=cache_dir, split=split.name,

@@ -1,6 +1,6 @@
 """Datasets for training and evaluation: where the images come from and how batches reach the model.
 
-Two paths, chosen per dataset (see `load_dataset`):
+Two paths, chosen per dataset (see `load_builtin`):
 - small images (digits, MNIST, Fashion-MNIST, CIFAR, small ImageFolder trees) are decoded once into a uint8
   tensor (N, C, H, W) that lives on the training device; each batch is cropped, flipped and normalised there
   in a few tensor ops (airbench's approach): no per-image Python in the hot loop. `--reprob` adds timm's
@@ -34,7 +34,7 @@ import re
 import stat
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +46,17 @@ from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.data")
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")  # the names load_dataset knows
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")  # the names load_builtin knows
 SPLITS = ("train", "val", "test")
+# What a dataset's own validation split may be called (Hugging Face's name first, then convert.py's): hf: and wds:
+# validate on the first of these a dataset has where --val-split names none.
+VALIDATION_SPLIT_NAMES = ("validation", "val", "valid")
 DIGITS_SPLIT_SEED = 0  # evaluate.py --dataset digits reproduces the held-out split with this seed
 DIGITS_VAL_FRACTION = 0.2
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# The files read as images: in a folder, those with these suffixes; in a WebDataset sample, its first member
+# with one of these extensions, in this order.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".ppm", ".bmp", ".pgm", ".tif", ".tiff")
 MEMORY_MAX_SIDE = 64  # ImageFolder images up to this size are decoded into memory in data_mode=auto
 
 
@@ -62,7 +67,7 @@ class TensorData:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
-    skipped: int = 0  # unreadable images left out while decoding (--on-corrupt skip)
+    skipped: int = field(default=0, kw_only=True)  # unreadable images left out while decoding (--on-corrupt skip)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,11 +102,11 @@ class StreamData:
 
     classes: list[str]
 
-    def train_loader(self, transform, channels: int, batch_size: int, workers: int, seed: int, rank: int,
+    def train_loader(self, transform, *, channels: int, batch_size: int, workers: int, seed: int, rank: int,
                      world: int, pin_memory: bool):
         raise NotImplementedError
 
-    def eval_loader(self, transform, channels: int, batch_size: int, workers: int, rank: int, world: int,
+    def eval_loader(self, transform, *, channels: int, batch_size: int, workers: int, rank: int, world: int,
                     pin_memory: bool):
         raise NotImplementedError
 
@@ -173,7 +178,7 @@ def idx_split(root: str | Path, split: str, classes: list[str]) -> TensorData:
                       classes)
 
 
-def cifar_split(name: str, root: str | Path, split: str, download: bool) -> TensorData:
+def cifar_split(name: str, root: str | Path, split: str, *, download: bool) -> TensorData:
     """CIFAR-10/100 through torchvision's dataset class (its download, layout and integrity check)."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -258,7 +263,7 @@ def scan_image_folder(root: str | Path) -> FileData:
     return FileData(samples, classes)
 
 
-def folder_split(root: str | Path, split: str, val_size: float = 0.1, seed: int = 0) -> FileData:
+def folder_split(root: str | Path, split: str, *, val_size: float = 0.1, seed: int = 0) -> FileData:
     """root/train + root/val (+ root/test) if present; otherwise one tree with a seeded validation carve.
 
     val_size: fraction of the tree (< 1) or number of images (>= 1) held out; "val" and "test" both give it.
@@ -274,11 +279,11 @@ def folder_split(root: str | Path, split: str, val_size: float = 0.1, seed: int 
                 raise DataError(f"{root / sub} has classes {data.classes}, {root / 'train'} has {train_classes}")
         return data
     data = scan_image_folder(root)
-    idx = carve(len(data.samples), split, val_size, seed, str(root))
+    idx = carve(len(data.samples), split, val_size=val_size, seed=seed, where=str(root))
     return FileData([data.samples[i] for i in idx], data.classes)
 
 
-def carve(n: int, split: str, val_size: float, seed: int, where: str) -> list[int]:
+def carve(n: int, split: str, *, val_size: float, seed: int, where: str) -> list[int]:
     """The sorted indices of `split` in a seeded train/val carve of n images (val and test: the held out).
 
     The same for every source of the same images in the same order (a folder, its shards, its HF dataset)."""
@@ -335,12 +340,13 @@ def _to_8bit(im, path: str):
     return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L")
 
 
-def decode_folder(data: FileData, size: int, channels: int, on_corrupt: str = "skip") -> TensorData:
+def decode_folder(data: FileData, *, size: int, channels: int, on_corrupt: str = "skip") -> TensorData:
     """Decode an ImageFolder split into memory, resized to size x size (bilinear, antialiased)."""
-    return decode_images((data.item(i) for i in range(len(data))), data.classes, size, channels, on_corrupt)
+    return decode_images((data.item(i) for i in range(len(data))), data.classes, size=size, channels=channels,
+                         on_corrupt=on_corrupt)
 
 
-def decode_images(items, classes: list[str], size: int, channels: int, on_corrupt: str = "skip") -> TensorData:
+def decode_images(items, classes: list[str], *, size: int, channels: int, on_corrupt: str = "skip") -> TensorData:
     """Decode (source, label, name) items (`load_image`'s path or bytes) into memory, resized to size x size
     (bilinear, antialiased): one decoder for folders, shards and Arrow rows, so the same files give the same
     tensors from each."""
@@ -367,16 +373,18 @@ def decode_images(items, classes: list[str], size: int, channels: int, on_corrup
     if not images:
         raise DataError(f"no readable images among {n} files")
     return TensorData(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), classes,
-                      len(skipped))
+                      skipped=len(skipped))
 
 
-def load_dataset(name: str, split: str, data_dir: str = "", download: bool = False, val_size: float = 0.1,
+def load_builtin(name: str, split: str, *, data_dir: str = "", download: bool = False, val_size: float = 0.1,
                  split_seed: int = 0, data_mode: str = "auto", img_size: int = 0, channels: int = 3,
                  on_corrupt: str = "skip") -> TensorData | FileData:
-    """One split of a named dataset: `TensorData` (in memory) or `FileData` (for DataLoader workers).
+    """One split of a built-in dataset (a name in DATASETS): `TensorData` (in memory) or `FileData` (for
+    DataLoader workers). Callers outside the data layer go through `vit.sources.load_dataset`, which takes every
+    --dataset name (hf:NAME and wds:PATTERN too) and sends these here.
 
     For ImageFolder trees, data_mode "auto" decodes into memory when img_size <= MEMORY_MAX_SIDE; `img_size`
-    and `channels` then say what to decode to. (hf:NAME and wds:PATTERN: `vit.sources.load_dataset`.)
+    and `channels` then say what to decode to.
     """
     if name != "folder" and data_mode == "loader":
         raise ConfigError(f"--data-mode loader reads image files from a folder; --dataset {name} is held in memory "
@@ -391,13 +399,13 @@ def load_dataset(name: str, split: str, data_dir: str = "", download: bool = Fal
         classes = MNIST_CLASSES if name == "mnist" else FASHION_MNIST_CLASSES
         return idx_split(data_dir or FASHION_MNIST_DIR, split, classes)
     if name in ("cifar10", "cifar100"):
-        return cifar_split(name, data_dir or "data", split, download)
+        return cifar_split(name, data_dir or "data", split, download=download)
     if name == "folder":
-        files = folder_split(data_dir, split, val_size, split_seed)
+        files = folder_split(data_dir, split, val_size=val_size, seed=split_seed)
         if wants_memory(data_mode, img_size):
             if img_size <= 0:
                 raise ConfigError("decoding an image folder into memory needs --img-size")
-            return decode_folder(files, img_size, channels, on_corrupt)
+            return decode_folder(files, size=img_size, channels=channels, on_corrupt=on_corrupt)
         return files
     raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
 
@@ -426,7 +434,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 7)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int, hflip: float) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int, hflip: float) -> torch.Tensor:
     """Random crop after zero padding, and random horizontal flip, for a uint8 batch (B, C, H, W).
 
     The random draws are made for the whole batch on the CPU (so DDP ranks can take slices of one global
@@ -451,7 +459,7 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int, hflip: float)
 class Normalize:
     """uint8 (B, C, H, W) -> float, scaled to [0, 1], grey expanded to the model's channels, normalised."""
 
-    def __init__(self, mean, std, channels: int, size: tuple[int, int], device: torch.device):
+    def __init__(self, mean, std, *, channels: int, size: tuple[int, int], device: torch.device):
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.channels, self.size = channels, tuple(size)
@@ -467,7 +475,7 @@ class Normalize:
         return (x - self.mean) / self.std
 
 
-def memory_batch(data: TensorData, perm: torch.Tensor, step: int, batch_size: int, rank: int, world: int,
+def memory_batch(data: TensorData, perm: torch.Tensor, step: int, *, batch_size: int, rank: int, world: int,
                  gen: torch.Generator, pad: int, hflip: float, randaug=None,
                  repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's shard of global batch `step` of an epoch, augmented (still uint8).
@@ -478,7 +486,7 @@ def memory_batch(data: TensorData, perm: torch.Tensor, step: int, batch_size: in
     """
     unique = -(-batch_size // repeats)
     idx = perm[step * unique:(step + 1) * unique].repeat_interleave(repeats)[:batch_size].to(data.images.device)
-    x = augment_batch(data.images[idx], gen, pad, hflip)  # draws for the whole global batch
+    x = augment_batch(data.images[idx], gen, pad=pad, hflip=hflip)  # draws for the whole global batch
     local = batch_size // world
     rows = slice(rank * local, (rank + 1) * local)
     x, y = x[rows], data.labels[idx][rows]
@@ -527,7 +535,7 @@ class FileDataset(torch.utils.data.Dataset):
     sample a pure function of the seed (exact resume and the same batches for any number of workers).
     """
 
-    def __init__(self, data: FileData, transform, channels: int, on_corrupt: str):
+    def __init__(self, data: FileData, transform, *, channels: int, on_corrupt: str):
         self.data, self.transform = data, transform
         self.mode, self.on_corrupt = ("L" if channels == 1 else "RGB"), on_corrupt
 
@@ -576,7 +584,7 @@ class ShardSampler(torch.utils.data.Sampler):
     """This rank's (index, augmentation seed) pairs of `epoch_permutation`, from global batch `start_step` on
     (for mid-epoch resume)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
+    def __init__(self, n: int, batch_size: int, *, seed: int, rank: int, world: int):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.epoch, self.start_step = 0, 0
 
@@ -595,7 +603,7 @@ class ShardSampler(torch.utils.data.Sampler):
         return (self.n // self.batch_size - self.start_step) * (self.batch_size // self.world)
 
 
-def file_transforms(preprocess, train: bool, hflip: float = 0.5, randaug: str = "", reprob: float = 0.0):
+def file_transforms(preprocess, train: bool, *, hflip: float = 0.5, randaug: str = "", reprob: float = 0.0):
     """timm's `create_transform`: random-resized crop + RandAugment + erasing for training, resize + centre
     crop for evaluation, both normalising with the model's mean/std."""
     from timm.data import create_transform
@@ -645,10 +653,10 @@ class FileLoader(torch.utils.data.DataLoader):
             yield batch
 
 
-def file_loader(data: FileData, transform, channels: int, on_corrupt: str, batch_size: int, workers: int,
+def file_loader(data: FileData, transform, *, channels: int, on_corrupt: str, batch_size: int, workers: int,
                 sampler, pin_memory: bool) -> FileLoader:
     return FileLoader(
-        FileDataset(data, transform, channels, on_corrupt), batch_size=batch_size, sampler=sampler,
+        FileDataset(data, transform, channels=channels, on_corrupt=on_corrupt), batch_size=batch_size, sampler=sampler,
         num_workers=workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_skipping,
         persistent_workers=workers > 0,
         # Workers' base seeds come from this generator, not the global RNG, which then holds only the
@@ -657,21 +665,24 @@ def file_loader(data: FileData, transform, channels: int, on_corrupt: str, batch
     )
 
 
-def train_loader(data: FileData | StreamData, transform, channels: int, on_corrupt: str, batch_size: int,
+def train_loader(data: FileData | StreamData, transform, *, channels: int, on_corrupt: str, batch_size: int,
                  workers: int, seed: int, rank: int, world: int, pin_memory: bool):
     """(loader, positioner): this rank's share of each global batch of `batch_size` as (x, y, skipped), and the
     object whose `set_epoch(epoch, start_step)` says where the next pass over the loader begins."""
     if isinstance(data, StreamData):
-        return data.train_loader(transform, channels, batch_size, workers, seed, rank, world, pin_memory)
-    sampler = ShardSampler(len(data), batch_size, seed, rank, world)
-    loader = file_loader(data, transform, channels, on_corrupt, batch_size // world, workers, sampler, pin_memory)
+        return data.train_loader(transform, channels=channels, batch_size=batch_size, workers=workers, seed=seed,
+                                 rank=rank, world=world, pin_memory=pin_memory)
+    sampler = ShardSampler(len(data), batch_size, seed=seed, rank=rank, world=world)
+    loader = file_loader(data, transform, channels=channels, on_corrupt=on_corrupt, batch_size=batch_size // world,
+                         workers=workers, sampler=sampler, pin_memory=pin_memory)
     return loader, sampler
 
 
-def eval_loader(data: FileData | StreamData, transform, channels: int, on_corrupt: str, batch_size: int,
+def eval_loader(data: FileData | StreamData, transform, *, channels: int, on_corrupt: str, batch_size: int,
                 workers: int, rank: int, world: int, pin_memory: bool) -> torch.utils.data.DataLoader:
     """Every world-th share of the split on this rank, in batches of `batch_size` (x, y, skipped)."""
     if isinstance(data, StreamData):
-        return data.eval_loader(transform, channels, batch_size, workers, rank, world, pin_memory)
-    return file_loader(data, transform, channels, on_corrupt, batch_size, workers, list(range(rank, len(data), world)),
-                       pin_memory)
+        return data.eval_loader(transform, channels=channels, batch_size=batch_size, workers=workers, rank=rank,
+                                world=world, pin_memory=pin_memory)
+    return file_loader(data, transform, channels=channels, on_corrupt=on_corrupt, batch_size=batch_size,
+                       workers=workers, sampler=list(range(rank, len(data), world)), pin_memory=pin_memory)

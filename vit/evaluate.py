@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from . import data as vdata
+from . import data
 from . import sources
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
-from .metrics import ClassificationMetrics, black, check_shift, predict_logits
+from .eval_views import black, check_shift, predict_logits
+from .metrics import ClassificationMetrics
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .runs import BEST, LAST, atomic_write_text, find_training_config
 
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="registered architecture for weights files without a config")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
-                   help=f"named dataset (as train.py): {', '.join(vdata.DATASETS)}, hf:NAME or wds:PATTERN; 'folder' "
+                   help=f"named dataset (as train.py): {', '.join(data.DATASETS)}, hf:NAME or wds:PATTERN; 'folder' "
                    "is train.py's split of --data-dir")
     g.add_argument("--data-dir", default="", help="dataset root; alone, an ImageFolder tree ROOT/CLASS/*.jpg "
                    "evaluated whole (or its val/ folder where ROOT has train/ and val/)")
@@ -120,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(checkpoint: str, model_name: str | None = None):
     """A model with weights, `.preprocess` and (where the file has them) `.class_names`, from CHECKPOINT."""
     from .registry import create_model, get_entry, list_models, preprocess_for
-    from .weights import read_metadata
+    from .weights import read_stored_metadata
 
     path = Path(checkpoint)
     if path.is_dir():  # a train.py run folder; any other folder (a hub snapshot) goes to vit.weights as it is
@@ -131,7 +132,7 @@ def load_model(checkpoint: str, model_name: str | None = None):
         except ConfigError as e:
             # Asked only on failure (a second read of a large file costs seconds): without a name, weights that
             # say nothing of their architecture are the reason, and the command line is the way out.
-            info = read_metadata(path) if model_name is None else None
+            info = read_stored_metadata(path) if model_name is None else None
             if info is not None and info.config is None and info.architecture is None:
                 raise CheckpointError(f"{path} carries no model config: name its architecture with --model NAME "
                                       "(see vit.list_models())") from e
@@ -203,7 +204,7 @@ def checkpoint_name(checkpoint: str) -> str:
 class EvalData:
     """What to evaluate: in-memory uint8 tensors or image files, with labels in the model's class indices."""
 
-    source: vdata.TensorData | vdata.FileData | vdata.StreamData  # or hf: rows (FileData's interface)
+    source: data.TensorData | data.FileData | data.StreamData  # or hf: rows (FileData's interface)
     description: str
     skipped: int = 0  # unreadable images dropped while decoding into memory (--on-corrupt skip)
 
@@ -219,24 +220,25 @@ def load_eval_data(args, model) -> EvalData:
                                     label_key=args.label_key or "")
         description = f"{args.dataset} ({args.split})"
         skipped = getattr(source, "skipped", 0)
-    elif args.dataset and args.dataset != "folder":
-        source = vdata.load_dataset(args.dataset, args.split, args.data_dir)
-        description = f"{args.dataset} ({args.split})"
-    elif args.dataset == "folder":
-        source = vdata.folder_split(args.data_dir, args.split, args.val_size, args.split_seed)
+    elif args.dataset == "folder":  # its files: decoded below if the model's images are small
+        source = sources.load_dataset("folder", args.split, data_dir=args.data_dir, val_size=args.val_size,
+                                      split_seed=args.split_seed, data_mode="loader")
         description = f"{args.data_dir} ({args.split}, train.py's split)"
+    elif args.dataset:
+        source = sources.load_dataset(args.dataset, args.split, data_dir=args.data_dir)
+        description = f"{args.dataset} ({args.split})"
     else:
         root = Path(args.data_dir)
         if (root / "train").is_dir() and (root / "val").is_dir():
-            source = vdata.folder_split(root, args.split)
+            source = data.folder_split(root, args.split)
             description = f"{root} ({'test' if args.split == 'test' and (root / 'test').is_dir() else 'val'}/)"
         else:  # a single tree: every image in it
-            source = vdata.scan_image_folder(root)
+            source = data.scan_image_folder(root)
             description = f"{root} (every image)"
     # Small images are decoded as train.py decodes them (resized to a square, no crop); large ones go through
     # the checkpoint's own preprocessing (resize by crop_pct, centre crop, its interpolation and mean/std).
-    if isinstance(source, vdata.FileData) and max(H, W) <= vdata.MEMORY_MAX_SIDE:
-        decoded = vdata.decode_folder(source, H, C, args.on_corrupt)
+    if isinstance(source, data.FileData) and max(H, W) <= data.MEMORY_MAX_SIDE:
+        decoded = data.decode_folder(source, size=H, channels=C, on_corrupt=args.on_corrupt)
         source, skipped = decoded, len(source) - len(decoded)
     source = remap_labels(source, model)
     return EvalData(source, f"{description}, {len(source)} images", skipped)
@@ -264,23 +266,25 @@ def remap_labels(source, model):
     index = class_index(source.classes, model)
     if index == list(range(len(index))):
         return source
-    if isinstance(source, vdata.TensorData):
-        return vdata.TensorData(source.images, torch.tensor(index)[source.labels], list(model.class_names))
+    if isinstance(source, data.TensorData):
+        return data.TensorData(source.images, torch.tensor(index)[source.labels], list(model.class_names))
     return source.relabeled(index, list(model.class_names))
 
 
 def batches(source, model, args, device: torch.device):
     """Yield normalised (x, y, skipped) batches on `device`."""
     pre = model.preprocess
-    if isinstance(source, vdata.TensorData):
-        normalize = vdata.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], device)
+    if isinstance(source, data.TensorData):
+        normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=pre.input_size[1:],
+                                   device=device)
         for i in range(0, len(source), args.batch_size):
             x = source.images[i:i + args.batch_size].to(device, non_blocking=True)
             yield normalize(x), source.labels[i:i + args.batch_size].to(device), 0
         return
-    transform = vdata.file_transforms(pre, train=False)
-    loader = vdata.eval_loader(source, transform, pre.input_size[0], args.on_corrupt, args.batch_size, args.workers,
-                               rank=0, world=1, pin_memory=device.type == "cuda")
+    transform = data.file_transforms(pre, train=False)
+    loader = data.eval_loader(source, transform, channels=pre.input_size[0], on_corrupt=args.on_corrupt,
+                              batch_size=args.batch_size, workers=args.workers, rank=0, world=1,
+                              pin_memory=device.type == "cuda")
     for x, y, skipped in loader:
         if x is not None:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), skipped
@@ -291,18 +295,19 @@ def batches(source, model, args, device: torch.device):
 def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen images, normalised as for evaluation (CPU), with their labels."""
     pre = model.preprocess
-    if isinstance(source, vdata.TensorData):
-        normalize = vdata.Normalize(pre.mean, pre.std, pre.input_size[0], pre.input_size[1:], torch.device("cpu"))
+    if isinstance(source, data.TensorData):
+        normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=pre.input_size[1:],
+                                   device=torch.device("cpu"))
         idx = torch.tensor(indices)
         return normalize(source.images[idx]), source.labels[idx]
-    if isinstance(source, vdata.StreamData):
+    if isinstance(source, data.StreamData):
         raise ConfigError("--attention-maps picks images by index, which streamed wds: shards do not offer; "
                           "evaluate a model of at most 64 px (decoded into memory), or the same images as hf: or a "
                           "folder")
-    transform = vdata.file_transforms(pre, train=False)
+    transform = data.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
     items = [source.item(i) for i in indices]
-    images = [transform(vdata.load_image(src, mode, name)) for src, _, name in items]
+    images = [transform(data.load_image(src, mode, name)) for src, _, name in items]
     return torch.stack(images), torch.tensor([label for _, label, _ in items])
 
 
@@ -401,7 +406,7 @@ def write_attention_maps(model, source, n: int, out_dir: Path, device, chunk: in
         for i, label in enumerate(y.tolist()):
             conf, pred = probs[i].max(dim=0)
             pred, true = names[int(pred)], names[label]
-            title = f"predicted: {describe(pred)} ({100 * float(conf):.0f}%)   true: {describe(true)}"
+            title = f"predicted: {class_description(pred)} ({100 * float(conf):.0f}%)   true: {class_description(true)}"
             path = out_dir / f"{start + i:03d}_{safe_name(true)}_as_{safe_name(pred)}.png"
             plot_attention_overlay(pictures[i].numpy(), heat[i].numpy(), title, path, correct=pred == true)
             paths.append(path)
@@ -416,9 +421,9 @@ def safe_name(name: str) -> str:
 def predict(model, paths: list[str], k: int, device, precision, hflip: bool = False, shift: int = 0) -> list[dict]:
     """Top-k classes with probabilities for image files, preprocessed as the checkpoint says."""
     pre = model.preprocess
-    transform = vdata.file_transforms(pre, train=False)
+    transform = data.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
-    x = torch.stack([transform(vdata.load_image(p, mode)) for p in paths]).to(device)
+    x = torch.stack([transform(data.load_image(p, mode)) for p in paths]).to(device)
     with autocast(precision, device):
         probs = predict_logits(model, x, hflip, shift, black(pre).to(device)).float().softmax(dim=1).cpu()
     names = model.class_names or [str(i) for i in range(model.num_classes)]
@@ -428,11 +433,11 @@ def predict(model, paths: list[str], k: int, device, precision, hflip: bool = Fa
         results.append({"image": path, "top": [{"class": names[c], "probability": q} for c, q in zip(i, p)]})
         print(path)
         for rank, (c, q) in enumerate(zip(i, p), 1):
-            print(f"  {rank}. {describe(names[c]):<40} {100 * q:6.2f} %")
+            print(f"  {rank}. {class_description(names[c]):<40} {100 * q:6.2f} %")
     return results
 
 
-def describe(name: str) -> str:
+def class_description(name: str) -> str:
     """A WordNet id (ImageNet folder name) with its words, e.g. 'n02123045 (tabby, tabby cat)'; else the name."""
     if re.fullmatch(r"n\d{8}", name):
         from timm.data import ImageNetInfo
@@ -463,11 +468,11 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     """Metrics over --dataset/--data-dir, report.json, the pictures and the printed summary."""
     from .plots import plot_confusion_matrix, plot_reliability
 
-    data = load_eval_data(args, model)
-    print(f"evaluating {args.checkpoint} on {data.description} ({device}, {precision})", file=sys.stderr)
-    report = run_evaluation(model, data.source, args, device, precision)
-    report["skipped_images"] += data.skipped
-    report.update(checkpoint=str(args.checkpoint), data=data.description, device=str(device), precision=precision,
+    evaluated = load_eval_data(args, model)
+    print(f"evaluating {args.checkpoint} on {evaluated.description} ({device}, {precision})", file=sys.stderr)
+    report = run_evaluation(model, evaluated.source, args, device, precision)
+    report["skipped_images"] += evaluated.skipped
+    report.update(checkpoint=str(args.checkpoint), data=evaluated.description, device=str(device), precision=precision,
                   batch_size=args.batch_size, eval_hflip=args.eval_hflip, eval_shift=args.eval_shift,
                   model_config=model.config.to_dict())
     make_output_dir(out)
@@ -475,8 +480,8 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     plot_confusion_matrix(report["confusion_matrix"], report["class_names"], out / "confusion.png")
     plot_reliability(report["reliability"], report["ece"], out / "reliability.png")
     if args.attention_maps:
-        write_attention_maps(model, data.source, args.attention_maps, out / "attention", device)
-    print_summary(report, [("checkpoint", str(args.checkpoint)), ("data", data.description),
+        write_attention_maps(model, evaluated.source, args.attention_maps, out / "attention", device)
+    print_summary(report, [("checkpoint", str(args.checkpoint)), ("data", evaluated.description),
                            ("device", f"{device}, {precision}, batch {args.batch_size}"
                                       + views_said(args.eval_hflip, args.eval_shift))])
     print(f"\nwrote {out / 'report.json'}, confusion.png, reliability.png"

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as D
+from . import data
 from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.hf_data")
 
-VAL_SPLITS = ("validation", "val", "valid")  # tried in this order when --val-split is not given
 LABEL_COLUMNS = ("label", "labels")  # integer columns taken as labels where no ClassLabel feature says so
 
 
@@ -105,7 +104,7 @@ def offline_unless_reachable(datasets, name: str):
         datasets.config.HF_HUB_OFFLINE = saved
 
 
-def pick_split(splits: dict, name: str, split: str, val_split: str) -> str | None:
+def pick_split(splits: dict, name: str, split: str, *, val_split: str) -> str | None:
     """The HF split that serves our `split`; None where "val"/"test" is a carve of train."""
     have = ", ".join(splits)
     if split == "train":
@@ -121,10 +120,10 @@ def pick_split(splits: dict, name: str, split: str, val_split: str) -> str | Non
             return val_split
     if split == "test" and "test" in splits:
         return "test"
-    return next((s for s in VAL_SPLITS if s in splits), None)
+    return next((s for s in data.VALIDATION_SPLIT_NAMES if s in splits), None)
 
 
-def find_columns(ds, name: str, split: str, image_key: str, label_key: str) -> tuple[str, str]:
+def find_columns(ds, name: str, split: str, *, image_key: str, label_key: str) -> tuple[str, str]:
     """(image column, label column) of one split: named by the flags, else found from its features."""
     datasets = require_datasets()
     features, where = ds.features, f"hf:{name} split {split}"
@@ -176,7 +175,8 @@ class ArrowRows:
     """Rows of an HF split for DataLoader workers: `item(i)` reads row i's encoded image and label (the
     interface of `vit.data.FileData`). The Dataset pickles as a reference to its memory-mapped Arrow files."""
 
-    def __init__(self, ds, image: str, label: str, classes: list[str], where: str, index: list[int] | None = None):
+    def __init__(self, ds, image: str, label: str, *, classes: list[str], where: str,
+                 index: list[int] | None = None):
         self.ds, self.image, self.label, self.classes, self.where = ds, image, label, classes, where
         self.index = index  # dataset label -> our label (evaluate.py's remapping to a checkpoint's classes)
 
@@ -190,8 +190,8 @@ class ArrowRows:
             (label if self.index is None else self.index[label]), f"{self.where} row {i}"
 
     def relabeled(self, index: list[int], classes: list[str]) -> "ArrowRows":
-        return ArrowRows(self.ds, self.image, self.label, classes, self.where,
-                         [index[j] for j in (self.index or range(len(index)))])
+        return ArrowRows(self.ds, self.image, self.label, classes=classes, where=self.where,
+                         index=[index[j] for j in (self.index or range(len(index)))])
 
 
 def encoded(cell, name: str) -> bytes | str:
@@ -208,19 +208,19 @@ def encoded(cell, name: str) -> bytes | str:
 
 def hf_split(name: str, split: str, *, val_split: str = "", val_size: float = 0.1, split_seed: int = 0,
              image_key: str = "", label_key: str = "", memory: bool = True, img_size: int = 0, channels: int = 3,
-             on_corrupt: str = "skip") -> D.TensorData | ArrowRows:
+             on_corrupt: str = "skip") -> data.TensorData | ArrowRows:
     """One split of `hf:NAME`: decoded into memory, or as rows for DataLoader workers."""
     datasets = require_datasets()
     splits = open_splits(name)
-    train_name = pick_split(splits, name, "train", val_split)
+    train_name = pick_split(splits, name, "train", val_split=val_split)
     if split == "train":  # all of it, or what a carve of val leaves
-        source, carved = train_name, pick_split(splits, name, "val", val_split) is None
+        source, carved = train_name, pick_split(splits, name, "val", val_split=val_split) is None
     else:
-        source = pick_split(splits, name, split, val_split)
+        source = pick_split(splits, name, split, val_split=val_split)
         carved = source is None
     source = source or train_name
     ds, where = splits[source], f"hf:{name} split {source}"
-    image, label = find_columns(ds, name, source, image_key, label_key)
+    image, label = find_columns(ds, name, source, image_key=image_key, label_key=label_key)
     # Class names: the ClassLabel's; else 0..max label of the train split (every split is labelled alike).
     feature = splits[train_name].features.get(label)
     if isinstance(feature, datasets.ClassLabel):
@@ -236,15 +236,17 @@ def hf_split(name: str, split: str, *, val_split: str = "", val_size: float = 0.
     if isinstance(ds.features[image], datasets.Image):  # the encoded bytes, for vit.data's decoder
         ds = ds.cast_column(image, datasets.Image(decode=False))
     if carved:
-        ds = ds.select(D.carve(len(ds), split, val_size, split_seed, f"hf:{name} split {train_name}"))
+        ds = ds.select(data.carve(len(ds), split, val_size=val_size, seed=split_seed,
+                                  where=f"hf:{name} split {train_name}"))
         where += " (carved)"
-    rows = ArrowRows(ds, image, label, classes, where)
+    rows = ArrowRows(ds, image, label, classes=classes, where=where)
     if not memory:
         return rows
-    return D.decode_images(_read_all(ds, image, label, where), classes, img_size, channels, on_corrupt)
+    return data.decode_images(_read_all(ds, image, label, where=where), classes, size=img_size, channels=channels,
+                              on_corrupt=on_corrupt)
 
 
-def _read_all(ds, image: str, label: str, where: str, chunk: int = 1024):
+def _read_all(ds, image: str, label: str, *, where: str, chunk: int = 1024):
     """(encoded image, label, name) for every row, read a chunk of rows at a time."""
     for start in range(0, len(ds), chunk):
         batch = ds[start:start + chunk]

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from . import budget as budgets
-from . import data as D
+from . import data
 from .budget import Budget, Clock, parse_budget
 from .builders import build_model
 from .distributed import Dist
@@ -311,16 +311,16 @@ def eval_pass_s(model: nn.Module, val: torch.Tensor, n_val: int, precision: str,
     return forward_s(model, val, precision, device) / len(val) * -(-n_val // d.world)
 
 
-def time_model(cfg: TrainConfig, name: str, data: Data, d: Dist, device: torch.device) -> tuple[float, float]:
+def time_model(cfg: TrainConfig, name: str, splits: Data, d: Dist, device: torch.device) -> tuple[float, float]:
     """(seconds a training step, seconds an evaluation pass) of model `name` here: a copy built for the timing
     alone, PROBE_SKIP steps to warm up and PROBE_STEPS timed (forward, loss, backward, optimizer) on the run's
     first images (random ones of their shape where they are read from disk); the random streams are left as
     they were."""
     saved, cfg = rng_state(), TrainConfig.from_dict({**cfg.to_dict(), "model": name})
-    model = build_model(cfg, len(data.classes), data.channels).to(device)
+    model = build_model(cfg, len(splits.classes), splits.channels).to(device)
     precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
     optimizer = build_optimizer(cfg, model, device, precision)
-    x, y, val = sample_batches(cfg, data, model.preprocess, d, device)
+    x, y, val = sample_batches(cfg, splits, model.preprocess, d, device)
     for i in range(budgets.PROBE_SKIP + budgets.PROBE_STEPS):
         if i == budgets.PROBE_SKIP:
             t0 = time.perf_counter()
@@ -331,18 +331,19 @@ def time_model(cfg: TrainConfig, name: str, data: Data, d: Dist, device: torch.d
         optimizer.zero_grad(set_to_none=True)
     loss.item()  # the device has finished
     step_s = (time.perf_counter() - t0) / budgets.PROBE_STEPS
-    pass_s = eval_pass_s(model, val, len(data.val), precision, device, d)
+    pass_s = eval_pass_s(model, val, len(splits.val), precision, device, d)
     set_rng_state(saved)
     return step_s, pass_s
 
 
-def sample_batches(cfg: TrainConfig, data: Data, pre: Preprocess, d: Dist, device: torch.device) -> tuple:
+def sample_batches(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, device: torch.device) -> tuple:
     """(x, y) of a training batch and a validation chunk, as the loop and evaluate() feed them: the first images
     of each split, normalised, or random pixels of their shape where the images are read from disk."""
     local, chunk = cfg.batch_size // d.world, max(cfg.batch_size, 256)
-    if isinstance(data.train, D.TensorData):
-        normalize = D.Normalize(pre.mean, pre.std, pre.input_size[0], tuple(pre.input_size[1:]), device)
-        return (normalize(data.train.images[:local].to(device)), data.train.labels[:local].to(device),
-                normalize(data.val.images[:min(chunk, len(data.val))].to(device)))
+    if isinstance(splits.train, data.TensorData):
+        normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=tuple(pre.input_size[1:]),
+                                       device=device)
+        return (normalize(splits.train.images[:local].to(device)), splits.train.labels[:local].to(device),
+                normalize(splits.val.images[:min(chunk, len(splits.val))].to(device)))
     x = torch.randn(local, *pre.input_size, device=device)
-    return x, torch.randint(len(data.classes), (local,), device=device), x[:min(local, len(data.val))]
+    return x, torch.randint(len(splits.classes), (local,), device=device), x[:min(local, len(splits.val))]

@@ -248,10 +248,10 @@ def resolve_architecture(info: weights.PretrainedInfo, source: object = "") -> w
 def read_metadata(source: str | os.PathLike) -> weights.PretrainedInfo:
     """The config, preprocessing and class names that come with some weights, without building a model.
 
-    source: a file, a folder or "hf-hub:ORG/REPO" (see `vit.weights.read_metadata`); a timm config.json's
+    source: a file, a folder or "hf-hub:ORG/REPO" (see `vit.weights.read_stored_metadata`); a timm config.json's
     architecture name is resolved to its registered config.
     """
-    return resolve_architecture(weights.read_metadata(source), source)
+    return resolve_architecture(weights.read_stored_metadata(source), source)
 
 
 def preprocess_for(preprocess: Preprocess, config: ViTConfig) -> Preprocess:

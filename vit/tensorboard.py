@@ -150,18 +150,18 @@ def read_png(path: Path) -> np.ndarray:
 def rollouts(model, val, classes: list[str], device: torch.device, folder: Path) -> list[Path]:
     """evaluate.py's attention-rollout overlays (input | heat map, predicted and true class in the title) for
     ROLLOUT_IMAGES validation images spread evenly over the split, with the model in eval mode."""
-    from . import data as D
+    from . import data
     from .evaluate import write_attention_maps
 
     n = min(ROLLOUT_IMAGES, len(val))
     if n == 0:
         return []
     idx = sorted({round(i * (len(val) - 1) / max(n - 1, 1)) for i in range(n)})
-    if isinstance(val, D.TensorData):  # on the training device maybe; the overlays are drawn from CPU copies
+    if isinstance(val, data.TensorData):  # on the training device maybe; the overlays are drawn from CPU copies
         chosen = torch.tensor(idx, device=val.images.device)
-        val = D.TensorData(val.images[chosen].cpu(), val.labels[chosen].cpu(), classes)
+        val = data.TensorData(val.images[chosen].cpu(), val.labels[chosen].cpu(), classes)
     else:
-        val = D.FileData([val.samples[i] for i in idx], classes)
+        val = data.FileData([val.samples[i] for i in idx], classes)
     was_training = model.training
     model.eval()  # no dropout, drop-path or patch dropout: the rollout reads every patch
     try:

@@ -41,7 +41,8 @@ from .builders import base_lr, build_criterion, build_ema, build_mixup, build_mo
 from .distill import DistillationLoss, load_teacher
 from .distributed import Dist, all_reduce_sum, elastic_restart, rank0_value, setup_distributed
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
-from .metrics import black, check_shift, confusion_matrix, predict_logits
+from .eval_views import black, check_shift, predict_logits
+from .metrics import confusion_matrix
 from .model import to_2tuple
 from .optim import build_optimizer
 from .plan import BudgetPlanner, Plan, choose_model, eval_pass_s, plan_for, sample_batches, step_work, time_model

@@ -11,8 +11,8 @@ count and the class names:
                                               "num_samples": N}, "val": {...}}}
 Without it, or for a shard it does not list, the shard's tar headers are scanned for the count (and the label
 members read for the number of classes). Splits: "val" is --val-split (a split of _info.json, or a shard
-pattern), else _info.json's val/validation split, else (in memory only) a seeded carve of train as for a folder;
-"test" is _info.json's test split if it has one, else val.
+pattern), else _info.json's validation, val or valid split, else (in memory only) a seeded carve of train as for a
+folder; "test" is _info.json's test split if it has one, else val.
 
 Small images are decoded into memory: every sample of every shard, in key order (so the order, and a carve,
 do not depend on how the samples were cut into shards; `vit.convert` keys samples by their index in the source).
@@ -44,20 +44,19 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import data as D
+from . import data
 from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.wds_data")
 
 INFO_FILES = ("_info.json", "info.json")  # timm's names for the sidecar
-VAL_SPLITS = ("val", "validation")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff")
+IMAGE_MEMBERS = tuple(suffix.lstrip(".") for suffix in data.IMAGE_EXTENSIONS)  # a sample's image: the first it has
 SHUFFLE_BUFFER = 1000  # samples: the in-shard shuffle of a streamed epoch; a worker holds at most this many
 
 
@@ -86,8 +85,8 @@ def expand(pattern: str) -> list[str]:
     require_webdataset()
     import braceexpand  # installed with webdataset
 
-    D.local_path(pattern, f"wds:{pattern}")
-    paths = [D.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
+    data.local_path(pattern, f"wds:{pattern}")
+    paths = [data.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"wds:{pattern}: {len(missing)} of {len(paths)} shard(s) missing, e.g. {missing[0]}")
@@ -153,7 +152,7 @@ def scan_shard(path: str, label_key: str) -> tuple[int, int, bool]:
                 if not keys or keys[-1] != key:
                     keys.append(key)
                 if _is_label_member(ext, label_key):
-                    top = max(top, _parse_label(ext, tar.extractfile(member).read(), label_key, path, key))
+                    top = max(top, _parse_label(ext, tar.extractfile(member).read(), label_key, shard=path, key=key))
     except (tarfile.TarError, OSError, EOFError) as e:
         truncated = True
         log.debug("scan of %s stopped: %s", path, e)
@@ -170,12 +169,12 @@ def _is_label_member(ext: str, label_key: str) -> bool:
     return ext == ("json" if label_key.startswith("json:") else label_key)
 
 
-def _parse_label(ext: str, data: bytes, label_key: str, shard: str, key: str) -> int:
+def _parse_label(ext: str, member: bytes, label_key: str, *, shard: str, key: str) -> int:
     try:
         if label_key.startswith("json:"):
-            value = json.loads(data)[label_key[5:]]
+            value = json.loads(member)[label_key[5:]]
         else:
-            value = data.decode().strip()
+            value = member.decode().strip()
         return int(value)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise DataError(f"shard {shard}, sample {key}: no integer label in {key}.{ext} for --label-key {label_key} "
@@ -187,17 +186,17 @@ def sample_label(sample: dict, label_key: str, shard: str) -> int:
     if ext not in sample:
         raise DataError(f"shard {shard}, sample {sample['__key__']}: no label ({sample['__key__']}.{ext} for "
                         f"--label-key {label_key}); its members: {', '.join(_exts(sample))}")
-    return _parse_label(ext, sample[ext], label_key, shard, sample["__key__"])
+    return _parse_label(ext, sample[ext], label_key, shard=shard, key=sample["__key__"])
 
 
 def sample_image(sample: dict, image_key: str, shard: str) -> bytes | None:
     """The encoded image of a sample; None where it has none (a sample cut short)."""
     if image_key:
         return sample.get(image_key)
-    return next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+    return next((sample[e] for e in IMAGE_MEMBERS if e in sample), None)
 
 
-def check_label(label: int, n_classes: int, shard: str, key: str) -> None:
+def check_label(label: int, n_classes: int, *, shard: str, key: str) -> None:
     if not 0 <= label < n_classes:
         raise DataError(f"shard {shard}, sample {key}: label {label}, but there are {n_classes} classes "
                         "(_info.json's 'classes', else 0 to the largest label)")
@@ -214,6 +213,7 @@ class ShardSet:
     pattern: str
     shards: list[Shard]
     classes: list[str]
+    _: KW_ONLY
     image_key: str
     label_key: str
     on_corrupt: str
@@ -222,7 +222,7 @@ class ShardSet:
         return sum(s.count for s in self.shards)
 
 
-def open_shards(pattern: str, image_key: str, label_key: str, on_corrupt: str, classes: list[str] | None = None,
+def open_shards(pattern: str, *, image_key: str, label_key: str, on_corrupt: str, classes: list[str] | None = None,
                 info: dict | None = None) -> ShardSet:
     """Count the shards of `pattern` (from _info.json, else by a scan) and find the class names."""
     paths = expand(pattern)
@@ -246,7 +246,7 @@ def open_shards(pattern: str, image_key: str, label_key: str, on_corrupt: str, c
         counts.append(n)
     if top < 0 and not (classes or info.get("classes")) and any(counts):  # no label found: say where one lacks
         first = next(Shard(p, n, 0) for p, n in zip(paths, counts) if n)
-        next(read_shard(first, image_key, label_key, on_corrupt))
+        next(read_shard(first, image_key=image_key, label_key=label_key, on_corrupt=on_corrupt))
     classes = classes or info.get("classes") or [str(i) for i in range(top + 1)]
     if len(classes) < 2:
         raise DataError(f"wds:{pattern}: {len(classes)} class(es) (labels up to {top} in {label_key}); "
@@ -255,10 +255,10 @@ def open_shards(pattern: str, image_key: str, label_key: str, on_corrupt: str, c
     shards = [Shard(p, n, int(o)) for p, n, o in zip(paths, counts, offsets)]
     if not sum(counts):
         raise DataError(f"wds:{pattern}: no samples in {len(paths)} shard(s)")
-    return ShardSet(pattern, shards, list(classes), image_key, label_key, on_corrupt)
+    return ShardSet(pattern, shards, list(classes), image_key=image_key, label_key=label_key, on_corrupt=on_corrupt)
 
 
-def read_shard(shard: Shard, image_key: str, label_key: str, on_corrupt: str):
+def read_shard(shard: Shard, *, image_key: str, label_key: str, on_corrupt: str):
     """(tar index, key, encoded image or None, label) for each sample of a shard, in tar order, through
     webdataset's tar reader. A shard that ends before its count is truncated: an error, or (skip) logged, the
     sample cut off at the end not yielded."""
@@ -271,14 +271,14 @@ def read_shard(shard: Shard, image_key: str, label_key: str, on_corrupt: str):
         return False
 
     # The shard is opened here, not by webdataset's URL opener, which would run a `pipe:` name through a shell.
-    with D.open_regular_file(shard.path) as stream:
+    with data.open_regular_file(shard.path) as stream:
         files = tariterators.tar_file_expander([{"url": shard.path, "stream": stream}], handler=stop)
         pending, n = None, 0  # one sample held back: the last one of a truncated shard may be cut short
         for sample in tariterators.group_by_keys(files, handler=stop):
             if n == shard.count:  # the count is what this split holds of the shard
                 break
             if pending is not None:
-                yield _complete(pending, n - 1, shard, image_key, label_key)
+                yield _complete(pending, n - 1, shard, image_key=image_key, label_key=label_key)
             pending, n = sample, n + 1
     truncated = bool(errors) or n < shard.count
     if pending is not None:
@@ -287,7 +287,7 @@ def read_shard(shard: Shard, image_key: str, label_key: str, on_corrupt: str):
         if cut:
             n -= 1
         else:
-            yield _complete(pending, n - 1, shard, image_key, label_key)
+            yield _complete(pending, n - 1, shard, image_key=image_key, label_key=label_key)
     if truncated and n < shard.count:
         cause = f": {str(errors[0]).split(' @ ')[0]}" if errors else ""  # webdataset appends the stream
         if on_corrupt == "error":
@@ -296,11 +296,11 @@ def read_shard(shard: Shard, image_key: str, label_key: str, on_corrupt: str):
                     shard.count, cause)
 
 
-def _complete(sample: dict, index: int, shard: Shard, image_key: str, label_key: str):
+def _complete(sample: dict, index: int, shard: Shard, *, image_key: str, label_key: str):
     image = sample_image(sample, image_key, shard.path)
     if image is None:
         raise DataError(f"shard {shard.path}, sample {sample['__key__']}: no image member "
-                        f"({image_key or '/'.join(IMAGE_EXTS)}); its members: {', '.join(_exts(sample))}")
+                        f"({image_key or '/'.join(IMAGE_MEMBERS)}); its members: {', '.join(_exts(sample))}")
     return index, sample["__key__"], image, sample_label(sample, label_key, shard.path)
 
 
@@ -310,17 +310,18 @@ def _complete(sample: dict, index: int, shard: Shard, image_key: str, label_key:
 
 def wds_split(pattern: str, split: str, *, val_split: str = "", val_size: float = 0.1, split_seed: int = 0,
               image_key: str = "", label_key: str = "", memory: bool = True, img_size: int = 0, channels: int = 3,
-              on_corrupt: str = "skip") -> D.TensorData | "ShardStream":
+              on_corrupt: str = "skip") -> data.TensorData | "ShardStream":
     """One split of `wds:PATTERN`: decoded into memory, or as a stream for DataLoader workers."""
     paths = expand(pattern)
     info = read_info(paths[0])
-    train = open_shards(pattern, image_key, label_key, on_corrupt, info=info)
-    val_pattern = validation_pattern(pattern, paths[0], info, val_split)
+    train = open_shards(pattern, image_key=image_key, label_key=label_key, on_corrupt=on_corrupt, info=info)
+    val_pattern = validation_pattern(pattern, paths[0], info, val_split=val_split)
     if split == "test" and "test" in info.get("splits", {}) and val_split != "test":
-        val_pattern = validation_pattern(pattern, paths[0], info, "test")
+        val_pattern = validation_pattern(pattern, paths[0], info, val_split="test")
     source, carved = train, not val_pattern
     if split != "train" and val_pattern:
-        source = open_shards(val_pattern, image_key, label_key, on_corrupt, classes=train.classes, info=info)
+        source = open_shards(val_pattern, image_key=image_key, label_key=label_key, on_corrupt=on_corrupt,
+                             classes=train.classes, info=info)
     elif split != "train" and not memory:
         raise ConfigError(f"wds:{pattern}: streamed shards hold out no validation carve; give the validation "
                           "shards with --val-split PATTERN (python -m vit.convert --val-size writes them)")
@@ -328,26 +329,27 @@ def wds_split(pattern: str, split: str, *, val_split: str = "", val_size: float 
         return ShardStream(source)
     items = sorted(_all_samples(source), key=lambda s: (s[0], s[1]))  # key order: independent of the sharding
     if carved:
-        keep = D.carve(len(items), split, val_size, split_seed, f"wds:{pattern}")
+        keep = data.carve(len(items), split, val_size=val_size, seed=split_seed, where=f"wds:{pattern}")
         items = [items[i] for i in keep]
     for key, shard, _, label in items:
-        check_label(label, len(train.classes), shard, key)
-    return D.decode_images(((image, label, f"{shard} sample {key}") for key, shard, image, label in items),
-                           train.classes, img_size, channels, on_corrupt)
+        check_label(label, len(train.classes), shard=shard, key=key)
+    return data.decode_images(((image, label, f"{shard} sample {key}") for key, shard, image, label in items),
+                              train.classes, size=img_size, channels=channels, on_corrupt=on_corrupt)
 
 
-def validation_pattern(pattern: str, first_shard: str, info: dict, val_split: str) -> str:
+def validation_pattern(pattern: str, first_shard: str, info: dict, *, val_split: str) -> str:
     """The shard pattern of the validation split: --val-split (a split of _info.json or a pattern), else
-    _info.json's val/validation split, else '' (a carve)."""
+    _info.json's validation, val or valid split (the first it has), else '' (a carve)."""
     splits = info.get("splits", {})
-    name = val_split or next((s for s in VAL_SPLITS if s in splits), "")
+    name = val_split or next((s for s in data.VALIDATION_SPLIT_NAMES if s in splits), "")
     if name in splits:  # a split of _info.json: its shards lie beside the train ones
         files = splits[name].get("filenames", [])
         where = f"{Path(first_shard).parent}/_info.json, split {name!r}"
         if not files:
             raise DataError(f"{where}: lists no filenames")
         for f in files:  # names of files beside _info.json, joined into one brace pattern
-            if not isinstance(f, str) or D.local_path(f, where) and (Path(f).name != f or any(c in f for c in "{},")):
+            if not isinstance(f, str) or data.local_path(f, where) and (
+                    Path(f).name != f or any(c in f for c in "{},")):
                 raise DataError(f"{where}: {f!r} is not the name of a shard file beside it")
         return str(Path(first_shard).parent / ("{" + ",".join(files) + "}" if len(files) > 1 else files[0]))
     if val_split and not any(c in val_split for c in "/{*") and not val_split.endswith(".tar"):
@@ -358,7 +360,8 @@ def validation_pattern(pattern: str, first_shard: str, info: dict, val_split: st
 
 def _all_samples(source: ShardSet):
     for shard in source.shards:
-        for _, key, image, label in read_shard(shard, source.image_key, source.label_key, source.on_corrupt):
+        for _, key, image, label in read_shard(shard, image_key=source.image_key, label_key=source.label_key,
+                                               on_corrupt=source.on_corrupt):
             yield key, shard.path, image, label
 
 
@@ -370,7 +373,7 @@ def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n_shards, generator=torch.Generator().manual_seed(seed * 100_003 + epoch + 17)).tolist()
 
 
-def buffer_order(count: int, seed: int, epoch: int, shard: int, size: int = SHUFFLE_BUFFER) -> np.ndarray:
+def buffer_order(count: int, seed: int, epoch: int, *, shard: int, size: int = SHUFFLE_BUFFER) -> np.ndarray:
     """The tar indices of a shard in the order a seeded shuffle buffer of `size` emits them (webdataset's
     shuffle, computed on indices): output k is among the first k + size samples read, so a reader holds at
     most `size` samples at a time."""
@@ -385,7 +388,7 @@ def buffer_order(count: int, seed: int, epoch: int, shard: int, size: int = SHUF
     return out
 
 
-class ShardStream(D.StreamData):
+class ShardStream(data.StreamData):
     """A split of shards read in order: `train_loader` and `eval_loader` make its DataLoaders."""
 
     def __init__(self, shards: ShardSet, index: list[int] | None = None):
@@ -400,26 +403,27 @@ class ShardStream(D.StreamData):
         stream.classes = classes
         return stream
 
-    def train_loader(self, transform, channels, batch_size, workers, seed, rank, world, pin_memory):
-        batches = StreamBatches(self, transform, channels, batch_size // world, workers, rank, world, seed=seed,
-                                train_batch=batch_size)
+    def train_loader(self, transform, *, channels, batch_size, workers, seed, rank, world, pin_memory):
+        batches = StreamBatches(self, transform, channels=channels, local_batch=batch_size // world, workers=workers,
+                                rank=rank, world=world, seed=seed, train_batch=batch_size)
         return _loader(batches, workers, pin_memory), batches
 
-    def eval_loader(self, transform, channels, batch_size, workers, rank, world, pin_memory):
-        return _loader(StreamBatches(self, transform, channels, batch_size, workers, rank, world), workers, pin_memory)
+    def eval_loader(self, transform, *, channels, batch_size, workers, rank, world, pin_memory):
+        return _loader(StreamBatches(self, transform, channels=channels, local_batch=batch_size, workers=workers,
+                                     rank=rank, world=world), workers, pin_memory)
 
 
-def _loader(batches, workers: int, pin_memory: bool) -> "D.FileLoader":
+def _loader(batches, workers: int, pin_memory: bool) -> "data.FileLoader":
     # Workers are not persistent: each pass starts them afresh with the epoch and start step just set.
-    return D.FileLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        generator=torch.Generator().manual_seed(0))
+    return data.FileLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                           generator=torch.Generator().manual_seed(0))
 
 
 class StreamBatches(torch.utils.data.IterableDataset):
     """Collated (x, y, skipped) batches of a ShardStream for one rank: training (seed given; `set_epoch` says
     the epoch and the step to start at) or validation (every sample once)."""
 
-    def __init__(self, stream: ShardStream, transform, channels: int, local_batch: int, workers: int, rank: int,
+    def __init__(self, stream: ShardStream, transform, *, channels: int, local_batch: int, workers: int, rank: int,
                  world: int, seed: int | None = None, train_batch: int = 0):
         self.stream, self.transform, self.mode = stream, transform, "L" if channels == 1 else "RGB"
         self.local, self.workers, self.rank, self.world = local_batch, max(workers, 1), rank, world
@@ -435,7 +439,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
         try:
             yield from self._eval_batches(worker) if self.seed is None else self._train_batches(worker)
         except DataError as e:
-            yield D.Unreadable(str(e))  # raised by FileLoader, in the main process, as one line
+            yield data.Unreadable(str(e))  # raised by FileLoader, in the main process, as one line
 
     # ---- training: the epoch's sequence and this worker's steps of it
 
@@ -462,7 +466,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
             shard = shards[s]
             lo, hi = max(begin - pos, 0), min(end - pos, shard.count)
             if lo < hi:
-                wanted = buffer_order(shard.count, self.seed, self.epoch, s)[lo:hi]
+                wanted = buffer_order(shard.count, self.seed, self.epoch, shard=s)[lo:hi]
                 yield from self._read(shard, wanted)
             pos += shard.count
             if pos >= end:
@@ -473,7 +477,8 @@ class StreamBatches(torch.utils.data.IterableDataset):
         samples read ahead of their turn."""
         s = self.stream.set
         held, need, k = {}, set(wanted.tolist()), 0
-        for j, key, image, label in read_shard(shard, s.image_key, s.label_key, s.on_corrupt):
+        for j, key, image, label in read_shard(shard, image_key=s.image_key, label_key=s.label_key,
+                                               on_corrupt=s.on_corrupt):
             if j in need:
                 held[j] = (key, image, label)
             while k < len(wanted) and int(wanted[k]) in held:
@@ -511,9 +516,9 @@ class StreamBatches(torch.utils.data.IterableDataset):
             return None
         key, image, label = sample
         name = f"{shard.path} sample {key}"
-        check_label(label, len(self.stream.set.classes), shard.path, key)
+        check_label(label, len(self.stream.set.classes), shard=shard.path, key=key)
         try:
-            im = D.load_image(image, self.mode, name)
+            im = data.load_image(image, self.mode, name)
         except DataError:
             if self.stream.set.on_corrupt == "error":
                 raise
@@ -522,7 +527,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
         label = label if self.stream.index is None else self.stream.index[label]
         if self.seed is None:
             return self.transform(im), label
-        with D.seeded_rngs(D.sample_seed(self.seed, self.epoch, shard.offset + j)):
+        with data.seeded_rngs(data.sample_seed(self.seed, self.epoch, shard.offset + j)):
             return self.transform(im), label
 
     # ---- validation: every sample once, each rank and worker a contiguous share in shard order

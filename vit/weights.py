@@ -182,8 +182,9 @@ def _shown(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
-    """The config, preprocessing and class names that come with some weights, without building a model.
+def read_stored_metadata(source: str | os.PathLike) -> PretrainedInfo:
+    """The config, preprocessing and class names stored with some weights, as the files give them, without
+    building a model.
 
     source: a file, a folder or "hf-hub:ORG/REPO". Reads save_pretrained's safetensors header (not the
     tensors), the "model_config"/"preprocess"/"class_names" entries of a training checkpoint (`last.ckpt`),
@@ -194,7 +195,7 @@ def read_metadata(source: str | os.PathLike) -> PretrainedInfo:
     if path.suffix == ".safetensors":
         info = _info_from_strings(_safetensors_metadata(path), path)
     else:
-        info = read_checkpoint(path)[1]
+        info = read_weights_file(path)[1]
     return _with_sidecars(path, info)
 
 
@@ -229,7 +230,7 @@ def _unwrap(obj: dict) -> dict:
     return obj
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], PretrainedInfo]:
+def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], PretrainedInfo]:
     """Load a weights file as a flat {name: tensor} dict (source names, not yet converted) and its metadata.
 
     .safetensors via safetensors; .npz via numpy without pickle; anything else via
@@ -840,7 +841,7 @@ def _with_sidecars(path: Path, info: PretrainedInfo) -> PretrainedInfo:
 def read_pretrained(source: str | os.PathLike, cache_dir=None) -> tuple[dict[str, torch.Tensor], PretrainedInfo]:
     """State dict (source names) and metadata of any source: a file, a folder or "hf-hub:ORG/REPO"."""
     path = resolve_source(source, cache_dir)
-    state, info = read_checkpoint(path)
+    state, info = read_weights_file(path)
     return state, _with_sidecars(path, info)
 
 
