@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vit import data  # noqa: E402
+from vit import data, transforms  # noqa: E402
 from vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment_cost import cpu_name  # noqa: E402
@@ -199,14 +199,14 @@ def timm_loader(folder: Path, batch_size: int, workers: int) -> torch.utils.data
         use_prefetcher=False, hflip=0.5, auto_augment=POLICY, interpolation=PRE.interpolation, mean=PRE.mean,
         std=PRE.std, crop_pct=PRE.crop_pct, num_workers=workers, device=torch.device("cpu"),
     )
-    data.posterize_any_bits(loader.dataset.transform)  # Pillow 13 refuses timm's 0-bit posterize (vit/data.py)
+    transforms.posterize_any_bits(loader.dataset.transform)  # Pillow 13 refuses timm's 0-bit posterize (vit/data.py)
     return loader
 
 
 def train_py_loader(files: data.FileData, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
     """train.py's loader path for --dataset folder, as build_inputs makes it (one rank)."""
     sampler = data.ShardSampler(len(files.samples), batch_size, seed=0, rank=0, world=1)
-    transform = data.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
+    transform = transforms.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
     return data.file_loader(files, transform, channels=3, on_corrupt="skip", batch_size=batch_size, workers=workers,
                             sampler=sampler, pin_memory=False)
 
@@ -222,7 +222,7 @@ def make_rows(work: Path, batch_size: int, workers: list[int]) -> list[Row]:
         rows.append(Row("folder", "PIL", "train.py", w, lambda w=w: train_py_loader(files, batch_size, w)))
         rows.append(Row("folder", "PIL", "timm", w, lambda w=w: timm_loader(work / "folder", batch_size, w)))
         for dec_name, dec in DECODERS.items():
-            tf = data.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
+            tf = transforms.file_transforms(PRE, True, hflip=0.5, randaug=POLICY)
             rows.append(Row("folder", dec_name, "Decoded", w,
                             lambda w=w, dec=dec, tf=tf: loader_for(Decoded(folder, n, dec, tf), batch_size, w)))
             rows.append(Row("WebDataset", dec_name, "webdataset", w,

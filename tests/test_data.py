@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vit import data
+from vit import data, transforms
 from vit.errors import ConfigError, DataError
 
 from conftest import make_folder, make_idx_dir
@@ -165,7 +165,7 @@ def test_file_loader_with_timm_transforms_skips_corrupt(tmp_path):
     (tmp_path / "cat" / "broken.jpg").write_bytes(b"garbage")
     files = data.scan_image_folder(tmp_path)
     pre = Preprocess((3, 16, 16), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
-    tf = data.file_transforms(pre, train=True, randaug="rand-m9-mstd0.5-inc1", reprob=0.25)
+    tf = transforms.file_transforms(pre, train=True, randaug="rand-m9-mstd0.5-inc1", reprob=0.25)
     sampler = data.ShardSampler(len(files), 7, seed=0, rank=0, world=1)
     loader = data.file_loader(files, tf, channels=3, on_corrupt="skip", batch_size=7, workers=0, sampler=sampler,
                               pin_memory=False)
@@ -245,7 +245,7 @@ def test_timm_posterize_at_zero_bits_gives_black_as_torchvision():
     from PIL import Image
     from vit import Preprocess
 
-    tf = data.file_transforms(Preprocess((3, 16, 16)), train=True, randaug="rand-m10-mstd0-inc1")
+    tf = transforms.file_transforms(Preprocess((3, 16, 16)), train=True, randaug="rand-m10-mstd0-inc1")
     (op,) = [op for t in tf.transforms for op in getattr(t, "ops", ()) if op.name == "PosterizeIncreasing"]
     op.prob = 1.0
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 9, 3), dtype=np.uint8))

@@ -14,7 +14,7 @@ from timm.models.deit import VisionTransformerDistilled as TimmDistilled
 
 import vit
 from vit.deit import DeiTConfig, VisionTransformerDistilled, config_from_dict
-from vit.registry import build_from_config
+from vit.deit import build_from_config
 
 torch.backends.mkldnn.deterministic = True
 

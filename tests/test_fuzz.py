@@ -41,7 +41,7 @@ from PIL import Image
 import vit
 from vit.deit import DeiTConfig, config_from_dict
 from vit.model import ViTConfig, VisionTransformer
-from vit.registry import build_from_config
+from vit.deit import build_from_config
 
 CASE_SECONDS = 20  # a case's wall time (the first case of a test also imports what it uses)
 CASE_MEMORY = 1536 * 2**20  # address space a case may add to what the process holds
@@ -695,7 +695,7 @@ def image_files(draw) -> tuple[bytes, str]:
 def test_image_files(tmp_path_factory, image, channels):
     """Every reader of images goes through vit.data.load_image: an image in the asked mode that the evaluation
     transform turns into finite numbers, or a DataError naming the file."""
-    from vit import data
+    from vit import data, transforms
 
     encoded, suffix = image
     path = tmp_path_factory.mktemp("img") / f"x{suffix}"
@@ -710,7 +710,7 @@ def test_image_files(tmp_path_factory, image, channels):
     event("read")
     assert im.mode == mode and 0 < im.width * im.height <= 16 * 16
     pre = vit.Preprocess((channels, 8, 8), (0.5,) * channels, (0.25,) * channels, "bilinear", 1.0)
-    x = data.file_transforms(pre, train=False)(im)
+    x = transforms.file_transforms(pre, train=False)(im)
     assert x.shape == (channels, 8, 8) and torch.isfinite(x).all()
 
 

@@ -16,7 +16,6 @@ from .weights import load_pretrained, resample_pos_embed, save_pretrained
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "InputError", "OutputError", "VitError",
     "ViTConfig", "VisionTransformer", "DeiTConfig", "VisionTransformerDistilled", "count_flops", "resample_pos_embed",
-    "Preprocess", "create_model", "get_entry", "list_models",
-    "load_pretrained", "read_metadata", "save_pretrained",
+    "Preprocess", "create_model", "get_entry", "list_models", "load_pretrained", "read_metadata", "save_pretrained",
 ]
 __version__ = "0.1.0"

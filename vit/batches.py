@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from . import data
-from . import sources
+from . import data, sources, transforms
 from .augment import RandAugment
 from .distributed import Dist, all_reduce_sum
 from .errors import ConfigError
@@ -127,12 +126,12 @@ def build_inputs(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, devic
         randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
         return Inputs(splits, normalize, erase, randaug, cfg=cfg, dist=d, device=device)
     pin, local = device.type == "cuda", cfg.batch_size // d.world
-    train_transform = data.file_transforms(pre, True, hflip=cfg.hflip, randaug=cfg.randaug, reprob=cfg.reprob)
+    train_transform = transforms.file_transforms(pre, True, hflip=cfg.hflip, randaug=cfg.randaug, reprob=cfg.reprob)
     train_loader, sampler = data.train_loader(splits.train, train_transform, channels=splits.channels,
                                               on_corrupt=cfg.on_corrupt, batch_size=cfg.batch_size,
                                               workers=cfg.workers, seed=cfg.seed, rank=d.rank, world=d.world,
                                               pin_memory=pin)
-    val_loader = data.eval_loader(splits.val, data.file_transforms(pre, False), channels=splits.channels,
+    val_loader = data.eval_loader(splits.val, transforms.file_transforms(pre, False), channels=splits.channels,
                                   on_corrupt=cfg.on_corrupt, batch_size=local, workers=cfg.workers, rank=d.rank,
                                   world=d.world, pin_memory=pin)
     return Inputs(splits, normalize, None, None, train_loader, sampler, val_loader, cfg, d, device)

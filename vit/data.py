@@ -30,8 +30,6 @@ import logging
 import math
 import os
 import random
-import re
-import stat
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -212,33 +210,6 @@ def network_timeout(seconds: float):
         yield
     finally:
         socket.setdefaulttimeout(saved)
-
-
-URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # pipe:, http:, s3:, file:... (a drive letter is one letter)
-
-
-def local_path(name: str, where: str) -> str:
-    """`name`, a local file name; a DataError naming `where` for anything a reader would treat as a URL or a
-    command (webdataset opens `pipe:CMD` through a shell, `http:`/`s3:` over the network)."""
-    if URL_SCHEME.match(name):
-        raise DataError(f"{where}: {name!r} is not a local path (URLs and pipe: commands are not read; "
-                        "a file on this machine whose name holds a colon reads as ./NAME)")
-    return name
-
-
-def open_regular_file(path: str | Path):
-    """`path` opened for reading if it is a regular file; a DataError for a FIFO, device or folder (opening a FIFO
-    would wait for a writer)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise DataError(f"cannot open {path}: {e.strerror or e}") from e
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise DataError(f"{path} is not a regular file (a FIFO, device or folder is not read)")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 def scan_image_folder(root: str | Path) -> FileData:
@@ -601,46 +572,6 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return (self.n // self.batch_size - self.start_step) * (self.batch_size // self.world)
-
-
-def file_transforms(preprocess, train: bool, *, hflip: float = 0.5, randaug: str = "", reprob: float = 0.0):
-    """timm's `create_transform`: random-resized crop + RandAugment + erasing for training, resize + centre
-    crop for evaluation, both normalising with the model's mean/std."""
-    from timm.data import create_transform
-
-    return posterize_any_bits(create_transform(
-        input_size=tuple(preprocess.input_size), is_training=train, hflip=hflip, auto_augment=randaug or None,
-        re_prob=reprob, interpolation=preprocess.interpolation, mean=preprocess.mean, std=preprocess.std,
-        crop_pct=preprocess.crop_pct,
-    ))
-
-
-def posterize_any_bits(transform):
-    """`transform` (timm's), its auto-augment Posterize ops taking 0 bits too: a black image, as vit.augment
-    and torchvision give. timm's magnitude noise (mstd > 0) reaches magnitude 10 now and then, which is 0 bits
-    for PosterizeIncreasing, and Pillow 13 refuses 0 bits with a ValueError: with rand-m9-mstd0.5-inc1 about one
-    image in 650 would stop the DataLoader."""
-    from timm.data import auto_augment
-
-    def ops(t):
-        for op in getattr(t, "ops", ()):  # RandAugment, AugMix
-            yield op
-        for sub_policy in getattr(t, "policy", ()):  # AutoAugment
-            yield from sub_policy
-
-    for t in getattr(transform, "transforms", ()):
-        for op in ops(t):
-            if getattr(op, "aug_fn", None) is auto_augment.posterize:
-                op.aug_fn = _posterize
-    return transform
-
-
-def _posterize(img, bits_to_keep, **_):
-    if bits_to_keep <= 0:
-        return img.point([0] * 256 * len(img.getbands()))
-    from timm.data.auto_augment import posterize
-
-    return posterize(img, bits_to_keep)
 
 
 class FileLoader(torch.utils.data.DataLoader):

@@ -50,7 +50,7 @@ class DeiTConfig(ViTConfig):
 def config_from_dict(fields: Mapping) -> ViTConfig:
     """The config a dict of fields describes: a `DeiTConfig` where it says distilled=True, else a `ViTConfig`
     ("distilled": false names the plain ViT). Every config read from a file or built from create_model's
-    overrides comes through here; `vit.registry.build_from_config` builds the model of either."""
+    overrides comes through here; `vit.deit.build_from_config` builds the model of either."""
     check_known_options(fields, DeiTConfig, "config")  # an unknown key is named against every field, distilled too
     fields = dict(fields)
     distilled = fields.pop("distilled", False)
@@ -117,3 +117,13 @@ class VisionTransformerDistilled(VisionTransformer):
             return (x + x_dist) / 2
         x, x_dist = self.head(x), self.head_dist(x_dist)
         return (x, x_dist) if self.distilled_training and self.training else (x + x_dist) / 2
+
+
+def with_overrides(config: ViTConfig, overrides: dict) -> ViTConfig:
+    """`config` with some fields changed; distilled=True or False changes the kind (`config_from_dict`)."""
+    return config_from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+
+def build_from_config(config: ViTConfig) -> VisionTransformer:
+    """The model a config describes: DeiT's `VisionTransformerDistilled` for a `DeiTConfig`, else the ViT."""
+    return (VisionTransformerDistilled if isinstance(config, DeiTConfig) else VisionTransformer)(config)

@@ -6,11 +6,9 @@
     python evaluate.py best.safetensors --predict cat.jpg dog.png
     python evaluate.py best.safetensors --export onnx --output exported/
 
-The checkpoint carries its model config, preprocessing and class names (`vit.save_pretrained`, train.py's
-last.ckpt), so nothing else is needed. Other weight files (timm, torchvision, Hugging Face, JAX .npz) need
-`--model NAME` for the architecture; a registered name or hf-hub:ORG/REPO downloads hub weights.
-
-Reads top to bottom: parse, load model, load data, run the model over it, report, pictures.
+A checkpoint carries its model config, preprocessing and class names (`vit.save_pretrained`, last.ckpt). Other
+weight files (timm, torchvision, Hugging Face, JAX .npz) need `--model NAME`; a registered name or hf-hub:ORG/REPO
+downloads hub weights. Reads top to bottom: parse, load model, load data, run it over them, report, pictures.
 """
 
 from __future__ import annotations
@@ -29,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import data
-from . import sources
+from . import data, sources, transforms
 from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
 from .eval_views import black, check_shift, predict_logits
 from .metrics import ClassificationMetrics
@@ -163,9 +160,8 @@ def load_model(checkpoint: str, model_name: str | None = None):
 
 
 def fill_data_args(args) -> None:
-    """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the
-    folder carve's --val-size/--split-seed, --eval-hflip and --eval-shift default to the run's.
-    `evaluate.py CHECKPOINT` needs nothing else."""
+    """Without --dataset/--data-dir, evaluate on the run's own validation data (train.py's config); the carve's
+    --val-size/--split-seed, --eval-hflip and --eval-shift default to the run's: CHECKPOINT needs nothing else."""
     needs_data = not (args.dataset or args.data_dir or args.predict or args.export)
     carved = args.dataset == "folder" or sources.is_reader_scheme(args.dataset)
     source_args = ("val_size", "split_seed", "val_split", "image_key", "label_key")
@@ -281,7 +277,7 @@ def batches(source, model, args, device: torch.device):
             x = source.images[i:i + args.batch_size].to(device, non_blocking=True)
             yield normalize(x), source.labels[i:i + args.batch_size].to(device), 0
         return
-    transform = data.file_transforms(pre, train=False)
+    transform = transforms.file_transforms(pre, train=False)
     loader = data.eval_loader(source, transform, channels=pre.input_size[0], on_corrupt=args.on_corrupt,
                               batch_size=args.batch_size, workers=args.workers, rank=0, world=1,
                               pin_memory=device.type == "cuda")
@@ -304,7 +300,7 @@ def example_images(source, model, indices: list[int]) -> tuple[torch.Tensor, tor
         raise ConfigError("--attention-maps picks images by index, which streamed wds: shards do not offer; "
                           "evaluate a model of at most 64 px (decoded into memory), or the same images as hf: or a "
                           "folder")
-    transform = data.file_transforms(pre, train=False)
+    transform = transforms.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
     items = [source.item(i) for i in indices]
     images = [transform(data.load_image(src, mode, name)) for src, _, name in items]
@@ -421,7 +417,7 @@ def safe_name(name: str) -> str:
 def predict(model, paths: list[str], k: int, device, precision, hflip: bool = False, shift: int = 0) -> list[dict]:
     """Top-k classes with probabilities for image files, preprocessed as the checkpoint says."""
     pre = model.preprocess
-    transform = data.file_transforms(pre, train=False)
+    transform = transforms.file_transforms(pre, train=False)
     mode = "L" if pre.input_size[0] == 1 else "RGB"
     x = torch.stack([transform(data.load_image(p, mode)) for p in paths]).to(device)
     with autocast(precision, device):
@@ -518,8 +514,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def main(argv=None) -> int:
-    """Console entry point (`vit-eval`, `python evaluate.py`): 0 on success; a VitError ends with its message
-    and exit code 2. Python callers wanting the report dict use `run(parse_args(argv))`."""
+    """`vit-eval`, `python evaluate.py`: 0, or a VitError's message and exit 2 (the report: run(parse_args(argv)))."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vit").setLevel(logging.INFO)  # ours, not the exporters' chatter
     args = parse_args(argv)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .deit import DeiTConfig
 from .model import ViTConfig, to_2tuple
 
 
@@ -20,5 +19,5 @@ def count_flops(config: ViTConfig, img_size: int | Sequence[int] | None = None) 
     hidden = int(C * config.mlp_ratio)
     stem = 2 * n * C * config.in_chans * p * p
     block = 2 * N * (3 * C * C + C * C + 2 * C * hidden) + 2 * 2 * N * N * C  # linears, then q@k^T and attn@v
-    head = 2 * C * config.num_classes * (2 if isinstance(config, DeiTConfig) else 1)  # DeiT's second head
+    head = 2 * C * config.num_classes * (1 + getattr(config, "distilled", False))  # DeiT's second head
     return stem + config.depth * block + head

@@ -3,8 +3,7 @@
 NAME is, in this order:
 - a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (`datasets.load_from_disk`);
 - a parquet file, or a glob of them (one split, "train");
-- any other local folder `datasets.load_dataset` reads (e.g. {split}-00000-of-00001.parquet files, which name the
-  splits; an imagefolder);
+- any other local folder `datasets.load_dataset` reads (e.g. {split}-*.parquet files naming the splits; imagefolder);
 - a hub name (ORG/NAME): downloaded into, or with HF_DATASETS_OFFLINE=1 read from, the datasets cache
   (HF_DATASETS_CACHE, HF_HOME); HF_TOKEN is used for gated sets. Parquet and hub data are turned into Arrow files
   in that cache once, by `datasets` itself.
@@ -175,8 +174,7 @@ class ArrowRows:
     """Rows of an HF split for DataLoader workers: `item(i)` reads row i's encoded image and label (the
     interface of `vit.data.FileData`). The Dataset pickles as a reference to its memory-mapped Arrow files."""
 
-    def __init__(self, ds, image: str, label: str, *, classes: list[str], where: str,
-                 index: list[int] | None = None):
+    def __init__(self, ds, image: str, label: str, *, classes: list[str], where: str, index: list[int] | None = None):
         self.ds, self.image, self.label, self.classes, self.where = ds, image, label, classes, where
         self.index = index  # dataset label -> our label (evaluate.py's remapping to a checkpoint's classes)
 

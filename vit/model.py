@@ -360,7 +360,7 @@ class VisionTransformer(nn.Module):
         cfg = (config or self.config_class()).replace(**overrides)
         if type(cfg) is not self.config_class:  # another config counts tokens and heads this class does not build
             raise ConfigError(f"{type(self).__name__} is built from a {self.config_class.__name__}, got a "
-                              f"{type(cfg).__name__}: vit.registry.build_from_config builds the model of any config")
+                              f"{type(cfg).__name__}: vit.deit.build_from_config builds the model of any config")
         self.config = cfg
         self.num_classes = cfg.num_classes
         self.global_pool = cfg.global_pool

@@ -1,9 +1,8 @@
 """Named model variants, as data: one table from names to config fields, one `create_model`.
 
-`create_model` is the factory: name -> config -> model -> weights. `vit.weights` reads the weights (any
-format) with what they say about themselves; this module decides the config and builds the model.
-ImageNet names are spelled as timm spells them and exist exactly where timm has that configuration.
-Sizes are the ViT paper's Table 1 (Base/Large/Huge) and DeiT's Tiny/Small.
+`create_model` is the factory: name -> config -> model -> weights. `vit.weights` reads the weights (any format) with
+what they say about themselves; this module decides the config and builds the model. ImageNet names are timm's,
+where timm has that configuration; sizes are the ViT paper's Table 1 (Base/Large/Huge) and DeiT's Tiny/Small.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import torch
 
 from . import kernels, weights
 from .errors import CheckpointError, ConfigError
-from .deit import DeiTConfig, VisionTransformerDistilled, config_from_dict
+from .deit import DeiTConfig, build_from_config, with_overrides
 from .flops import count_flops
 from .model import ViTConfig, VisionTransformer, to_2tuple
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -161,8 +160,7 @@ def get_entry(name: str) -> ModelEntry:
 
 def create_model(name: str | None = None, pretrained: bool | str = False, *, attn_kernel: str = "auto",
                  mlp_kernel: str = "auto", **overrides) -> VisionTransformer:
-    """Build a registered model by name, with any `ViTConfig` field as an override, and distilled=True or False
-    for DeiT's distillation token and second head (`vit.deit.VisionTransformerDistilled`) or none.
+    """Build a registered model by name, with any `ViTConfig` field as an override (distilled=True: DeiT's).
 
     pretrained: False for random init; True for the entry's hub weights; "hf-hub:ORG/REPO", a folder or a
     file path for other weights (read by `vit.weights`, with position embeddings and head adapted to the
@@ -178,20 +176,10 @@ def create_model(name: str | None = None, pretrained: bool | str = False, *, att
     elif entry is None:
         raise ConfigError("create_model needs a model name (see vit.list_models()), or pretrained=PATH")
     else:
-        config = _with_overrides(entry.config, overrides)
+        config = with_overrides(entry.config, overrides)
         model = build_from_config(config)
         model.preprocess = preprocess_for(entry.preprocess, config)
     return kernels.use(model, attn=attn_kernel, mlp=mlp_kernel)
-
-
-def _with_overrides(config: ViTConfig, overrides: dict) -> ViTConfig:
-    """`config` with some fields changed; distilled=True or False changes the kind (`vit.deit.config_from_dict`)."""
-    return config_from_dict({**config.to_dict(), **overrides}) if overrides else config
-
-
-def build_from_config(config: ViTConfig) -> VisionTransformer:
-    """The model a config describes: DeiT's `VisionTransformerDistilled` for a `DeiTConfig`, else the ViT."""
-    return (VisionTransformerDistilled if isinstance(config, DeiTConfig) else VisionTransformer)(config)
 
 
 def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool | str | os.PathLike,
@@ -212,7 +200,7 @@ def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool 
         base = entry.config
         if info.config is not None and "num_classes" not in overrides:
             base = base.replace(num_classes=info.config.num_classes)
-    config = _with_overrides(base, overrides)
+    config = with_overrides(base, overrides)
     try:
         model = build_from_config(config)
     except ConfigError as e:
@@ -239,7 +227,7 @@ def resolve_architecture(info: weights.PretrainedInfo, source: object = "") -> w
     if info.config is not None or info.architecture not in MODELS:
         return info
     try:  # an architecture argument we do not have is an error, not something to ignore
-        config = _with_overrides(MODELS[info.architecture].config, info.model_args or {})
+        config = with_overrides(MODELS[info.architecture].config, info.model_args or {})
     except ConfigError as e:
         raise CheckpointError(f"{source}: model_args of {info.architecture}: {e}") from e
     return dataclasses.replace(info, config=config)

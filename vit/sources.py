@@ -1,8 +1,6 @@
 """Which reader a `--dataset` name goes to: the built-in names (vit.data.DATASETS) to vit.data, `hf:NAME` to
-vit/hf_data.py (Hugging Face datasets), `wds:PATTERN` to vit/wds_data.py (WebDataset shards).
-
-train.py and evaluate.py load every split through `load_dataset` here. The readers of hf: and wds: each import
-their library only when used (pip install 'vit[data]').
+vit/hf_data.py (Hugging Face datasets), `wds:PATTERN` to vit/wds_data.py (WebDataset shards). train.py and
+evaluate.py load every split through `load_dataset` here; hf: and wds: import their library only when used.
 """
 
 from __future__ import annotations

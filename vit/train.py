@@ -184,7 +184,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         st = restore(tr, ckpt)
         tr.say(summary(tr))
         if tensorboard.enabled(cfg) and d.is_main:
-            tr.board = board = tensorboard.Board(tensorboard.folder_for(cfg, out), st.step if ckpt is not None else None)
+            tr.board = board = tensorboard.Board(tensorboard.folder_for(cfg, out), None if ckpt is None else st.step)
             board.hparams(cfg.to_dict(), recipe)
             tr.say(f"TensorBoard events in {board.folder} (tensorboard --logdir {board.folder})")
         stopped = train(tr, st)

@@ -1,42 +1,30 @@
 """WebDataset tar shards as training and evaluation data: `--dataset wds:PATTERN`, read with `webdataset`.
 
-PATTERN is a brace pattern of local shard files (a network filesystem mount will do; no URLs or `pipe:` commands), e.g.
-`shards/train-{000000..000127}.tar`. A sample is the group of members sharing a key (webdataset's rule); its
-image is the first member with an image extension (or --image-key EXT), its label the integer in KEY.cls (or
---label-key EXT, or --label-key json:FIELD for a field of KEY.json).
+PATTERN is a brace pattern of local shard files (no URLs or `pipe:` commands), e.g. `shards/train-{0000..0127}.tar`.
+A sample is the group of members sharing a key (webdataset's rule); its image is the first member with an image
+extension (or --image-key EXT), its label the integer in KEY.cls (or --label-key EXT, or json:FIELD of KEY.json).
 
 Beside the shards, `_info.json` (timm's layout, which `python -m vit.convert` writes) gives each shard's sample
-count and the class names:
-    {"classes": [...], "splits": {"train": {"name": "train", "filenames": [...], "shard_lengths": [...],
-                                              "num_samples": N}, "val": {...}}}
-Without it, or for a shard it does not list, the shard's tar headers are scanned for the count (and the label
-members read for the number of classes). Splits: "val" is --val-split (a split of _info.json, or a shard
-pattern), else _info.json's validation, val or valid split, else (in memory only) a seeded carve of train as for a
-folder; "test" is _info.json's test split if it has one, else val.
+count and the class names: {"classes": [...], "splits": {"train": {"name": "train", "filenames": [...],
+"shard_lengths": [...], "num_samples": N}, "val": {...}}}. Without it, or for a shard it does not list, the tar
+headers are scanned for the count (and the label members for the number of classes). Splits: "val" is --val-split
+(a split of _info.json, or a shard pattern), else _info.json's validation, val or valid split, else (in memory
+only) a seeded carve of train as for a folder; "test" is _info.json's test split if it has one, else val.
 
 Small images are decoded into memory: every sample of every shard, in key order (so the order, and a carve,
 do not depend on how the samples were cut into shards; `vit.convert` keys samples by their index in the source).
 
-Large ones are streamed. What a training epoch reads, and what resume guarantees:
-- Epoch e puts the shards in a seeded order (seed, e) and each shard's samples through a seeded 1,000-sample
-  shuffle buffer (seed, e, shard): one sequence of all N samples.
-- Of that sequence, rank r trains on the r-th contiguous 1/world of its first floor(N / B) * B samples (B the
-  global batch), floor(N / B) batches of B / world; the last N mod B samples of the sequence sit this epoch out
-  (another part of the data each epoch). Within a rank, DataLoader worker w reads the contiguous run of batches
-  it serves, so it opens only the shards that run covers (a shard at either end may be shared with a neighbour,
-  each reading its own part): shards are split over ranks and workers.
-- Resumed at (epoch, step), every rank continues with exactly the batches the uninterrupted run would have
-  trained on next: within the epoch no sample is read twice and none is missed (a worker skips, undecoded,
-  the part of a shard before the resume point), and augmentation is seeded per sample as on the folder path,
-  so a deterministic CPU run resumes bit-identical. This holds for the same number of ranks and --workers: the
-  layout of a streamed epoch depends on both (unlike the indexed paths). Resumed with other counts, the
-  interrupted epoch continues from the same step over another layout (some samples of it may then repeat or be
-  missed), and every later epoch is whole again.
-Validation streams every sample once, each rank its contiguous share, in shard order.
+Large ones are streamed. Epoch e puts the shards in a seeded order (seed, e) and each shard's samples through a
+seeded 1,000-sample shuffle buffer (seed, e, shard): one sequence of all N samples, of which rank r trains on the
+r-th contiguous 1/world of the first floor(N / B) * B (B the global batch; the rest sit this epoch out). A
+DataLoader worker reads the contiguous run of batches it serves, opening only the shards that run covers.
+Resumed at (epoch, step), every rank continues with exactly the batches the uninterrupted run would have trained
+on next, augmentation seeded per sample: a deterministic CPU run resumes bit-identical, for the same number of
+ranks and --workers (docs/troubleshooting.md says what other counts give). Validation streams every sample once,
+each rank its contiguous share, in shard order.
 
-A shard that ends early (truncated) is a DataError naming it under --on-corrupt error; under skip its lost
-samples are dropped and counted in the log (a streamed epoch trains on the rest of those batches). A sample
-without a label is a DataError naming the shard and the key.
+A truncated shard is a DataError naming it under --on-corrupt error; under skip its lost samples are dropped and
+counted in the log. A sample without a label is a DataError naming the shard and the key.
 """
 
 from __future__ import annotations
@@ -50,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data
+from . import data, files
 from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.wds_data")
@@ -85,8 +73,8 @@ def expand(pattern: str) -> list[str]:
     require_webdataset()
     import braceexpand  # installed with webdataset
 
-    data.local_path(pattern, f"wds:{pattern}")
-    paths = [data.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
+    files.local_path(pattern, f"wds:{pattern}")
+    paths = [files.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"wds:{pattern}: {len(missing)} of {len(paths)} shard(s) missing, e.g. {missing[0]}")
@@ -271,10 +259,10 @@ def read_shard(shard: Shard, *, image_key: str, label_key: str, on_corrupt: str)
         return False
 
     # The shard is opened here, not by webdataset's URL opener, which would run a `pipe:` name through a shell.
-    with data.open_regular_file(shard.path) as stream:
-        files = tariterators.tar_file_expander([{"url": shard.path, "stream": stream}], handler=stop)
+    with files.open_regular_file(shard.path) as stream:
+        members = tariterators.tar_file_expander([{"url": shard.path, "stream": stream}], handler=stop)
         pending, n = None, 0  # one sample held back: the last one of a truncated shard may be cut short
-        for sample in tariterators.group_by_keys(files, handler=stop):
+        for sample in tariterators.group_by_keys(members, handler=stop):
             if n == shard.count:  # the count is what this split holds of the shard
                 break
             if pending is not None:
@@ -348,7 +336,7 @@ def validation_pattern(pattern: str, first_shard: str, info: dict, *, val_split:
         if not files:
             raise DataError(f"{where}: lists no filenames")
         for f in files:  # names of files beside _info.json, joined into one brace pattern
-            if not isinstance(f, str) or data.local_path(f, where) and (
+            if not isinstance(f, str) or files.local_path(f, where) and (
                     Path(f).name != f or any(c in f for c in "{},")):
                 raise DataError(f"{where}: {f!r} is not the name of a shard file beside it")
         return str(Path(first_shard).parent / ("{" + ",".join(files) + "}" if len(files) > 1 else files[0]))

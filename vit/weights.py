@@ -1,9 +1,8 @@
 """Pretrained weights: every format this package reads, and the one it writes.
 
-One module owns weight formats: reading files (never unpickling), detecting the format from the keys,
-renaming to our (timm's) parameter names, packing q/k/v, Flax kernel transposes, resampling position and
-patch embeddings, adapting the stem to another channel count, checking key sets and shapes, safetensors
-I/O with metadata, and hub download. It knows no model names: building a model from a name and some
+One module owns weight formats: reading files (never unpickling), detecting the format from the keys, renaming
+to our (timm's) parameter names, packing q/k/v, Flax kernel transposes, resampling position and patch embeddings,
+adapting the stem to another channel count, checking key sets and shapes, safetensors I/O and hub download. It knows no model names: building a model from a name and some
 weights (name -> config -> model -> weights) is `vit.registry.create_model`'s.
 
     model = vit.create_model("vit_base_patch16_224", pretrained="model.safetensors", num_classes=10, img_size=96)
@@ -183,8 +182,7 @@ def _shown(value, limit: int = 120) -> str:
 
 
 def read_stored_metadata(source: str | os.PathLike) -> PretrainedInfo:
-    """The config, preprocessing and class names stored with some weights, as the files give them, without
-    building a model.
+    """The config, preprocessing and class names stored with some weights, as the files say, no model built.
 
     source: a file, a folder or "hf-hub:ORG/REPO". Reads save_pretrained's safetensors header (not the
     tensors), the "model_config"/"preprocess"/"class_names" entries of a training checkpoint (`last.ckpt`),
