@@ -331,15 +331,15 @@ def validation_pattern(pattern: str, first_shard: str, info: dict, *, val_split:
     splits = info.get("splits", {})
     name = val_split or next((s for s in data.VALIDATION_SPLIT_NAMES if s in splits), "")
     if name in splits:  # a split of _info.json: its shards lie beside the train ones
-        files = splits[name].get("filenames", [])
+        names = splits[name].get("filenames", [])
         where = f"{Path(first_shard).parent}/_info.json, split {name!r}"
-        if not files:
+        if not names:
             raise DataError(f"{where}: lists no filenames")
-        for f in files:  # names of files beside _info.json, joined into one brace pattern
+        for f in names:  # names of files beside _info.json, joined into one brace pattern
             if not isinstance(f, str) or files.local_path(f, where) and (
                     Path(f).name != f or any(c in f for c in "{},")):
                 raise DataError(f"{where}: {f!r} is not the name of a shard file beside it")
-        return str(Path(first_shard).parent / ("{" + ",".join(files) + "}" if len(files) > 1 else files[0]))
+        return str(Path(first_shard).parent / ("{" + ",".join(names) + "}" if len(names) > 1 else names[0]))
     if val_split and not any(c in val_split for c in "/{*") and not val_split.endswith(".tar"):
         raise DataError(f"wds:{pattern}: no split {val_split!r} (--val-split) in _info.json "
                         f"(splits: {', '.join(splits) or 'none'}) and not a shard pattern")
