@@ -421,18 +421,29 @@ def test_a_run_whose_steps_slow_down_mid_epoch_replans_there_and_ends_inside_its
     assert saved["budget"]["spent_s"] <= 1.05 * 8, saved["budget"]
 
 
-def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsys):
-    """--small-model: where fewer than --model-min-epochs of --model fit the budget, the run times --model's
-    first steps on a copy of it, says so and builds the smaller model alone inside the same budget: last.ckpt,
-    best.safetensors and metrics.jsonl are the small model's. Where enough epochs fit, --model trains."""
+def ladder_recipe(monkeypatch, *rungs, budget="5s", **overrides) -> str:
+    """A recipe named 'ladder' with these rungs (model, min epochs, max epochs[, fields that follow it])."""
+    from vit import recipes
+
+    ladder = tuple(recipes.Rung(*r) for r in rungs)
+    fields = {**dict(model=ladder[0].model, dataset="fashion-mnist", batch_size=8, budget=budget), **overrides}
+    monkeypatch.setitem(recipes.RECIPES, "ladder", recipes.Recipe("ladder", "A test's ladder.", fields, ladder))
+    return "ladder"
+
+
+def test_a_budget_too_short_for_the_larger_model_trains_the_smaller_one(tmp_path, capsys, monkeypatch):
+    """A ladder: where fewer than a larger model's minimum epochs fit the budget, the run times the models on copies
+    of them, says which it trains and why, and builds that one alone inside the same budget: last.ckpt,
+    best.safetensors and metrics.jsonl are its own. Where enough epochs fit, the larger model trains, with the
+    fields that follow it."""
     make_idx_dir(tmp_path / "idx", n_train=400, n_test=20)
-    args = FAST + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
-                   "--model", "vit_micro_patch7_28", "--small-model", "vit_slim_patch7_28", "--budget", "5s"]
+    args = FAST + ["--data-dir", str(tmp_path / "idx"), "--batch-size", "8"]
+    recipe = ladder_recipe(monkeypatch, ("vit_slim_patch7_28", 0, 1000), ("vit_micro_patch7_28", 1000, 2000))
     short = tmp_path / "short"
-    assert train.main(args + ["--model-min-epochs", "1000", "--output", str(short)]) == 0
+    assert train.main(args + ["--recipe", recipe, "--output", str(short)]) == 0
     out = capsys.readouterr().out
-    assert "of vit_micro_patch7_28 fit in 5 s, under --model-min-epochs 1000: training vit_slim_patch7_28 " \
-           "instead" in out
+    assert "budget: training vit_slim_patch7_28, the largest of recipe ladder's models whose 0 epochs fit, for at " \
+           "most 1000 epochs" in out
     saved = ckpt(short)
     assert saved["config"]["model"] == "vit_slim_patch7_28"
     assert saved["state"]["step"] == saved["budget"]["total_steps"] > 0
@@ -441,22 +452,59 @@ def test_a_budget_too_short_for_the_model_trains_the_small_model(tmp_path, capsy
     assert [r["epoch"] for r in rows(short)] == list(range(1, len(rows(short)) + 1))
 
     long = tmp_path / "long"
-    assert train.main(args + ["--model-min-epochs", "0.5", "--budget", "12s", "--output", str(long)]) == 0
-    assert "instead" not in capsys.readouterr().out
+    recipe = ladder_recipe(monkeypatch, ("vit_slim_patch7_28", 0, 1000),
+                           ("vit_micro_patch7_28", 0.5, 1000, dict(label_smoothing=0.2)), budget="12s")
+    assert train.main(args + ["--recipe", recipe, "--output", str(long)]) == 0
+    assert "training vit_micro_patch7_28" in capsys.readouterr().out
     assert ckpt(long)["config"]["model"] == "vit_micro_patch7_28"
+    assert ckpt(long)["config"]["label_smoothing"] == 0.2
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--small-model", "vit_slim_patch7_28", "--model-min-epochs", "12"], "go together, with --budget"),
-    (["--small-model", "vit_slim_patch7_28", "--budget", "1m"], "go together"),
-    (["--small-model", "vit_nano_patch2_8", "--model-min-epochs", "12", "--budget", "1m"],
-     "takes 8x8x1 images, --model vit_micro_patch7_28 28x28x1"),
-])
-def test_small_model_flags_that_cannot_work_are_refused(capsys, tmp_path, flags, says):
-    rc = train.main(FAST + ["--model", "vit_micro_patch7_28", "--dataset", "fashion-mnist", "--data-dir", "absent",
-                            "--output", str(tmp_path / "run"), *flags])
+def test_a_budget_past_the_longest_schedule_ends_early_and_says_so(tmp_path, capsys, monkeypatch):
+    """The budget is a ceiling: where the largest model's longest schedule takes less than the budget, the run
+    trains those epochs and ends, saying so."""
+    recipe = ladder_recipe(monkeypatch, ("vit_nano_patch2_8", 0, 2), budget="10m", dataset="digits")
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    assert train.main(FAST + ["--recipe", recipe, "--dataset", "digits", "--batch-size", "64", "--output",
+                              str(out)]) == 0
+    assert time.monotonic() - t0 < 120
+    saved, spe = ckpt(out), 1438 // 64
+    assert saved["budget"]["max_steps"] == saved["budget"]["total_steps"] == saved["state"]["step"] == 2 * spe
+    assert "of 10.0 min used, 44 steps (0 re-plan(s)): 2 epochs of vit_nano_patch2_8 is this recipe's longest " \
+           "schedule" in capsys.readouterr().out
+    assert [r["epoch"] for r in rows(out)] == [1, 2]
+
+
+def test_a_run_that_chose_a_rung_resumes_exactly(tmp_path, capsys, monkeypatch):
+    """Stopped after its plan (--plan-only) and resumed, a run that chose a rung of its ladder ends with the weights
+    of a run of that model, its fields and the plan's step count given as --steps (no budget; the warm-up is
+    longer than the steps timed, so the two runs' learning rates agree from the first step)."""
+    recipe = ladder_recipe(monkeypatch, ("vit_nano_patch2_8", 0, 3), ("vit_nano_patch2_8", 0, 2, dict(lr=1e-3)),
+                           budget="10m", dataset="digits", crop_pad=1)
+    args = FAST + ["--recipe", recipe, "--dataset", "digits", "--deterministic", "--no-replan", "--warmup-epochs", "1"]
+    cut = tmp_path / "cut"
+    assert train.main(args + ["--plan-only", "--output", str(cut)]) == 0
+    assert "stopped by --plan-only" in capsys.readouterr().out
+    planned = ckpt(cut)
+    assert 0 < planned["state"]["step"] < planned["budget"]["total_steps"] == planned["budget"]["max_steps"]
+    assert train.main(["--resume", str(cut)]) == 0
+    done = ckpt(cut)
+    assert done["config"]["lr"] == 1e-3 and done["state"]["step"] == planned["budget"]["total_steps"]
+    fixed = tmp_path / "fixed"
+    assert train.main(FAST + ["--recipe", recipe, "--dataset", "digits", "--deterministic", "--budget", "",
+                              "--warmup-epochs", "1", "--lr", "1e-3", "--steps", str(done["state"]["step"]),
+                              "--output", str(fixed)]) == 0
+    for k, v in ckpt(fixed)["model"].items():
+        assert torch.equal(v, done["model"][k]), k
+
+
+def test_a_ladder_of_models_that_take_other_images_is_refused(capsys, tmp_path, monkeypatch):
+    recipe = ladder_recipe(monkeypatch, ("vit_nano_patch2_8", 0, 2), ("vit_micro_patch7_28", 1, 2), budget="1m",
+                           dataset="digits")
+    rc = train.main(FAST + ["--recipe", recipe, "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert rc == 2 and says in err and "Traceback" not in err, err
+    assert rc == 2 and "a ladder's models take the same images" in err and "Traceback" not in err, err
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ class Budget:
     spent_s: float = 0.0  # budget used by earlier processes of this run (resumed runs)
     replans: list = field(default_factory=list)  # {"step", "total_steps", "step_s", "reason"}
     decided: dict = field(default_factory=dict)  # settings fixed by the first plan's length (e.g. crop_pad)
+    max_steps: int = 0  # the model's longest schedule: no plan goes past it (0 = the budget alone)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Budget":
@@ -166,6 +167,8 @@ class Budget:
         self.step_s, self.eval_s = step_s, eval_s
         left = self.budget_s - self.reserve_s() - used_s
         self.total_steps = steps_that_fit(left, done, step_s, eval_s, steps_per_epoch, every, work)
+        if self.max_steps:
+            self.total_steps = max(min(self.total_steps, self.max_steps), done + 1)
         return self.total_steps
 
     def replan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
-from .errors import ConfigError
-from .model import to_2tuple
 from .recipes import TrainConfig
 from .registry import create_model, get_entry
 
@@ -19,16 +17,6 @@ if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
     from timm.utils import ModelEmaV3
 
-
-
-def check_small_model(cfg: TrainConfig) -> None:
-    """--small-model must take the images --model takes: it trains on the same loaded data."""
-    big, small = get_entry(cfg.model).config, get_entry(cfg.small_model).config
-    size = [to_2tuple(cfg.img_size or c.img_size) for c in (big, small)]
-    if size[0] != size[1] or big.in_chans != small.in_chans:
-        raise ConfigError(f"--small-model {cfg.small_model} takes {size[1][0]}x{size[1][1]}x{small.in_chans} "
-                          f"images, --model {cfg.model} {size[0][0]}x{size[0][1]}x{big.in_chans}: the two must "
-                          "take the same input")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):

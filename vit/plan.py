@@ -29,9 +29,11 @@ from .budget import Budget, Clock, parse_budget
 from .builders import build_model
 from .distributed import Dist
 from .errors import ConfigError
+from .flops import count_flops
 from .optim import build_optimizer
 from .precision import autocast, resolve_precision
-from .recipes import TrainConfig
+from .recipes import Rung, TrainConfig
+from .registry import get_entry
 from .rng import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -275,22 +277,67 @@ def epochs_that_fit(budget_s: float, used_s: float, step_s: float, eval_s: float
     return budgets.steps_that_fit(left, 0, step_s, eval_s, steps_per_epoch, every) / steps_per_epoch
 
 
-def choose_model(cfg: TrainConfig, candidates: list[tuple[str, float]], time_model: Callable[[str], tuple],
-                 steps_per_epoch: int, used_s: Callable[[], float], agree: Callable[[int], int] = int,
-                 say: Callable[..., None] = print) -> str:
-    """The first of `candidates` ((model, the epochs it needs at least), largest first) whose minimum epochs fit
-    the budget, by `time_model(name)` -> (seconds a step, seconds an evaluation pass) measured here (rank 0's
-    verdict on every rank); the last candidate when none does (it is not timed)."""
+ESTIMATE_SLACK = 3.0  # a larger rung is timed unless 1/3 of its FLOP-scaled cost still leaves its minimum out of reach
+
+
+def choose_rung(cfg: TrainConfig, ladder: tuple[Rung, ...], time_model: Callable[[TrainConfig], tuple],
+                steps_per_epoch: int, used_s: Callable[[], float], agree: Callable[[int], int] = int,
+                say: Callable[..., None] = print) -> Rung:
+    """The largest rung of `ladder` (smallest first) whose min_epochs fit the budget: the smallest is timed by
+    `time_model(cfg)` -> (seconds a step, seconds an evaluation pass), the larger ones estimated from it by
+    their FLOPs and kept tokens, and a larger one that the estimate does not rule out is timed before it is
+    chosen (rank 0's verdict on every rank). The smallest rung is the choice where no larger one fits.
+
+    The estimate only rules out: a small model's step is not all matrix products (Muon's orthogonalisation,
+    the data, the loss), so FLOPs overstate what a larger one costs against it (micro 2.2x slim's FLOPs took
+    2.0x its time on the AVX-512 BF16 CPU); a rung is timed unless even a third of its estimated cost leaves
+    its minimum out of reach."""
     budget_s = budgets.parse_budget(cfg.budget)
-    for (name, min_epochs), (smaller, _) in zip(candidates, candidates[1:]):
-        step_s, pass_s = time_model(name)
-        fit = epochs_that_fit(budget_s, used_s(), step_s, pass_s * eval_passes(cfg, cfg.eval_shift), steps_per_epoch,
-                              cfg.eval_every)
-        if agree(int(fit >= min_epochs)):
-            return name
-        say(f"budget: {step_s * 1e3:.0f} ms a step here: {fit:.1f} epochs of {name} fit in "
-            f"{budgets.duration(budget_s)}, under --model-min-epochs {min_epochs:g}: training {smaller} instead")
-    return candidates[-1][0]
+
+    def epochs(rung: Rung, step_s: float, pass_s: float) -> float:
+        c = rung_config(cfg, rung)
+        return epochs_that_fit(budget_s, used_s(), step_s, pass_s * eval_passes(c, c.eval_shift), steps_per_epoch,
+                               c.eval_every)
+
+    if len(ladder) == 1:
+        return ladder[0]
+    base_s, base_pass_s = time_model(rung_config(cfg, ladder[0]))
+    base_cost = step_cost(rung_config(cfg, ladder[0]))
+    for rung in reversed(ladder[1:]):
+        scale = step_cost(rung_config(cfg, rung)) / base_cost
+        estimate = epochs(rung, base_s * scale / ESTIMATE_SLACK, base_pass_s * scale / ESTIMATE_SLACK)
+        if not agree(int(estimate >= rung.min_epochs)):  # every rank takes the same branches
+            continue
+        step_s, pass_s = time_model(rung_config(cfg, rung))
+        fit = epochs(rung, step_s, pass_s)
+        if agree(int(fit >= rung.min_epochs)):
+            return rung
+        say(f"budget: {step_s * 1e3:.0f} ms a step here: {fit:.1f} epochs of {rung.model} fit in "
+            f"{budgets.duration(budget_s)}, under its {rung.min_epochs:g}: a smaller model instead")
+    return ladder[0]
+
+
+def rung_config(cfg: TrainConfig, rung: Rung, given: frozenset = frozenset()) -> TrainConfig:
+    """`cfg` with the rung's model and the fields that follow it, except those given on the command line."""
+    follow = {k: v for k, v in rung.overrides.items() if k not in given}
+    return TrainConfig.from_dict({**cfg.to_dict(), **follow, "model": rung.model})
+
+
+def step_cost(cfg: TrainConfig) -> float:
+    """A training step's cost relative to other models', for an estimate: forward FLOPs at the tokens kept."""
+    return count_flops(get_entry(cfg.model).config) * (1.0 - cfg.patch_drop)
+
+
+def check_ladder(ladder: tuple[Rung, ...], where: str) -> None:
+    """Every rung takes the same images (one data set is loaded for the run) and ranges are in order."""
+    first = get_entry(ladder[0].model).config
+    for rung in ladder:
+        c = get_entry(rung.model).config
+        if (c.img_size, c.in_chans) != (first.img_size, first.in_chans):
+            raise ConfigError(f"{where}: {rung.model} takes {c.img_size} px x {c.in_chans}, {ladder[0].model} "
+                              f"{first.img_size} px x {first.in_chans}: a ladder's models take the same images")
+        if not 0 <= rung.min_epochs < rung.max_epochs:
+            raise ConfigError(f"{where}: {rung.model}'s epochs {rung.min_epochs:g}-{rung.max_epochs:g} are no range")
 
 
 @torch.no_grad()
@@ -311,12 +358,12 @@ def eval_pass_s(model: nn.Module, val: torch.Tensor, n_val: int, precision: str,
     return forward_s(model, val, precision, device) / len(val) * -(-n_val // d.world)
 
 
-def time_model(cfg: TrainConfig, name: str, splits: Data, d: Dist, device: torch.device) -> tuple[float, float]:
-    """(seconds a training step, seconds an evaluation pass) of model `name` here: a copy built for the timing
+def time_model(cfg: TrainConfig, splits: Data, d: Dist, device: torch.device) -> tuple[float, float]:
+    """(seconds a training step, seconds an evaluation pass) of cfg.model here: a copy built for the timing
     alone, PROBE_SKIP steps to warm up and PROBE_STEPS timed (forward, loss, backward, optimizer) on the run's
     first images (random ones of their shape where they are read from disk); the random streams are left as
     they were."""
-    saved, cfg = rng_state(), TrainConfig.from_dict({**cfg.to_dict(), "model": name})
+    saved = rng_state()
     model = build_model(cfg, len(splits.classes), splits.channels).to(device)
     precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
     optimizer = build_optimizer(cfg, model, device, precision)

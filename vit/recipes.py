@@ -30,11 +30,6 @@ def _f(default, help: str, choices: tuple | None = None):
 class TrainConfig:
     # ---- model
     model: str = _f("vit_nano_patch2_8", "registered model name (python -c 'import vit; print(vit.list_models())')")
-    small_model: str = _f("", "with --budget: where fewer than --model-min-epochs of --model fit, train this smaller "
-                          "model instead (same input size); the run times --model's first steps, then starts over "
-                          "('' = off)")
-    model_min_epochs: float = _f(0.0, "the epochs of --model a budget must fit for --model to be trained, not "
-                                 "--small-model")
     pretrained: str = _f("", "weights to start from: a .safetensors/.pth path or hf-hub:ORG/REPO ('' = random init)")
     img_size: int = _f(0, "input size in pixels (0 = the model's own)")
     num_classes: int = _f(0, "classifier classes (0 = the dataset's)")
@@ -169,7 +164,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",
-                     "model_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "eval_shift",
+                     "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "eval_shift",
                      "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size", "num_classes", "min_lr",
                      "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
@@ -196,10 +191,6 @@ class TrainConfig:
                               "compiled step compiles again for each count; give one of them")
         if self.budget:
             parse_budget(self.budget)
-        if (self.small_model or self.model_min_epochs) and not (self.small_model and self.model_min_epochs and
-                                                                self.budget and not self.pretrained):
-            raise ConfigError("--small-model and --model-min-epochs go together, with --budget and without "
-                              "--pretrained: the model is chosen by how many of its epochs fit the budget")
         if self.randaug:
             check_policy(self.randaug)
         self._check_finetuning()
@@ -236,11 +227,29 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+# Fields that last.ckpt files of earlier versions may hold and that no longer change a run: dropped when read.
+RETIRED_FIELDS = ("small_model", "model_min_epochs")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One model of a budgeted recipe's ladder: trained where at least `min_epochs` of it fit the budget, for at
+    most `max_epochs` (past which it stops gaining: the run ends early); `overrides` are the fields that follow
+    the model (learning rate, augmentation, token dropping, drop path)."""
+
+    model: str
+    min_epochs: float
+    max_epochs: float
+    overrides: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
     doc: str  # command, hardware, time, accuracy measured
     overrides: dict
+    # A budgeted run's models, smallest first: it trains the largest whose min_epochs fit (vit/plan.py choose_rung)
+    ladder: tuple[Rung, ...] = ()
 
     def config(self, **more) -> TrainConfig:
         return TrainConfig.from_dict({**self.overrides, **more})
@@ -261,6 +270,8 @@ RECIPES = {r.name: r for r in [
         # 3x here (89.7% vs 97.8%); one thread: a 64-wide model's matrices are too small to split.
         dict(model="vit_nano_patch2_8", dataset="digits", epochs=30, batch_size=32, lr=2e-3, warmup_epochs=2,
              weight_decay=0.05, label_smoothing=0.1, crop_pad=0, hflip=0.0, threads=1),
+        # With --budget: the recipe's 30 epochs are its longest schedule.
+        ladder=(Rung("vit_nano_patch2_8", 0, 30),),
     ),
     Recipe(
         "fashion-mnist",
@@ -281,8 +292,12 @@ RECIPES = {r.name: r for r in [
         # 1 epoch and every epoch). Every run behind these figures: benchmarks/LOG.md.
         dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon", lr=2e-3,
              min_lr=0.0, warmup_epochs=0.3, eval_every=3, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
-             augment_min_epochs=12, hflip=0.5, hflip_min_epochs=12, small_model="vit_slim_patch7_28",
-             model_min_epochs=12),
+             augment_min_epochs=12, hflip=0.5, hflip_min_epochs=12),
+        # micro from 12 epochs (measured: slim at twice the epochs is ~0.6 points better where micro fits 3-4);
+        # micro's 19-epoch schedule is measured, 40 is a guess; tiny (192x12, patch 4, 49 tokens) from 40 epochs
+        # and up to 100 follows Lee et al. 2021's 100-epoch small-ViT schedules, with their stochastic depth 0.1.
+        ladder=(Rung("vit_slim_patch7_28", 0, 30), Rung("vit_micro_patch7_28", 12, 40),
+                Rung("vit_tiny_patch4_28", 40, 100, dict(drop_path=0.1, patch_drop=0.5))),
     ),
     Recipe(
         "cifar10",
@@ -311,8 +326,14 @@ RECIPES = {r.name: r for r in [
         # Mixup/CutMix. Every run behind these figures: benchmarks/LOG.md.
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon",
              lr=2e-3, min_lr=0.0, warmup_epochs=0.5, eval_every=8, eval_hflip=True, eval_shift=1, weight_decay=0.05,
-             label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5,
-             small_model="vit_slim_patch4_32", model_min_epochs=12),
+             label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5),
+        # slim and micro as measured: micro from 12 epochs, and its 25-epoch schedule (44 overfit from epoch ~26).
+        # mini (192 wide, 9 deep: Lee et al. 2021, 93.6% in 100 epochs with Mixup/CutMix and stochastic depth 0.1)
+        # from 25 epochs to 100, and small (384x12: DeiT's 300-epoch schedule, drop path 0.1) from 100 epochs:
+        # from the literature, not yet measured here. Mixup/CutMix only for the long schedules.
+        ladder=(Rung("vit_slim_patch4_32", 0, 30), Rung("vit_micro_patch4_32", 12, 25),
+                Rung("vit_mini_patch4_32", 25, 100, dict(drop_path=0.1, mixup=0.8, cutmix=1.0, patch_drop=0.25)),
+                Rung("vit_small_patch4_32", 100, 300, dict(drop_path=0.1, mixup=0.8, cutmix=1.0, patch_drop=0.0))),
     ),
     Recipe(
         "imagenet-subset-finetune",

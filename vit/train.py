@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
 import signal
@@ -37,7 +38,7 @@ from . import budget as budgets
 from . import finetune, runs, tensorboard
 from .batches import Inputs, build_inputs, load_data
 from .budget import Budget, Clock
-from .builders import base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler, check_small_model
+from .builders import base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler
 from .distill import DistillationLoss, load_teacher
 from .distributed import Dist, all_reduce_sum, elastic_restart, rank0_value, setup_distributed
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
@@ -45,9 +46,10 @@ from .eval_views import black, check_shift, predict_logits
 from .metrics import confusion_matrix
 from .model import to_2tuple
 from .optim import build_optimizer
-from .plan import BudgetPlanner, Plan, choose_model, eval_pass_s, plan_for, sample_batches, step_work, time_model
+from .plan import (BudgetPlanner, Plan, check_ladder, choose_rung, eval_pass_s, plan_for, rung_config, sample_batches,
+                   step_work, time_model)
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
-from .recipes import RECIPES, TrainConfig, flag, get_recipe
+from .recipes import RECIPES, RETIRED_FIELDS, Rung, TrainConfig, flag, get_recipe
 from .registry import get_entry
 from .rng import rng_state, seed_per_rank, seed_shared, torch_settings
 from .runs import Checkpoint, State
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="digits", choices=list(RECIPES), help="named recipe (vit/recipes.py)")
     p.add_argument("--output", default=None, help="output folder (default: runs/RECIPE-DATE-TIME)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.ckpt")
+    p.add_argument("--plan-only", action="store_true",
+                   help="with --budget: stop once the plan is made (model and steps printed; --resume continues)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars: one line per epoch (so too when stdout or stderr is not a terminal)")
     for f in TrainConfig.__dataclass_fields__.values():
@@ -155,6 +159,7 @@ class Training:
     precision: str
     plan: Plan  # the run's length, or a budget's planner (vit/plan.py)
     quiet: bool = False  # no progress bars
+    plan_only: bool = False  # --plan-only: stop once a budget's plan is made
     board: tensorboard.Board | None = None  # rank 0's TensorBoard writer (--tensorboard, --log-dir)
     stopper: Stopper = field(default_factory=Stopper)
     plotted_at: float = 0.0  # perf_counter() of the last curves.png
@@ -171,7 +176,8 @@ class Training:
 
 
 def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
-        ckpt: Checkpoint | None = None, given: frozenset = frozenset(), clock: Clock | None = None) -> int:
+        ckpt: Checkpoint | None = None, given: frozenset = frozenset(), clock: Clock | None = None,
+        ladder: tuple[Rung, ...] = (), plan_only: bool = False) -> int:
     """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`); returns the exit code."""
     d, device = setup_distributed(cfg.device)
     out = output or resume or runs.default_folder(recipe)
@@ -180,7 +186,8 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         if tensorboard.enabled(cfg):
             tensorboard.require()
         lock = runs.lock_output(out, resume is not None) if d.is_main else None
-        tr = set_up(cfg, recipe, d, device, out, quiet, given, ckpt is None, clock or Clock())
+        tr = set_up(cfg, recipe, d, device, out, quiet, given, ladder if ckpt is None else (), clock or Clock())
+        tr.plan_only = plan_only
         st = restore(tr, ckpt)
         tr.say(summary(tr))
         if tensorboard.enabled(cfg) and d.is_main:
@@ -201,25 +208,23 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
 
 
 def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool,
-           given: frozenset = frozenset(), fresh: bool = True, clock: Clock | None = None) -> Training:
-    """Data, the run's length (a budget's planner), the model (where a budget chooses it, the one whose minimum
-    epochs fit), optimizer, schedule, EMA, Mixup and loss: each built once, the same on every rank."""
+           given: frozenset = frozenset(), ladder: tuple[Rung, ...] = (), clock: Clock | None = None) -> Training:
+    """Data, the run's length (a budget's planner), the model (with a budget and a `ladder` of models, the
+    largest whose minimum epochs fit, for at most its longest schedule), optimizer, schedule, EMA, Mixup and
+    loss: each built once, the same on every rank."""
     seed_shared(cfg.seed)
     entry = get_entry(cfg.model)
     model_img = cfg.img_size or entry.config.img_size
     check_shift(cfg.eval_shift, to_2tuple(model_img))
-    if cfg.small_model:
-        check_small_model(cfg)
     data = load_data(cfg, d, model_img if isinstance(model_img, int) else model_img[0], entry.config.in_chans)
+    clock, longest = clock or Clock(), None
+    if cfg.budget and ladder:
+        cfg, longest = climb(cfg, recipe, ladder, data, d, device, given, clock)
     plan = plan_for(cfg, d, len(data.train))
     if isinstance(plan, BudgetPlanner):
-        plan.clock = clock or Clock()
-    if cfg.small_model and fresh and cfg.model != cfg.small_model:  # a resumed run trains the model it chose
-        name = choose_model(cfg, [(cfg.model, cfg.model_min_epochs), (cfg.small_model, 0.0)],
-                            lambda n: time_model(cfg, n, data, d, device), plan.steps_per_epoch,
-                            used_s=lambda: plan.used_s(), agree=lambda n: rank0_value(n, d, device),
-                            say=print if d.is_main else lambda *a: None)
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "model": name})
+        plan.clock = clock
+        if longest is not None:  # the model's longest schedule: no plan goes past it
+            plan.budget.max_steps = math.ceil(longest * plan.steps_per_epoch)
     model = build_model(cfg, len(data.classes), data.channels).to(device)
     model.class_names = data.classes
     if model.num_classes != len(data.classes):
@@ -255,6 +260,26 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
         plan.eval_pass_s = lambda: eval_pass_s(model, val, len(data.val), precision, device, d)
         plan.work = step_work(cfg, plan, model.num_prefix_tokens, model.patch_embed.num_patches)
     return tr
+
+
+def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data, d: Dist, device: torch.device,
+          given: frozenset, clock: Clock) -> tuple[TrainConfig, float | None]:
+    """The config of the ladder's rung this budget trains, and that rung's longest schedule in epochs: the rung
+    of a --model given on the command line (None where the ladder has no such model), else the largest whose
+    minimum epochs fit (vit/plan.py choose_rung, which times the models here)."""
+    check_ladder(ladder, f"recipe {recipe}")
+    say = print if d.is_main else (lambda *a: None)
+    if "model" in given:
+        rung = next((r for r in ladder if r.model == cfg.model), None)
+        return cfg, rung.max_epochs if rung is not None else None
+    spe = len(data.train) // cfg.batch_size
+    if spe < 1:
+        return cfg, None  # plan_for says why
+    rung = choose_rung(cfg, ladder, lambda c: time_model(c, data, d, device), spe, used_s=clock.elapsed,
+                       agree=lambda n: rank0_value(n, d, device), say=say)
+    say(f"budget: training {rung.model}, the largest of recipe {recipe}'s models whose {rung.min_epochs:g} "
+        f"epochs fit, for at most {rung.max_epochs:g} epochs")
+    return rung_config(cfg, rung, given), rung.max_epochs
 
 
 def restore(tr: Training, ckpt: Checkpoint | None) -> State:
@@ -353,6 +378,7 @@ def train_one_epoch(tr: Training, st: State) -> bool:
             stop = signalled or tr.max_steps_reached(st)
             if plan.after_step(st.step, st.batch, step_s):  # a budget planned or re-planned the run's length
                 use_plan(tr, st)
+                stop = stop or tr.plan_only
                 end = plan.epoch_end(st.epoch)  # past st.batch: a plan keeps a step to take
                 save_last(tr, st)  # the plan is recorded before the next step
             elif st.batch < end and (stop or (cfg.save_every and st.step % cfg.save_every == 0)):
@@ -518,6 +544,8 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
             reason = f"signal {signal.Signals(signum).name}"
         elif tr.max_steps_reached(st):
             reason = f"--max-steps {tr.cfg.max_steps}"
+        elif tr.plan_only:
+            reason = "--plan-only, once the plan was made"
         else:
             reason = "a signal to another rank"
         more = " --max-steps 0" if reason.startswith("--max-steps") else ""  # the saved config still has it
@@ -530,7 +558,9 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
     if isinstance(tr.plan, BudgetPlanner):
         budget = tr.plan.budget
         tr.say(f"budget: {budgets.duration(tr.plan.used_s())} of {budgets.duration(budget.budget_s)} used, "
-               f"{st.step} steps ({len(budget.replans)} re-plan(s))")
+               f"{st.step} steps ({len(budget.replans)} re-plan(s))" +
+               (f": {budget.max_steps / tr.plan.steps_per_epoch:g} epochs of {cfg.model} is this recipe's longest "
+                "schedule" if budget.max_steps and st.step >= budget.max_steps else ""))
     tr.say(f"done in {st.elapsed_s:.0f} s: best val top-1 {st.best_top1:.2f}%\n"
            f"outputs in {tr.out}/: {runs.BEST}, {runs.LAST}, {runs.METRICS}, {runs.CURVES}\n"
            f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {shlex.quote(cfg.dataset)}"
@@ -564,7 +594,8 @@ def main(argv=None) -> int:
         resume = Path(args.resume) if args.resume else elastic_restart(args.output)
         if resume is not None:
             ckpt = runs.read_checkpoint(resume / runs.LAST)
-            base, recipe = ckpt.config, ckpt.recipe or args.recipe
+            base = {k: v for k, v in ckpt.config.items() if k not in RETIRED_FIELDS}
+            recipe, ladder = ckpt.recipe or args.recipe, ()  # a resumed run trains the model it chose
             try:  # the saved config is a file's dict: checked as such, before the command line's flags join it
                 TrainConfig.from_dict(base)
             except ConfigError as e:
@@ -579,20 +610,19 @@ def main(argv=None) -> int:
             if "epochs" in changed:  # the scheduler comes back from last.ckpt with its saved length
                 print("resume: the schedule keeps the saved run's length; a longer run continues at --min-lr")
         else:
-            base, recipe = get_recipe(args.recipe).overrides, args.recipe
+            chosen = get_recipe(args.recipe)
+            base, recipe, ladder = chosen.overrides, args.recipe, () if given.get("pretrained") else chosen.ladder
             fixed = [n for n in ("epochs", "steps") if n in given]
             if fixed and given.get("budget"):
                 raise ConfigError(f"--budget sets the run's length itself: give it or --{fixed[0]}, not both")
             if fixed:  # a length given on the command line replaces the recipe's budget, and its model choice
-                base = {**base, "budget": "", "small_model": "", "model_min_epochs": 0.0}
-            if "model" in given and "small_model" not in given:  # a model named on the command line is trained
-                base = {**base, "small_model": "", "model_min_epochs": 0.0}
+                base = {**base, "budget": ""}
         cfg = TrainConfig.from_dict({**base, **given})
         if resolve_device(cfg.device).type == "cpu":
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg.device, cfg.threads, cfg.deterministic):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume,
-                       args.quiet or not on_terminal(), ckpt, frozenset(given), clock)
+                       args.quiet or not on_terminal(), ckpt, frozenset(given), clock, ladder, args.plan_only)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
