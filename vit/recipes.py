@@ -7,7 +7,6 @@ changes from the defaults. Unknown fields are an error, in recipes as on the com
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
