@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", default="digits", choices=list(RECIPES), help="named recipe (vit/recipes.py)")
     p.add_argument("--output", default=None, help="output folder (default: runs/RECIPE-DATE-TIME)")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.ckpt")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR from its last.ckpt; with --output, in that empty folder, which "
+                        "DIR's run is first copied into (DIR is then only read)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --output even if it holds an earlier run's files (they are deleted first)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars: one line per epoch (so too when stdout or stderr is not a terminal)")
     for f in TrainConfig.__dataclass_fields__.values():
@@ -171,17 +175,21 @@ class Training:
 
 
 def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
-        ckpt: Checkpoint | None = None, given: frozenset = frozenset(), clock: Clock | None = None) -> int:
-    """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`); returns the exit code."""
+        ckpt: Checkpoint | None = None, given: frozenset = frozenset(), clock: Clock | None = None,
+        overwrite: bool = False) -> int:
+    """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`: in `resume`, or in `output`
+    once the run is copied there); returns the exit code. `overwrite`: a new run deletes the run files it finds."""
     d, device = setup_distributed(cfg.device)
     out = output or resume or runs.default_folder(recipe)
+    copy_from = resume if resume is not None and not same_folder(out, resume) else None
     lock = board = None
     try:
         if tensorboard.enabled(cfg):
             tensorboard.require()
-        lock = runs.lock_output(out, resume is not None) if d.is_main else None
+        if d.is_main:
+            lock = runs.lock_output(out, resume is not None and copy_from is None, overwrite, copy_from)
         tr = set_up(cfg, recipe, d, device, out, quiet, given, ckpt is None, clock or Clock())
-        st = restore(tr, ckpt)
+        st = restore(tr, ckpt, copy_from)
         tr.say(summary(tr))
         if tensorboard.enabled(cfg) and d.is_main:
             tr.board = board = tensorboard.Board(tensorboard.folder_for(cfg, out), None if ckpt is None else st.step)
@@ -257,9 +265,10 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     return tr
 
 
-def restore(tr: Training, ckpt: Checkpoint | None) -> State:
+def restore(tr: Training, ckpt: Checkpoint | None, copy_from: Path | None = None) -> State:
     """Where training starts: the first step, or exactly where `ckpt` left off (weights, optimizer, schedule,
-    EMA, loss scale, RNGs, position in the epoch)."""
+    EMA, loss scale, RNGs, position in the epoch). `copy_from`: the folder `ckpt` came from, when the run goes
+    on in another (tr.out): its run files are copied there once the checkpoint has loaded."""
     cfg, d = tr.cfg, tr.dist
     if ckpt is None:
         st = State()
@@ -285,6 +294,10 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
             raise CheckpointError(f"{tr.out / runs.LAST} cannot be resumed with this run's settings (a flag that "
                                   f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
         if d.is_main:
+            if copy_from is not None:
+                copied = runs.copy_run(copy_from, tr.out)
+                print(f"resume: copied {', '.join(copied)} from {copy_from} to {tr.out}; the run continues there "
+                      f"and {copy_from} is left as it was")
             runs.truncate_metrics(tr.out / runs.METRICS, st.epoch)
         tr.say(f"resumed {tr.out} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
     return st
@@ -531,10 +544,13 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
         budget = tr.plan.budget
         tr.say(f"budget: {budgets.duration(tr.plan.used_s())} of {budgets.duration(budget.budget_s)} used, "
                f"{st.step} steps ({len(budget.replans)} re-plan(s))")
+    files = [name for name in (runs.BEST, runs.LAST, runs.METRICS, runs.CURVES) if (tr.out / name).is_file()]
+    weights = next((name for name in files if name in (runs.BEST, runs.LAST)), None)
     tr.say(f"done in {st.elapsed_s:.0f} s: best val top-1 {st.best_top1:.2f}%\n"
-           f"outputs in {tr.out}/: {runs.BEST}, {runs.LAST}, {runs.METRICS}, {runs.CURVES}\n"
-           f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {shlex.quote(cfg.dataset)}"
-           + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
+           f"outputs in {tr.out}/: {', '.join(files)}")
+    if weights is not None:
+        tr.say(f"evaluate with: python evaluate.py {tr.out / weights} --dataset {shlex.quote(cfg.dataset)}"
+               + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
     return 0
 
 
@@ -550,6 +566,10 @@ def plot(out: Path) -> None:
     plot_curves(out / runs.METRICS, out / runs.CURVES)
 
 
+def same_folder(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
 def on_terminal() -> bool:
     """Progress bars only on a terminal: in a log file (stdout or stderr redirected) each redraw is a line."""
     return sys.stdout.isatty() and sys.stderr.isatty()
@@ -561,7 +581,12 @@ def main(argv=None) -> int:
     args, given = parse_args(argv)
     try:
         ckpt = None
-        resume = Path(args.resume) if args.resume else elastic_restart(args.output)
+        restarted = elastic_restart(args.output)  # first: a restart of --resume A --output B goes on in B
+        resume = restarted or (Path(args.resume) if args.resume else None)
+        in_place = resume is not None and (args.output is None or same_folder(Path(args.output), resume))
+        if args.overwrite and in_place and restarted is None:
+            raise ConfigError(f"--overwrite starts a new run, --resume {resume} continues the one there: give one "
+                              "of them (or --output NEW to continue that run in a copy)")
         if resume is not None:
             ckpt = runs.read_checkpoint(resume / runs.LAST)
             base, recipe = ckpt.config, ckpt.recipe or args.recipe
@@ -592,7 +617,7 @@ def main(argv=None) -> int:
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg.device, cfg.threads, cfg.deterministic):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume,
-                       args.quiet or not on_terminal(), ckpt, frozenset(given), clock)
+                       args.quiet or not on_terminal(), ckpt, frozenset(given), clock, args.overwrite)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
