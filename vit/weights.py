@@ -915,12 +915,12 @@ def load_pretrained(
     if source_grid is None and info.config is not None:
         source_grid = patch_grid(info.config)
     try:
-        state = to_vit_state_dict(state)
-        if require_head:
-            check_head(state, model)
-        state = adapt_state_dict(state, model, source_grid)
+        converted = to_vit_state_dict(state)
+        state = adapt_state_dict(converted, model, source_grid)
         # A headless checkpoint (transformers ViTModel, big_vision without head) leaves the model's new head.
         check_state_dict(state, model, allow_missing=HEAD_KEYS)
+        if require_head:  # after the checks above: another architecture is named as such, not by its head
+            check_head(converted, model)
     except CheckpointError as e:
         if isinstance(source, Mapping):
             raise
