@@ -271,6 +271,21 @@ def test_missing_checkpoint_no_config_unknown_model_or_nothing_to_do(weight_file
     assert "nothing to do" in err and "--dataset" in err
 
 
+def test_weights_without_their_head_are_refused(weight_files, capsys, tmp_path):
+    """A 10-class file with head.weight and head.bias taken out would be scored with a fresh random head (~10%)
+    and exit 0: it is refused, naming the tensors it lacks."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    headless = tmp_path / "headless.safetensors"
+    with safe_open(str(weight_files["good"]), framework="pt") as f:
+        save_file({k: f.get_tensor(k) for k in f.keys() if not k.startswith("head.")}, str(headless),
+                  metadata=f.metadata())
+    err = evaluate_fails(capsys, headless, "--dataset", "digits")
+    assert f"{headless}: its metadata describes a classifier of 10 classes, but it has no head.weight, head.bias" \
+        in err
+
+
 def test_data_classes_differ_from_the_checkpoint(weight_files, capsys, tmp_path):
     root = digit_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=2)
     err = evaluate_fails(capsys, weight_files["good"], "--data-dir", root, "--output", tmp_path / "out")

@@ -162,6 +162,143 @@ def test_stale_temporary_files_are_removed_by_the_next_holder(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
+# Run files: a new run only in a folder without them, a resumed run in its own folder or a copy
+
+
+def test_what_a_run_killed_before_its_first_checkpoint_leaves_is_no_run(tmp_path):
+    """The lock, a torn temporary file and an empty metrics.jsonl: the same command starts again there (torchrun
+    restarts and benchmarks/kill_resume.py do). Any run file makes the folder a run's; --overwrite deletes
+    them, and only them."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runs.LOCK).write_text("12345")
+    (out / ".last.ckpt.12345.tmp").write_bytes(b"torn")
+    (out / runs.METRICS).write_bytes(b"")
+    assert runs.run_files(out) == []
+    runs.lock_output(out, resume=False).close()
+    assert not (out / ".last.ckpt.12345.tmp").exists()
+    for name in (runs.BEST, runs.CURVES, "events.out.tfevents.1700000000.host.1.0", runs.LAST):
+        (out / name).write_bytes(b"x")
+        assert name in runs.run_files(out)
+    (out / runs.METRICS).write_text('{"epoch": 1}\n')
+    (out / "notes.txt").write_text("mine")
+    assert runs.run_files(out) == [runs.LAST, runs.BEST, runs.METRICS, runs.CURVES,
+                                   "events.out.tfevents.1700000000.host.1.0"]
+    runs.lock_output(out, resume=False, overwrite=True).close()
+    assert runs.run_files(out) == [] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_with_run_files_is_refused_naming_them_and_the_ways_out(tmp_path):
+    """best.safetensors and metrics.jsonl without last.ckpt (a model someone kept): nothing to resume, so only
+    --overwrite or another folder; with last.ckpt, --resume too."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runs.BEST).write_bytes(b"a 35% model")
+    (out / runs.METRICS).write_text('{"epoch": 1, "val_top1": 35.0}\n')
+    with pytest.raises(OutputError) as e:
+        runs.lock_output(out, resume=False)
+    assert str(e.value) == (f"{out} already holds a training run (best.safetensors, metrics.jsonl) with no last.ckpt "
+                            "to continue from: start again there with --overwrite (which deletes them), or pick "
+                            "another --output")
+    assert (out / runs.BEST).read_bytes() == b"a 35% model"
+    (out / runs.LAST).write_bytes(b"")
+    with pytest.raises(OutputError, match=rf"\(last.ckpt, best.safetensors, metrics.jsonl\): continue it with "
+                                          rf"--resume {out}, start again there with --overwrite"):
+        runs.lock_output(out, resume=False)
+    runs.lock_output(out, resume=True).close()
+    assert (out / runs.BEST).read_bytes() == b"a 35% model"
+
+
+@pytest.mark.parametrize("name", [runs.METRICS, runs.LAST, runs.BEST, runs.CURVES])
+def test_a_run_file_that_is_a_symlink_is_refused(tmp_path, name):
+    target = tmp_path / "precious"
+    target.write_text("keep")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).symlink_to(target)
+    for resume, overwrite in ((False, False), (False, True), (True, False)):
+        with pytest.raises(OutputError, match=rf"{out / name} is a symbolic link: train.py writes its run files "
+                                              "only as plain files"):
+            runs.lock_output(out, resume=resume, overwrite=overwrite)
+    assert target.read_text() == "keep" and (out / name).is_symlink()
+
+
+def test_metrics_are_never_appended_through_a_link(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    path = tmp_path / runs.METRICS
+    path.symlink_to(target)
+    with pytest.raises(OutputError, match=rf"cannot write {path}: it is a symbolic link"):
+        runs.append_metrics(path, {"epoch": 1})
+    assert target.read_text() == "keep\n"
+    path.unlink()
+    os.mkfifo(path)  # nor to anything but a regular file (a FIFO without a reader would block)
+    with pytest.raises(OutputError, match=rf"cannot write {path}"):
+        runs.append_metrics(path, {"epoch": 1})
+
+
+def a_run(folder):
+    """A folder holding a run's files (contents are not read by the copy)."""
+    folder.mkdir()
+    for name, data in ((runs.LAST, b"ckpt"), (runs.BEST, b"best"), (runs.METRICS, b'{"epoch": 1}\n'),
+                       (runs.CURVES, b"png"), (runs.LOCK, b"1")):
+        (folder / name).write_bytes(data)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_run_is_copied_into_an_empty_folder_and_its_source_only_read(tmp_path):
+    source, out = tmp_path / "a", tmp_path / "b"
+    before = a_run(source)
+    lock = runs.lock_output(out, resume=False, source=source)
+    assert runs.copy_run(source, out) == [runs.LAST, runs.BEST, runs.METRICS, runs.CURVES]
+    lock.close()
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before  # nothing written in the source
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != runs.LOCK} == \
+        {k: v for k, v in before.items() if k != runs.LOCK}
+
+
+def test_a_run_being_written_is_not_copied(tmp_path):
+    source, out = tmp_path / "a", tmp_path / "b"
+    a_run(source)
+    held = runs.lock_output(source, resume=True)  # as the train.py running there holds it
+    with pytest.raises(OutputError, match=rf"{source} is in use by another train.py \(pid {os.getpid()}\)"):
+        runs.lock_output(out, resume=False, source=source)
+    with pytest.raises(OutputError, match=rf"{source} is in use"):
+        runs.copy_run(source, out)
+    held.close()
+    assert runs.run_files(out) == []
+
+
+def test_a_copy_killed_half_way_leaves_no_run(tmp_path):
+    """last.ckpt is moved into place last: a kill during the copy leaves its staging folder, which is no run;
+    the next holder of the lock removes it."""
+    source, out = tmp_path / "a", tmp_path / "b"
+    a_run(source)
+
+    def copy_half(ready):
+        import shutil
+
+        real, copied = shutil.copyfileobj, []
+
+        def slow(src, dst):
+            real(src, dst)
+            copied.append(1)
+            if len(copied) == 2:
+                ready()
+                time.sleep(600)
+
+        shutil.copyfileobj = slow  # in the child only
+        lock = runs.lock_output(out, resume=False, source=source)
+        runs.copy_run(source, out)
+        return lock
+
+    kill(in_child(copy_half))
+    assert runs.run_files(out) == [] and len(list(out.glob(".last.ckpt.*.partial"))) == 1
+    runs.lock_output(out, resume=False).close()
+    assert not list(out.glob(".last.ckpt.*.partial"))
+
+
+# --------------------------------------------------------------------------------------------------------
 # last.ckpt
 
 

@@ -614,6 +614,86 @@ def test_a_folder_in_use_or_holding_a_run_is_refused(tmp_path, capsys):
         in capsys.readouterr().err
 
 
+def test_a_folder_with_a_kept_model_is_refused_and_replaced_only_when_asked(trained_run, tmp_path, capsys):
+    """best.safetensors and metrics.jsonl without last.ckpt (a model kept from a run): a new run there would
+    replace it without a word. Refused, naming the folder, the files and --overwrite; with --overwrite the earlier
+    files are deleted first, so no row of theirs mixes with the new run's. What a run killed before its first
+    checkpoint leaves (the lock, a torn temporary file, an empty metrics.jsonl) is no run: the same command
+    starts again there."""
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / ".lock").write_text("12345")
+    (out / ".last.ckpt.12345.tmp").write_bytes(b"torn")
+    (out / "metrics.jsonl").write_bytes(b"")
+    assert train.main(FAST + ["--epochs", "1", "--max-steps", "1", "--output", str(out)]) == 0
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("best.safetensors", "metrics.jsonl"):
+        shutil.copy(trained_run.out / name, kept / name)
+    model = (kept / "best.safetensors").read_bytes()
+    capsys.readouterr()
+    assert train.main(FAST + ["--epochs", "1", "--output", str(kept)]) == 2
+    assert f"{kept} already holds a training run (best.safetensors, metrics.jsonl) with no last.ckpt to continue " \
+           "from: start again there with --overwrite (which deletes them), or pick another --output" \
+        in capsys.readouterr().err
+    assert (kept / "best.safetensors").read_bytes() == model
+    assert train.main(FAST + ["--epochs", "1", "--overwrite", "--output", str(kept)]) == 0
+    assert [r["epoch"] for r in rows(kept)] == [1] and (kept / "best.safetensors").read_bytes() != model
+
+
+def test_resume_into_another_folder_copies_the_run_there_and_leaves_the_source(tmp_path, capsys, monkeypatch):
+    """--resume A --output B: B must hold no run; A's run files are copied into B (one line says so), the run
+    goes on in B and nothing is written in A. A torchrun restart of the same command goes on in B. B's own run
+    is never replaced by A's."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train.main(FAST + ["--epochs", "2", "--max-steps", "30", "--output", str(a)]) == 0
+    before = {p.name: p.read_bytes() for p in a.iterdir()}
+    capsys.readouterr()
+    assert train.main(["--resume", str(a), "--output", str(b), "--max-steps", "35"]) == 0
+    printed = capsys.readouterr().out
+    assert "resume: copied last.ckpt, best.safetensors, metrics.jsonl" in printed
+    assert f"from {a} to {b}; the run continues there and {a} is left as it was" in printed
+    assert ckpt(b)["state"]["step"] == 35
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert train.main(["--resume", str(a), "--output", str(b), "--max-steps", "0"]) == 0
+    assert f"torchrun restart 1: continuing the run in {b}" in capsys.readouterr().out
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    assert ckpt(b)["state"]["step"] == 44 and [r["epoch"] for r in rows(b)] == [1, 2]
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == before
+    own = (b / "last.ckpt").read_bytes()
+    assert train.main(["--resume", str(a), "--output", str(b)]) == 2
+    assert f"{b} already holds a training run (last.ckpt, best.safetensors, metrics.jsonl, curves.png): continue " \
+           f"it with --resume {b}" in capsys.readouterr().err
+    assert (b / "last.ckpt").read_bytes() == own
+    assert train.main(["--resume", str(a), "--overwrite"]) == 2
+    assert f"--overwrite starts a new run, --resume {a} continues the one there" in capsys.readouterr().err
+
+
+def test_the_summary_names_only_the_files_there(trained_run, tmp_path, capsys):
+    """A finished run resumed after its best.safetensors was moved away: the summary does not promise it, and
+    points evaluate.py at last.ckpt."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_run.out, out)
+    (out / "best.safetensors").unlink()
+    assert train.main(["--resume", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"outputs in {out}/: last.ckpt, metrics.jsonl, curves.png\n" in printed
+    assert "best.safetensors" not in printed and f"evaluate with: python evaluate.py {out / 'last.ckpt'}" in printed
+
+
+def test_a_run_file_planted_as_a_link_is_refused(tmp_path, capsys):
+    """A metrics.jsonl linked to another file: never appended to through the link, even with --overwrite."""
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(target)
+    for more in ([], ["--overwrite"]):
+        assert train.main(FAST + ["--epochs", "1", "--max-steps", "1", "--output", str(out), *more]) == 2
+        assert f"{out / 'metrics.jsonl'} is a symbolic link" in capsys.readouterr().err
+    assert target.read_text() == "keep\n"
+
+
 def test_non_finite_loss_keeps_last_good_checkpoint(capsys, tmp_path):
     """A learning rate of 1e30 blows the weights up after one step; the loss of step 2 is not finite."""
     out = tmp_path / "run"

@@ -449,6 +449,38 @@ def test_head_reinitialised_for_new_classes(tmp_path):
     assert isinstance(features.head, torch.nn.Identity)
 
 
+def resaved(path, out, change):
+    """The safetensors file at `path` written to `out` with its metadata and `change(tensors)` as its tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(change(tensors), str(out), metadata=metadata)
+    return out
+
+
+@pytest.mark.parametrize("distilled, dropped", [(False, "head."), (False, "head.bias"), (True, "head_dist.")])
+def test_a_classifier_without_its_head_is_refused_unless_a_new_head_is_asked_for(tmp_path, distilled, dropped):
+    """A file whose metadata says 5 classes but lacks head tensors: built as it says, its head would be freshly
+    initialised and score chance without a word. Refused, naming the tensors; with num_classes given (fine-tuning
+    its backbone for a new task) the new head is initialised as before."""
+    model, path = saved(tmp_path, distilled=distilled)
+    headless = resaved(path, tmp_path / "headless.safetensors",
+                       lambda t: {k: v for k, v in t.items() if not k.startswith(dropped)})
+    missing = ", ".join(k for k in ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+                        if k.startswith(dropped))
+    for named in ({}, dict(name="vit_tiny_patch4_32", depth=2, **({"distilled": True} if distilled else {}))):
+        with pytest.raises(vit.CheckpointError) as e:
+            vit.create_model(pretrained=headless, **named)
+        assert f"{headless}: its metadata describes a classifier of 5 classes, but it has no {missing}" in str(e.value)
+    new = vit.create_model(pretrained=headless, num_classes=3)
+    assert new.head.weight.shape == (3, 192) and torch.equal(new.norm.weight, model.norm.weight)
+    wrong = resaved(path, tmp_path / "wrong.safetensors", lambda t: {**t, "head.weight": t["head.weight"][:4]})
+    with pytest.raises(vit.CheckpointError, match=r"its head.weight has shape \(4, 192\), not \(5, 192\)"):
+        vit.create_model(pretrained=wrong)
+
+
 # ---- unreadable files, code in pickles, wrong key sets and shapes (docs/troubleshooting.md's table)
 
 

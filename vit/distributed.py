@@ -76,7 +76,8 @@ def rank0_value(value: int, d: Dist, device: torch.device) -> int:
 
 def elastic_restart(output: str | None) -> Path | None:
     """Under torchrun with --max-restarts, a restarted worker (TORCHELASTIC_RESTART_COUNT > 0) continues the
-    run its command names with --output from the last.ckpt there, instead of refusing the folder."""
+    run its command names with --output from the last.ckpt there, instead of refusing the folder (so too after
+    `--resume A --output B`, whose run went on in B). Without a last.ckpt there, the command starts again."""
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restarts and output and (Path(output) / runs.LAST).is_file():
         if os.environ.get("RANK", "0") == "0":

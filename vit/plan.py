@@ -27,7 +27,7 @@ from . import budget as budgets
 from . import data
 from .budget import Budget, Clock, parse_budget
 from .builders import build_model
-from .distributed import Dist
+from .distributed import Dist, rank0_value
 from .errors import ConfigError
 from .flops import count_flops
 from .optim import build_optimizer
@@ -315,6 +315,26 @@ def choose_rung(cfg: TrainConfig, ladder: tuple[Rung, ...], time_model: Callable
         say(f"budget: {step_s * 1e3:.0f} ms a step here: {fit:.1f} epochs of {rung.model} fit in "
             f"{budgets.duration(budget_s)}, under its {rung.min_epochs:g}: a smaller model instead")
     return ladder[0]
+
+
+def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data: Data, d: Dist, device: torch.device,
+          given: frozenset, clock: Clock) -> tuple[TrainConfig, float | None]:
+    """The config of the ladder's rung this budget trains, and that rung's longest schedule in epochs: the rung
+    of a --model given on the command line (None where the ladder has no such model), else the largest whose
+    minimum epochs fit (vit/plan.py choose_rung, which times the models here)."""
+    check_ladder(ladder, f"recipe {recipe}")
+    say = print if d.is_main else (lambda *a: None)
+    if "model" in given:
+        rung = next((r for r in ladder if r.model == cfg.model), None)
+        return cfg, rung.max_epochs if rung is not None else None
+    spe = len(data.train) // cfg.batch_size
+    if spe < 1:
+        return cfg, None  # plan_for says why
+    rung = choose_rung(cfg, ladder, lambda c: time_model(c, data, d, device), spe, used_s=clock.elapsed,
+                       agree=lambda n: rank0_value(n, d, device), say=say)
+    say(f"budget: training {rung.model}, the largest of recipe {recipe}'s models whose {rung.min_epochs:g} "
+        f"epochs fit, for at most {rung.max_epochs:g} epochs")
+    return rung_config(cfg, rung, given), rung.max_epochs
 
 
 def rung_config(cfg: TrainConfig, rung: Rung, given: frozenset = frozenset()) -> TrainConfig:

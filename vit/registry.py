@@ -166,8 +166,9 @@ def create_model(name: str | None = None, pretrained: bool | str = False, *, att
     file path for other weights (read by `vit.weights`, with position embeddings and head adapted to the
     overrides). The architecture comes from the registered `name`, else from the weights' metadata
     (save_pretrained, train.py checkpoints, a timm or transformers config.json), so for such files the name
-    may be left out. Weights that carry a config also give the class count (a trained head is kept), unless
-    num_classes is overridden. Preprocessing and class names come with the weights.
+    may be left out. Weights that carry a config also give the class count, unless num_classes is overridden:
+    their trained head is kept, and a CheckpointError names the head tensors they lack (with num_classes given, a
+    new head is initialised instead). Preprocessing and class names come with the weights.
     attn_kernel, mlp_kernel: how the blocks compute attention and the MLP (`vit.kernels` policy names).
     """
     entry = get_entry(name) if name is not None else None
@@ -189,6 +190,8 @@ def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool 
             raise ConfigError(f"model {name!r} has no hub weights registered; pass pretrained=PATH or 'hf-hub:ORG/REPO'")
         source = f"hf-hub:{entry.hf_hub_id}"
     state, info = weights.read_pretrained(source)
+    # The file's own metadata (not the registry's default) gives a class count: it is that classifier, head included.
+    says_classes = info.config is not None or "num_classes" in (info.model_args or {})
     info = resolve_architecture(info, source)
     if entry is None:
         if info.config is None:
@@ -209,7 +212,8 @@ def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool 
         raise CheckpointError(f"{source} carries a model config that cannot be built: {e}") from e
     source_grid = weights.patch_grid(info.config) if info.config is not None else None
     try:
-        weights.load_pretrained(model, state, source_grid=source_grid)
+        weights.load_pretrained(model, state, source_grid=source_grid,
+                                require_head=says_classes and "num_classes" not in overrides and config.num_classes > 0)
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from e  # name the file
 

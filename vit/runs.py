@@ -7,22 +7,27 @@
       best.safetensors   the best model so far (vit.save_pretrained: weights, config, preprocessing, classes)
       metrics.jsonl      one JSON object per finished epoch
       curves.png         metrics.jsonl drawn (vit.plots)
+      events.out.tfevents.*  TensorBoard's event files (vit.tensorboard), where --log-dir does not move them
 
-last.ckpt and curves.png are replaced through `atomic_write`, so a kill at any moment leaves the old file or
-the new one; metrics.jsonl is appended to, and rewritten that way when a resumed run drops the rows of
-epochs it redoes. Readers check what they read and name the file and the entry that is wrong
-(`CheckpointError`).
+These are the run files (`run_files`). A new run starts only in a folder without them (or told to delete them:
+train.py --overwrite); a resumed run continues in its own folder, or in an empty one that the run is first
+copied into (`copy_run`). last.ckpt and curves.png are replaced through `atomic_write`, so a kill at any moment
+leaves the old file or the new one; metrics.jsonl is appended to, and rewritten that way when a resumed run
+drops the rows of epochs it redoes. No run file is written through a symbolic link. Readers check what they
+read and name the file and the entry that is wrong (`CheckpointError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import pickle
 import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -39,6 +44,7 @@ LAST = "last.ckpt"
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
+EVENTS = "events.out.tfevents.*"  # the names torch's SummaryWriter gives its files
 
 CHECKPOINT_FORMAT = "vit-train-checkpoint"
 CHECKPOINT_VERSION = 1  # bump when an entry changes meaning; readers refuse versions newer than theirs
@@ -130,12 +136,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 # The lock: one train.py per folder
 
 
-def lock_output(out: Path, resume: bool) -> IO[str]:
+def lock_output(out: Path, resume: bool, overwrite: bool = False, source: Path | None = None) -> IO[str]:
     """Create `out` and hold an exclusive lock on out/.lock for the life of the process (close the returned
     file to let go earlier).
 
     flock is released by the kernel when the process dies, even by SIGKILL, so a crash never leaves a
-    stale lock behind. A folder that already holds a run is refused unless resuming.
+    stale lock behind. A folder that holds run files is refused unless resuming the run in it (`resume`), or
+    told to delete them (`overwrite`). `source`: the folder of the run to be copied into `out` (`copy_run`),
+    refused now if a train.py is writing it.
     """
     import fcntl
 
@@ -151,21 +159,102 @@ def lock_output(out: Path, resume: bool) -> IO[str]:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
-        pid = fh.read().strip() or "unknown"
+        pid = fh.read().strip()
         fh.close()
-        raise OutputError(f"{out} is in use by another train.py (pid {pid}); wait for it, or pick another --output")
-    if not resume and (out / LAST).exists():
+        raise OutputError(_in_use(out, pid))
+    try:
+        found = run_files(out)
+        if found and not resume and not overwrite:
+            raise OutputError(f"{out} already holds a training run ({', '.join(found)})" + (
+                f": continue it with --resume {out}, " if LAST in found else f" with no {LAST} to continue from: ")
+                + "start again there with --overwrite (which deletes them), or pick another --output")
+        if source is not None:
+            with _reading_lock(source):
+                pass
+    except OutputError:
         fh.close()
-        raise OutputError(f"{out} already holds a training run ({LAST}): continue it with --resume {out}, "
-                          "or pick another --output")
+        raise
     fh.seek(0)
     fh.truncate()
     fh.write(str(os.getpid()))
     fh.flush()
-    # Temporary files of writes a kill cut short (".last.ckpt.PID.tmp"): with the lock held, no writer is left.
+    if found and not resume:  # --overwrite: none of the earlier run's files is left to mix with the new run's
+        for name in found:
+            try:
+                (out / name).unlink()
+            except OSError as e:
+                fh.close()
+                raise OutputError(f"cannot delete {out / name} (--overwrite): {e.strerror or e}") from e
+    # Temporary files of writes a kill cut short (".last.ckpt.PID.tmp", a copy's staging folder): with the lock
+    # held, no writer is left.
     for stale in out.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
+    for stale in out.glob(f".{LAST}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     return fh
+
+
+def _in_use(out: Path, pid: str) -> str:
+    return f"{out} is in use by another train.py (pid {pid or 'unknown'}); wait for it, or pick another --output"
+
+
+@contextlib.contextmanager
+def _reading_lock(out: Path) -> Iterator[None]:
+    """A shared lock on `out`'s .lock while its files are read: refused while a train.py holds it to write
+    there. A folder without a lock file is not written by anyone, and none is created in it."""
+    import fcntl
+
+    try:
+        fd = os.open(out / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        fd = None
+    except OSError as e:
+        raise OutputError(f"cannot read {out / LOCK}: {e.strerror or e}") from e
+    if fd is None:
+        yield
+        return
+    with os.fdopen(fd) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(_in_use(out, fh.read().strip())) from None
+        yield
+
+
+def run_files(out: Path) -> list[str]:
+    """The run files in `out` (last.ckpt, best.safetensors, metrics.jsonl, curves.png, TensorBoard event files):
+    what makes it a run folder. The lock, temporary files of writes a kill cut short and an empty metrics.jsonl
+    do not count: they are all a run killed before its first checkpoint leaves, and the same command starts again
+    there. A run file that is a symbolic link is an OutputError: train.py never writes or copies through one."""
+    out = Path(out)
+    found = [name for name in (LAST, BEST, METRICS, CURVES) if os.path.lexists(out / name)]
+    found += sorted(p.name for p in out.glob(EVENTS))
+    links = [name for name in found if (out / name).is_symlink()]
+    if links:
+        raise OutputError(f"{out / links[0]} is a symbolic link: train.py writes its run files only as plain "
+                          "files, never through a link; remove the link or pick another folder")
+    if METRICS in found and (out / METRICS).is_file() and (out / METRICS).stat().st_size == 0:
+        found.remove(METRICS)
+    return found
+
+
+def copy_run(source: Path, out: Path) -> list[str]:
+    """Copy the run files of `source` into `out` (held with `lock_output`, holding none of its own) so the run
+    continues in `out` and `source` is only read; returns the names copied. last.ckpt is moved into place last
+    (`staged_files`): a kill during the copy leaves `out` holding no run, and the same command starts again."""
+    names = run_files(source)
+    with _reading_lock(source), staged_files(out, LAST) as staging:
+        for name in names:
+            try:
+                fd = os.open(source / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError as e:
+                raise OutputError(f"cannot read {source / name}: {e.strerror or e}") from e
+            with os.fdopen(fd, "rb") as src:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OutputError(f"{source / name} is not a regular file: nothing to copy")
+                with open(staging / name, "xb") as dst:
+                    shutil.copyfileobj(src, dst)
+    return names
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -374,11 +463,17 @@ def _state(obj: Mapping, path: Path) -> State:
 
 
 def append_metrics(path: Path, row: dict) -> None:
+    """Append one row; never through a symbolic link (O_NOFOLLOW), nor to anything but a regular file."""
     try:
-        with open(path, "a") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        with os.fdopen(fd, "a") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OutputError(f"cannot write {path}: it is not a regular file")
             f.write(json.dumps(row) + "\n")
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+        reason = "it is a symbolic link, and run files are written only as plain files" if e.errno == errno.ELOOP \
+            else e.strerror or e
+        raise OutputError(f"cannot write {path}: {reason}") from e
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -46,8 +46,7 @@ from .eval_views import black, check_shift, predict_logits
 from .metrics import confusion_matrix
 from .model import to_2tuple
 from .optim import build_optimizer
-from .plan import (BudgetPlanner, Plan, check_ladder, choose_rung, eval_pass_s, plan_for, rung_config, sample_batches,
-                   step_work, time_model)
+from .plan import BudgetPlanner, Plan, climb, eval_pass_s, plan_for, sample_batches, step_work
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, RETIRED_FIELDS, Rung, TrainConfig, flag, get_recipe
 from .registry import get_entry
@@ -77,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", default="digits", choices=list(RECIPES), help="named recipe (vit/recipes.py)")
     p.add_argument("--output", default=None, help="output folder (default: runs/RECIPE-DATE-TIME)")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.ckpt")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR from its last.ckpt; with --output, in that empty folder, which "
+                        "DIR's run is first copied into (DIR is then only read)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --output even if it holds an earlier run's files (they are deleted first)")
     p.add_argument("--plan-only", action="store_true",
                    help="with --budget: stop once the plan is made (model and steps printed; --resume continues)")
     p.add_argument("--quiet", action="store_true",
@@ -177,18 +180,22 @@ class Training:
 
 def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None, quiet: bool,
         ckpt: Checkpoint | None = None, given: frozenset = frozenset(), clock: Clock | None = None,
-        ladder: tuple[Rung, ...] = (), plan_only: bool = False) -> int:
-    """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`); returns the exit code."""
+        ladder: tuple[Rung, ...] = (), plan_only: bool = False, overwrite: bool = False) -> int:
+    """Train into `output` (or go on with `resume`'s run from its last.ckpt, `ckpt`: in `resume`, or in `output`
+    once the run is copied there); returns the exit code. `ladder`: a budget's models to choose from; `plan_only`:
+    stop once a budget's plan is made; `overwrite`: a new run deletes the run files it finds."""
     d, device = setup_distributed(cfg.device)
     out = output or resume or runs.default_folder(recipe)
+    copy_from = resume if resume is not None and not same_folder(out, resume) else None
     lock = board = None
     try:
         if tensorboard.enabled(cfg):
             tensorboard.require()
-        lock = runs.lock_output(out, resume is not None) if d.is_main else None
+        if d.is_main:
+            lock = runs.lock_output(out, resume is not None and copy_from is None, overwrite, copy_from)
         tr = set_up(cfg, recipe, d, device, out, quiet, given, ladder if ckpt is None else (), clock or Clock())
         tr.plan_only = plan_only
-        st = restore(tr, ckpt)
+        st = restore(tr, ckpt, copy_from)
         tr.say(summary(tr))
         if tensorboard.enabled(cfg) and d.is_main:
             tr.board = board = tensorboard.Board(tensorboard.folder_for(cfg, out), None if ckpt is None else st.step)
@@ -262,29 +269,10 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     return tr
 
 
-def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data, d: Dist, device: torch.device,
-          given: frozenset, clock: Clock) -> tuple[TrainConfig, float | None]:
-    """The config of the ladder's rung this budget trains, and that rung's longest schedule in epochs: the rung
-    of a --model given on the command line (None where the ladder has no such model), else the largest whose
-    minimum epochs fit (vit/plan.py choose_rung, which times the models here)."""
-    check_ladder(ladder, f"recipe {recipe}")
-    say = print if d.is_main else (lambda *a: None)
-    if "model" in given:
-        rung = next((r for r in ladder if r.model == cfg.model), None)
-        return cfg, rung.max_epochs if rung is not None else None
-    spe = len(data.train) // cfg.batch_size
-    if spe < 1:
-        return cfg, None  # plan_for says why
-    rung = choose_rung(cfg, ladder, lambda c: time_model(c, data, d, device), spe, used_s=clock.elapsed,
-                       agree=lambda n: rank0_value(n, d, device), say=say)
-    say(f"budget: training {rung.model}, the largest of recipe {recipe}'s models whose {rung.min_epochs:g} "
-        f"epochs fit, for at most {rung.max_epochs:g} epochs")
-    return rung_config(cfg, rung, given), rung.max_epochs
-
-
-def restore(tr: Training, ckpt: Checkpoint | None) -> State:
+def restore(tr: Training, ckpt: Checkpoint | None, copy_from: Path | None = None) -> State:
     """Where training starts: the first step, or exactly where `ckpt` left off (weights, optimizer, schedule,
-    EMA, loss scale, RNGs, position in the epoch)."""
+    EMA, loss scale, RNGs, position in the epoch). `copy_from`: the folder `ckpt` came from, when the run goes
+    on in another (tr.out): its run files are copied there once the checkpoint has loaded."""
     cfg, d = tr.cfg, tr.dist
     if ckpt is None:
         st = State()
@@ -310,6 +298,10 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
             raise CheckpointError(f"{tr.out / runs.LAST} cannot be resumed with this run's settings (a flag that "
                                   f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
         if d.is_main:
+            if copy_from is not None:
+                copied = runs.copy_run(copy_from, tr.out)
+                print(f"resume: copied {', '.join(copied)} from {copy_from} to {tr.out}; the run continues there "
+                      f"and {copy_from} is left as it was")
             runs.truncate_metrics(tr.out / runs.METRICS, st.epoch)
         tr.say(f"resumed {tr.out} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
     return st
@@ -561,10 +553,13 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
                f"{st.step} steps ({len(budget.replans)} re-plan(s))" +
                (f": {budget.max_steps / tr.plan.steps_per_epoch:g} epochs of {cfg.model} is this recipe's longest "
                 "schedule" if budget.max_steps and st.step >= budget.max_steps else ""))
+    files = [name for name in (runs.BEST, runs.LAST, runs.METRICS, runs.CURVES) if (tr.out / name).is_file()]
+    weights = next((name for name in files if name in (runs.BEST, runs.LAST)), None)
     tr.say(f"done in {st.elapsed_s:.0f} s: best val top-1 {st.best_top1:.2f}%\n"
-           f"outputs in {tr.out}/: {runs.BEST}, {runs.LAST}, {runs.METRICS}, {runs.CURVES}\n"
-           f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {shlex.quote(cfg.dataset)}"
-           + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
+           f"outputs in {tr.out}/: {', '.join(files)}")
+    if weights is not None:
+        tr.say(f"evaluate with: python evaluate.py {tr.out / weights} --dataset {shlex.quote(cfg.dataset)}"
+               + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
     return 0
 
 
@@ -580,6 +575,10 @@ def plot(out: Path) -> None:
     plot_curves(out / runs.METRICS, out / runs.CURVES)
 
 
+def same_folder(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
 def on_terminal() -> bool:
     """Progress bars only on a terminal: in a log file (stdout or stderr redirected) each redraw is a line."""
     return sys.stdout.isatty() and sys.stderr.isatty()
@@ -591,7 +590,12 @@ def main(argv=None) -> int:
     args, given = parse_args(argv)
     try:
         ckpt = None
-        resume = Path(args.resume) if args.resume else elastic_restart(args.output)
+        restarted = elastic_restart(args.output)  # first: a restart of --resume A --output B goes on in B
+        resume = restarted or (Path(args.resume) if args.resume else None)
+        in_place = resume is not None and (args.output is None or same_folder(Path(args.output), resume))
+        if args.overwrite and in_place and restarted is None:
+            raise ConfigError(f"--overwrite starts a new run, --resume {resume} continues the one there: give one "
+                              "of them (or --output NEW to continue that run in a copy)")
         if resume is not None:
             ckpt = runs.read_checkpoint(resume / runs.LAST)
             base = {k: v for k, v in ckpt.config.items() if k not in RETIRED_FIELDS}
@@ -622,7 +626,8 @@ def main(argv=None) -> int:
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg.device, cfg.threads, cfg.deterministic):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume,
-                       args.quiet or not on_terminal(), ckpt, frozenset(given), clock, ladder, args.plan_only)
+                       args.quiet or not on_terminal(), ckpt, frozenset(given), clock, ladder, args.plan_only,
+                       args.overwrite)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -640,6 +640,24 @@ def adapt_state_dict(
 HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")  # fresh where the file has none
 
 
+def check_head(state: Mapping[str, torch.Tensor], model: VisionTransformer) -> None:
+    """The model's head tensors (head, and DeiT's head_dist) in `state` (our names), each in the model's shape:
+    weights whose metadata says they are a classifier of K classes must carry it, or a freshly initialised
+    head would be evaluated as if trained (~1/K accuracy, and no error)."""
+    target = model.state_dict()
+    wanted = [key for key in HEAD_KEYS if key in target]
+    missing = [key for key in wanted if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"its metadata describes a classifier of {model.num_classes} classes, but it has no {', '.join(missing)}: "
+            "a fresh head would be used as if trained. To train a new head on its backbone, give the class count "
+            "(create_model(..., num_classes=K))")
+    for key in wanted:
+        if state[key].shape != target[key].shape:
+            raise CheckpointError(f"its metadata describes a classifier of {model.num_classes} classes, but its "
+                                  f"{key} has shape {tuple(state[key].shape)}, not {tuple(target[key].shape)}")
+
+
 def check_state_dict(state: Mapping[str, torch.Tensor], model: VisionTransformer, allow_missing=()) -> None:
     """Raise a CheckpointError naming the missing, unexpected or misshapen keys."""
     target = model.state_dict()
@@ -876,13 +894,15 @@ def load_pretrained(
     source: str | os.PathLike | Mapping[str, torch.Tensor],
     *,
     source_grid: tuple[int, int] | None = None,
+    require_head: bool = False,
 ) -> PretrainedInfo:
     """Load weights of any recognised format into `model`, adapting them to its grid, channels and head.
 
     source: a file, a folder, "hf-hub:ORG/REPO", or a state dict. Returns the source's metadata (empty for a
     state dict). The head is kept only where its shape matches; otherwise the model's own freshly
     initialised head stays. source_grid: the checkpoint's patch grid, for non-square grids the file's
-    metadata does not give.
+    metadata does not give. require_head: the weights are the model's classifier (their metadata gave its
+    class count), so its head tensors must be among them, in the model's shapes: a CheckpointError otherwise.
     """
     if isinstance(source, Mapping):
         state, info = dict(source), PretrainedInfo()
@@ -895,9 +915,12 @@ def load_pretrained(
     if source_grid is None and info.config is not None:
         source_grid = patch_grid(info.config)
     try:
-        state = adapt_state_dict(to_vit_state_dict(state), model, source_grid)
+        converted = to_vit_state_dict(state)
+        state = adapt_state_dict(converted, model, source_grid)
         # A headless checkpoint (transformers ViTModel, big_vision without head) leaves the model's new head.
         check_state_dict(state, model, allow_missing=HEAD_KEYS)
+        if require_head:  # after the checks above: another architecture is named as such, not by its head
+            check_head(converted, model)
     except CheckpointError as e:
         if isinstance(source, Mapping):
             raise
