@@ -15,6 +15,7 @@ from .augment import check_policy
 from .budget import parse_budget
 from .data import DATASETS
 from .errors import ConfigError, check_known_options
+from .finetune import check_freeze
 from .sources import check_dataset
 
 
@@ -209,8 +210,8 @@ class TrainConfig:
 
     def _check_finetuning(self) -> None:
         """Freezing, LoRA and distillation flags that contradict or need each other."""
-        if self.freeze and self.freeze != "backbone" and not (self.freeze.isdigit() and int(self.freeze) >= 1):
-            raise ConfigError(f"--freeze {self.freeze!r}: 'backbone' or a number of blocks >= 1")
+        if self.freeze:
+            check_freeze(self.freeze)
         if self.lora_rank and self.freeze:
             raise ConfigError("--lora-rank with --freeze: LoRA already freezes every weight but its adapters and "
                               "the head; give one of them")
