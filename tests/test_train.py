@@ -90,6 +90,12 @@ def test_a_run_writes_its_outputs(trained_run):
     assert model.class_names == DIGITS and model.config.to_dict() == c["model_config"]
 
 
+def test_a_finished_run_leaves_no_lock_file(trained_run):
+    """The lock is held while a run writes its folder (tests/test_runs.py); it goes with the run."""
+    assert not (trained_run.out / ".lock").exists()
+    assert not [p for p in trained_run.out.iterdir() if p.name.startswith(".")]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Data sources and recipes
 

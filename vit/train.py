@@ -197,7 +197,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         if board is not None:
             board.close()
         if lock is not None:
-            lock.close()
+            runs.release_output(out, lock)
 
 
 def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool,
