@@ -817,6 +817,64 @@ def test_ddp_two_gloo_processes_equal_one_process(opt, tmp_path):
     assert max((v - other[k]).abs().max() for k, v in one.items()) > 1e-3
 
 
+@pytest.mark.slow
+def test_a_rank_that_loses_its_peer_says_so_in_one_line(tmp_path):
+    """2 gloo ranks; rank 1 SIGKILLed once training runs: rank 0's collective fails, and it prints one line
+    (what torchrun --max-restarts then restarts from), not gloo's traceback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *FAST, "--epochs", "100", "--save-every", "1", "--output", str(out)]
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "last.ckpt").exists():  # rank 0 saves after each step: both are training
+            assert time.monotonic() < deadline and ranks[0].poll() is None, ranks[0].communicate()
+            time.sleep(0.1)
+        ranks[1].kill()
+        _, err = ranks[0].communicate(timeout=120)
+    finally:
+        for p in ranks:
+            p.kill()
+            p.communicate()
+    assert ranks[0].returncode == 1, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: rank 0 lost another rank of the job (") and line.endswith(
+        "); torchrun --max-restarts restarts the job from last.ckpt"), err
+
+
+def test_a_failed_collective_is_a_lost_rank_told_in_one_line(tmp_path, capsys, monkeypatch):
+    """In a job of several ranks, a RuntimeError where the ranks exchange data (gloo's "Connection reset by peer")
+    is another rank gone: RankLostError, which train.py prints as one line, exit 1 (the real thing, two processes:
+    test_a_rank_that_loses_its_peer_says_so_in_one_line). One process, out-of-memory: as they are."""
+    from vit.distributed import Dist, collective
+    from vit.errors import RankLostError
+
+    with pytest.raises(RankLostError, match=r"^rank 1 lost another rank of the job \(\[pair.cc:545\] Read error: "
+                                            r"Connection reset by peer\); torchrun --max-restarts restarts the job "
+                                            r"from last.ckpt$"):
+        with collective(Dist(rank=1, world=2)):
+            raise RuntimeError("[pair.cc:545] Read error: Connection reset by peer\nmore of gloo's text")
+    for d, e in [(Dist(), RuntimeError("one process")), (Dist(1, 2), torch.OutOfMemoryError("out of memory"))]:
+        with pytest.raises(type(e)) as raised, collective(d):
+            raise e
+        assert raised.value is e
+
+    def peer_gone(tr, st, x, y):
+        with collective(Dist(0, 2)):
+            raise RuntimeError("Connection reset by peer")
+
+    monkeypatch.setattr(train, "train_step", peer_gone)
+    assert train.main([*FAST, "--epochs", "1", "--output", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == ("error: rank 0 lost another rank of the job (Connection reset by peer); "
+                                       "torchrun --max-restarts restarts the job from last.ckpt\n")
+
+
 # --------------------------------------------------------------------------------------------------------
 # torchrun: a lost rank (SIGKILL to one worker) and a preemption (SIGTERM to torchrun, which passes it to every
 # rank), each against an uninterrupted 2-rank job (benchmarks/kill_resume.py --elastic's code)

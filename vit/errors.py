@@ -30,6 +30,11 @@ class NonFiniteLossError(VitError, FloatingPointError):
     """The training loss became NaN or infinite; the run stops without overwriting last.ckpt."""
 
 
+class RankLostError(VitError, RuntimeError):
+    """A collective failed in a job of several ranks: another rank is gone (killed, a lost node). torchrun
+    --max-restarts restarts the job, which continues from last.ckpt."""
+
+
 class OutputError(VitError, OSError):
     """An output folder or file that cannot be written (unwritable, disk full, locked by another run)."""
 

@@ -39,8 +39,8 @@ from .batches import Inputs, build_inputs, load_data
 from .budget import Budget, Clock
 from .builders import base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler, check_small_model
 from .distill import DistillationLoss, load_teacher
-from .distributed import Dist, all_reduce_sum, elastic_restart, rank0_value, setup_distributed
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
+from .distributed import Dist, all_reduce_sum, collective, elastic_restart, rank0_value, setup_distributed
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, RankLostError, VitError
 from .eval_views import black, check_shift, predict_logits
 from .metrics import confusion_matrix
 from .model import to_2tuple
@@ -383,7 +383,8 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
             with autocast(tr.precision, tr.device):  # the teacher, too, runs in the training precision
                 out = tr.net(xm)
                 loss = (tr.criterion(out, ym) if tr.distill is None else tr.distill(out, ym, xm)) * (len(xm) / len(x))
-            scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
+            with collective(d):  # DDP all-reduces the gradients in backward: where a lost rank surfaces
+                scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
         loss_total += loss.detach()
     # One sync per step: the loss is checked before the step can spoil the weights, on every rank alike.
     flags = torch.stack([loss_total.float(), (~torch.isfinite(loss_total)).float(),
@@ -593,7 +594,7 @@ def main(argv=None) -> int:
         with torch_settings(cfg.device, cfg.threads, cfg.deterministic):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume,
                        args.quiet or not on_terminal(), ckpt, frozenset(given), clock)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, RankLostError) as e:  # not a bad input: the run failed (a lost rank: torchrun restarts)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except VitError as e:
