@@ -96,6 +96,24 @@ def test_a_finished_run_leaves_no_lock_file(trained_run):
     assert not [p for p in trained_run.out.iterdir() if p.name.startswith(".")]
 
 
+def test_help_states_each_default_once_as_the_default_recipe_sets_it(monkeypatch):
+    """--help's defaults are what `python train.py` trains with (the digits recipe's epochs and warm-up, not the
+    field defaults it replaces), each flag's once (no second "(default: None)" for --output)."""
+    monkeypatch.setenv("COLUMNS", "2000")  # one line a flag's help, where the invocation leaves room
+    entries, name = {}, None
+    for line in train.build_parser().format_help().split("options:")[1].splitlines():
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+        if name:
+            entries[name] = entries.get(name, "") + " " + line.strip()
+    assert len(entries) > 70  # every TrainConfig field is a flag
+    for flag, text in entries.items():
+        assert text.count("(default") <= 1 and "None" not in text, (flag, text)
+    assert entries["--epochs"].endswith("(default: 30)") and entries["--warmup-epochs"].endswith("(default: 2.0)")
+    assert entries["--output"].endswith("(default: runs/RECIPE-DATE-TIME)")
+    assert entries["--model"].endswith("(default: 'vit_nano_patch2_8')")
+
+
 # --------------------------------------------------------------------------------------------------------
 # Data sources and recipes
 

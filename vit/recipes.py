@@ -339,6 +339,9 @@ RECIPES = {r.name: r for r in [
 ]}
 
 
+DEFAULT_RECIPE = "digits"  # what `python train.py` trains; `--help` shows its values as the defaults
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")

@@ -47,7 +47,7 @@ from .model import to_2tuple
 from .optim import build_optimizer
 from .plan import BudgetPlanner, Plan, choose_model, eval_pass_s, plan_for, sample_batches, step_work, time_model
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
-from .recipes import RECIPES, TrainConfig, flag, get_recipe
+from .recipes import DEFAULT_RECIPE, RECIPES, TrainConfig, flag, get_recipe
 from .registry import get_entry
 from .rng import rng_state, seed_per_rank, seed_shared, torch_settings
 from .runs import Checkpoint, State
@@ -68,18 +68,23 @@ PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (matplotlib costs ~0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Each help text states its default once: for a TrainConfig field, the value the default recipe gives it (the
+    # recipe's own, else the field's); argparse leaves the flag unset, so that a recipe's value is not overridden.
+    defaults = get_recipe(DEFAULT_RECIPE).config()
     p = argparse.ArgumentParser(
-        prog="train.py", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a Vision Transformer. With no arguments: the 'digits' recipe (offline, CPU, ~1 min).",
+        prog="train.py", allow_abbrev=False,
+        description=f"Train a Vision Transformer. With no arguments: the '{DEFAULT_RECIPE}' recipe (offline, CPU, "
+                    f"~1 min). The defaults shown are the '{DEFAULT_RECIPE}' recipe's; --recipe NAME sets its own.",
         epilog="recipes: " + "; ".join(f"{r.name}: {r.doc.splitlines()[0]}" for r in RECIPES.values()),
     )
-    p.add_argument("--recipe", default="digits", choices=list(RECIPES), help="named recipe (vit/recipes.py)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                   help=f"named recipe (vit/recipes.py; default: {DEFAULT_RECIPE})")
     p.add_argument("--output", default=None, help="output folder (default: runs/RECIPE-DATE-TIME)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.ckpt")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars: one line per epoch (so too when stdout or stderr is not a terminal)")
     for f in TrainConfig.__dataclass_fields__.values():
-        kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"] + f" (default: recipe, else {f.default!r})")
+        kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"] + f" (default: {getattr(defaults, f.name)!r})")
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         else:
