@@ -5,7 +5,9 @@ The optimizer is vit/optim.py's; vit/train.py puts them together.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Iterator
 
 import torch.nn as nn
 
@@ -50,14 +52,31 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
 def build_scheduler(cfg: TrainConfig, optimizer, total_steps: int, warmup: int) -> Scheduler:
     """A linear warm-up to lr over `warmup` steps, then per-step decay to min_lr until `total_steps`,
     cosine or linear (timm's schedulers, the linear one its poly schedule of power 1; the warm-up a prefix, so the
-    learning rate peaks where warm-up ends). Built again whenever a budget's plan changes its length."""
+    learning rate peaks where warm-up ends). Step s (counted from 1) trains with the schedule's value at s
+    (`step_update(s)` before it): step `warmup` at lr, step `total_steps` at min_lr. Built again whenever a
+    budget's plan changes its length."""
     from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
     common = dict(t_initial=max(1, total_steps - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
                   warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
     if cfg.sched == "linear":
         return PolyLRScheduler(optimizer, power=1.0, **common)
-    return CosineLRScheduler(optimizer, **common)
+    # A decay of one step (a run, or a budget's plan, that its warm-up fills up to the last step) is a cosine of one
+    # step, which timm's constructor warns "will have no effect": as meant here, so its logger is silenced for
+    # that call only, on every rank.
+    with _silenced("timm.scheduler.cosine_lr") if common["t_initial"] == 1 else contextlib.nullcontext():
+        return CosineLRScheduler(optimizer, **common)
+
+
+@contextlib.contextmanager
+def _silenced(logger: str) -> Iterator[None]:
+    """`logger`'s records dropped while the block runs."""
+    log, drop = logging.getLogger(logger), lambda record: False
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def base_lr(group: dict) -> float:

@@ -35,7 +35,7 @@ def plot_curves(metrics: str | Path | list[dict], path: str | Path) -> Path:
         ax_acc.legend()
     ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="validation accuracy")
     ax_lr.plot(ep, [r["lr"] for r in rows])
-    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate (the epoch's last step)")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
     fig.tight_layout()

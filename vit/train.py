@@ -111,7 +111,7 @@ def use_plan(tr: Training, st: State) -> None:
     """The plan's length changed (a budget's plan or re-plan): the schedule is built for it, and the next step
     takes its learning rate from the new schedule."""
     tr.scheduler = build_scheduler(tr.cfg, tr.optimizer, tr.plan.total_steps, tr.plan.warmup)
-    tr.scheduler.step_update(st.step)
+    tr.scheduler.step_update(st.step + 1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -163,6 +163,7 @@ class Training:
     board: tensorboard.Board | None = None  # rank 0's TensorBoard writer (--tensorboard, --log-dir)
     stopper: Stopper = field(default_factory=Stopper)
     plotted_at: float = 0.0  # perf_counter() of the last curves.png
+    step_lr: float | None = None  # the lr the last step trained with: the console, metrics.jsonl and TensorBoard's
 
     def say(self, *lines) -> None:
         if self.dist.is_main:
@@ -292,6 +293,7 @@ def restore(tr: Training, ckpt: Checkpoint | None) -> State:
         if d.is_main:
             runs.truncate_metrics(tr.out / runs.METRICS, st.epoch)
         tr.say(f"resumed {tr.out} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
+    tr.scheduler.step_update(st.step + 1)  # the next step's lr: step s trains at the schedule's value at s
     return st
 
 
@@ -344,6 +346,7 @@ def train_one_epoch(tr: Training, st: State) -> bool:
             if tr.inputs.batch_is_empty(x):  # every image of this batch was unreadable on some rank (--on-corrupt skip)
                 continue
             loss, lr, signalled = train_step(tr, st, x, y)
+            tr.step_lr = lr
             st.loss_sum += loss
             st.loss_count += 1
             st.images += len(x) * tr.dist.world
@@ -398,9 +401,10 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
     loss_value, bad, signalled = flags.tolist()  # the step's one host sync
     loss_value /= d.world
     lr = base_lr(opt.param_groups[0])
-    if bad:
+    if bad:  # the weights this loss came from are the last step's: its lr is the one to blame
+        made_by = f"lr {lr:.3g}" if tr.step_lr is None else f"after a step at lr {tr.step_lr:.3g}"
         raise NonFiniteLossError(
-            f"non-finite loss ({loss_value}) at step {st.step + 1} (epoch {st.epoch + 1}, lr {lr:.3g}); "
+            f"non-finite loss ({loss_value}) at step {st.step + 1} (epoch {st.epoch + 1}, {made_by}); "
             f"stopping without saving: {tr.out / runs.LAST} still holds the last good state. "
             "Try a lower --lr, --clip-grad 1, or --precision fp32."
         )
@@ -415,7 +419,7 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
         opt.step()
     opt.zero_grad(set_to_none=True)
     st.step += 1
-    tr.scheduler.step_update(st.step)
+    tr.scheduler.step_update(st.step + 1)  # the next step's lr (step s trains at the schedule's value at s)
     if tr.ema is not None:
         tr.ema.update(tr.model, step=st.step)
     return loss_value, lr, bool(signalled)
@@ -457,8 +461,9 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
     to stop: asked for during the epoch (`stop`), or by a signal while evaluating."""
     cfg, d = tr.cfg, tr.dist
     t0 = time.perf_counter()
+    lr = tr.step_lr if tr.step_lr is not None else base_lr(tr.optimizer.param_groups[-1])  # the last step's lr
     row = dict(epoch=st.epoch + 1, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
-               lr=base_lr(tr.optimizer.param_groups[-1]), images_per_s=st.images / max(st.train_s, 1e-9))
+               lr=lr, images_per_s=st.images / max(st.train_s, 1e-9))
     evaluating = tr.plan.evaluates_after(st.epoch)
     confusion = best_model = None
     if evaluating:
