@@ -134,6 +134,30 @@ def test_folder_and_idx_sources_train(tmp_path):
     assert vit.create_model(pretrained=str(out / "best.safetensors")).class_names[0] == "T-shirt/top"
 
 
+def test_the_default_model_follows_the_images(tmp_path, capsys):
+    """A folder of 32x32 RGB images with the digits recipe: its 8x8 grey model would see every image shrunk and
+    made grey, so the run trains the cheapest registered model that takes 32x32x3 and says so in its first line.
+    A --model given is trained as given; images no registered model takes stop the run with the candidates."""
+    make_folder(tmp_path / "photos", per_class=8, size=32)
+    flags = ["--dataset", "folder", "--data-dir", str(tmp_path / "photos"), "--val-size", "6", "--batch-size", "6",
+             "--epochs", "1", "--max-steps", "1"]
+    assert train.main(FAST + flags + ["--output", str(tmp_path / "run")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("model: vit_nano_patch4_32, the cheapest registered model that takes folder's 32x32x3 images as "
+                     "they are (the digits recipe's vit_nano_patch2_8 takes 8x8x1; --model NAME trains another)")
+    saved = ckpt(tmp_path / "run")
+    assert saved["config"]["model"] == "vit_nano_patch4_32"
+    assert (saved["model_config"]["img_size"], saved["model_config"]["in_chans"]) == (32, 3)
+    assert train.main(FAST + flags + ["--model", "vit_nano_patch2_8", "--output", str(tmp_path / "given")]) == 0
+    assert "model:" not in capsys.readouterr().out
+    assert ckpt(tmp_path / "given")["model_config"]["in_chans"] == 1
+    make_folder(tmp_path / "odd", per_class=8, size=20)
+    err = train_fails(capsys, "--dataset", "folder", "--data-dir", tmp_path / "odd", "--output", tmp_path / "odd-run")
+    assert ("--dataset folder: its images are 20x20x3 and the digits recipe's vit_nano_patch2_8 takes 8x8x1; no "
+            "registered model takes 20x20x3 images. Give --model NAME --img-size 20; these take 3 channel(s) with a "
+            "patch that divides 20x20: vit_micro_patch4_32, vit_mini_patch4_32, vit_nano_patch4_32") in err, err
+
+
 def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     out = tmp_path / "run"

@@ -150,6 +150,13 @@ def list_models(pattern: str | None = None) -> list[str]:
     return sorted(n for n in MODELS if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
+def models_for_images(channels: int, height: int, width: int) -> list[str]:
+    """Registered models that take (channels, height, width) images as they are, cheapest first (forward FLOPs)."""
+    shape = (channels, height, width)
+    fits = [n for n, e in MODELS.items() if (e.config.in_chans, *to_2tuple(e.config.img_size)) == shape]
+    return sorted(fits, key=lambda n: (count_flops(MODELS[n].config), n))
+
+
 def get_entry(name: str) -> ModelEntry:
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=5, cutoff=0.6)

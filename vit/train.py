@@ -37,7 +37,8 @@ from . import budget as budgets
 from . import finetune, runs, tensorboard
 from .batches import Inputs, build_inputs, load_data
 from .budget import Budget, Clock
-from .builders import base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler, check_small_model
+from .builders import (base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler, check_small_model,
+                       fit_model_to_data)
 from .distill import DistillationLoss, load_teacher
 from .distributed import Dist, all_reduce_sum, collective, elastic_restart, rank0_value, setup_distributed
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, RankLostError, VitError
@@ -599,6 +600,10 @@ def main(argv=None) -> int:
             if "model" in given and "small_model" not in given:  # a model named on the command line is trained
                 base = {**base, "small_model": "", "model_min_epochs": 0.0}
         cfg = TrainConfig.from_dict({**base, **given})
+        if resume is None:  # the model follows the data where the recipe's does not take its images as they are
+            cfg, why = fit_model_to_data(cfg, recipe, given)
+            if why and os.environ.get("RANK", "0") == "0":
+                print(why)
         if resolve_device(cfg.device).type == "cpu":
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg.device, cfg.threads, cfg.deterministic):
