@@ -253,10 +253,14 @@ RECIPES = {r.name: r for r in [
         """The offline default: sklearn's 8x8 digits (1,438 train / 359 held-out, split seed 0).
 
         Command: python train.py   (or: make train)
-        Hardware: 2-core AMD EPYC CPU (native bf16), one thread, shared with four other jobs (load 6-11).
-        Measured: --precision auto (bf16): 1 min 01 s from the prompt (33 s CPU time), held-out top-1 96.94%
-        at epoch 30, 97.77% at the best epoch (best.safetensors). --precision fp32: 1 min 21 s and 1 min 57 s
-        in two runs, 97.77% at epoch 30, 98.05% best (`evaluate.py --dataset digits` reproduces 98.05%).
+        Hardware: 2-core AMD EPYC CPUs, one thread, torch 2.14.1: one with AVX-512 BF16 (Zen 4, native bf16), and a
+            Zen 3 (AVX2, no native bf16, so --precision auto is fp32 there). Each kind's kernels round apart, and
+            its runs part after the first steps: each CPU's figure is its own.
+        Measured: AVX-512 BF16, --precision auto (bf16): 2 min 14 s from the prompt (52 s CPU time, shared: load
+            7.7-8.9), held-out top-1 96.66% at epoch 30 and at the best epoch (best.safetensors). At commit
+            2e924d2 (each step at the previous step's lr): the same CPU with --precision fp32, 1 min 21 s and
+            1 min 57 s in two runs, 97.77% at epoch 30, 98.05% best (`evaluate.py --dataset digits` reproduces
+            98.05%); Zen 3 (fp32), 95.82%, three runs agreed.
         """,
         # No crop: a 1-pixel shift of an 8x8 digit moves every 2x2 patch's content and slowed learning
         # 3x here (89.7% vs 97.8%); one thread: a 64-wide model's matrices are too small to split.
