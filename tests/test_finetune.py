@@ -86,3 +86,12 @@ def test_finetuning_flags_that_do_not_fit(capsys):
     assert "--lora-alpha needs --lora-rank" in train_fails(capsys, "--lora-alpha", "16")
     assert "--freeze 'x'" in train_fails(capsys, "--freeze", "x")
     assert "a block count from 1 to 6" in train_fails(capsys, "--freeze", "7")
+
+
+def test_freeze_states_one_rule_in_one_wording(capsys):
+    """A value that is never right (read with the flags) and a count past the model's depth (found when it is
+    built) are told the same rule."""
+    rule = "give 'backbone' (the head alone trains) or a block count from 1 to {} (the embeddings and that many " \
+           "blocks stay frozen)"
+    assert rule.format("the model's depth") in train_fails(capsys, "--freeze", "head")
+    assert rule.format(6) in train_fails(capsys, "--freeze", "7")

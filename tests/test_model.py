@@ -89,6 +89,24 @@ def test_reset_classifier_and_feature_widths(name):
     assert model(x).shape == (2, model.embed_dim)
 
 
+def test_reset_classifier_to_another_class_count_drops_the_class_names(tmp_path):
+    """A head for 7 classes no longer predicts the 10 named ones: the names go with the old head, so the model
+    saves (without names), and names given for the new head are kept. The same count keeps them."""
+    model = vit.create_model("vit_nano_patch2_8")
+    model.class_names = [str(i) for i in range(10)]
+    model.reset_classifier(10)
+    assert model.class_names == [str(i) for i in range(10)]
+    model.reset_classifier(7, global_pool="avg")
+    assert model.class_names is None
+    assert vit.create_model(pretrained=vit.save_pretrained(model, tmp_path / "m.safetensors")).class_names is None
+    model.class_names = list("abcdefg")
+    assert vit.create_model(pretrained=vit.save_pretrained(model, tmp_path / "n.safetensors")).class_names == \
+        list("abcdefg")
+    model.class_names = list("abc")  # set by hand for the wrong count: named where it came from
+    with pytest.raises(vit.ConfigError, match="3 class names in model.class_names for a model with 7 classes"):
+        vit.save_pretrained(model, tmp_path / "o.safetensors")
+
+
 @pytest.mark.parametrize("name", sized_twins_slow(ALL_MODELS))
 def test_grad_checkpointing_matches(name):
     torch.manual_seed(0)

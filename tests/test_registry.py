@@ -38,6 +38,31 @@ def test_unknown_name_or_option_names_the_valid_ones(name, kwargs, match):
     assert isinstance(e.value, ValueError)  # for callers that don't know vit
 
 
+def test_unknown_option_names_the_closest_valid_ones_only():
+    with pytest.raises(vit.ConfigError) as e:
+        vit.create_model("vit_nano_patch2_8", embed_dimm=64, num_head=2)
+    assert str(e.value) == ("unknown config option(s) ['embed_dimm', 'num_head']; valid options: the closest: "
+                            "'embed_dim' (for 'embed_dimm'), 'num_heads' (for 'num_head')")
+
+
+def test_an_unknown_keyword_is_named_before_weights_are_looked_for():
+    """timm's keyword for the name is model_name; here the name is the first argument. The error names the
+    keyword, not the unset name it left behind ("model None has no hub weights")."""
+    with pytest.raises(vit.ConfigError, match=r"unknown config option\(s\) \['model_name'\]"):
+        vit.create_model(model_name="vit_tiny_patch16_224", pretrained=True)
+    with pytest.raises(vit.ConfigError, match=r"pretrained=True downloads a registered model's hub weights: give "
+                                              r"its name, create_model\(NAME, pretrained=True\)"):
+        vit.create_model(pretrained=True)
+
+
+def test_count_flops_takes_a_config_or_a_model():
+    model = vit.create_model("vit_nano_patch2_8")
+    assert vit.count_flops(model) == vit.count_flops(model.config) > 0
+    assert vit.count_flops(model, 16) == vit.count_flops(model.config, 16)
+    with pytest.raises(TypeError, match="count_flops takes a ViTConfig or a VisionTransformer, got str"):
+        vit.count_flops("vit_nano_patch2_8")
+
+
 def test_readme_model_table_is_current():
     """README.md's model table is generated: refresh it with `python tests/test_registry.py`."""
     block = README.read_text().split("<!-- model-table:start -->\n")[1].split("<!-- model-table:end -->")[0]

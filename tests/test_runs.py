@@ -152,6 +152,46 @@ def test_lock_of_a_live_process_refuses_and_the_kernel_drops_it_when_killed(tmp_
     runs.lock_output(out, resume=True).close()  # ... and --resume may take the folder over
 
 
+def test_release_removes_the_lock_file(tmp_path):
+    """A run that ends lets go of its lock and leaves no .lock behind; the next run takes a new one. A refused
+    start (the folder holds a run) leaves the folder as it found it."""
+    out = tmp_path / "run"
+    runs.release_output(out, runs.lock_output(out, resume=False))
+    assert not (out / runs.LOCK).exists()
+    (out / runs.LAST).write_bytes(b"")
+    with pytest.raises(OutputError, match="already holds a training run"):
+        runs.lock_output(out, resume=False)
+    assert not (out / runs.LOCK).exists()
+    held = runs.lock_output(out, resume=True)
+    with pytest.raises(OutputError, match=rf"in use by another train.py \(pid {os.getpid()}\)"):
+        runs.lock_output(out, resume=True)
+    runs.release_output(out, held)
+    assert not (out / runs.LOCK).exists()
+
+
+def test_a_lock_file_removed_while_being_taken_is_not_held(tmp_path, monkeypatch):
+    """The removal's race: a second train.py opens out/.lock, the first ends (removing the file, then letting go)
+    before the second's flock. The second then holds a file no longer in the folder, so it takes out/.lock anew,
+    and a third is refused as the lock always refused: one holder at a time."""
+    import fcntl
+
+    out = tmp_path / "run"
+    first = runs.lock_output(out, resume=False)
+    flock = fcntl.flock
+
+    def first_ends_meanwhile(fh, op):
+        monkeypatch.setattr(fcntl, "flock", flock)
+        runs.release_output(out, first)
+        return flock(fh, op)
+
+    monkeypatch.setattr(fcntl, "flock", first_ends_meanwhile)
+    second = runs.lock_output(out, resume=False)
+    assert (out / runs.LOCK).read_text() == str(os.getpid())
+    with pytest.raises(OutputError, match="in use by another train.py"):
+        runs.lock_output(out, resume=True)
+    runs.release_output(out, second)
+
+
 def test_stale_temporary_files_are_removed_by_the_next_holder(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

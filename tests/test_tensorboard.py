@@ -3,6 +3,7 @@ output when stdout is not a terminal (no progress bars, the summary still printe
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -86,6 +87,24 @@ def test_a_run_logs_its_scalars_hyperparameters_confusion_matrix_and_rollouts(tm
         assert img.step == 10
         with Image.open(io.BytesIO(img.encoded_image_string)) as im:
             assert im.format == "PNG" and (im.width, im.height) == (img.width, img.height) and im.width > 300, tag
+
+
+def test_console_metrics_and_tensorboard_report_the_lr_each_step_trained_with(tmp_path, capsys, caplog):
+    """A run its warm-up fills (1 epoch of 5 steps, --warmup-epochs 2: 4 warm-up steps, one of decay): step s
+    trains at the schedule's value at s, the warm-up's last step at --lr and the run's last at --min-lr, and
+    TensorBoard, metrics.jsonl and the epoch's printed line say so alike. timm's warning that a cosine of one
+    step "will have no effect" stays out of the log."""
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert train.main(FAST + ["--epochs", "1", "--warmup-epochs", "2", "--lr", "2e-3", "--warmup-lr", "1e-6",
+                                  "--min-lr", "1e-5", "--tensorboard", "--output", str(out)]) == 0
+    assert "no effect" not in caplog.text, caplog.text
+    lrs = scalars(events(out), "lr")
+    warm = [1e-6 + (2e-3 - 1e-6) * s / 4 for s in (1, 2, 3)]
+    assert lrs == [(s, pytest.approx(v, rel=1e-6)) for s, v in zip(range(1, 6), warm + [2e-3, 1e-5])]
+    (row,) = rows(out)
+    assert row["step"] == 5 and row["lr"] == pytest.approx(lrs[-1][1], rel=1e-6)
+    assert "lr 1.00e-05" in capsys.readouterr().out
 
 
 def test_a_resumed_run_shows_each_step_once(tmp_path):

@@ -90,6 +90,30 @@ def test_a_run_writes_its_outputs(trained_run):
     assert model.class_names == DIGITS and model.config.to_dict() == c["model_config"]
 
 
+def test_a_finished_run_leaves_no_lock_file(trained_run):
+    """The lock is held while a run writes its folder (tests/test_runs.py); it goes with the run."""
+    assert not (trained_run.out / ".lock").exists()
+    assert not [p for p in trained_run.out.iterdir() if p.name.startswith(".")]
+
+
+def test_help_states_each_default_once_as_the_default_recipe_sets_it(monkeypatch):
+    """--help's defaults are what `python train.py` trains with (the digits recipe's epochs and warm-up, not the
+    field defaults it replaces), each flag's once (no second "(default: None)" for --output)."""
+    monkeypatch.setenv("COLUMNS", "2000")  # one line a flag's help, where the invocation leaves room
+    entries, name = {}, None
+    for line in train.build_parser().format_help().split("options:")[1].splitlines():
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+        if name:
+            entries[name] = entries.get(name, "") + " " + line.strip()
+    assert len(entries) > 70  # every TrainConfig field is a flag
+    for flag, text in entries.items():
+        assert text.count("(default") <= 1 and "None" not in text, (flag, text)
+    assert entries["--epochs"].endswith("(default: 30)") and entries["--warmup-epochs"].endswith("(default: 2.0)")
+    assert entries["--output"].endswith("(default: runs/RECIPE-DATE-TIME)")
+    assert entries["--model"].endswith("(default: 'vit_nano_patch2_8')")
+
+
 # --------------------------------------------------------------------------------------------------------
 # Data sources and recipes
 
@@ -108,6 +132,30 @@ def test_folder_and_idx_sources_train(tmp_path):
     assert train.main(FAST + ["--recipe", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "--batch-size", "8",
                               "--epochs", "1", "--output", str(out)]) == 0
     assert vit.create_model(pretrained=str(out / "best.safetensors")).class_names[0] == "T-shirt/top"
+
+
+def test_the_default_model_follows_the_images(tmp_path, capsys):
+    """A folder of 32x32 RGB images with the digits recipe: its 8x8 grey model would see every image shrunk and
+    made grey, so the run trains the cheapest registered model that takes 32x32x3 and says so in its first line.
+    A --model given is trained as given; images no registered model takes stop the run with the candidates."""
+    make_folder(tmp_path / "photos", per_class=8, size=32)
+    flags = ["--dataset", "folder", "--data-dir", str(tmp_path / "photos"), "--val-size", "6", "--batch-size", "6",
+             "--epochs", "1", "--max-steps", "1"]
+    assert train.main(FAST + flags + ["--output", str(tmp_path / "run")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("model: vit_nano_patch4_32, the cheapest registered model that takes folder's 32x32x3 images as "
+                     "they are (the digits recipe's vit_nano_patch2_8 takes 8x8x1; --model NAME trains another)")
+    saved = ckpt(tmp_path / "run")
+    assert saved["config"]["model"] == "vit_nano_patch4_32"
+    assert (saved["model_config"]["img_size"], saved["model_config"]["in_chans"]) == (32, 3)
+    assert train.main(FAST + flags + ["--model", "vit_nano_patch2_8", "--output", str(tmp_path / "given")]) == 0
+    assert "model:" not in capsys.readouterr().out
+    assert ckpt(tmp_path / "given")["model_config"]["in_chans"] == 1
+    make_folder(tmp_path / "odd", per_class=8, size=20)
+    err = train_fails(capsys, "--dataset", "folder", "--data-dir", tmp_path / "odd", "--output", tmp_path / "odd-run")
+    assert ("--dataset folder: its images are 20x20x3 and the digits recipe's vit_nano_patch2_8 takes 8x8x1; no "
+            "registered model takes 20x20x3 images. Give --model NAME --img-size 20; these take 3 channel(s) with a "
+            "patch that divides 20x20: vit_micro_patch4_32, vit_mini_patch4_32, vit_nano_patch4_32") in err, err
 
 
 def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path):
@@ -937,6 +985,64 @@ def test_ddp_two_gloo_processes_equal_one_process(opt, tmp_path):
     assert train.main(args + ["--seed", "1", "--output", str(tmp_path / "other")]) == 0
     other = ckpt(tmp_path / "other")["model"]
     assert max((v - other[k]).abs().max() for k, v in one.items()) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_rank_that_loses_its_peer_says_so_in_one_line(tmp_path):
+    """2 gloo ranks; rank 1 SIGKILLed once training runs: rank 0's collective fails, and it prints one line
+    (what torchrun --max-restarts then restarts from), not gloo's traceback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *FAST, "--epochs", "100", "--save-every", "1", "--output", str(out)]
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "last.ckpt").exists():  # rank 0 saves after each step: both are training
+            assert time.monotonic() < deadline and ranks[0].poll() is None, ranks[0].communicate()
+            time.sleep(0.1)
+        ranks[1].kill()
+        _, err = ranks[0].communicate(timeout=120)
+    finally:
+        for p in ranks:
+            p.kill()
+            p.communicate()
+    assert ranks[0].returncode == 1, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: rank 0 lost another rank of the job (") and line.endswith(
+        "); torchrun --max-restarts restarts the job from last.ckpt"), err
+
+
+def test_a_failed_collective_is_a_lost_rank_told_in_one_line(tmp_path, capsys, monkeypatch):
+    """In a job of several ranks, a RuntimeError where the ranks exchange data (gloo's "Connection reset by peer")
+    is another rank gone: RankLostError, which train.py prints as one line, exit 1 (the real thing, two processes:
+    test_a_rank_that_loses_its_peer_says_so_in_one_line). One process, out-of-memory: as they are."""
+    from vit.distributed import Dist, collective
+    from vit.errors import RankLostError
+
+    with pytest.raises(RankLostError, match=r"^rank 1 lost another rank of the job \(\[pair.cc:545\] Read error: "
+                                            r"Connection reset by peer\); torchrun --max-restarts restarts the job "
+                                            r"from last.ckpt$"):
+        with collective(Dist(rank=1, world=2)):
+            raise RuntimeError("[pair.cc:545] Read error: Connection reset by peer\nmore of gloo's text")
+    for d, e in [(Dist(), RuntimeError("one process")), (Dist(1, 2), torch.OutOfMemoryError("out of memory"))]:
+        with pytest.raises(type(e)) as raised, collective(d):
+            raise e
+        assert raised.value is e
+
+    def peer_gone(tr, st, x, y):
+        with collective(Dist(0, 2)):
+            raise RuntimeError("Connection reset by peer")
+
+    monkeypatch.setattr(train, "train_step", peer_gone)
+    assert train.main([*FAST, "--epochs", "1", "--output", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == ("error: rank 0 lost another rank of the job (Connection reset by peer); "
+                                       "torchrun --max-restarts restarts the job from last.ckpt\n")
 
 
 # --------------------------------------------------------------------------------------------------------

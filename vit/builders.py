@@ -5,18 +5,58 @@ The optimizer is vit/optim.py's; vit/train.py puts them together.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Collection, Iterator
 
 import torch.nn as nn
 
+from . import sources
+from .errors import ConfigError
+from .model import to_2tuple
 from .recipes import TrainConfig
-from .registry import create_model, get_entry
+from .registry import create_model, get_entry, list_models, models_for_images
 
 if TYPE_CHECKING:
     from timm.data import Mixup
     from timm.scheduler.scheduler import Scheduler
     from timm.utils import ModelEmaV3
 
+
+
+def fit_model_to_data(cfg: TrainConfig, recipe: str, given: Collection[str]) -> tuple[TrainConfig, str | None]:
+    """The model follows the data: where the recipe's model does not take the dataset's images as they are
+    stored (size and channels), the cheapest registered model that does, with the line that says which and why;
+    where none does, a ConfigError listing those that can be given with --model and --img-size. Never a silent
+    resize to another size or channel count.
+
+    Left as it is: a --model or --img-size on the command line, --pretrained weights (their model is the one
+    fine-tuned), and data whose images are not known before loading (hf:, wds:, a folder of several sizes).
+    """
+    if {"model", "img_size"} & set(given) or cfg.pretrained:
+        return cfg, None
+    shape = sources.image_shape(cfg.dataset, cfg.data_dir)
+    model = get_entry(cfg.model).config
+    takes = (model.in_chans, *to_2tuple(model.img_size))
+    if shape is None or shape == takes:
+        return cfg, None
+    C, H, W = shape
+    images, recipes = f"{H}x{W}x{C}", f"the {recipe} recipe's {cfg.model} takes {takes[1]}x{takes[2]}x{takes[0]}"
+    fits = models_for_images(C, H, W)
+    if not fits:
+        def tiles(c) -> bool:  # takes C channels, with a patch that tiles H x W
+            ph, pw = to_2tuple(c.patch_size)
+            return c.in_chans == C and H % ph == 0 and W % pw == 0
+
+        near = [n for n in list_models() if tiles(get_entry(n).config)]
+        resized = "" if H == W else f" (the images are then resized to {H}x{H})"
+        raise ConfigError(f"--dataset {cfg.dataset}: its images are {images} and {recipes}; no registered model "
+                          f"takes {images} images. Give --model NAME --img-size {H}{resized}; these take {C} "
+                          f"channel(s) with a patch that divides {H}x{W}: {', '.join(near) or 'none'}")
+    line = (f"model: {fits[0]}, the cheapest registered model that takes {cfg.dataset}'s {images} images as they "
+            f"are ({recipes}; --model NAME trains another)")
+    # The recipe's choice between two models by a budget is for its own model: a model chosen here trains alone.
+    return TrainConfig.from_dict({**cfg.to_dict(), "model": fits[0], "small_model": "", "model_min_epochs": 0.0}), line
 
 
 def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
@@ -38,14 +78,31 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
 def build_scheduler(cfg: TrainConfig, optimizer, total_steps: int, warmup: int) -> Scheduler:
     """A linear warm-up to lr over `warmup` steps, then per-step decay to min_lr until `total_steps`,
     cosine or linear (timm's schedulers, the linear one its poly schedule of power 1; the warm-up a prefix, so the
-    learning rate peaks where warm-up ends). Built again whenever a budget's plan changes its length."""
+    learning rate peaks where warm-up ends). Step s (counted from 1) trains with the schedule's value at s
+    (`step_update(s)` before it): step `warmup` at lr, step `total_steps` at min_lr. Built again whenever a
+    budget's plan changes its length."""
     from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
     common = dict(t_initial=max(1, total_steps - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
                   warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
     if cfg.sched == "linear":
         return PolyLRScheduler(optimizer, power=1.0, **common)
-    return CosineLRScheduler(optimizer, **common)
+    # A decay of one step (a run, or a budget's plan, that its warm-up fills up to the last step) is a cosine of one
+    # step, which timm's constructor warns "will have no effect": as meant here, so its logger is silenced for
+    # that call only, on every rank.
+    with _silenced("timm.scheduler.cosine_lr") if common["t_initial"] == 1 else contextlib.nullcontext():
+        return CosineLRScheduler(optimizer, **common)
+
+
+@contextlib.contextmanager
+def _silenced(logger: str) -> Iterator[None]:
+    """`logger`'s records dropped while the block runs."""
+    log, drop = logging.getLogger(logger), lambda record: False
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def base_lr(group: dict) -> float:

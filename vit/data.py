@@ -26,6 +26,7 @@ or a `StreamData` that makes its own.
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import math
 import os
@@ -56,6 +57,10 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fash
 # with one of these extensions, in this order.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".ppm", ".bmp", ".pgm", ".tif", ".tiff")
 MEMORY_MAX_SIDE = 64  # ImageFolder images up to this size are decoded into memory in data_mode=auto
+# The built-in datasets' images as stored, (channels, height, width): what a model takes without resizing them.
+BUILTIN_IMAGES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                  "cifar100": (3, 32, 32)}
+FOLDER_SAMPLE = 32  # images whose headers say what an ImageFolder tree holds (`folder_image_shape`)
 
 
 @dataclass
@@ -232,6 +237,36 @@ def scan_image_folder(root: str | Path) -> FileData:
     if ignored:
         log.warning("%s: ignored %d file(s) without an image extension", root, ignored)
     return FileData(samples, classes)
+
+
+def folder_image_shape(root: str | Path) -> tuple[int, int, int] | None:
+    """(channels, height, width) that the images of an ImageFolder tree (its train/ where it has one) share, from
+    the headers of up to FOLDER_SAMPLE of them, the first of each of its first classes in turn: 1 channel for grey
+    modes, 3 for the rest (as they are decoded). None where they differ or none can be read: the loader then says
+    why."""
+    from PIL import Image
+
+    root = Path(root)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        root = root / "train"
+    try:
+        classes = sorted(e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        files = [sorted(e.path for e in os.scandir(c) if e.is_file() and not e.name.startswith(".")
+                        and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS) for c in classes[:FOLDER_SAMPLE]]
+    except OSError:
+        return None
+    shapes = set()
+    for path in [f for row in itertools.zip_longest(*files) for f in row if f][:FOLDER_SAMPLE]:
+        try:
+            with warnings.catch_warnings():  # a header past PIL's pixel limit: the loader refuses it, by name
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
+                grey = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;")
+                shapes.add((1 if grey else 3, im.height, im.width))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue  # an unreadable image is the loader's to report (--on-corrupt)
+    return shapes.pop() if len(shapes) == 1 else None
 
 
 def folder_split(root: str | Path, split: str, *, val_size: float = 0.1, seed: int = 0) -> FileData:

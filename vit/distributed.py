@@ -8,14 +8,17 @@ its run from last.ckpt.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
 from . import runs
+from .errors import RankLostError, VitError
 from .precision import resolve_device
 
 
@@ -62,7 +65,8 @@ def restart_store(rank: int, world: int) -> dict:
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        with collective(d):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
@@ -72,6 +76,22 @@ def rank0_value(value: int, d: Dist, device: torch.device) -> int:
         return value
     t = torch.tensor([value if d.is_main else 0], dtype=torch.int64, device=device)
     return int(all_reduce_sum(t, d).item())
+
+
+@contextlib.contextmanager
+def collective(d: Dist) -> Iterator[None]:
+    """Around a step where the ranks exchange data (DDP's gradient all-reduce in backward, `all_reduce_sum`): in a
+    job of several ranks, a failure there is another rank gone (its sockets close: gloo raises a RuntimeError,
+    NCCL a DistBackendError), raised as a RankLostError; train.py prints it as one line. Out-of-memory and this
+    package's own errors pass as they are."""
+    try:
+        yield
+    except RuntimeError as e:
+        if d.world == 1 or isinstance(e, (VitError, torch.OutOfMemoryError)):
+            raise
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RankLostError(f"rank {d.rank} lost another rank of the job ({cause}); torchrun --max-restarts "
+                            f"restarts the job from {runs.LAST}") from e
 
 
 def elastic_restart(output: str | None) -> Path | None:

@@ -35,16 +35,23 @@ def _train_heads_only(model: nn.Module) -> None:
             getattr(model, name).requires_grad_(True)
 
 
+def check_freeze(spec: str, depth: int | None = None) -> None:
+    """--freeze's one rule, in one wording: 'backbone', or a block count from 1 to the model's depth (where it is
+    not known yet, as when the flags are read, any count from 1)."""
+    if spec == "backbone" or (spec.isdecimal() and len(spec) < 10 and 1 <= int(spec) <= (depth or int(spec))):
+        return
+    limit = depth if depth is not None else "the model's depth"
+    raise ConfigError(f"--freeze {spec!r}: give 'backbone' (the head alone trains) or a block count from 1 to "
+                      f"{limit} (the embeddings and that many blocks stay frozen)")
+
+
 def freeze(model: nn.Module, spec: str) -> None:
     """spec "backbone": train the heads alone (a linear probe on the final features). spec N: freeze the patch
     and position embeddings, the [CLS]/distillation/register tokens and blocks 0..N-1."""
+    check_freeze(spec, len(model.blocks))
     if spec == "backbone":
         _train_heads_only(model)
         return
-    depth = len(model.blocks)
-    if not spec.isdigit() or not 1 <= int(spec) <= depth:
-        raise ConfigError(f"--freeze {spec!r}: give 'backbone' (the head alone trains) or a block count from 1 to "
-                          f"{depth} (the embeddings and that many blocks stay frozen)")
     frozen = [model.patch_embed, *model.blocks[: int(spec)]]
     frozen += [getattr(model, n) for n in ("cls_token", "dist_token", "reg_token", "pos_embed")
                if getattr(model, n, None) is not None]

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .model import ViTConfig, to_2tuple
+from .model import ViTConfig, VisionTransformer, to_2tuple
 
 
-def count_flops(config: ViTConfig, img_size: int | Sequence[int] | None = None) -> int:
+def count_flops(config: ViTConfig | VisionTransformer, img_size: int | Sequence[int] | None = None) -> int:
     """Forward FLOPs for one image (a multiply-add counts 2), matrix products only; norms etc. are noise.
 
-    A training step costs about 3x the forward (the backward pass computes two products per forward one).
+    config: a model's config, or the model itself. A training step costs about 3x the forward (the backward
+    pass computes two products per forward one).
     """
+    if isinstance(config, VisionTransformer):
+        config = config.config
+    if not isinstance(config, ViTConfig):
+        raise TypeError(f"count_flops takes a ViTConfig or a VisionTransformer, got {type(config).__name__}")
     H, W = to_2tuple(img_size or config.img_size)
     p, C = config.patch_size, config.embed_dim
     n = (H // p) * (W // p)

@@ -453,8 +453,11 @@ class VisionTransformer(nn.Module):
         return head.to(self.pos_embed.device, self.pos_embed.dtype)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a freshly initialised one for `num_classes` (0: no head, features out)."""
+        """Replace the head with a freshly initialised one for `num_classes` (0: no head, features out). Class
+        names for another class count are dropped: they named the old head's outputs (set `class_names` anew)."""
         global_pool = global_pool or self.global_pool
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            self.class_names = None
         # The norms stay as built (as timm's): the config says so, so that saved weights load back alike.
         self.config = self.config.replace(num_classes=num_classes, global_pool=global_pool,
                                           fc_norm=isinstance(self.fc_norm, nn.LayerNorm))

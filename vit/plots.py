@@ -35,7 +35,7 @@ def plot_curves(metrics: str | Path | list[dict], path: str | Path) -> Path:
         ax_acc.legend()
     ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="validation accuracy")
     ax_lr.plot(ep, [r["lr"] for r in rows])
-    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate (the epoch's last step)")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -141,9 +141,15 @@ def plot_reliability(reliability: dict, ece: float, path, title="Reliability dia
     return _save(fig, path)
 
 
-def plot_attention_overlay(image, heatmap, title: str, path, correct: bool | None = None) -> Path:
-    """Image beside the same image overlaid with an attention heat map.
+ROLLOUT_CMAP = "jet"  # the heat map's colours, as its colour bar shows them
 
+
+def plot_attention_overlay(image, heatmap, title: str, path, correct: bool | None = None) -> Path:
+    """Image beside its attention heat map, on the same grid of pixels.
+
+    The heat map is drawn opaque, so each colour is the colour bar's for its value whatever the image is (a
+    heat map blended with the image takes the image's brightness: over dark pixels its colours match no value
+    on the bar). The image is drawn beside it rather than under it; the two panels share their axes.
     image: (H, W, C) or (H, W) floats in [0, 1]; heatmap: (h, w) in [0, 1] on the patch grid, stretched over
     the image. correct colours the title green (right) or red (wrong).
     """
@@ -157,14 +163,14 @@ def plot_attention_overlay(image, heatmap, title: str, path, correct: bool | Non
     H, W = image.shape[:2]
     # Small images (8x8 digits, 32x32 CIFAR) are shown as crisp pixels; large ones smoothly.
     pixel = "nearest" if max(H, W) <= 64 else "antialiased"
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6), sharex=True, sharey=True)
+    axes[0].imshow(image, cmap="gray" if gray else None, interpolation=pixel, extent=(0, W, H, 0))
     for ax in axes:
-        ax.imshow(image, cmap="gray" if gray else None, interpolation=pixel, extent=(0, W, H, 0))
         ax.set_axis_off()
     heatmap = np.asarray(heatmap)
     # A coarse patch grid is shown as its patches (honest about the resolution); a fine one smoothly.
     smooth = "bilinear" if max(heatmap.shape) > 8 else "nearest"
-    im = axes[1].imshow(heatmap, cmap="jet", alpha=0.5, interpolation=smooth, extent=(0, W, H, 0), vmin=0, vmax=1)
+    im = axes[1].imshow(heatmap, cmap=ROLLOUT_CMAP, interpolation=smooth, extent=(0, W, H, 0), vmin=0, vmax=1)
     axes[0].set_title("input", fontsize=10)
     axes[1].set_title("attention rollout", fontsize=10)
     fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.03, label="attention (scaled to [0, 1])")

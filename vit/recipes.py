@@ -14,6 +14,7 @@ from .augment import check_policy
 from .budget import parse_budget
 from .data import DATASETS
 from .errors import ConfigError, check_known_options
+from .finetune import check_freeze
 from .sources import check_dataset
 
 
@@ -199,8 +200,8 @@ class TrainConfig:
 
     def _check_finetuning(self) -> None:
         """Freezing, LoRA and distillation flags that contradict or need each other."""
-        if self.freeze and self.freeze != "backbone" and not (self.freeze.isdigit() and int(self.freeze) >= 1):
-            raise ConfigError(f"--freeze {self.freeze!r}: 'backbone' or a number of blocks >= 1")
+        if self.freeze:
+            check_freeze(self.freeze)
         if self.lora_rank and self.freeze:
             raise ConfigError("--lora-rank with --freeze: LoRA already freezes every weight but its adapters and "
                               "the head; give one of them")
@@ -260,10 +261,14 @@ RECIPES = {r.name: r for r in [
         """The offline default: sklearn's 8x8 digits (1,438 train / 359 held-out, split seed 0).
 
         Command: python train.py   (or: make train)
-        Hardware: 2-core AMD EPYC CPU (native bf16), one thread, shared with four other jobs (load 6-11).
-        Measured: --precision auto (bf16): 1 min 01 s from the prompt (33 s CPU time), held-out top-1 96.94%
-        at epoch 30, 97.77% at the best epoch (best.safetensors). --precision fp32: 1 min 21 s and 1 min 57 s
-        in two runs, 97.77% at epoch 30, 98.05% best (`evaluate.py --dataset digits` reproduces 98.05%).
+        Hardware: 2-core AMD EPYC CPUs, one thread, torch 2.14.1: one with AVX-512 BF16 (Zen 4, native bf16), and a
+            Zen 3 (AVX2, no native bf16, so --precision auto is fp32 there). Each kind's kernels round apart, and
+            its runs part after the first steps: each CPU's figure is its own.
+        Measured: AVX-512 BF16, --precision auto (bf16): 2 min 14 s from the prompt (52 s CPU time, shared: load
+            7.7-8.9), held-out top-1 96.66% at epoch 30 and at the best epoch (best.safetensors). At commit
+            2e924d2 (each step at the previous step's lr): the same CPU with --precision fp32, 1 min 21 s and
+            1 min 57 s in two runs, 97.77% at epoch 30, 98.05% best (`evaluate.py --dataset digits` reproduces
+            98.05%); Zen 3 (fp32), 95.82%, three runs agreed.
         """,
         # No crop: a 1-pixel shift of an 8x8 digit moves every 2x2 patch's content and slowed learning
         # 3x here (89.7% vs 97.8%); one thread: a 64-wide model's matrices are too small to split.
@@ -356,6 +361,9 @@ RECIPES = {r.name: r for r in [
              cutmix=1.0, ema_decay=0.9998, workers=8),
     ),
 ]}
+
+
+DEFAULT_RECIPE = "digits"  # what `python train.py` trains; `--help` shows its values as the defaults
 
 
 def get_recipe(name: str) -> Recipe:

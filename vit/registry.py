@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import kernels, weights
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, check_known_options
 from .deit import DeiTConfig, build_from_config, with_overrides
 from .flops import count_flops
 from .model import ViTConfig, VisionTransformer, to_2tuple
@@ -150,6 +150,13 @@ def list_models(pattern: str | None = None) -> list[str]:
     return sorted(n for n in MODELS if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
+def models_for_images(channels: int, height: int, width: int) -> list[str]:
+    """Registered models that take (channels, height, width) images as they are, cheapest first (forward FLOPs)."""
+    shape = (channels, height, width)
+    fits = [n for n, e in MODELS.items() if (e.config.in_chans, *to_2tuple(e.config.img_size)) == shape]
+    return sorted(fits, key=lambda n: (count_flops(MODELS[n].config), n))
+
+
 def get_entry(name: str) -> ModelEntry:
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=5, cutoff=0.6)
@@ -171,6 +178,9 @@ def create_model(name: str | None = None, pretrained: bool | str = False, *, att
     new head is initialised instead). Preprocessing and class names come with the weights.
     attn_kernel, mlp_kernel: how the blocks compute attention and the MLP (`vit.kernels` policy names).
     """
+    # Unknown keywords first (timm's create_model(model_name=...) too): before the name or the weights are looked up,
+    # which would otherwise report what the misnamed keyword left unset.
+    check_known_options(overrides, DeiTConfig, "config")
     entry = get_entry(name) if name is not None else None
     if pretrained:
         model = _create_pretrained(name, entry, pretrained, overrides)
@@ -186,7 +196,10 @@ def create_model(name: str | None = None, pretrained: bool | str = False, *, att
 def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool | str | os.PathLike,
                        overrides: dict) -> VisionTransformer:
     if source is True:
-        if entry is None or entry.hf_hub_id is None:
+        if entry is None:
+            raise ConfigError("pretrained=True downloads a registered model's hub weights: give its name, "
+                              "create_model(NAME, pretrained=True), or pass pretrained=PATH or 'hf-hub:ORG/REPO'")
+        if entry.hf_hub_id is None:
             raise ConfigError(f"model {name!r} has no hub weights registered; pass pretrained=PATH or 'hf-hub:ORG/REPO'")
         source = f"hf-hub:{entry.hf_hub_id}"
     state, info = weights.read_pretrained(source)

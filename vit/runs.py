@@ -1,7 +1,8 @@
 """The run folder train.py writes, and the one module that knows its layout.
 
     OUT/
-      .lock              held (flock) by the train.py writing OUT; holds its pid
+      .lock              held (flock) by the train.py writing OUT; holds its pid; removed when it ends (a
+                         SIGKILL leaves it, no longer held)
       last.ckpt          everything needed to continue the run: `Checkpoint`, saved with torch.save and
                          read back with torch.load(weights_only=True)
       best.safetensors   the best model so far (vit.save_pretrained: weights, config, preprocessing, classes)
@@ -135,16 +136,70 @@ def atomic_write_text(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------------------------------------
 # The lock: one train.py per folder
 
+LOCK_TRIES = 10  # lock_output opens out/.lock again this often while finishing runs remove it
+
 
 def lock_output(out: Path, resume: bool, overwrite: bool = False, source: Path | None = None) -> IO[str]:
-    """Create `out` and hold an exclusive lock on out/.lock for the life of the process (close the returned
-    file to let go earlier).
+    """Create `out` and hold an exclusive lock on out/.lock for the life of the process (`release_output` lets
+    go and removes the file; closing the returned file lets go and leaves it).
 
     flock is released by the kernel when the process dies, even by SIGKILL, so a crash never leaves a
     stale lock behind. A folder that holds run files is refused unless resuming the run in it (`resume`), or
     told to delete them (`overwrite`). `source`: the folder of the run to be copied into `out` (`copy_run`),
-    refused now if a train.py is writing it.
+    refused now if a train.py is writing it. A refusal leaves no lock file.
     """
+    for _ in range(LOCK_TRIES):
+        fh = _open_lock(out)
+        if _holds(out, fh):
+            break
+        fh.close()  # a run that finished removed this .lock after it was opened: the lock is the new file's
+    else:
+        raise OutputError(f"{out}: {LOCK} was removed {LOCK_TRIES} times while taking it; is another program "
+                          "deleting it?")
+    try:
+        found = run_files(out)
+        if found and not resume and not overwrite:
+            raise OutputError(f"{out} already holds a training run ({', '.join(found)})" + (
+                f": continue it with --resume {out}, " if LAST in found else f" with no {LAST} to continue from: ")
+                + "start again there with --overwrite (which deletes them), or pick another --output")
+        if source is not None:
+            with _reading_lock(source):
+                pass
+    except OutputError:
+        release_output(out, fh)
+        raise
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    if found and not resume:  # --overwrite: none of the earlier run's files is left to mix with the new run's
+        for name in found:
+            try:
+                (out / name).unlink()
+            except OSError as e:
+                release_output(out, fh)
+                raise OutputError(f"cannot delete {out / name} (--overwrite): {e.strerror or e}") from e
+    # Temporary files of writes a kill cut short (".last.ckpt.PID.tmp", a copy's staging folder): with the lock
+    # held, no writer is left.
+    for stale in out.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    for stale in out.glob(f".{LAST}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return fh
+
+
+def release_output(out: Path, fh: IO[str]) -> None:
+    """Let go of `lock_output`'s lock and remove out/.lock, so that a run leaves no lock file behind. The file is
+    removed while still held: a train.py that opened it meanwhile finds, once it holds it, that it is no longer
+    out/.lock, and takes a new one (`lock_output`)."""
+    with contextlib.suppress(OSError):
+        if _same_file(out / LOCK, fh):
+            (out / LOCK).unlink()
+    fh.close()
+
+
+def _open_lock(out: Path) -> IO[str]:
+    """out/.lock opened and locked (flock, exclusive); an OutputError where another process holds it."""
     import fcntl
 
     try:
@@ -161,37 +216,24 @@ def lock_output(out: Path, resume: bool, overwrite: bool = False, source: Path |
         fh.seek(0)
         pid = fh.read().strip()
         fh.close()
-        raise OutputError(_in_use(out, pid))
-    try:
-        found = run_files(out)
-        if found and not resume and not overwrite:
-            raise OutputError(f"{out} already holds a training run ({', '.join(found)})" + (
-                f": continue it with --resume {out}, " if LAST in found else f" with no {LAST} to continue from: ")
-                + "start again there with --overwrite (which deletes them), or pick another --output")
-        if source is not None:
-            with _reading_lock(source):
-                pass
-    except OutputError:
-        fh.close()
-        raise
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    if found and not resume:  # --overwrite: none of the earlier run's files is left to mix with the new run's
-        for name in found:
-            try:
-                (out / name).unlink()
-            except OSError as e:
-                fh.close()
-                raise OutputError(f"cannot delete {out / name} (--overwrite): {e.strerror or e}") from e
-    # Temporary files of writes a kill cut short (".last.ckpt.PID.tmp", a copy's staging folder): with the lock
-    # held, no writer is left.
-    for stale in out.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    for stale in out.glob(f".{LAST}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
+        raise OutputError(_in_use(out, pid)) from None
     return fh
+
+
+def _holds(out: Path, fh: IO[str]) -> bool:
+    """Whether the locked `fh` is still out/.lock (a run that finished may have removed it meanwhile)."""
+    try:
+        return _same_file(out / LOCK, fh)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        fh.close()
+        raise OutputError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
+
+
+def _same_file(path: Path, fh: IO[str]) -> bool:
+    a, b = os.stat(path, follow_symlinks=False), os.fstat(fh.fileno())
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _in_use(out: Path, pid: str) -> str:

@@ -19,6 +19,14 @@ def check_dataset(name: str) -> str:
                       "hub name, save_to_disk folder or parquet files), wds:PATTERN (WebDataset shards)")
 
 
+def image_shape(name: str, data_dir: str = "") -> tuple[int, int, int] | None:
+    """(channels, height, width) of a --dataset's images as stored, where they share one: a built-in dataset's, or
+    a folder's (`vit.data.folder_image_shape`). None for hf: and wds: data, which are not read before loading."""
+    if name == "folder":
+        return data.folder_image_shape(data_dir) if data_dir else None
+    return data.BUILTIN_IMAGES.get(name)
+
+
 def is_reader_scheme(name: str | None) -> bool:
     """Whether `name` is hf:NAME or wds:PATTERN (whose flags --val-split, --image-key, --label-key apply)."""
     return bool(name) and name.startswith(SCHEMES)

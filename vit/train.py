@@ -38,19 +38,21 @@ from . import budget as budgets
 from . import finetune, runs, tensorboard
 from .batches import Inputs, build_inputs, load_data
 from .budget import Budget, Clock
-from .builders import base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler
+from .builders import (base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler,
+                       fit_model_to_data)
 from .distill import DistillationLoss, load_teacher
-from .distributed import Dist, all_reduce_sum, elastic_restart, rank0_value, setup_distributed
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
+from .distributed import Dist, all_reduce_sum, collective, elastic_restart, rank0_value, setup_distributed
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, RankLostError, VitError
 from .eval_views import black, check_shift, predict_logits
 from .metrics import confusion_matrix
 from .model import to_2tuple
 from .optim import build_optimizer
 from .plan import BudgetPlanner, Plan, climb, eval_pass_s, plan_for, sample_batches, step_work
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
-from .recipes import RECIPES, RETIRED_FIELDS, Rung, TrainConfig, flag, get_recipe
+from .recipes import DEFAULT_RECIPE, RECIPES, RETIRED_FIELDS, Rung, TrainConfig, flag, get_recipe
 from .registry import get_entry
 from .rng import rng_state, seed_per_rank, seed_shared, torch_settings
+from .stopper import Stopper
 from .runs import Checkpoint, State
 from .weights import check_state_dict
 
@@ -69,12 +71,17 @@ PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (matplotlib costs ~0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Each help text states its default once: for a TrainConfig field, the value the default recipe gives it (the
+    # recipe's own, else the field's); argparse leaves the flag unset, so that a recipe's value is not overridden.
+    defaults = get_recipe(DEFAULT_RECIPE).config()
     p = argparse.ArgumentParser(
-        prog="train.py", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a Vision Transformer. With no arguments: the 'digits' recipe (offline, CPU, ~1 min).",
+        prog="train.py", allow_abbrev=False,
+        description=f"Train a Vision Transformer. With no arguments: the '{DEFAULT_RECIPE}' recipe (offline, CPU, "
+                    f"~1 min). The defaults shown are the '{DEFAULT_RECIPE}' recipe's; --recipe NAME sets its own.",
         epilog="recipes: " + "; ".join(f"{r.name}: {r.doc.splitlines()[0]}" for r in RECIPES.values()),
     )
-    p.add_argument("--recipe", default="digits", choices=list(RECIPES), help="named recipe (vit/recipes.py)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                   help=f"named recipe (vit/recipes.py; default: {DEFAULT_RECIPE})")
     p.add_argument("--output", default=None, help="output folder (default: runs/RECIPE-DATE-TIME)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR from its last.ckpt; with --output, in that empty folder, which "
@@ -86,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars: one line per epoch (so too when stdout or stderr is not a terminal)")
     for f in TrainConfig.__dataclass_fields__.values():
-        kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"] + f" (default: recipe, else {f.default!r})")
+        kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"] + f" (default: {getattr(defaults, f.name)!r})")
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         else:
@@ -113,31 +120,11 @@ def use_plan(tr: Training, st: State) -> None:
     """The plan's length changed (a budget's plan or re-plan): the schedule is built for it, and the next step
     takes its learning rate from the new schedule."""
     tr.scheduler = build_scheduler(tr.cfg, tr.optimizer, tr.plan.total_steps, tr.plan.warmup)
-    tr.scheduler.step_update(st.step)
+    tr.scheduler.step_update(st.step + 1)
 
 
 # --------------------------------------------------------------------------------------------------------
 # What the loop works on
-
-
-class Stopper:
-    """While entered, SIGINT/SIGTERM ask for a stop: the loop finishes its step, saves last.ckpt and exits."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self) -> Stopper:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 @dataclass
@@ -166,6 +153,7 @@ class Training:
     board: tensorboard.Board | None = None  # rank 0's TensorBoard writer (--tensorboard, --log-dir)
     stopper: Stopper = field(default_factory=Stopper)
     plotted_at: float = 0.0  # perf_counter() of the last curves.png
+    step_lr: float | None = None  # the lr the last step trained with: the console, metrics.jsonl and TensorBoard's
 
     def say(self, *lines) -> None:
         if self.dist.is_main:
@@ -211,7 +199,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         if board is not None:
             board.close()
         if lock is not None:
-            lock.close()
+            runs.release_output(out, lock)
 
 
 def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool,
@@ -304,6 +292,7 @@ def restore(tr: Training, ckpt: Checkpoint | None, copy_from: Path | None = None
                       f"and {copy_from} is left as it was")
             runs.truncate_metrics(tr.out / runs.METRICS, st.epoch)
         tr.say(f"resumed {tr.out} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
+    tr.scheduler.step_update(st.step + 1)  # the next step's lr: step s trains at the schedule's value at s
     return st
 
 
@@ -356,6 +345,7 @@ def train_one_epoch(tr: Training, st: State) -> bool:
             if tr.inputs.batch_is_empty(x):  # every image of this batch was unreadable on some rank (--on-corrupt skip)
                 continue
             loss, lr, signalled = train_step(tr, st, x, y)
+            tr.step_lr = lr
             st.loss_sum += loss
             st.loss_count += 1
             st.images += len(x) * tr.dist.world
@@ -401,7 +391,8 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
             with autocast(tr.precision, tr.device):  # the teacher, too, runs in the training precision
                 out = tr.net(xm)
                 loss = (tr.criterion(out, ym) if tr.distill is None else tr.distill(out, ym, xm)) * (len(xm) / len(x))
-            scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
+            with collective(d):  # DDP all-reduces the gradients in backward: where a lost rank surfaces
+                scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
         loss_total += loss.detach()
     # One sync per step: the loss is checked before the step can spoil the weights, on every rank alike.
     flags = torch.stack([loss_total.float(), (~torch.isfinite(loss_total)).float(),
@@ -410,9 +401,10 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
     loss_value, bad, signalled = flags.tolist()  # the step's one host sync
     loss_value /= d.world
     lr = base_lr(opt.param_groups[0])
-    if bad:
+    if bad:  # the weights this loss came from are the last step's: its lr is the one to blame
+        made_by = f"lr {lr:.3g}" if tr.step_lr is None else f"after a step at lr {tr.step_lr:.3g}"
         raise NonFiniteLossError(
-            f"non-finite loss ({loss_value}) at step {st.step + 1} (epoch {st.epoch + 1}, lr {lr:.3g}); "
+            f"non-finite loss ({loss_value}) at step {st.step + 1} (epoch {st.epoch + 1}, {made_by}); "
             f"stopping without saving: {tr.out / runs.LAST} still holds the last good state. "
             "Try a lower --lr, --clip-grad 1, or --precision fp32."
         )
@@ -427,7 +419,7 @@ def train_step(tr: Training, st: State, x: torch.Tensor, y: torch.Tensor) -> tup
         opt.step()
     opt.zero_grad(set_to_none=True)
     st.step += 1
-    tr.scheduler.step_update(st.step)
+    tr.scheduler.step_update(st.step + 1)  # the next step's lr (step s trains at the schedule's value at s)
     if tr.ema is not None:
         tr.ema.update(tr.model, step=st.step)
     return loss_value, lr, bool(signalled)
@@ -469,8 +461,9 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
     to stop: asked for during the epoch (`stop`), or by a signal while evaluating."""
     cfg, d = tr.cfg, tr.dist
     t0 = time.perf_counter()
+    lr = tr.step_lr if tr.step_lr is not None else base_lr(tr.optimizer.param_groups[-1])  # the last step's lr
     row = dict(epoch=st.epoch + 1, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
-               lr=base_lr(tr.optimizer.param_groups[-1]), images_per_s=st.images / max(st.train_s, 1e-9))
+               lr=lr, images_per_s=st.images / max(st.train_s, 1e-9))
     evaluating = tr.plan.evaluates_after(st.epoch)
     confusion = best_model = None
     if evaluating:
@@ -622,13 +615,18 @@ def main(argv=None) -> int:
             if fixed:  # a length given on the command line replaces the recipe's budget, and its model choice
                 base = {**base, "budget": ""}
         cfg = TrainConfig.from_dict({**base, **given})
+        if resume is None:  # the model follows the data where the recipe's does not take its images as they are
+            cfg, why = fit_model_to_data(cfg, recipe, given)
+            if why and os.environ.get("RANK", "0") == "0":
+                print(why)
+            ladder = () if why else ladder  # the recipe's models do not take these images either
         if resolve_device(cfg.device).type == "cpu":
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg.device, cfg.threads, cfg.deterministic):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume,
                        args.quiet or not on_terminal(), ckpt, frozenset(given), clock, ladder, args.plan_only,
                        args.overwrite)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, RankLostError) as e:  # not a bad input: the run failed (a lost rank: torchrun restarts)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except VitError as e:

@@ -111,10 +111,12 @@ def save_pretrained(
     path = Path(path)
     if has_lora(model):  # LoRA adapters (vit.finetune) merged into plain weights: the file loads without peft
         model = merge_lora(model)
-    class_names = list(class_names) if class_names is not None else model.class_names
+    given = class_names is not None
+    class_names = list(class_names) if given else model.class_names
     preprocess = preprocess if preprocess is not None else model.preprocess
     if class_names is not None and model.num_classes and len(class_names) != model.num_classes:
-        raise ConfigError(f"{len(class_names)} class names given for a model with {model.num_classes} classes")
+        where = "given" if given else "in model.class_names"
+        raise ConfigError(f"{len(class_names)} class names {where} for a model with {model.num_classes} classes")
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
