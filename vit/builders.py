@@ -55,8 +55,7 @@ def fit_model_to_data(cfg: TrainConfig, recipe: str, given: Collection[str]) -> 
                           f"channel(s) with a patch that divides {H}x{W}: {', '.join(near) or 'none'}")
     line = (f"model: {fits[0]}, the cheapest registered model that takes {cfg.dataset}'s {images} images as they "
             f"are ({recipes}; --model NAME trains another)")
-    # The recipe's choice between two models by a budget is for its own model: a model chosen here trains alone.
-    return TrainConfig.from_dict({**cfg.to_dict(), "model": fits[0], "small_model": "", "model_min_epochs": 0.0}), line
+    return TrainConfig.from_dict({**cfg.to_dict(), "model": fits[0]}), line
 
 
 def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
