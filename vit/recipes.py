@@ -15,6 +15,7 @@ from .augment import check_policy
 from .budget import parse_budget
 from .data import DATASETS
 from .errors import ConfigError, check_known_options
+from .finetune import is_block_count
 from .sources import check_dataset
 
 
@@ -168,10 +169,10 @@ class TrainConfig:
         for name in ("epochs", "eval_every", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",
-                     "model_min_epochs", "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "eval_shift",
-                     "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size", "num_classes", "min_lr",
-                     "seed", "split_seed", "steps"):
+        for name in ("lora_rank", "lora_alpha", "lr", "warmup_lr", "min_lr", "val_size", "warmup_epochs",
+                     "augment_min_epochs", "hflip_min_epochs", "model_min_epochs", "weight_decay", "clip_grad", "mixup",
+                     "cutmix", "crop_pad", "eval_shift", "opt_eps", "max_steps", "save_every", "workers", "threads",
+                     "img_size", "num_classes", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path",
@@ -209,7 +210,7 @@ class TrainConfig:
 
     def _check_finetuning(self) -> None:
         """Freezing, LoRA and distillation flags that contradict or need each other."""
-        if self.freeze and self.freeze != "backbone" and not (self.freeze.isdigit() and int(self.freeze) >= 1):
+        if self.freeze and self.freeze != "backbone" and not (is_block_count(self.freeze) and int(self.freeze) >= 1):
             raise ConfigError(f"--freeze {self.freeze!r}: 'backbone' or a number of blocks >= 1")
         if self.lora_rank and self.freeze:
             raise ConfigError("--lora-rank with --freeze: LoRA already freezes every weight but its adapters and "
