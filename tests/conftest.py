@@ -214,18 +214,50 @@ def assert_no_code_ran(files: dict[str, Path]) -> None:
     assert not files["marker"].exists(), "unpickling the checkpoint ran its code"
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A real 2 MiB filesystem that fills up (needs root: mount), else the test is skipped."""
-    mnt = tmp_path / "tmpfs"
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, options: str):
+    """A real tmpfs mounted at `mnt` with `options` for the block (needs root: mount), else the test is skipped."""
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
                                            capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root)")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 2 MiB filesystem that fills up (needs root: mount), else the test is skipped."""
+    with mounted_tmpfs(tmp_path / "tmpfs", "size=2m") as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only filesystem (a tmpfs mounted read-only; needs root, else the test is skipped): writes and
+    even the removal of a file that is not there fail with EROFS."""
+    with mounted_tmpfs(tmp_path / "read-only", "ro,size=1m") as mnt:
+        yield mnt
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    """The block must end within `seconds`: SIGALRM raises TimeoutError in it, so a read that waits (a FIFO
+    opened as a file) fails the test instead of hanging the suite."""
+    import signal
+
+    def too_slow(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s (waiting on a FIFO?)")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -107,3 +107,17 @@ def test_bad_arguments_exit_2(same_images, tmp_path, capsys):
     assert "error: source" in err and "neither a folder nor one of mnist" in err and not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):
         main([str(same_images.folder), str(tmp_path / "o"), "--to", "zip"])
+
+
+@pytest.mark.parametrize("flags, says", [(["--val-size", "nan"], "--val-size a finite number >= 0"),
+                                         (["--val-size", "inf"], "--val-size a finite number >= 0"),
+                                         (["--shuffle-seed", "-1"], "--shuffle-seed must be in [0, 2**63)"),
+                                         (["--split-seed", str(2**63)], "--split-seed must be in [0, 2**63)")])
+def test_flag_values_that_cannot_work_leave_nothing_behind(same_images, tmp_path, capsys, flags, says):
+    """Refused when parsed, naming the flag: no traceback from numpy or torch half-way through, no empty output
+    folder."""
+    with pytest.raises(SystemExit) as e:
+        main([str(same_images.folder), str(tmp_path / "out"), "--to", "wds", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -287,3 +287,86 @@ def test_a_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
     assert Image.MAX_IMAGE_PIXELS < 12000**2 < 2 * Image.MAX_IMAGE_PIXELS
     with pytest.raises(DataError, match=r"big.png: 12000x12000 pixels, over PIL's limit of 89478485"):
         data.load_image(str(tmp_path / "big.png"), "RGB")
+
+
+# ---- hostile inputs: one label policy, sizes bounded before resizing, regular files only
+
+
+def test_a_label_is_an_integer_and_numbered_classes_are_bounded(monkeypatch):
+    """Labels read from files: an integer or its text, nothing else (1.9 is not 1, true is not 1); classes made
+    from the largest label are bounded by VIT_MAX_CLASSES before the list exists."""
+    import time
+
+    assert [data.label_value(v) for v in (3, "3", " 3\n", "-1", "+2")] == [3, 3, 3, -1, 2]
+    for bad in (1.9, 2.0, True, None, "1.9", "1e3", "²", "", "0x10", [1], "9" * 30):
+        with pytest.raises(ValueError, match="is not an integer"):
+            data.label_value(bad)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"here: labels up to 1,000,000,000,000 make 1,000,000,000,001 classes, over "
+                                        r"the limit of 100,000 \(classes a dataset's labels may index\); raise it "
+                                        "with the environment variable VIT_MAX_CLASSES"):
+        data.numbered_classes(10**12, "here")
+    assert time.perf_counter() - start < 1
+    assert data.numbered_classes(2, "here") == ["0", "1", "2"]
+    monkeypatch.setenv("VIT_MAX_CLASSES", "not a number")
+    with pytest.raises(ConfigError, match="VIT_MAX_CLASSES='not a number' must be a positive integer"):
+        data.numbered_classes(2, "here")
+
+
+def test_torchvision_labels_outside_its_classes_are_a_data_error(tiny_cifar10, monkeypatch):
+    import hashlib
+    import pickle
+
+    from torchvision.datasets import CIFAR10
+
+    root, written = tiny_cifar10
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    pixels, labels = written["test_batch"]
+    with open(batch, "wb") as f:
+        pickle.dump({"data": pixels, "labels": [*labels[:-1], 10]}, f)
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", hashlib.md5(batch.read_bytes()).hexdigest()]])
+    with pytest.raises(DataError, match=r"cifar10 under .* \(val\): label 10, but there are 10 classes"):
+        data.load_builtin("cifar10", "val", data_dir=str(root))
+
+
+def test_val_size_must_be_a_finite_count_or_fraction():
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ConfigError, match="--val-size must be a finite number >= 0"):
+            data.carve(10, "train", val_size=bad, seed=0, where="x")
+
+
+def test_a_fifo_is_refused_not_opened_to_wait(tmp_path):
+    """load_image, which every reader of image files goes through (folders, --predict, hf: path cells), and the
+    IDX reader open regular files only: a FIFO is refused at once instead of waiting for a writer."""
+    import os
+
+    from conftest import within
+
+    os.mkfifo(tmp_path / "x.png")
+    with within(10), pytest.raises(DataError, match=rf"cannot read image {tmp_path / 'x.png'}: .*is not a regular file"):
+        data.load_image(str(tmp_path / "x.png"), "RGB")
+    with pytest.raises(DataError, match=rf"cannot read image {tmp_path / 'nothing.png'}: cannot open"):
+        data.load_image(str(tmp_path / "nothing.png"), "RGB")
+    os.mkfifo(tmp_path / "train-images-idx3-ubyte.gz")  # IDX files are opened the same way
+    with within(10), pytest.raises(DataError, match="train-images-idx3-ubyte.gz is not a regular file"):
+        data.read_idx(tmp_path / "train-images-idx3-ubyte.gz")
+
+
+def test_evaluation_resizes_an_image_of_extreme_aspect_without_blowing_it_up():
+    """A 2x50000 image would be resized to 256x6,400,000 pixels (4.6 GB) before the centre crop: its centre is
+    cut to transforms.MAX_ASPECT first, which leaves the crop's pixels as they were and images within the ratio
+    untouched."""
+    from vit import Preprocess
+
+    wide = transforms.CentralAspect(16)
+    assert wide(Image.new("L", (50000, 2))).size == (32, 2) and wide(Image.new("L", (2, 50000))).size == (2, 32)
+    assert wide(Image.new("L", (160, 10))).size == (160, 10)
+    rng = np.random.default_rng(0)
+    pre = Preprocess((3, 224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic", 0.875)
+    tf = transforms.file_transforms(pre, train=False)
+    assert isinstance(tf.transforms[0], transforms.CentralAspect)
+    assert tf(Image.new("RGB", (50000, 2), "gray")).shape == (3, 224, 224)
+    stripe = Image.fromarray(rng.integers(0, 256, (100, 3000, 3), dtype=np.uint8))  # 30:1, centre kept whole
+    untouched = transforms.file_transforms(pre, train=False)
+    untouched.transforms.pop(0)
+    torch.testing.assert_close(tf(stripe), untouched(stripe), atol=0.02, rtol=0)

@@ -124,3 +124,18 @@ def test_distillation_flags_that_do_not_fit(trained_run, tmp_path, capsys):
     five = vit.save_pretrained(vit.create_model("vit_nano_patch2_8", depth=1, num_classes=5), tmp_path / "five.safetensors")
     assert "predicts 5 classes, the student 10" in train_fails(capsys, "--teacher", five)
     assert "--distill-tau must be > 0" in train_fails(capsys, "--teacher", teacher, "--distill-tau", "0")
+
+
+def test_a_teacher_for_other_classes_is_refused_by_name(trained_run, tmp_path, capsys):
+    """The teacher's output i must be the student's class i: a teacher of as many classes under other names, or
+    the same names in another order, is a ConfigError naming them; one without names is taken at its count."""
+    from vit.distill import check_same_classes
+
+    model = vit.create_model(pretrained=trained_run.out / "best.safetensors")  # digits: classes "0" to "9"
+    other = vit.save_pretrained(model, tmp_path / "other.safetensors", class_names=list("abcdefghij"))
+    assert "was trained on other classes than the student's: a, b, c, d, e, f, g, h, i, j are not among the " \
+           "student's (0, 1, 2" in train_fails(capsys, "--teacher", other)
+    shuffled = vit.save_pretrained(model, tmp_path / "shuffled.safetensors", class_names=list("1032547698"))
+    assert "names the student's classes in another order" in train_fails(capsys, "--teacher", shuffled)
+    check_same_classes("t", None, list("ab"))
+    check_same_classes("t", list("ab"), list("ab"))

@@ -384,3 +384,54 @@ def test_disk_full(weight_files, capsys, tiny_tmpfs):
     err = evaluate_fails(capsys, weight_files["good"], "--dataset", "digits", "--output", out)
     assert f"cannot write {out / 'report.json'} (0.0 MB free there): No space left on device" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_read_only_output_is_refused_before_the_evaluation(weight_files, capsys, read_only_folder):
+    """On a read-only filesystem: an OutputError naming the folder before the model is loaded or an image read,
+    not the whole evaluation followed by an OSError from the clean-up of the first write."""
+    for out, says in [(read_only_folder, f"cannot write to the output folder {read_only_folder}: Read-only file "
+                                         "system"),
+                      (read_only_folder / "eval", f"cannot create output folder {read_only_folder / 'eval'}")]:
+        err = evaluate_fails(capsys, weight_files["good"], "--dataset", "digits", "--output", out)
+        assert says in err and "evaluating" not in err
+
+
+def test_a_refused_evaluation_leaves_no_output_folder(weight_files, capsys, tmp_path):
+    out = tmp_path / "new" / "eval"
+    err = evaluate_fails(capsys, weight_files["good"], "--data-dir", tmp_path / "no-data", "--output", out)
+    assert "does not exist" in err and not (tmp_path / "new").exists()
+
+
+def test_predict_on_a_fifo_is_refused_at_once(weight_files, capsys, tmp_path):
+    from conftest import within
+
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    with within(30):
+        err = evaluate_fails(capsys, weight_files["good"], "--predict", fifo)
+    assert f"cannot read image {fifo}: {fifo} is not a regular file" in err
+
+
+@pytest.mark.parametrize("flag, value, says", [("--val-size", "nan", "--val-size must be a finite number >= 0"),
+                                               ("--val-size", "inf", "--val-size must be a finite number >= 0"),
+                                               ("--split-seed", "-1", "--split-seed must be in [0, 2**63)")])
+def test_split_flags_that_cannot_work(weight_files, capsys, tmp_path, flag, value, says):
+    err = evaluate_fails(capsys, weight_files["good"], "--dataset", "folder", "--data-dir", tmp_path,
+                         flag, value, "--output", tmp_path / "out")
+    assert says in err and not (tmp_path / "out").exists()
+
+
+def test_predict_on_an_image_of_extreme_aspect_stays_small(tmp_path, capsys):
+    """A 177-byte PNG of 2x50000 pixels through a 224-px model's preprocessing (resize to 256, centre crop): its
+    centre is cut to a bounded ratio first, so the prediction runs within a memory limit the unbounded resize
+    (256 x 6,400,000 x 3 floats) would break."""
+    from test_fuzz import case_limits
+
+    model = vit.VisionTransformer(img_size=224, patch_size=32, num_classes=2, embed_dim=16, depth=1, num_heads=2)
+    model.preprocess = vit.Preprocess((3, 224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic", 0.875)
+    vit.save_pretrained(model, tmp_path / "w.safetensors", class_names=["a", "b"])
+    Image.new("L", (2, 50000), 200).save(tmp_path / "tall.png")
+    assert (tmp_path / "tall.png").stat().st_size < 1000
+    with case_limits(seconds=60, memory=1024 * 2**20):
+        evaluate_main([str(tmp_path / "w.safetensors"), "--predict", str(tmp_path / "tall.png"), "--device", "cpu"])
+    assert "1. " in capsys.readouterr().out

@@ -95,3 +95,18 @@ def test_freeze_states_one_rule_in_one_wording(capsys):
            "blocks stay frozen)"
     assert rule.format("the model's depth") in train_fails(capsys, "--freeze", "head")
     assert rule.format(6) in train_fails(capsys, "--freeze", "7")
+
+
+def test_a_lora_rank_past_the_layer_widths_is_refused_before_any_adapter_is_made(capsys):
+    """--lora-rank 1000000 would have peft allocate (in + out) x 10^6 values per layer (4.7 GB on the digits
+    model) before anything said no: the rank is checked against the widths it adapts first. --freeze takes ASCII
+    digits only ("²" passes str.isdigit, then fails in int)."""
+    model = vit.create_model("vit_nano_patch2_8", depth=1)
+    assert finetune.lora_rank_limit(model) == 64
+    with pytest.raises(vit.ConfigError, match="--lora-rank 1000000 is more than the layers it adapts can use: .*here "
+                                              "64 \\(embed_dim 64\\)"):
+        finetune.add_lora(model, 10**6)
+    assert "--lora-rank 1000000 is more than" in train_fails(capsys, "--lora-rank", "1000000")
+    assert "--freeze '²'" in train_fails(capsys, "--freeze", "²")
+    with pytest.raises(vit.ConfigError, match="--freeze '²'"):
+        finetune.freeze(model, "²")

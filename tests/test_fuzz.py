@@ -1,8 +1,9 @@
 """Fuzzing (Hypothesis): hostile input at every boundary where data enters -- model configurations and input
 tensors, state-dict key/shape/dtype sets (integer keys, sparse and expanded tensors, empty position tables),
 weight files (random bytes, truncated files, crafted .npz archives), the metadata a weights file carries, the
-JSON files beside it, damaged last.ckpt files, image files (every PIL mode, truncated, lying headers) and
-train.py / evaluate.py command lines. Every case must end in a correct result or one of the package's errors
+JSON files beside it, damaged last.ckpt files, image files (every PIL mode, truncated, lying headers),
+train.py / evaluate.py command lines, and datasets: wds: shards and hf: parquet splits built with generated
+labels, member names, sizes, path cells and split metadata (the readers' limits set low, so sizes cross them). Every case must end in a correct result or one of the package's errors
 (`vit.VitError`) naming what was wrong; anything else -- a bare RuntimeError from inside torch, a TypeError,
 an IndexError, a traceback from a script -- fails.
 
@@ -28,6 +29,7 @@ import os
 import resource
 import signal
 import struct
+import tarfile
 import zipfile
 import zlib
 
@@ -817,3 +819,262 @@ def test_evaluate_command_lines(predict_files, flags):
     assert "Traceback" not in err, err
     assert code in (0, 2), (code, err)
     assert "error:" in err if code else "1. " in out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Datasets: wds: shards and hf: datasets built with generated member names, labels, sizes and split metadata
+
+# Low limits, so that a drawn size crosses them: what a case may hold, and what it must be refused for.
+READER_LIMITS = {"VIT_MAX_CLASSES": "50", "VIT_MAX_MEMBER_BYTES": "4096", "VIT_MAX_SHARDS": "8"}
+BIG = b"\0" * 5000  # appended to a member or cell: over VIT_MAX_MEMBER_BYTES
+
+
+@contextlib.contextmanager
+def reader_limits():
+    saved = {k: os.environ.get(k) for k in READER_LIMITS}
+    os.environ.update(READER_LIMITS)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def tiny_png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4), value % 256, np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def read_labels(source) -> list[int]:
+    """Every label a split yields: in memory, or streamed once through the evaluation loader (no workers)."""
+    from vit import data
+
+    if isinstance(source, data.TensorData):
+        return source.labels.tolist()
+    loader = data.eval_loader(source, lambda im: torch.from_numpy(np.asarray(im).copy()), channels=1,
+                              on_corrupt="skip", batch_size=4, workers=0, rank=0, world=1, pin_memory=False)
+    return [label for _, y, _ in loader if y is not None for label in y.tolist()]
+
+
+CLS_TEXTS = ["0", "1", "2", " 1\n", "-1", "1.9", "1e3", "\u00b2", "", "49", "50", "1000000000000"]
+JSON_LABELS = [0, 1, 2, 1.9, True, None, "1", -1, 49, 50, 10**12]
+
+
+@st.composite
+def shard_sets(draw):
+    """Tar shards written member by member: keys with and without webdataset's "__" prefix, images that are PNGs,
+    junk or over the size limit, labels of every kind, an _info.json whose counts and classes may lie. Returns
+    (files, pattern, label_key, expected): expected, the labels a streamed pass must give where every part of the
+    set is well formed, else None."""
+    hostile = draw(st.booleans())  # else every part is well formed, and the result must be exact
+    label_key = draw(st.sampled_from(["", "json:label"]))
+    shards, clean, expected = [], True, []
+    for s in range(draw(st.integers(1, 3))):
+        members, real = [], 0
+        for j in range(draw(st.integers(0, 4))):
+            prefix = draw(st.sampled_from(["", "", "", "__", "dir/"]))
+            key = f"{prefix}k{s}{j}"
+            image = draw(st.sampled_from(["png", "png", "png", "junk", "big", "none"] if hostile else ["png"]))
+            if label_key:
+                value = draw(st.sampled_from(JSON_LABELS + ["missing"] if hostile else [0, 1, 2]))
+                label = None if value == "missing" else (f"{key}.json", json.dumps({"label": value}).encode())
+                good = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 50
+                number = value
+            else:
+                text = draw(st.sampled_from(CLS_TEXTS + ["missing"] if hostile else ["0", "1", "2", " 1\n"]))
+                label = None if text == "missing" else (f"{key}.cls", text.encode())
+                good = text.strip().isascii() and text.strip().isdigit() and int(text) < 50
+                number = int(text) if good else None
+            parts = {"png": [(f"{key}.png", tiny_png(j))], "junk": [(f"{key}.png", b"not a png")],
+                     "big": [(f"{key}.png", tiny_png(j) + BIG)], "none": []}[image]
+            parts += [label] if label else []
+            members += draw(st.permutations(parts))
+            if key.startswith("__") or not parts:
+                continue  # no sample, for the scan and the reader alike
+            real += 1
+            if image == "png" and good and label:
+                expected.append(number)
+            else:
+                clean = False
+        shards.append((f"train-{s:04d}.tar", members, real))
+    info = draw(st.sampled_from(["none", "true", "lie"] if hostile else ["none", "true"]))
+    classes = [f"c{i}" for i in range(draw(st.sampled_from([0, 1, 2, 3, 4] if hostile else [0, 3, 4])))] \
+        if info != "none" else []
+    if info == "true":
+        lengths = [real for _, _, real in shards]
+    else:
+        lengths = [draw(st.sampled_from([real, real + 1, 0, 10**12, 1.9, "3", -1])) for _, _, real in shards]
+        clean = clean and info == "none"
+    k = len(classes) if classes else max(expected, default=-1) + 1
+    clean = clean and bool(expected) and k >= 2 and all(y < k for y in expected)
+    files = {}
+    for name, members, _ in shards:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for member, payload in members:
+                ti = tarfile.TarInfo(member)
+                ti.size = len(payload)
+                tar.addfile(ti, io.BytesIO(payload))
+        files[name] = buf.getvalue()
+    if info != "none":
+        files["_info.json"] = json.dumps({"classes": classes, "splits": {"train": {
+            "name": "train", "filenames": [n for n, _, _ in shards], "shard_lengths": lengths}}}).encode()
+    n = len(shards)
+    pattern = draw(st.sampled_from([f"train-{{0000..{n - 1:04d}}}.tar", "train-{0000..9999}.tar",
+                                    "train-{0..9}{0..9}{0..9}{0..9}{0..9}{0..9}{0..9}{0..9}{0..9}.tar",
+                                    "pipe:cat train-0000.tar"] if hostile else [f"train-{{0000..{n - 1:04d}}}.tar"]))
+    clean = clean and pattern.startswith("train-{0000..")
+    return files, pattern, label_key, (sorted(expected) if clean else None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=shard_sets(), memory=st.booleans())
+@limited
+def test_wds_shards(tmp_path_factory, case, memory):
+    """wds: over generated shards: every label a split yields lies in [0, classes), a well-formed set gives
+    exactly its samples' labels, and anything else is a VitError -- within the case's time and memory, never a
+    class list or a read sized by a number in a file."""
+    from vit import sources
+
+    files, pattern, label_key, expected = case
+    folder = tmp_path_factory.mktemp("wds")
+    for name, payload in files.items():
+        (folder / name).write_bytes(payload)
+    with reader_limits():
+        try:
+            got = sources.load_dataset(f"wds:{folder}/{pattern}" if not pattern.startswith("pipe:") else
+                                       f"wds:{pattern}", "train", data_mode="memory" if memory else "loader",
+                                       img_size=4, channels=1, val_size=1, label_key=label_key)
+            labels = read_labels(got)
+        except vit.VitError as e:
+            event("refused")
+            # in memory, train is carved (--val-size 1), which a single sample cannot give
+            assert expected is None or memory and len(expected) < 2, f"a well-formed set was refused: {e}"
+            return
+    event("read")
+    assert all(0 <= y < len(got.classes) for y in labels), (labels, got.classes)
+    if expected is not None and not memory:  # a streamed pass yields every sample once
+        assert sorted(labels) == expected
+
+
+NAMES = ["cat", "dog", "emu", "yak"]
+
+
+@st.composite
+def hf_tables(draw):
+    """A train split (and perhaps a validation split): labels in a ClassLabel (names in any order, the validation
+    split's perhaps reordered or with a name train lacks) or a bare integer column (any value), image cells of
+    PNG bytes, junk, bytes over the limit, or paths to a file inside the dataset's folder, outside it, or to a
+    FIFO. Stored by save_to_disk (which keeps each split's ClassLabel), or as parquet files where a cell names a
+    path (save_to_disk would read the file into the cell; parquet splits share one set of features). Returns
+    (splits, storage, expected): expected, the validation labels in train's order where all is well formed,
+    else None."""
+    hostile = draw(st.booleans())  # else every cell and label is well formed, and the result must be exact
+    kinds = ["png", "png", "png", "junk", "big", "inside", "outside", "fifo"] if hostile else ["png", "inside"]
+    cells = {split: draw(st.lists(st.sampled_from(kinds), min_size=2, max_size=5))
+             for split in ["train"] + (["validation"] if draw(st.booleans()) else [])}
+    storage = "parquet" if any(c in ("inside", "outside", "fifo") for v in cells.values() for c in v) else "disk"
+    train_names = draw(st.permutations(NAMES[:draw(st.integers(2, 4))]))
+    named = draw(st.booleans())
+    splits, clean, expected = {}, all(c in ("png", "inside") for v in cells.values() for c in v), None
+    for split, kinds in cells.items():
+        names = train_names
+        if split == "validation" and named and storage == "disk":
+            names = draw(st.sampled_from([train_names, draw(st.permutations(train_names))] +
+                                         ([[*train_names, "zebu"]] if hostile else [])))
+            clean = clean and set(names) <= set(train_names)
+        if named:
+            labels = [draw(st.integers(0, len(names) - 1)) for _ in kinds]
+        else:
+            labels = [draw(st.sampled_from([0, 1, 1, 2, -1, 49, 50, 5 * 10**7] if hostile else [0, 1, 2]))
+                      for _ in kinds]
+            clean = clean and all(0 <= y < 50 for y in labels)
+        splits[split] = (kinds, labels, list(names) if named else None)
+    if "validation" in splits and clean:
+        _, labels, names = splits["validation"]
+        train_top = max(splits["train"][1])  # without names, the classes are 0..train_top: two at least
+        if named or 1 <= train_top and max(labels) <= train_top:
+            expected = [train_names.index(names[y]) for y in labels] if named else labels
+    return splits, storage, expected
+
+
+@pytest.fixture(scope="module")
+def datasets_cache(tmp_path_factory):
+    """The datasets library's cache for parquet turned into Arrow, offline, for this module."""
+    datasets = pytest.importorskip("datasets")
+    saved = datasets.config.HF_DATASETS_CACHE, datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_DATASETS_CACHE, datasets.config.HF_HUB_OFFLINE = tmp_path_factory.mktemp("hf-cache"), True
+    yield
+    datasets.config.HF_DATASETS_CACHE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=hf_tables(), memory=st.booleans())
+@limited
+def test_hf_datasets(tmp_path_factory, datasets_cache, case, memory):
+    """hf: over generated parquet splits: labels in [0, classes) in train's order (a validation split naming the
+    classes in another order read by name), or a VitError; a path cell reads only a regular file inside the
+    dataset's folder (a FIFO would hang the case past its time limit)."""
+    import datasets
+
+    from vit import sources
+
+    splits, storage, expected = case
+    folder = tmp_path_factory.mktemp("hf")
+    outside = tmp_path_factory.mktemp("elsewhere") / "x.png"
+    outside.write_bytes(tiny_png(7))
+    (folder / "inside.png").write_bytes(tiny_png(9))
+    os.mkfifo(folder / "fifo.png")
+    image = {"png": lambda i: {"bytes": tiny_png(i), "path": None},
+             "junk": lambda i: {"bytes": b"junk", "path": None},
+             "big": lambda i: {"bytes": tiny_png(i) + BIG, "path": None},
+             "inside": lambda i: {"bytes": None, "path": str(folder / "inside.png")},
+             "outside": lambda i: {"bytes": None, "path": str(outside)},
+             "fifo": lambda i: {"bytes": None, "path": str(folder / "fifo.png")}}
+    built = {}
+    for split, (cells, labels, names) in splits.items():
+        label = datasets.ClassLabel(names=names) if names else datasets.Value("int64")
+        features = datasets.Features({"image": datasets.Image(), "label": label})
+        built[split] = datasets.Dataset.from_dict({"image": [image[c](i) for i, c in enumerate(cells)],
+                                                   "label": labels}, features=features)
+        if storage == "parquet":
+            built[split].to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    if storage == "disk":
+        datasets.DatasetDict(built).save_to_disk(str(folder / "saved"))
+        folder = folder / "saved"
+    kw = dict(data_mode="memory" if memory else "loader", img_size=4, channels=1, val_size=1, on_corrupt="error")
+    with reader_limits():
+        try:
+            got = {split: sources.load_dataset(f"hf:{folder}", split, **kw) for split in ("train", "val")}
+            labels = {split: read_labels(source) for split, source in got.items()}
+        except vit.VitError as e:
+            event("refused")
+            assert expected is None, f"a well-formed dataset was refused: {e}"
+            return
+    event("read")
+    for split, source in got.items():
+        assert all(0 <= y < len(source.classes) for y in labels[split]), (split, labels[split], source.classes)
+    if expected is not None:
+        assert labels["val"] == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(pattern=st.lists(st.sampled_from(["a", "{", "}", ",", "..", "0", "3", "-1", "\\", "x", "{1..3}", "{a,b}",
+                                          "{0..2..2}", "{C..a}", "{,}"]), max_size=8).map("".join))
+def test_brace_patterns_are_counted_as_braceexpand_expands_them(pattern):
+    """vit.files.count_braces, which bounds a pattern before any name is made, counts what braceexpand yields."""
+    import braceexpand
+
+    from vit.files import count_braces
+
+    try:
+        want = len(list(braceexpand.braceexpand(pattern)))
+    except braceexpand.UnbalancedBracesError:
+        with pytest.raises(vit.DataError, match="unbalanced braces"):
+            count_braces(pattern)
+        return
+    assert count_braces(pattern) == want

@@ -6,6 +6,8 @@ The HF data is made by `datasets` itself (`Dataset.from_dict` with a ClassLabel,
 the parquet builder's cache) from the same image files as the folder (conftest.same_images).
 """
 
+import os
+import re
 import shutil
 
 import pytest
@@ -203,3 +205,101 @@ def test_evaluate_reads_hf_rows_and_streamed_shards_as_the_folder(same_images, t
     folder_all = run(parse_args([str(weights), "--device", "cpu", "--precision", "fp32", "--no-progress",
                                  "--data-dir", str(same_images.folder), "--output", str(tmp_path / "all")]))
     assert reports["wds"]["confusion_matrix"] == folder_all["confusion_matrix"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hostile datasets: labels, class orders, cell sizes and paths
+
+
+def test_an_integer_label_column_is_bounded_before_its_class_list_is_made(same_images, tmp_path, monkeypatch):
+    """One row labelled 5*10^7 in a column without names: a DataError naming VIT_MAX_CLASSES at once, not a list
+    of 5*10^7 class names; where the limit is raised past the largest label, the column is read."""
+    import time
+
+    items = folder_items(same_images.folder)[:4]
+    ints = hf_dataset_of(items, same_images.classes).cast_column("label", datasets.Value("int64"))
+    for top in (5 * 10**7, 20):
+        ints.map(lambda r, i: {"label": top if i == 2 else r["label"]}, with_indices=True).save_to_disk(
+            str(tmp_path / str(top)))
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"split train, column 'label': labels up to 50,000,000 make 50,000,001 "
+                                        r"classes, over the limit of 100,000 .*VIT_MAX_CLASSES"):
+        sources.load_dataset(f"hf:{tmp_path / str(5 * 10**7)}", "train", data_mode="loader", val_size=1)
+    assert time.perf_counter() - start < 5
+    monkeypatch.setenv("VIT_MAX_CLASSES", "20")
+    with pytest.raises(DataError, match="labels up to 20 make 21 classes, over the limit of 20"):
+        sources.load_dataset(f"hf:{tmp_path / '20'}", "train", data_mode="loader", val_size=1)
+    monkeypatch.setenv("VIT_MAX_CLASSES", "21")
+    assert len(sources.load_dataset(f"hf:{tmp_path / '20'}", "train", data_mode="loader", val_size=1).classes) == 21
+
+
+def test_a_validation_split_naming_the_classes_in_another_order_is_read_by_name(same_images, tmp_path):
+    """validation's ClassLabel lists train's names in another order: its labels are mapped by name (in memory and
+    as rows), so each image keeps its class; a class train lacks is a DataError."""
+    items = folder_items(same_images.folder)  # 8 cats, 8 dogs, 8 emus
+    held = slice(6, 18)  # cats, dogs and emus
+    order = ["emu", "cat", "dog"]  # validation's own order of the same names
+    renumbered = [(d, ext, order.index(same_images.classes[y]), p) for d, ext, y, p in items[held]]
+    datasets.DatasetDict({"train": hf_dataset_of(items, same_images.classes),
+                          "validation": hf_dataset_of(renumbered, order)}).save_to_disk(str(tmp_path / "dd"))
+    every = data.decode_folder(data.scan_image_folder(same_images.folder), size=8, channels=1)
+    got = sources.load_dataset(f"hf:{tmp_path / 'dd'}", "val", **MEMORY)
+    assert got.classes == list(same_images.classes) and set(every.labels[held].tolist()) == {0, 1, 2}
+    assert torch.equal(got.labels, every.labels[held]) and torch.equal(got.images, every.images[held])
+    rows = sources.load_dataset(f"hf:{tmp_path / 'dd'}", "val", data_mode="loader")
+    assert [rows.item(i)[1] for i in range(len(rows))] == every.labels[held].tolist()
+    other = [(d, ext, 0, p) for d, ext, _, p in items[16:]]
+    datasets.DatasetDict({"train": hf_dataset_of(items[:16], same_images.classes),
+                          "validation": hf_dataset_of(other, ["cat", "yak"])}).save_to_disk(str(tmp_path / "yak"))
+    with pytest.raises(DataError, match=r"split validation: classes \['yak'\] of its ClassLabel are not among split "
+                                        "train's 3 \\(cat, dog, emu\\); splits are matched by class name"):
+        sources.load_dataset(f"hf:{tmp_path / 'yak'}", "val", **MEMORY)
+
+
+def path_cells(folder, paths, classes=("a", "b")):
+    """A parquet file in `folder` whose image cells name files by path, without their bytes (save_to_disk would
+    embed them)."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": str(p)} for p in paths],
+                                     "label": [i % 2 for i in range(len(paths))]}, features=features)
+    path = folder / f"cells-{len(list(folder.glob('*.parquet')))}.parquet"
+    ds.to_parquet(str(path))
+    return f"hf:{path}"
+
+
+def test_a_path_cell_names_only_regular_files_of_the_dataset_itself(same_images, hf_cache, tmp_path):
+    """Cells that name files: inside the dataset's folder they are read; a FIFO there is refused at once (never
+    opened to wait for a writer), and a path outside the folder is refused whatever it names."""
+    from conftest import within
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    inside = []
+    for i in range(4):
+        inside.append(folder / f"{i}.png")
+        shutil.copy(same_images.folder / "cat" / f"{i}.png", inside[-1])
+    name = path_cells(folder, inside)
+    assert len(sources.load_dataset(name, "train", val_size=1, data_mode="memory", img_size=8, channels=1)) == 3
+    os.mkfifo(folder / "fifo.png")
+    name = path_cells(folder, [folder / "fifo.png"] * 4)
+    with within(20), pytest.raises(DataError, match="fifo.png is not a regular file"):
+        sources.load_dataset(name, "train", val_size=1, data_mode="memory", img_size=8, channels=1,
+                             on_corrupt="error")
+    outside = same_images.folder / "dog" / "0.png"
+    name = path_cells(folder, [outside] * 4)
+    with pytest.raises(DataError, match=rf"the image path {re.escape(repr(str(outside)))} is outside the dataset's "
+                                        "folder"):
+        sources.load_dataset(name, "train", val_size=1, data_mode="memory", img_size=8, channels=1)
+    rows = sources.load_dataset(name, "train", val_size=1, data_mode="loader")
+    with pytest.raises(DataError, match="is outside the dataset's folder"):
+        rows.item(0)
+
+
+def test_an_image_cell_larger_than_the_limit_is_refused_before_it_is_read(same_images, tmp_path, monkeypatch):
+    items = folder_items(same_images.folder)[:6]
+    items[4] = (items[4][0] + b"\0" * 5000, *items[4][1:])
+    hf_dataset_of(items, same_images.classes).save_to_disk(str(tmp_path / "big-cell"))
+    monkeypatch.setenv("VIT_MAX_MEMBER_BYTES", "4096")
+    with pytest.raises(DataError, match=r"split train row 4, column 'image': 5,\d\d\d bytes, over the limit of 4,096 "
+                                        ".*VIT_MAX_MEMBER_BYTES"):
+        sources.load_dataset(f"hf:{tmp_path / 'big-cell'}", "train", data_mode="loader")

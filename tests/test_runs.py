@@ -50,6 +50,59 @@ def test_atomic_write_failure_leaves_the_old_file(tmp_path):
     assert torch.equal(torch.load(path, weights_only=True)["new"], torch.ones(2))
 
 
+def test_a_read_only_folder_is_an_output_error_naming_the_file(read_only_folder):
+    """On a read-only filesystem even the clean-up's unlink of a file that is not there fails (EROFS): the error
+    is still the OutputError naming the file, from atomic_write and from save_pretrained."""
+    import vit
+
+    path = read_only_folder / "report.json"
+    with pytest.raises(OutputError, match=rf"cannot write {path} \(.* MB free there\): Read-only file system"):
+        runs.atomic_write_text(path, "{}")
+    weights = read_only_folder / "best.safetensors"
+    with pytest.raises(OutputError, match=rf"cannot write {weights} .*Read-only file system"):
+        vit.save_pretrained(vit.create_model("vit_nano_patch2_8", depth=1), weights)
+    with pytest.raises(OutputError, match=f"cannot write to the output folder {read_only_folder}: Read-only"):
+        with runs.output_folder(read_only_folder):
+            raise AssertionError("the work began")
+
+
+def test_a_failing_clean_up_does_not_hide_the_write_error(tmp_path, monkeypatch):
+    """The same where no read-only filesystem can be mounted: every unlink fails as on one (the first, of a
+    temporary file that is not there, before anything is written)."""
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(runs.Path, "unlink", read_only)
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path / 'f'} .*Read-only file system"):
+        runs.atomic_write_text(tmp_path / "f", "x")
+
+
+def test_an_output_folder_is_checked_before_the_work_and_left_out_on_a_refusal(tmp_path):
+    """output_folder: made and found writable first; a failure in the work removes the folders it made while
+    they are empty, never a folder that was there or one something was written into."""
+    out = tmp_path / "a" / "b" / "eval"
+    with pytest.raises(ValueError, match="refused"):
+        with runs.output_folder(out):
+            assert out.is_dir() and not any(out.iterdir())  # the write check leaves nothing
+            raise ValueError("refused")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError):
+        with runs.output_folder(out):
+            (out / "report.json").write_text("{}")
+            raise ValueError("refused after a write")
+    assert (out / "report.json").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError):
+        with runs.output_folder(tmp_path / "kept"):
+            raise ValueError("refused")
+    assert (tmp_path / "kept").is_dir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match=f"cannot create output folder {blocker / 'x'}: .*Not a directory"):
+        with runs.output_folder(blocker / "x"):
+            raise AssertionError("the work began")
+
+
 def in_child(work) -> int:
     """Fork: the child runs `work(ready)`, which calls `ready()` once it has got where it is to be killed; the
     child then waits, holding what `work` returned. Returns the child's pid once it is ready. The child never

@@ -765,6 +765,37 @@ def test_read_only_output(capsys, tmp_path):
     assert f"cannot write to the output folder {out}" in err
 
 
+def test_a_read_only_output_is_refused_before_the_work(capsys, read_only_folder):
+    """A real read-only filesystem (root writes through permissions, not through a read-only mount)."""
+    err = train_fails(capsys, "--output", read_only_folder)
+    assert f"cannot write to the output folder {read_only_folder}: Read-only file system" in err
+    assert "Traceback" not in err and not list(read_only_folder.iterdir())
+
+
+def test_a_refused_run_leaves_no_output_folder_behind(capsys, tmp_path):
+    """A run refused after its folder was made (the data, the model's flags) removes the folders it made; a
+    folder that was there stays."""
+    out = tmp_path / "new" / "run"
+    assert "--lora-rank 1000000 is more than" in train_fails(capsys, "--lora-rank", "1000000", "--output", out)
+    assert not (tmp_path / "new").exists()
+    err = train_fails(capsys, "--dataset", "folder", "--data-dir", tmp_path / "no-data", "--output", out)
+    assert "does not exist" in err and not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    train_fails(capsys, "--lora-rank", "1000000", "--output", tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_flag_values_a_run_cannot_use_name_the_flag(capsys, tmp_path):
+    for flag, value, match in [("--warmup-lr", "-0.05", "--warmup-lr must be >= 0, got -0.05"),
+                               ("--min-lr", "-0.001", "--min-lr must be >= 0, got -0.001"),
+                               ("--val-size", "-1", "--val-size must be >= 0, got -1.0"),
+                               ("--val-size", "inf", "--val-size must be a finite number, got inf"),
+                               ("--freeze", "²", "--freeze '²': 'backbone' or a number of blocks >= 1"),
+                               ("--freeze", "9" * 5000, "'backbone' or a number of blocks >= 1")]:
+        assert match in train_fails(capsys, flag, value, "--output", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_disk_full_on_fsync(capsys, monkeypatch, tmp_path):
     """ENOSPC as fsync reports it (delayed allocation: the write succeeds, the flush fails). The previous
     last.ckpt stays, and the temporary file is removed."""

@@ -265,3 +265,148 @@ def test_only_regular_files_are_read_as_shards(same_images, tmp_path):
         sources.load_dataset(f"wds:{fifo}", "train", **MEMORY)
     with pytest.raises(DataError, match="is not a regular file"):
         list(wds_data.read_shard(wds_data.Shard(str(fifo), 1, 0), image_key="", label_key="cls", on_corrupt="error"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hostile shards: labels, sizes, patterns and member names bounded before anything is made for them
+
+
+def tar_of(path: Path, members: list[tuple[str, bytes]]) -> str:
+    """A tar shard holding `members` (name, bytes) in this order, written with tarfile (any name, any bytes)."""
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return str(path)
+
+
+def png(value: int = 128) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4), value, np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_labels_are_integers_and_their_classes_bounded_before_a_list_is_made(tmp_path, monkeypatch):
+    """A .cls of 10^12 with no _info.json classes: a DataError naming VIT_MAX_CLASSES at once, never a class list
+    of range(10^12); a JSON label of 1.9 is an error, not 1; raising the limit lets a large label set through."""
+    import time
+
+    huge = tar_of(tmp_path / "huge.tar", [("a.png", png()), ("a.cls", b"1000000000000"),
+                                          ("b.png", png()), ("b.cls", b"1")])
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"labels up to 1,000,000,000,000 make 1,000,000,000,001 classes, over the "
+                                        r"limit of 100,000 .*VIT_MAX_CLASSES"):
+        sources.load_dataset(f"wds:{huge}", "train", data_mode="loader")
+    assert time.perf_counter() - start < 5
+    for value, shown in [(1.9, "1.9"), (True, "True"), ("1e3", "'1e3'"), (None, "None")]:
+        path = tar_of(tmp_path / "float.tar", [("a.png", png()), ("a.json", json.dumps({"label": 0}).encode()),
+                                               ("b.png", png()), ("b.json", json.dumps({"label": value}).encode())])
+        with pytest.raises(DataError, match=rf"sample b: no integer label in b.json .*{re.escape(shown)} is not an "
+                                            "integer"):
+            sources.load_dataset(f"wds:{path}", "train", data_mode="loader", label_key="json:label")
+    for text in (b"1.9", b"\xc2\xb2", b""):  # a .cls: the text of an integer ("\xc2\xb2" is "²")
+        path = tar_of(tmp_path / "cls.tar", [("a.png", png()), ("a.cls", b"0"), ("b.png", png()), ("b.cls", text)])
+        with pytest.raises(DataError, match="sample b: no integer label in b.cls"):
+            sources.load_dataset(f"wds:{path}", "train", data_mode="loader")
+    wide = tar_of(tmp_path / "wide.tar", [("a.png", png()), ("a.cls", b" 7\n"), ("b.png", png()), ("b.cls", b"0")])
+    monkeypatch.setenv("VIT_MAX_CLASSES", "5")
+    with pytest.raises(DataError, match="labels up to 7 make 8 classes, over the limit of 5"):
+        sources.load_dataset(f"wds:{wide}", "train", data_mode="loader")
+    monkeypatch.setenv("VIT_MAX_CLASSES", "8")
+    assert len(sources.load_dataset(f"wds:{wide}", "train", data_mode="loader").classes) == 8
+
+
+def test_a_brace_pattern_is_counted_before_it_is_expanded(same_images, tmp_path, monkeypatch):
+    """10^9 shard names: a DataError naming the count and VIT_MAX_SHARDS in well under a second, without making a
+    name (braceexpand would build all 10^9 first); a pattern within the limit is read as before."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"the pattern names 1,000,000,000 shard files, over the limit of 100,000 "
+                                        r"\(shard files a pattern may name\); raise it with the environment variable "
+                                        "VIT_MAX_SHARDS"):
+        sources.load_dataset(f"wds:{tmp_path}/s-{{0..999}}{{0..999}}{{0..999}}.tar", "train", **MEMORY)
+    with pytest.raises(DataError, match="VIT_MAX_SHARDS"):
+        sources.load_dataset(f"wds:{tmp_path}/s-{{000000000..999999999}}.tar", "train", **MEMORY)
+    assert time.perf_counter() - start < 1
+    monkeypatch.setenv("VIT_MAX_SHARDS", "4")
+    with pytest.raises(DataError, match="names 5 shard files, over the limit of 4"):
+        sources.load_dataset(f"wds:{same_images.shards}", "train", **MEMORY)
+    monkeypatch.setenv("VIT_MAX_SHARDS", "5")
+    assert len(sources.load_dataset(f"wds:{same_images.shards}", "train", **MEMORY)) == 19
+
+
+@pytest.mark.parametrize("info", [True, False])
+def test_a_member_larger_than_the_limit_is_refused_from_its_header(tmp_path, monkeypatch, info):
+    """A member's size is read from its tar header and bounded (VIT_MAX_MEMBER_BYTES) before its bytes are: by the
+    reader where _info.json gives the counts, by the scan where it does not; in memory and streamed."""
+    shard = tar_of(tmp_path / "train-0000.tar", [("a.png", png()), ("a.cls", b"0"),
+                                                 ("b.png", png() + b"\0" * 5000), ("b.cls", b"1")])
+    if info:
+        (tmp_path / "_info.json").write_text(json.dumps({"classes": ["x", "y"], "splits": {"train": {
+            "name": "train", "filenames": ["train-0000.tar"], "shard_lengths": [2], "num_samples": 2}}}))
+    monkeypatch.setenv("VIT_MAX_MEMBER_BYTES", "4096")
+    match = rf"shard {re.escape(shard)}, member b.png: 5,\d\d\d bytes, over the limit of 4,096 .*VIT_MAX_MEMBER_BYTES"
+    with pytest.raises(DataError, match=match):
+        sources.load_dataset(f"wds:{shard}", "train", val_size=1, data_mode="memory", img_size=4, channels=1)
+    if info:
+        stream = sources.load_dataset(f"wds:{shard}", "train", data_mode="loader")
+        with pytest.raises(DataError, match=match):
+            list(data.eval_loader(stream, to_tensor, channels=1, on_corrupt="skip", batch_size=2, workers=0, rank=0,
+                                  world=1, pin_memory=False))
+    monkeypatch.setenv("VIT_MAX_MEMBER_BYTES", "8192")
+    assert len(sources.load_dataset(f"wds:{shard}", "train", data_mode="loader")) == 2
+
+
+def test_running_out_of_memory_is_not_reported_as_a_truncated_shard(same_images, monkeypatch):
+    """A member that does not fit in memory (here a MemoryError from the read) is said as such, scan or read."""
+    import tarfile
+
+    def no_memory(self, *args):
+        raise MemoryError
+
+    monkeypatch.setattr(tarfile.ExFileObject, "read", no_memory)
+    for pattern in (same_images.shards, same_images.bare_shards):  # read by the reader, or first by the scan
+        with pytest.raises(DataError, match=r"member \d+\.(png|cls): \d+ bytes do not fit in this process's memory") \
+                as e:
+            sources.load_dataset(f"wds:{pattern}", "train", **MEMORY, on_corrupt="skip")
+        assert "truncated" not in str(e.value)
+
+
+@pytest.mark.parametrize("info", [True, False])
+def test_the_scan_and_the_reader_agree_on_what_a_sample_is(tmp_path, info):
+    """Members whose name starts with "__" are no sample for the scan, nor for the reader: with counts from
+    _info.json (which the reader trusts) or from the scan, the samples read are the real ones, each once, and
+    the odd ones are never trained on."""
+    members = [("__odd.png", png(250)), ("__odd.cls", b"1")]
+    for i in range(4):
+        members += [(f"{i:06d}.png", png(10 * i)), (f"{i:06d}.cls", str(i % 2).encode())]
+    members += [("__meta__", b"{}"), ("dir/__x.png", png(1)), ("dir/__x.cls", b"0")]  # webdataset's metadata form
+    shard = tar_of(tmp_path / "train-0000.tar", members)
+    n, _, truncated = wds_data.scan_shard(shard, "cls")
+    assert (n, truncated) == (5, False)  # the four, and dir/__x: a key of its own (only names at the root are "__")
+    if info:
+        (tmp_path / "_info.json").write_text(json.dumps({"classes": ["x", "y"], "splits": {"train": {
+            "name": "train", "filenames": ["train-0000.tar"], "shard_lengths": [n], "num_samples": n}}}))
+    stream = sources.load_dataset(f"wds:{shard}", "train", data_mode="loader")
+    keys = [key for _, key, _, _ in wds_data.read_shard(stream.set.shards[0], image_key="", label_key="cls",
+                                                         on_corrupt="error")]
+    assert keys == ["000000", "000001", "000002", "000003", "dir/__x"]
+
+
+def test_shard_counts_in_info_json_are_bounded_by_the_shard(same_images, tmp_path):
+    """_info.json cannot claim more samples than a shard's bytes can hold (each sample a 512-byte header at the
+    least), nor a count that is not an integer: the streamed epoch would size its buffers by them."""
+    folder = tmp_path / "shards"
+    shutil.copytree(Path(same_images.shards).parent, folder)
+    info = json.loads((folder / "_info.json").read_text())
+    for lie, match in [(10**12, r"train-0000.tar: _info.json says it holds 1,000,000,000,000 samples, but its "
+                                r"[\d,]+ bytes hold at most"),
+                       (1.9, r"each split needs 'filenames' and 'shard_lengths' \(counts\): .*1.9 samples")]:
+        info["splits"]["train"]["shard_lengths"][0] = lie
+        (folder / "_info.json").write_text(json.dumps(info))
+        with pytest.raises(DataError, match=match):
+            sources.load_dataset(f"wds:{folder / Path(same_images.shards).name}", "train", data_mode="loader")

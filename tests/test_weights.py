@@ -163,6 +163,29 @@ def test_hostile_metadata_names_the_file_and_field(tmp_path, meta, match):
         assert str(e.value).startswith(f"{path}: metadata ")
 
 
+def test_a_config_claiming_far_more_than_the_file_holds_is_refused_before_building(tmp_path, monkeypatch):
+    """A 708-byte file whose config says depth 70000 (the model would take 5 GB, as the tensors found missing
+    afterwards): its config's parameter count is set against the values the file stores, before any model is
+    built; a file that holds its model's weights loads as before."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    lie = {**NANO_1, "depth": 70000}
+    save_file({"cls_token": torch.zeros(1, 1, 64)}, str(path), metadata={"format": "vit", "config": json.dumps(lie)})
+    assert path.stat().st_size < 1000
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    with monkeypatch.context() as m:
+        m.setattr(vit.registry, "build_from_config", built)
+        with pytest.raises(vit.CheckpointError, match=rf"{path}: its config describes a model of ~[\d.e+]+ parameters "
+                                                      r"\(depth 70000, width 64\), but the file holds 64 values"):
+            vit.create_model(pretrained=path)
+    good = vit.save_pretrained(tiny_nano(), tmp_path / "good.safetensors")
+    assert vit.create_model(pretrained=good).config.depth == 1
+
+
 # ---- reference implementations: torchvision, transformers, timm's JAX loader
 
 

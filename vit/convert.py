@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -177,8 +178,12 @@ def parse_args(argv=None):
     p.add_argument("--shuffle-seed", type=int, default=0, help="wds: the seed of the write order")
     p.add_argument("--no-shuffle", action="store_true", help="wds: write shards in the source order")
     args = p.parse_args(argv)
-    if args.shard_size < 1 or args.val_size < 0:
-        p.error("--shard-size must be >= 1 and --val-size >= 0")
+    if args.shard_size < 1 or not (math.isfinite(args.val_size) and args.val_size >= 0):
+        p.error(f"--shard-size must be >= 1 and --val-size a finite number >= 0, got {args.shard_size} and "
+                f"{args.val_size}")
+    for name in ("split_seed", "shuffle_seed"):  # torch's and numpy's generators take seeds in [0, 2**63)
+        if not 0 <= getattr(args, name) < 2**63:
+            p.error(f"--{name.replace('_', '-')} must be in [0, 2**63), got {getattr(args, name)}")
     return args
 
 

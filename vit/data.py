@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 
 from .augment import slice_draws
 from .errors import ConfigError, DataError
+from .files import limit, open_regular_file, over_limit
 
 log = logging.getLogger("vit.data")
 
@@ -138,9 +140,8 @@ def digits_split(split: str = "train") -> TensorData:
 def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (LeCun's MNIST format), gzipped or not: big-endian header, then the array."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with open_regular_file(path) as raw, (gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw) as f:
             data = f.read()
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read IDX file {path}: {e}") from e
@@ -175,7 +176,7 @@ def idx_split(root: str | Path, split: str, classes: list[str]) -> TensorData:
     images, labels = read_idx(find("images-idx3")), read_idx(find("labels-idx1"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"IDX files in {root}: images {images.shape} and labels {labels.shape} do not match")
-    if labels.max() >= len(classes):
+    if len(labels) and labels.max() >= len(classes):
         raise DataError(f"IDX labels in {root} go up to {labels.max()}, more than {len(classes)} classes")
     return TensorData(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)),
                       classes)
@@ -198,7 +199,9 @@ def cifar_split(name: str, root: str | Path, split: str, *, download: bool) -> T
         raise DataError(f"cannot download {name} into {root}: {reason}; without a network, put torchvision's "
                         f"{cls.base_folder}/ (or {cls.filename}) there and leave out --download") from e
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
-    return TensorData(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    check_labels_in_range(labels, len(ds.classes), f"{name} under {root} ({split})")
+    return TensorData(images, labels, list(ds.classes))
 
 
 DOWNLOAD_TIMEOUT_S = 60.0  # a connection that stalls this long fails the download instead of hanging it
@@ -289,10 +292,46 @@ def folder_split(root: str | Path, split: str, *, val_size: float = 0.1, seed: i
     return FileData([data.samples[i] for i in idx], data.classes)
 
 
+# --------------------------------------------------------------------------------------------------------
+# Labels: one policy for every source. A label is an integer in [0, K); K comes from the source's metadata (folder
+# names, a ClassLabel, _info.json's classes, a torchvision set's classes) or, where it has none, from the largest
+# label, bounded by VIT_MAX_CLASSES before a class list is built for it.
+
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def label_value(value) -> int:
+    """A label read from a file (a JSON value, or the text of KEY.cls) as an int; a ValueError for anything that
+    is not an integer: 1.9 is not truncated to 1, true is not 1, "1e3" is not 1000."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+        return int(value.strip())
+    raise ValueError(f"{value!r} is not an integer")
+
+
+def numbered_classes(top: int, where: str) -> list[str]:
+    """Class names "0".."top" for labels whose source names no classes: checked against VIT_MAX_CLASSES before
+    the list is made (a label of 10^12 would make it a terabyte)."""
+    if top + 1 > limit("VIT_MAX_CLASSES"):
+        raise DataError(f"{where}: " + over_limit("VIT_MAX_CLASSES", f"labels up to {top:,} make {top + 1:,} classes"))
+    return [str(i) for i in range(top + 1)]
+
+
+def check_labels_in_range(labels: torch.Tensor, n_classes: int, where: str) -> None:
+    """Every label in [0, n_classes), else a DataError naming `where` and the first label outside."""
+    bad = (labels < 0) | (labels >= n_classes)
+    if bool(bad.any()):
+        raise DataError(f"{where}: label {int(labels[bad][0])}, but there are {n_classes} classes (labels 0 to "
+                        f"{n_classes - 1})")
+
+
 def carve(n: int, split: str, *, val_size: float, seed: int, where: str) -> list[int]:
     """The sorted indices of `split` in a seeded train/val carve of n images (val and test: the held out).
 
     The same for every source of the same images in the same order (a folder, its shards, its HF dataset)."""
+    if not (math.isfinite(val_size) and val_size >= 0):
+        raise ConfigError(f"--val-size must be a finite number >= 0 (a fraction below 1, or a count), got {val_size}")
     n_val = int(val_size) if val_size >= 1 else round(n * val_size)
     if not 0 < n_val < n:
         raise ConfigError(f"--val-size {val_size} holds out {n_val} of {n} images in {where}; need 0 < held out < {n}")
@@ -304,7 +343,7 @@ def load_image(path: str | bytes, mode: str, name: str | None = None):
     """PIL image in `mode` ("RGB"/"L"), fully decoded; a `DataError` naming the file if it cannot be read.
 
     `path` may also be the encoded bytes of an image (a shard member, an Arrow cell); `name` then says where they
-    came from in errors.
+    came from in errors. A path is opened only if it names a regular file: a FIFO would wait for a writer.
 
     16-bit and 32-bit integer images are scaled to 8 bits from their full range, float images from [0, 1]
     (PIL's own conversion clips them, which turns most such images white or black). An image of more pixels
@@ -313,18 +352,27 @@ def load_image(path: str | bytes, mode: str, name: str | None = None):
     """
     import io
 
+    name = name or str(path)
+    try:  # a path: a regular file, opened without waiting (a FIFO, a device or a folder is refused)
+        source = io.BytesIO(path) if isinstance(path, bytes) else open_regular_file(path)
+    except DataError as e:
+        raise DataError(f"cannot read image {name}: {e}") from e
+    with source:
+        return _decode(source, mode, name)
+
+
+def _decode(source, mode: str, name: str):
     from PIL import Image
 
-    name = name or str(path)
     try:
         with warnings.catch_warnings():  # PIL's warning for what is refused here
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
+            im = Image.open(source)
         with im:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and im.width * im.height > limit:
+            max_pixels = Image.MAX_IMAGE_PIXELS
+            if max_pixels and im.width * im.height > max_pixels:
                 raise DataError(f"cannot read image {name}: {im.width}x{im.height} pixels, over PIL's limit of "
-                                f"{limit} (a decompression bomb?)")
+                                f"{max_pixels} (a decompression bomb?)")
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 im = _to_8bit(im, name)
             return im.convert(mode)

@@ -57,7 +57,7 @@ def load_teacher(source: str, student: nn.Module, device: torch.device,
 
     source: weights this package loads (a file, a folder, hf-hub:ORG/REPO), or with timm_pretrained a timm
     model name (hf-hub: names too) created by timm with its pretrained weights. Its classes must be the
-    student's.
+    student's: by count, and by name where both carry names (`check_same_classes`).
     """
     if timm_pretrained:
         import timm
@@ -83,10 +83,29 @@ def load_teacher(source: str, student: nn.Module, device: torch.device,
     if classes != student.num_classes:
         raise ConfigError(f"--teacher {source} predicts {classes} classes, the student {student.num_classes}: "
                           "distillation needs a teacher trained on the student's classes")
+    check_same_classes(source, getattr(teacher, "class_names", None), getattr(student, "class_names", None))
     if preprocess is None:
         raise CheckpointError(f"--teacher {source} says nothing of its preprocessing (input size, mean, std)")
     teacher.requires_grad_(False)
     return teacher.eval().to(device), TeacherView(student.preprocess, preprocess).to(device)
+
+
+def check_same_classes(source: str, teacher: list[str] | None, student: list[str] | None) -> None:
+    """Where both name their classes, the teacher's output i must be the student's class i: the same names in the
+    same order (a teacher for cat/dog would otherwise teach a cow/emu student). A teacher without names (timm's
+    pretrained models) is taken at its count."""
+    if teacher is None or student is None or list(teacher) == list(student):
+        return
+    if sorted(teacher) == sorted(student):
+        raise ConfigError(f"--teacher {source} names the student's classes in another order ({_names(teacher)}, the "
+                          f"student {_names(student)}): its outputs would teach the wrong classes")
+    other = [c for c in teacher if c not in set(student)]
+    raise ConfigError(f"--teacher {source} was trained on other classes than the student's: {_names(other)} are not "
+                      f"among the student's ({_names(student)}); distillation needs a teacher for the same task")
+
+
+def _names(names: list[str], n: int = 10) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
 
 
 class DistillationLoss:

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from . import data, sources, transforms
-from .errors import CheckpointError, ConfigError, DataError, OutputError, VitError
+from .errors import CheckpointError, ConfigError, DataError, VitError
 from .eval_views import black, check_shift, predict_logits
 from .metrics import ClassificationMetrics
 from .precision import PRECISIONS, autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
-from .runs import BEST, LAST, atomic_write_text, find_training_config
+from .runs import BEST, LAST, atomic_write_text, find_training_config, output_folder
 
 log = logging.getLogger("vit.evaluate")
 
@@ -101,6 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.batch_size, args.topk) < 1 or min(args.attention_maps, args.workers, args.eval_shift or 0) < 0:
         p.error("--batch-size and --topk must be positive; --attention-maps, --workers and --eval-shift non-negative")
+    if args.val_size is not None and not (math.isfinite(args.val_size) and args.val_size >= 0):
+        p.error(f"--val-size must be a finite number >= 0 (a fraction below 1, or a count), got {args.val_size}")
+    if args.split_seed is not None and not 0 <= args.split_seed < 2**63:
+        p.error(f"--split-seed must be in [0, 2**63), got {args.split_seed}")
     if args.dataset == "folder" and not args.data_dir:
         p.error("--dataset folder needs --data-dir")
     if args.dataset:
@@ -442,14 +446,6 @@ def class_description(name: str) -> str:
     return name
 
 
-def make_output_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create output folder {path}: {e}") from e
-    return path
-
-
 # --------------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -461,7 +457,8 @@ def views_said(hflip: bool, shift: int) -> str:
 
 
 def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
-    """Metrics over --dataset/--data-dir, report.json, the pictures and the printed summary."""
+    """Metrics over --dataset/--data-dir, report.json, the pictures and the printed summary, in `out` (made and
+    checked by `run`)."""
     from .plots import plot_confusion_matrix, plot_reliability
 
     evaluated = load_eval_data(args, model)
@@ -471,7 +468,6 @@ def evaluate_dataset(model, args, out: Path, device, precision) -> dict:
     report.update(checkpoint=str(args.checkpoint), data=evaluated.description, device=str(device), precision=precision,
                   batch_size=args.batch_size, eval_hflip=args.eval_hflip, eval_shift=args.eval_shift,
                   model_config=model.config.to_dict())
-    make_output_dir(out)
     write_json(out / "report.json", report)
     plot_confusion_matrix(report["confusion_matrix"], report["class_names"], out / "confusion.png")
     plot_reliability(report["reliability"], report["ece"], out / "reliability.png")
@@ -489,23 +485,27 @@ def run(args: argparse.Namespace) -> dict:
     """Everything main() does, raising VitError subclasses instead of exiting; returns the report."""
     fill_data_args(args)
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, args.model).to(device).eval()
-    check_shift(args.eval_shift, tuple(model.preprocess.input_size[1:]))
-    precision = resolve_precision(args.precision, device, model.embed_dim, training=False)
     out = Path(args.output or Path("runs") / "eval" / checkpoint_name(args.checkpoint))
-    report: dict = {}
-    if args.predict:
-        report["predictions"] = predict(model, args.predict, args.topk, device, precision, args.eval_hflip,
-                                        args.eval_shift)
-    if args.dataset or args.data_dir:
-        report |= evaluate_dataset(model, args, out, device, precision)
-    if args.export:
-        from .export import TOLERANCE, export_model
+    # The output folder is checked before the model is loaded and the data read (and removed again if it was
+    # made here and a failure leaves it empty); --predict alone writes nothing.
+    writes = bool(args.dataset or args.data_dir or args.export)
+    with output_folder(out) if writes else contextlib.nullcontext():
+        model = load_model(args.checkpoint, args.model).to(device).eval()
+        check_shift(args.eval_shift, tuple(model.preprocess.input_size[1:]))
+        precision = resolve_precision(args.precision, device, model.embed_dim, training=False)
+        report: dict = {}
+        if args.predict:
+            report["predictions"] = predict(model, args.predict, args.topk, device, precision, args.eval_hflip,
+                                            args.eval_shift)
+        if args.dataset or args.data_dir:
+            report |= evaluate_dataset(model, args, out, device, precision)
+        if args.export:
+            from .export import TOLERANCE, export_model
 
-        path, diff = export_model(model, args.export, make_output_dir(out))  # fp32 copy on the CPU
-        print(f"{args.export}: wrote {path}; max abs difference vs PyTorch on random input {diff:.2e} "
-              f"(tolerance {TOLERANCE:.0e})")
-        report["export"] = {"format": args.export, "path": str(path), "max_abs_diff": diff}
+            path, diff = export_model(model, args.export, out)  # fp32 copy on the CPU
+            print(f"{args.export}: wrote {path}; max abs difference vs PyTorch on random input {diff:.2e} "
+                  f"(tolerance {TOLERANCE:.0e})")
+            report["export"] = {"format": args.export, "path": str(path), "max_abs_diff": diff}
     return report
 
 

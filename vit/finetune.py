@@ -38,7 +38,7 @@ def _train_heads_only(model: nn.Module) -> None:
 def check_freeze(spec: str, depth: int | None = None) -> None:
     """--freeze's one rule, in one wording: 'backbone', or a block count from 1 to the model's depth (where it is
     not known yet, as when the flags are read, any count from 1)."""
-    if spec == "backbone" or (spec.isdecimal() and len(spec) < 10 and 1 <= int(spec) <= (depth or int(spec))):
+    if spec == "backbone" or (spec.isascii() and spec.isdecimal() and len(spec) < 10 and 1 <= int(spec) <= (depth or int(spec))):
         return
     limit = depth if depth is not None else "the model's depth"
     raise ConfigError(f"--freeze {spec!r}: give 'backbone' (the head alone trains) or a block count from 1 to "
@@ -64,12 +64,16 @@ def add_lora(model: nn.Module, rank: int, alpha: float = 0.0) -> nn.Module:
     freeze everything but the adapters and the heads. Each adapted linear computes W x + (alpha / rank) B A x,
     B zero at the start (so the model starts as loaded); alpha 0 means alpha = rank. Call it after
     `vit.kernels.use` (create_model applies it), which would set the MLP's fused kernel back."""
+    if rank < 1:
+        raise ConfigError(f"--lora-rank must be >= 1, got {rank}")
+    widest = lora_rank_limit(model)
+    if rank > widest:  # checked before peft allocates (in + out) x rank values per adapted layer
+        raise ConfigError(f"--lora-rank {rank} is more than the layers it adapts can use: a rank is at most the "
+                          f"narrower side of each weight, here {widest} (embed_dim {model.embed_dim})")
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as e:
         raise ConfigError("--lora-rank needs the peft library: pip install 'vit[finetune]' (or: pip install peft)") from e
-    if rank < 1:
-        raise ConfigError(f"--lora-rank must be >= 1, got {rank}")
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=LORA_TARGETS), model)
     _train_heads_only(model)
     for m in model.modules():
@@ -81,6 +85,13 @@ def add_lora(model: nn.Module, rank: int, alpha: float = 0.0) -> nn.Module:
         # adapted MLP computes GELU, then calls the fc2 module (`vit.kernels` documents the function's role).
         block.mlp.gelu_fc2 = _GeluThen(block.mlp.fc2)
     return model
+
+
+def lora_rank_limit(model: nn.Module) -> int:
+    """The largest useful LoRA rank: the narrowest side of the linears LoRA adapts (B A has at most that rank)."""
+    block = model.blocks[0]
+    layers = (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+    return min(min(m.in_features, m.out_features) for m in layers)
 
 
 class _GeluThen:

@@ -14,10 +14,17 @@ instead. Splits: "train" is the split called train (or the only one); "val" is -
 validation, val or valid, else a seeded carve of train by --val-size and --split-seed exactly as for a folder;
 "test" is the test split if there is one, else val.
 
+Labels: a split whose ClassLabel lists the train split's names in another order is read by name (its labels
+mapped to train's order; a name train lacks is a DataError); an integer column without names gives classes 0 to
+its largest label, at most VIT_MAX_CLASSES (vit/files.py).
+
 Images are decoded by vit.data's one decoder from the cell's encoded bytes (not by `datasets`), so the same
-files give the same tensors as a folder or shards of them. Small images are decoded into memory; large ones are
-read by DataLoader workers row by row from the memory-mapped Arrow table, by index, which gives them the folder
-path's exact resume and the same batches for any number of workers or ranks.
+files give the same tensors as a folder or shards of them. A cell holds at most VIT_MAX_MEMBER_BYTES (checked from
+the Arrow offsets before any is read); a cell that names a file instead may name only a regular file inside the
+dataset's own folder (the parquet files' folder; for a hub name, the datasets cache), never any file of the
+machine. Small images are decoded into memory; large ones are read by DataLoader workers row by row from the
+memory-mapped Arrow table, by index, which gives them the folder path's exact resume and the same batches for any
+number of workers or ranks.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
+from . import data, files
 from .errors import ConfigError, DataError
 
 log = logging.getLogger("vit.hf_data")
@@ -170,13 +177,65 @@ def check_labels(ds, label: str, where: str) -> int:
     return int(values.max())
 
 
+def split_classes(feature, classes: list[str], where: str, *, train: str) -> tuple[list[int] | None, int]:
+    """(for each of a split's labels, the train split's class with its name, or None where they agree; how many
+    labels the split has). A split whose ClassLabel names the train split's classes in another order is read by
+    name, not position (else every label would be scored as another class); a class train does not have is a
+    DataError."""
+    datasets = require_datasets()
+    if not isinstance(feature, datasets.ClassLabel) or list(feature.names) == classes:
+        return None, len(classes)
+    position = {c: i for i, c in enumerate(classes)}
+    missing = [c for c in feature.names if c not in position]
+    if missing:
+        raise DataError(f"{where}: classes {missing[:10]}{' ...' if len(missing) > 10 else ''} of its ClassLabel are "
+                        f"not among split {train}'s {len(classes)} ({', '.join(classes[:10])}"
+                        f"{' ...' if len(classes) > 10 else ''}); splits are matched by class name")
+    log.info("%s: its ClassLabel lists the train split's classes in another order; its labels are mapped by name",
+             where)
+    return [position[c] for c in feature.names], len(feature.names)
+
+
+def check_cell_sizes(ds, image: str, where: str) -> None:
+    """Every image cell's bytes at most VIT_MAX_MEMBER_BYTES, read from the Arrow column's offsets (no cell is
+    copied): a DataError naming the first row over it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    most, row = files.limit("VIT_MAX_MEMBER_BYTES"), 0
+    for chunk in ds.data.column(image).chunks:
+        cells = chunk.field("bytes") if pa.types.is_struct(chunk.type) else chunk
+        sizes = pc.fill_null(pc.binary_length(cells), 0).to_numpy(zero_copy_only=False)
+        over = np.flatnonzero(sizes > most)
+        if len(over):
+            raise DataError(f"{where} row {row + int(over[0])}, column {image!r}: " +
+                            files.over_limit("VIT_MAX_MEMBER_BYTES", f"{int(sizes[over[0]]):,} bytes"))
+        row += len(chunk)
+
+
+def dataset_roots(name: str) -> list[str]:
+    """The folders whose files an image cell of hf:NAME may name by path: the dataset's own folder (a save_to_disk
+    or data folder; the parquet files' folders), or for a hub name the datasets cache it is read from."""
+    datasets = require_datasets()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return [str(path)]
+    if path.is_file() or glob.has_magic(name):
+        return sorted({str(Path(f).parent) for f in glob.glob(str(path))}) or [str(path.parent)]
+    return [str(datasets.config.HF_DATASETS_CACHE)]
+
+
 class ArrowRows:
     """Rows of an HF split for DataLoader workers: `item(i)` reads row i's encoded image and label (the
     interface of `vit.data.FileData`). The Dataset pickles as a reference to its memory-mapped Arrow files."""
 
-    def __init__(self, ds, image: str, label: str, *, classes: list[str], where: str, index: list[int] | None = None):
+    def __init__(self, ds, image: str, label: str, *, classes: list[str], where: str, roots: list[str],
+                 index: list[int] | None = None):
         self.ds, self.image, self.label, self.classes, self.where = ds, image, label, classes, where
-        self.index = index  # dataset label -> our label (evaluate.py's remapping to a checkpoint's classes)
+        self.roots = roots  # the folders a path cell may name files in (`dataset_roots`)
+        # dataset label -> our label (a split's ClassLabel in another order; evaluate.py's remapping to a
+        # checkpoint's classes)
+        self.index = index
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -184,21 +243,22 @@ class ArrowRows:
     def item(self, i: int) -> tuple[bytes | str, int, str]:
         row = self.ds[int(i)]
         label = row[self.label]
-        return encoded(row[self.image], f"{self.where} row {i}"), \
+        return encoded(row[self.image], f"{self.where} row {i}", self.roots), \
             (label if self.index is None else self.index[label]), f"{self.where} row {i}"
 
     def relabeled(self, index: list[int], classes: list[str]) -> "ArrowRows":
-        return ArrowRows(self.ds, self.image, self.label, classes=classes, where=self.where,
+        return ArrowRows(self.ds, self.image, self.label, classes=classes, where=self.where, roots=self.roots,
                          index=[index[j] for j in (self.index or range(len(index)))])
 
 
-def encoded(cell, name: str) -> bytes | str:
-    """An image cell as `load_image` takes it: its encoded bytes, or the path of the file it refers to."""
+def encoded(cell, name: str, roots: list[str]) -> bytes | str:
+    """An image cell as `load_image` takes it: its encoded bytes, or the path of the file it refers to, which must
+    lie in one of `roots` (the dataset's own folder: a cell may not send the reader to any file of the machine)."""
     if isinstance(cell, dict):  # Image(decode=False): {"bytes": ..., "path": ...}
         if cell.get("bytes") is not None:
             return cell["bytes"]
         if cell.get("path"):
-            return cell["path"]
+            return files.file_under(cell["path"], roots, name)
     elif isinstance(cell, (bytes, bytearray)):
         return bytes(cell)
     raise DataError(f"{name}: empty image cell")
@@ -219,17 +279,22 @@ def hf_split(name: str, split: str, *, val_split: str = "", val_size: float = 0.
     source = source or train_name
     ds, where = splits[source], f"hf:{name} split {source}"
     image, label = find_columns(ds, name, source, image_key=image_key, label_key=label_key)
-    # Class names: the ClassLabel's; else 0..max label of the train split (every split is labelled alike).
+    # Class names: the ClassLabel's; else 0..max label of the train split, bounded by VIT_MAX_CLASSES.
     feature = splits[train_name].features.get(label)
     if isinstance(feature, datasets.ClassLabel):
         classes = list(feature.names)
     else:
-        classes = [str(i) for i in range(check_labels(splits[train_name], label, f"hf:{name} split {train_name}") + 1)]
+        train_where = f"hf:{name} split {train_name}"
+        classes = data.numbered_classes(check_labels(splits[train_name], label, train_where),
+                                        f"{train_where}, column {label!r}")
+    index, n_labels = split_classes(ds.features.get(label) if isinstance(feature, datasets.ClassLabel) else None,
+                                    classes, where, train=train_name)
     top = check_labels(ds, label, where)
-    if top >= len(classes):
-        raise DataError(f"{where}: label {top} in column {label!r}, but {train_name} has {len(classes)} classes")
+    if top >= n_labels:
+        raise DataError(f"{where}: label {top} in column {label!r}, but {train_name} has {n_labels} classes")
     if len(classes) < 2:
         raise DataError(f"{where} has {len(classes)} class(es); classification needs at least 2")
+    check_cell_sizes(ds, image, where)
     ds = ds.select_columns([image, label])
     if isinstance(ds.features[image], datasets.Image):  # the encoded bytes, for vit.data's decoder
         ds = ds.cast_column(image, datasets.Image(decode=False))
@@ -237,16 +302,17 @@ def hf_split(name: str, split: str, *, val_split: str = "", val_size: float = 0.
         ds = ds.select(data.carve(len(ds), split, val_size=val_size, seed=split_seed,
                                   where=f"hf:{name} split {train_name}"))
         where += " (carved)"
-    rows = ArrowRows(ds, image, label, classes=classes, where=where)
+    rows = ArrowRows(ds, image, label, classes=classes, where=where, roots=dataset_roots(name), index=index)
     if not memory:
         return rows
-    return data.decode_images(_read_all(ds, image, label, where=where), classes, size=img_size, channels=channels,
-                              on_corrupt=on_corrupt)
+    return data.decode_images(_read_all(rows), classes, size=img_size, channels=channels, on_corrupt=on_corrupt)
 
 
-def _read_all(ds, image: str, label: str, *, where: str, chunk: int = 1024):
-    """(encoded image, label, name) for every row, read a chunk of rows at a time."""
+def _read_all(rows: ArrowRows, chunk: int = 1024):
+    """(encoded image, label, name) for every row, read a chunk of rows at a time (`ArrowRows.item`'s values)."""
+    ds, index = rows.ds, rows.index
     for start in range(0, len(ds), chunk):
         batch = ds[start:start + chunk]
-        for j, (cell, y) in enumerate(zip(batch[image], batch[label])):
-            yield encoded(cell, f"{where} row {start + j}"), y, f"{where} row {start + j}"
+        for j, (cell, y) in enumerate(zip(batch[rows.image], batch[rows.label])):
+            name = f"{rows.where} row {start + j}"
+            yield encoded(cell, name, rows.roots), (y if index is None else index[y]), name

@@ -163,10 +163,10 @@ class TrainConfig:
         for name in ("epochs", "eval_every", "batch_size", "accum_steps", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "lora_alpha", "lr", "warmup_epochs", "augment_min_epochs", "hflip_min_epochs",
-                     "weight_decay", "clip_grad", "mixup", "cutmix", "crop_pad", "eval_shift",
-                     "opt_eps", "max_steps", "save_every", "workers", "threads", "img_size", "num_classes", "min_lr",
-                     "seed", "split_seed", "steps"):
+        for name in ("lora_rank", "lora_alpha", "lr", "warmup_lr", "min_lr", "val_size", "warmup_epochs",
+                     "augment_min_epochs", "hflip_min_epochs", "weight_decay", "clip_grad", "mixup",
+                     "cutmix", "crop_pad", "eval_shift", "opt_eps", "max_steps", "save_every", "workers", "threads",
+                     "img_size", "num_classes", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path",

@@ -212,6 +212,7 @@ def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool 
                 f"{source} carries no model config (files from vit.save_pretrained and train.py do, and hub "
                 "repos with a timm or transformers config.json): pass the name, create_model(NAME, pretrained=...)")
         base = info.config
+        weights.check_config_fits(base, state, source)  # the file's own config: bounded by what the file holds
     else:
         base = entry.config
         if info.config is not None and "num_classes" not in overrides:

@@ -81,12 +81,16 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         finally:
             os.close(dir_fd)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its zip writer
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only folder the clean-up fails too (EROFS): say the first
+            tmp.unlink(missing_ok=True)
         raise _write_failed(path, e) from e
 
 
 def _write_failed(path: Path, e: Exception) -> OutputError:
-    free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize if path.parent.is_dir() else 0
+    try:
+        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize if path.parent.is_dir() else 0
+    except OSError:
+        free = 0
     reason = e.strerror if isinstance(e, OSError) and e.strerror else f"the write was cut short ({e})"
     return OutputError(f"cannot write {path} ({free / 1e6:.1f} MB free there): {reason}")
 
@@ -123,6 +127,61 @@ def staged_files(folder: Path, main: str) -> Iterator[Path]:
         raise _write_failed(folder / main, e) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def outermost_missing(path: Path) -> Path | None:
+    """The outermost folder that creating `path` would create (`path` itself, or a missing parent), or None
+    where `path` exists: what a refusal must remove to leave nothing behind."""
+    path, top = Path(path).absolute(), None
+    while not os.path.lexists(path) and path != path.parent:
+        top, path = path, path.parent
+    return top
+
+
+def remove_created(path: Path, top: Path | None, keep_out: tuple[str, ...] = ()) -> None:
+    """Remove the folder `path` and its parents up to `top` (`outermost_missing`, taken before they were made)
+    where they hold nothing, or only the files named in `keep_out` (a lock): a refusal leaves no empty output
+    folder behind. Folders something was written into stay."""
+    if top is None:
+        return
+    path, top = Path(path).absolute(), Path(top).absolute()
+    try:
+        if {e.name for e in os.scandir(path)} <= set(keep_out):
+            for name in keep_out:
+                (path / name).unlink(missing_ok=True)
+        while True:
+            path.rmdir()  # fails, and stops here, where something is left
+            if path == top or path == path.parent:
+                return
+            path = path.parent
+    except OSError:
+        return
+
+
+@contextlib.contextmanager
+def output_folder(path: Path) -> Iterator[Path]:
+    """`path` created if need be and found writable (a temporary file made and removed there) before the work that
+    writes into it: an unwritable folder is an OutputError naming it at once, not after the work. Where the block
+    fails and leaves the folders it created empty, they are removed."""
+    path = Path(path)
+    top = outermost_missing(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_created(path, top)
+        raise OutputError(f"cannot create output folder {path}: {e}") from e
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        remove_created(path, top)
+        raise OutputError(f"cannot write to the output folder {path}: {e.strerror or e}") from e
+    try:
+        yield path
+    except BaseException:
+        remove_created(path, top)
+        raise
 
 
 def atomic_torch_save(obj, path: Path) -> None:

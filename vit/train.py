@@ -176,6 +176,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     out = output or resume or runs.default_folder(recipe)
     copy_from = resume if resume is not None and not same_folder(out, resume) else None
     lock = board = None
+    created = runs.outermost_missing(out)  # removed again if the run is refused before it writes anything
     try:
         if tensorboard.enabled(cfg):
             tensorboard.require()
@@ -193,6 +194,10 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
         if board is not None and not stopped:
             board.end(tr.model, tr.inputs.data.val, tr.inputs.data.classes, device, st.step)
         return finish(tr, st, stopped)
+    except VitError as e:
+        if lock is not None and not isinstance(e, NonFiniteLossError):
+            runs.remove_created(out, created, keep_out=(runs.LOCK,))
+        raise
     finally:
         if d.world > 1:
             dist.destroy_process_group()

@@ -1,7 +1,8 @@
 """WebDataset tar shards as training and evaluation data: `--dataset wds:PATTERN`, read with `webdataset`.
 
 PATTERN is a brace pattern of local shard files (no URLs or `pipe:` commands), e.g. `shards/train-{0000..0127}.tar`.
-A sample is the group of members sharing a key (webdataset's rule); its image is the first member with an image
+A sample is the group of members sharing a key (webdataset's rule; a member whose name starts with "__" is none,
+for the scan and the reader alike: `sample_part`); its image is the first member with an image
 extension (or --image-key EXT), its label the integer in KEY.cls (or --label-key EXT, or json:FIELD of KEY.json).
 
 Beside the shards, `_info.json` (timm's layout, which `python -m vit.convert` writes) gives each shard's sample
@@ -24,7 +25,10 @@ ranks and --workers (docs/troubleshooting.md says what other counts give). Valid
 each rank its contiguous share, in shard order.
 
 A truncated shard is a DataError naming it under --on-corrupt error; under skip its lost samples are dropped and
-counted in the log. A sample without a label is a DataError naming the shard and the key.
+counted in the log. A sample without a label, or with one that is not an integer, is a DataError naming the shard
+and the key. Sizes are bounded before anything is made for them (vit/files.py): the shards a pattern names
+(VIT_MAX_SHARDS, counted from the pattern), a member's bytes (VIT_MAX_MEMBER_BYTES, from its tar header), the
+classes labels make where _info.json names none (VIT_MAX_CLASSES).
 """
 
 from __future__ import annotations
@@ -69,12 +73,12 @@ class Shard:
 
 
 def expand(pattern: str) -> list[str]:
-    """The shard paths of a brace pattern, each of which must exist."""
+    """The shard paths of a brace pattern, each of which must exist: counted before any name is made (at most
+    VIT_MAX_SHARDS, vit/files.py)."""
     require_webdataset()
-    import braceexpand  # installed with webdataset
-
-    files.local_path(pattern, f"wds:{pattern}")
-    paths = [files.local_path(p, f"wds:{pattern}") for p in braceexpand.braceexpand(pattern)]
+    where = f"wds:{pattern}"
+    files.local_path(pattern, where)
+    paths = [files.local_path(p, where) for p in files.expand_braces(pattern, where)]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"wds:{pattern}: {len(missing)} of {len(paths)} shard(s) missing, e.g. {missing[0]}")
@@ -108,9 +112,9 @@ def info_counts(info: dict) -> dict[str, int]:
     counts = {}
     for split in info.get("splits", {}).values():
         for name, n in zip(split.get("filenames", []), split.get("shard_lengths", [])):
-            counts[Path(name).name] = int(n)
-            if counts[Path(name).name] < 0:
-                raise ValueError(f"{name}: {n} samples")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"{name}: {n!r} samples")
+            counts[Path(name).name] = n
     return counts
 
 
@@ -120,6 +124,31 @@ def key_of(name: str) -> tuple[str | None, str | None]:
 
     key, ext = base_plus_ext(name)
     return key, (ext.lower() if ext else ext)
+
+
+def sample_part(member: tarfile.TarInfo, shard: str) -> tuple[str, str] | None:
+    """(key, extension) if a member of a shard is part of a sample, else None: the one rule the scan and the
+    reader share. A part is a regular file whose name webdataset splits into a key and an extension and does not
+    start with "__" (webdataset's metadata names, __key__ and the like). Its size, from its header, is at most
+    VIT_MAX_MEMBER_BYTES, else a DataError before it is read."""
+    if not member.isreg() or member.name.startswith("__"):
+        return None
+    key, ext = key_of(member.name)
+    if key is None:
+        return None
+    if member.size > files.limit("VIT_MAX_MEMBER_BYTES"):
+        raise DataError(f"shard {shard}, member {member.name}: " +
+                        files.over_limit("VIT_MAX_MEMBER_BYTES", f"{member.size:,} bytes"))
+    return key, ext
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: str) -> bytes:
+    """A member's bytes; running out of memory is said as such (not as a truncated shard)."""
+    try:
+        return tar.extractfile(member).read()
+    except MemoryError as e:
+        raise DataError(f"shard {shard}, member {member.name}: {member.size:,} bytes do not fit in this process's "
+                        "memory; lower VIT_MAX_MEMBER_BYTES to refuse such members at once") from e
 
 
 def scan_shard(path: str, label_key: str) -> tuple[int, int, bool]:
@@ -132,18 +161,20 @@ def scan_shard(path: str, label_key: str) -> tuple[int, int, bool]:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 end = member.offset_data + -(-member.size // 512) * 512
-                if not member.isreg():
+                part = sample_part(member, path)
+                if part is None:
                     continue
-                key, ext = key_of(member.name)
-                if key is None or member.name.startswith("__"):
-                    continue
+                key, ext = part
                 if not keys or keys[-1] != key:
                     keys.append(key)
                 if _is_label_member(ext, label_key):
-                    top = max(top, _parse_label(ext, tar.extractfile(member).read(), label_key, shard=path, key=key))
+                    label = _parse_label(ext, read_member(tar, member, path), label_key, shard=path, key=key)
+                    top = max(top, label)
     except (tarfile.TarError, OSError, EOFError) as e:
         truncated = True
         log.debug("scan of %s stopped: %s", path, e)
+    except MemoryError as e:  # tar's own headers (a pax header is read whole): not a truncated shard
+        raise DataError(f"shard {path}: its tar headers do not fit in this process's memory") from e
     if not truncated and not path.endswith((".gz", ".tgz", ".bz2", ".xz")):
         with open(path, "rb") as f:  # tar ends with two zero blocks; a cut at a member boundary loses them
             f.seek(end)
@@ -158,13 +189,14 @@ def _is_label_member(ext: str, label_key: str) -> bool:
 
 
 def _parse_label(ext: str, member: bytes, label_key: str, *, shard: str, key: str) -> int:
+    """The label in a member: an integer (KEY.cls's text, or a JSON field holding one); 1.9 is an error, not 1."""
     try:
         if label_key.startswith("json:"):
             value = json.loads(member)[label_key[5:]]
         else:
-            value = member.decode().strip()
-        return int(value)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            value = member.decode()
+        return data.label_value(value)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(f"shard {shard}, sample {key}: no integer label in {key}.{ext} for --label-key {label_key} "
                         f"({type(e).__name__}: {e})") from e
 
@@ -220,7 +252,11 @@ def open_shards(pattern: str, *, image_key: str, label_key: str, on_corrupt: str
     counts, top = [], -1
     for path in paths:
         if Path(path).name in known and (classes or info.get("classes")):
-            counts.append(known[Path(path).name])
+            n, size = known[Path(path).name], Path(path).stat().st_size
+            if n > size // 512:  # each sample has a member, each member a 512-byte header
+                raise DataError(f"{path}: _info.json says it holds {n:,} samples, but its {size:,} bytes hold at "
+                                f"most {size // 512:,}")
+            counts.append(n)
             continue
         n, shard_top, truncated = scan_shard(path, label_key)
         top = max(top, shard_top)
@@ -235,7 +271,7 @@ def open_shards(pattern: str, *, image_key: str, label_key: str, on_corrupt: str
     if top < 0 and not (classes or info.get("classes")) and any(counts):  # no label found: say where one lacks
         first = next(Shard(p, n, 0) for p, n in zip(paths, counts) if n)
         next(read_shard(first, image_key=image_key, label_key=label_key, on_corrupt=on_corrupt))
-    classes = classes or info.get("classes") or [str(i) for i in range(top + 1)]
+    classes = classes or info.get("classes") or data.numbered_classes(top, f"wds:{pattern} (--label-key {label_key})")
     if len(classes) < 2:
         raise DataError(f"wds:{pattern}: {len(classes)} class(es) (labels up to {top} in {label_key}); "
                         "classification needs at least 2 (class names come from _info.json's 'classes')")
@@ -247,9 +283,9 @@ def open_shards(pattern: str, *, image_key: str, label_key: str, on_corrupt: str
 
 
 def read_shard(shard: Shard, *, image_key: str, label_key: str, on_corrupt: str):
-    """(tar index, key, encoded image or None, label) for each sample of a shard, in tar order, through
-    webdataset's tar reader. A shard that ends before its count is truncated: an error, or (skip) logged, the
-    sample cut off at the end not yielded."""
+    """(tar index, key, encoded image or None, label) for each sample of a shard, in tar order: the members
+    `sample_part` takes (as the scan counted them), grouped into samples by webdataset. A shard that ends before
+    its count is truncated: an error, or (skip) logged, the sample cut off at the end not yielded."""
     from webdataset import tariterators
 
     errors = []
@@ -258,11 +294,27 @@ def read_shard(shard: Shard, *, image_key: str, label_key: str, on_corrupt: str)
         errors.append(e)
         return False
 
-    # The shard is opened here, not by webdataset's URL opener, which would run a `pipe:` name through a shell.
+    def parts(stream):
+        """The shard's sample parts as webdataset's file samples, chosen by `sample_part` as the scan chose
+        them; a read that fails ends them (a truncated shard)."""
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    part = sample_part(member, shard.path)
+                    if part is not None:
+                        yield {"fname": member.name, "data": read_member(tar, member, shard.path),
+                               "__url__": shard.path}
+                    tar.members = []  # a streamed tar keeps no headers behind
+        except (tarfile.TarError, OSError, EOFError) as e:
+            errors.append(e)
+        except MemoryError as e:  # tar's own headers (a pax header is read whole): not a truncated shard
+            raise DataError(f"shard {shard.path}: its tar headers do not fit in this process's memory") from e
+
+    # The shard is opened here, not by webdataset's URL opener, which would run a `pipe:` name through a shell;
+    # webdataset groups the parts into samples.
     with files.open_regular_file(shard.path) as stream:
-        members = tariterators.tar_file_expander([{"url": shard.path, "stream": stream}], handler=stop)
         pending, n = None, 0  # one sample held back: the last one of a truncated shard may be cut short
-        for sample in tariterators.group_by_keys(members, handler=stop):
+        for sample in tariterators.group_by_keys(parts(stream), handler=stop):
             if n == shard.count:  # the count is what this split holds of the shard
                 break
             if pending is not None:

@@ -885,6 +885,23 @@ def check_tensors(state: Mapping) -> None:
                                   f"(shape {tuple(value.shape)}, strides {value.stride()}); save it with .contiguous()")
 
 
+# A config read from a file may claim at most this many parameters beyond twice the values the file stores: a
+# head, position table or norms a file leaves out are new, but a model 1000 times its file is a lie.
+UNSTORED_PARAMS = 2**20
+
+
+def check_config_fits(config: ViTConfig, state: Mapping, source) -> None:
+    """A CheckpointError, before the model is built, where a config read from `source` claims far more parameters
+    than the tensors the file holds (a 708-byte file whose config says depth 70000 would build a 5 GB model
+    before its tensors were found missing): at most twice the stored values, plus UNSTORED_PARAMS."""
+    stored = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    claimed = config.num_params()
+    if claimed > 2 * stored + UNSTORED_PARAMS:
+        raise CheckpointError(f"{source}: its config describes a model of ~{claimed:.3g} parameters (depth "
+                              f"{config.depth}, width {config.embed_dim}), but the file holds {stored:,} values: "
+                              "it cannot be that model's weights")
+
+
 def patch_grid(config: ViTConfig) -> tuple[int, int]:
     """The (h, w) patch grid of a config: what `load_pretrained(..., source_grid=)` needs for weights of it."""
     H, W = to_2tuple(config.img_size)
