@@ -1,6 +1,6 @@
 """train.py end to end on small real data: what a run writes, every data source and recipe path, exact
-resume, faults (SIGKILL, SIGINT/SIGTERM, a busy folder, a non-finite loss, a full disk), every bad input
-(docs/troubleshooting.md's table) and DDP.
+resume, faults (SIGKILL, SIGINT/SIGTERM, a busy folder, a non-finite loss, a full disk), gradient checkpointing,
+every bad input (docs/troubleshooting.md's table) and DDP.
 
 train.py is driven through its `main(argv)` in this process (the script is a one-line wrapper around it);
 a real process only where the process is the point: signals, SIGKILL and torchrun. Bad inputs must end in
@@ -608,6 +608,29 @@ def test_disk_full(capsys, tiny_tmpfs):
     err = train_fails(capsys, "--output", out, "--save-every", "2")
     assert f"cannot write {out / 'last.ckpt'} (" in err and "MB free there): the write was cut short" in err
     assert not list(out.glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Gradient checkpointing
+
+
+def test_grad_checkpointing_gives_the_gradients_of_a_plain_step():
+    """--grad-checkpointing reaches the model built for the run; its blocks are recomputed in the backward pass
+    with the same random drop-path draws, so a step's gradients equal the plain step's (a tiny model)."""
+    from vit.builders import build_model
+    from vit.recipes import TrainConfig
+
+    _, given = train.parse_args(["--grad-checkpointing", "--drop-path", "0.2"])
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = build_model(TrainConfig.from_dict({**given, "grad_checkpointing": on}), 10, 1)
+        assert model.grad_checkpointing is on
+        torch.manual_seed(1)
+        model(torch.randn(4, 1, 8, 8)).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -136,6 +136,9 @@ class TrainConfig:
                         ("auto", "fp32", "bf16", "fp16"))
     compile: bool = _f(False, "torch.compile the training step (1.03-1.05x on CPU bf16, less memory than eager; "
                        "30-60 s of compiling, and once more for evaluation)")
+    grad_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass instead of keeping "
+                                  "them (timm's set_grad_checkpointing): a third more compute; a ViT-S/16 fp32 run "
+                                  "at batch 32 peaked at 2.1 instead of 3.3 GiB on a CPU")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default, one per core)")
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
