@@ -1,6 +1,6 @@
 """vit.weights: save/load round trips, every import format against its own implementation, the folders written
-for transformers and timm loaded by those libraries, and every kind of bad file or state dict ending in a
-CheckpointError that names it.
+for transformers and timm loaded by those libraries, uploads to a stand-in hub, and every kind of bad file or
+state dict ending in a CheckpointError that names it.
 
 Reference implementations are the independent ones (torchvision, transformers, timm's npz loader and
 resampling functions); tolerances are stated per test (max abs logit difference, fp32).
@@ -580,7 +580,7 @@ def test_full_disk_keeps_the_old_file(tiny_tmpfs):
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["best.safetensors", "filler"]
 
 
-# ---- written for other libraries: transformers' and timm's folders
+# ---- written for other libraries: transformers' and timm's folders, and the hub
 
 
 def test_transformers_folder_loads_in_transformers_with_our_logits(tmp_path):
@@ -642,6 +642,32 @@ def test_timm_folder_loads_in_timm_with_our_logits_and_preprocessing(tmp_path, n
         assert max_diff(from_folder(x), model(x)) <= LOGIT_ATOL
         assert max_diff(by_name(x), model(x)) <= LOGIT_ATOL
         assert torch.equal(back(x), model(x))
+
+
+def test_push_to_hub_uploads_timms_folder_and_a_model_card(hub):
+    model = randomize_(tiny())
+    url = vit.push_to_hub(model, "me/tiny", commit_message="first weights", description="A test model.")
+    assert url == "https://hub.test/me/tiny/commit/1" and hub.commits == [("me/tiny", "first weights")]
+    repo = hub.root / "me" / "tiny"
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (repo / "README.md").read_text()
+    assert "library_name: timm" in card and "A test model." in card and '"hf-hub:me/tiny"' in card
+    x = images(model)
+    with torch.no_grad():
+        assert torch.equal(vit.create_model(pretrained=repo).eval()(x), model(x))
+
+
+def test_push_to_hub_that_fails_names_the_repo(hub, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def refuse(self, **kwargs):
+        raise PermissionError("403 Forbidden: no write access")
+
+    monkeypatch.setattr(HfApi, "upload_folder", refuse)
+    with pytest.raises(vit.OutputError, match="cannot push to hf-hub:me/tiny: PermissionError: 403 Forbidden"):
+        vit.push_to_hub(tiny(), "me/tiny")
+    with pytest.raises(vit.ConfigError, match="format 'vit'"):
+        vit.push_to_hub(tiny(), "me/tiny", format="vit")
 
 
 # ---- hub: a real huggingface_hub cache, read offline

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from .augment import check_policy
@@ -150,6 +151,9 @@ class TrainConfig:
                            "confusion matrix and attention rollouts at the end) in the run folder; needs tensorboard")
     log_dir: str = _f("", "TensorBoard event files in LOG_DIR/RUN instead, RUN the run folder's name (turns "
                       "--tensorboard on; one LOG_DIR holds many runs)")
+    push_to_hub: str = _f("", "at the end, upload best.safetensors to this Hugging Face hub repo (ORG/NAME, created "
+                          "where missing; HF_TOKEN or `hf auth login`) in timm's layout, which timm and vit load "
+                          "('' = off)")
 
     def __post_init__(self):
         for f in fields(self):  # a config read back from last.ckpt is a file's dict: every field's type first
@@ -207,6 +211,9 @@ class TrainConfig:
             check_policy(self.randaug)
         self._check_finetuning()
         check_dataset(self.dataset)
+        if self.push_to_hub and not re.fullmatch(r"(?:[\w.-]+/)?[\w.-]+", self.push_to_hub, re.ASCII):
+            raise ConfigError(f"--push-to-hub {self.push_to_hub!r}: a hub repo name, ORG/NAME (letters, digits, '-', "
+                              "'_' and '.')")
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir ROOT (an ImageFolder tree)")
 

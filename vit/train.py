@@ -40,7 +40,7 @@ from .budget import Budget, Clock
 from .builders import base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler, check_small_model
 from .distill import DistillationLoss, load_teacher
 from .distributed import Dist, all_reduce_sum, elastic_restart, rank0_value, setup_distributed
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, VitError
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError, VitError
 from .eval_views import black, check_shift, predict_logits
 from .metrics import confusion_matrix
 from .model import to_2tuple
@@ -48,10 +48,10 @@ from .optim import build_optimizer
 from .plan import BudgetPlanner, Plan, choose_model, eval_pass_s, plan_for, sample_batches, step_work, time_model
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import RECIPES, TrainConfig, flag, get_recipe
-from .registry import get_entry
+from .registry import create_model, get_entry
 from .rng import rng_state, seed_per_rank, seed_shared, torch_settings
 from .runs import Checkpoint, State
-from .weights import check_state_dict
+from .weights import check_state_dict, push_to_hub
 
 if TYPE_CHECKING:
     from timm.data import Mixup
@@ -535,6 +535,8 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
            f"outputs in {tr.out}/: {runs.BEST}, {runs.LAST}, {runs.METRICS}, {runs.CURVES}\n"
            f"evaluate with: python evaluate.py {tr.out / runs.BEST} --dataset {shlex.quote(cfg.dataset)}"
            + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
+    if cfg.push_to_hub and tr.dist.is_main:
+        push(tr, st)
     return 0
 
 
@@ -542,6 +544,20 @@ def save_best(model, path: Path, classes: list[str]) -> None:
     from .weights import save_pretrained
 
     save_pretrained(model, path, class_names=classes)
+
+
+def push(tr: Training, st: State) -> None:
+    """--push-to-hub: best.safetensors to the hub, in timm's layout, which timm and vit load (vit.weights)."""
+    cfg, best = tr.cfg, tr.out / runs.BEST
+    try:
+        url = push_to_hub(create_model(pretrained=best), cfg.push_to_hub,
+                          commit_message=f"{cfg.model} on {cfg.dataset}: val top-1 {st.best_top1:.2f}%",
+                          description=f"`{cfg.model}` trained on `{cfg.dataset}` by vit's train.py (recipe "
+                                      f"{tr.recipe}): best val top-1 {st.best_top1:.2f}%.")
+    except VitError as e:
+        again = f"python -c \"import vit; vit.push_to_hub(vit.create_model(pretrained='{best}'), '{cfg.push_to_hub}')\""
+        raise OutputError(f"{e}. The run itself finished in {tr.out}; push its weights again with: {again}") from e
+    tr.say(f"pushed {runs.BEST} to hf-hub:{cfg.push_to_hub}: {url}")
 
 
 def plot(out: Path) -> None:

@@ -3,7 +3,7 @@
 One module owns weight formats: reading files (never unpickling), detecting the format from the keys, renaming
 to our (timm's) parameter names and back to transformers', packing q/k/v, Flax kernel transposes, resampling
 position and patch embeddings, adapting the stem to another channel count, checking key sets and shapes,
-safetensors I/O and hub download. It knows no registered model names: building a model from a name and
+safetensors I/O, hub download and upload. It knows no registered model names: building a model from a name and
 some weights (name -> config -> model -> weights) is `vit.registry.create_model`'s.
 
     model = vit.create_model("vit_base_patch16_224", pretrained="model.safetensors", num_classes=10, img_size=96)
@@ -869,6 +869,34 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
             return weights
     offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if _hub_offline() else ""
     raise CheckpointError(f"hf-hub:{repo_id} has none of {', '.join(HUB_WEIGHT_FILES)}{offline}")
+
+
+def push_to_hub(model: VisionTransformer, repo_id: str, *, format: str = "timm", commit_message: str = "Upload weights",
+                description: str = "", private: bool = False, token: str | None = None) -> str:
+    """Upload `model` to the Hugging Face hub repo `repo_id` (created where missing) as `save_pretrained`'s
+    "timm" or "transformers" folder, with a model card (README.md: `description`, then how to load it). timm's
+    layout, the default, is read by timm (`timm.create_model("hf-hub:REPO", pretrained=True)`) and by this package
+    (`create_model(pretrained="hf-hub:REPO")`). Through huggingface_hub's `HfApi`, with its token (`token`, else
+    HF_TOKEN or `hf auth login`). Returns the commit's URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    loads = {"timm": f'timm.create_model("hf-hub:{repo_id}", pretrained=True)',
+             "transformers": f'transformers.ViTForImageClassification.from_pretrained("{repo_id}")'}
+    if format not in loads:
+        raise ConfigError(f"push_to_hub format {format!r}: one of {', '.join(loads)} (a hub repo is a folder)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(model, Path(tmp) / "upload", format=format)
+        (folder / "README.md").write_text(f"---\nlibrary_name: {format}\ntags: [image-classification, vit]\n---\n\n"
+                                          f"# {repo_id}\n\n{description}\n\n```python\nmodel = {loads[format]}\n```\n")
+        api = HfApi(token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        except Exception as e:  # the hub's answer (no token, no access, a bad name) or none at all (offline)
+            raise OutputError(f"cannot push to hf-hub:{repo_id}: {type(e).__name__}: {e}") from e
+    return str(getattr(commit, "commit_url", commit))
 
 
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
