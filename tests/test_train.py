@@ -1,6 +1,6 @@
 """train.py end to end on small real data: what a run writes, every data source and recipe path, exact
 resume, faults (SIGKILL, SIGINT/SIGTERM, a busy folder, a non-finite loss, a full disk), gradient checkpointing,
-pushing to a stand-in hub, every bad input (docs/troubleshooting.md's table) and DDP.
+pushing to a stand-in hub, the README's Python example, every bad input (docs/troubleshooting.md's table) and DDP.
 
 train.py is driven through its `main(argv)` in this process (the script is a one-line wrapper around it);
 a real process only where the process is the point: signals, SIGKILL and torchrun. Bad inputs must end in
@@ -611,7 +611,7 @@ def test_disk_full(capsys, tiny_tmpfs):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Gradient checkpointing, pushing to the hub
+# Gradient checkpointing, pushing to the hub, training from Python
 
 
 def test_grad_checkpointing_gives_the_gradients_of_a_plain_step():
@@ -662,6 +662,19 @@ def test_push_to_hub_uploads_the_best_weights_or_says_how_to_push_again(hub, tmp
     assert "pushed best.safetensors to hf-hub:me/again: https://hub.test/me/again/commit/2" in capsys.readouterr().out
     err = train_fails(capsys, "--push-to-hub", "me/two words", "--output", tmp_path / "c")
     assert "--push-to-hub 'me/two words': a hub repo name, ORG/NAME" in err
+
+
+def readme_example(heading: str) -> str:
+    """The first ```python block under README.md's `heading`."""
+    section = (ROOT / "README.md").read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_train_from_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(readme_example("Train from Python"), {})
+    printed = capsys.readouterr().out
+    assert "val top-1" in printed and (tmp_path / "runs" / "digits-1-epoch" / "best.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------------------------------------
