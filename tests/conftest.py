@@ -261,6 +261,44 @@ def within(seconds: float):
 
 
 # --------------------------------------------------------------------------------------------------------
+# A stand-in for the Hugging Face hub
+
+
+@dataclass(frozen=True)
+class Hub:
+    """What the stand-in hub received: each repo's files under root/ORG/NAME as the last upload left them, and
+    every upload's (repo, commit message)."""
+
+    root: Path
+    commits: list
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Hub:
+    """huggingface_hub's `HfApi.create_repo` and `upload_folder` answered in this process: an upload copies its
+    folder into tmp_path/hub/REPO. No request leaves the machine."""
+    import shutil
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    received = Hub(tmp_path / "hub", [])
+
+    def create_repo(self, repo_id, *, exist_ok=False, **kwargs):
+        (received.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
+        return f"https://hub.test/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        shutil.copytree(folder_path, received.root / repo_id, dirs_exist_ok=True)
+        received.commits.append((repo_id, commit_message))
+        return SimpleNamespace(commit_url=f"https://hub.test/{repo_id}/commit/{len(received.commits)}")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return received
+
+
+# --------------------------------------------------------------------------------------------------------
 # One trained run
 
 # Two epochs of 22 steps on digits; fp32 and no label smoothing, so that the validation loss train.py records

@@ -1,4 +1,4 @@
-"""vit.optim: parameter groups, and Muon against the SVD polar factor and timm's NAdamW."""
+"""vit.optim and vit.muon: parameter groups, and Muon against the SVD polar factor and timm's NAdamW."""
 
 import pytest
 import torch
@@ -6,6 +6,7 @@ from timm.optim import muon as timm_muon
 
 import vit
 from vit import optim
+from vit.muon import Muon
 from vit.recipes import TrainConfig
 
 
@@ -102,8 +103,8 @@ def test_muon_orthogonalises_in_the_training_precision(precision, dtype):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(24, 16))
     g = torch.randn(24, 16)
-    opt = optim.Muon([w], ns_dtype=optim.newton_schulz_dtype(precision), lr=0.1, weight_decay=0.0, momentum=0.95,
-                     nesterov=False, adjust_lr_fn=None)
+    opt = Muon([w], ns_dtype=optim.newton_schulz_dtype(precision), lr=0.1, weight_decay=0.0, momentum=0.95,
+               nesterov=False, adjust_lr_fn=None)
     before = w.detach().clone()
     w.grad = g.clone()
     opt.step()

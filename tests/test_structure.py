@@ -1,9 +1,11 @@
 """The package's shape: imports between vit's modules run one way (scripts -> engine -> model), read from
-the source with `ast`, and the product's text speaks of what it does, not of how it was built."""
+the source with `ast`; `import vit` and the scripts' --help load no optional or heavy package; and the product's
+text speaks of what it does, not of how it was built."""
 
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,30 @@ def test_model_file_imports_nothing_of_ours_but_errors():
 def test_weight_formats_know_nothing_of_the_registry_or_training():
     graph = import_graph()
     assert not graph["vit.weights"] & {"vit.registry", "vit.train", "vit.evaluate", "vit.recipes"}
+
+
+# Packages that `import vit` and the scripts' --help leave unimported: each is imported where a feature uses it,
+# so that start-up costs torch's import and little more (benchmarks/startup.py measures it).
+HEAVY = ("timm", "torchvision", "transformers", "datasets", "webdataset", "onnx", "onnxruntime", "onnxscript",
+         "tensorboard", "peft", "matplotlib", "sklearn", "scipy", "pandas", "pyarrow", "huggingface_hub")
+HELP = """import runpy, sys
+sys.argv = [{script!r}, "--help"]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit:
+    pass
+"""
+PACKAGES_LOADED = "\nimport sys\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+
+
+@pytest.mark.parametrize("start", ["import vit", "train.py --help", "evaluate.py --help"])
+def test_start_up_imports_no_optional_or_heavy_package(start):
+    code = (start if start == "import vit" else HELP.format(script=start.split()[0])) + PACKAGES_LOADED
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    loaded = set(p.stdout.splitlines()[-1].split())
+    assert "torch" in loaded and "vit" in loaded
+    assert not loaded & set(HEAVY), f"{start} imports {sorted(loaded & set(HEAVY))}"
 
 
 DATA_LAYER = ("data", "sources", "hf_data", "wds_data")

@@ -1,6 +1,6 @@
 """train.py end to end on small real data: what a run writes, every data source and recipe path, exact
-resume, faults (SIGKILL, SIGINT/SIGTERM, a busy folder, a non-finite loss, a full disk), every bad input
-(docs/troubleshooting.md's table) and DDP.
+resume, faults (SIGKILL, SIGINT/SIGTERM, a busy folder, a non-finite loss, a full disk), gradient checkpointing,
+pushing to a stand-in hub, the README's Python example, every bad input (docs/troubleshooting.md's table) and DDP.
 
 train.py is driven through its `main(argv)` in this process (the script is a one-line wrapper around it);
 a real process only where the process is the point: signals, SIGKILL and torchrun. Bad inputs must end in
@@ -815,6 +815,73 @@ def test_disk_full(capsys, tiny_tmpfs):
     err = train_fails(capsys, "--output", out, "--save-every", "2")
     assert f"cannot write {out / 'last.ckpt'} (" in err and "MB free there): the write was cut short" in err
     assert not list(out.glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Gradient checkpointing, pushing to the hub, training from Python
+
+
+def test_grad_checkpointing_gives_the_gradients_of_a_plain_step():
+    """--grad-checkpointing reaches the model built for the run; its blocks are recomputed in the backward pass
+    with the same random drop-path draws, so a step's gradients equal the plain step's (a tiny model)."""
+    from vit.builders import build_model
+    from vit.recipes import TrainConfig
+
+    _, given = train.parse_args(["--grad-checkpointing", "--drop-path", "0.2"])
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = build_model(TrainConfig.from_dict({**given, "grad_checkpointing": on}), 10, 1)
+        assert model.grad_checkpointing is on
+        torch.manual_seed(1)
+        model(torch.randn(4, 1, 8, 8)).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_push_to_hub_uploads_the_best_weights_or_says_how_to_push_again(hub, tmp_path, capsys, monkeypatch):
+    """--push-to-hub after a 1-epoch run: a hub that refuses the upload ends the run with exit 2 and a command
+    that pushes best.safetensors again; that command, with the hub answering, uploads timm's folder."""
+    from huggingface_hub import HfApi
+
+    def unreachable(self, **kwargs):
+        raise OSError("no route to host")
+
+    upload = HfApi.upload_folder
+    monkeypatch.setattr(HfApi, "upload_folder", unreachable)
+    out = tmp_path / "run"
+    assert train.main(FAST + ["--epochs", "1", "--push-to-hub", "me/digits", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot push to hf-hub:me/digits: OSError: no route to host" in err and "Traceback" not in err
+    again = err.split("push its weights again with: python -c ")[1].strip()
+    monkeypatch.setattr(HfApi, "upload_folder", upload)
+    exec(again.strip('"'), {})
+    repo = hub.root / "me" / "digits"
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    best = vit.create_model(pretrained=out / "best.safetensors").eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(vit.create_model(pretrained=repo).eval()(x), best(x))
+    assert train.main(FAST + ["--epochs", "1", "--push-to-hub", "me/again", "--output", str(tmp_path / "b")]) == 0
+    top1 = rows(tmp_path / "b")[-1]["val_top1"]
+    assert hub.commits[-1] == ("me/again", f"vit_nano_patch2_8 on digits: val top-1 {top1:.2f}%")
+    assert "pushed best.safetensors to hf-hub:me/again: https://hub.test/me/again/commit/2" in capsys.readouterr().out
+    err = train_fails(capsys, "--push-to-hub", "me/two words", "--output", tmp_path / "c")
+    assert "--push-to-hub 'me/two words': a hub repo name, ORG/NAME" in err
+
+
+def readme_example(heading: str) -> str:
+    """The first ```python block under README.md's `heading`."""
+    section = (ROOT / "README.md").read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_train_from_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(readme_example("Train from Python"), {})
+    printed = capsys.readouterr().out
+    assert "val top-1" in printed and (tmp_path / "runs" / "digits-1-epoch" / "best.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------------------------------------

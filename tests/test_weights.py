@@ -1,5 +1,6 @@
-"""vit.weights: save/load round trips, every import format against its own implementation, and every kind
-of bad file or state dict ending in a CheckpointError that names it.
+"""vit.weights: save/load round trips, every import format against its own implementation, the folders written
+for transformers and timm loaded by those libraries, uploads to a stand-in hub, and every kind of bad file or
+state dict ending in a CheckpointError that names it.
 
 Reference implementations are the independent ones (torchvision, transformers, timm's npz loader and
 resampling functions); tolerances are stated per test (max abs logit difference, fp32).
@@ -7,6 +8,7 @@ resampling functions); tolerances are stated per test (max abs logit difference,
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -631,6 +633,96 @@ def test_full_disk_keeps_the_old_file(tiny_tmpfs):
         vit.save_pretrained(vit.create_model("vit_nano_patch2_8", depth=2), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["best.safetensors", "filler"]
+
+
+# ---- written for other libraries: transformers' and timm's folders, and the hub
+
+
+def test_transformers_folder_loads_in_transformers_with_our_logits(tmp_path):
+    """format="transformers": the reader's renaming undone; transformers loads the folder offline, and so does
+    this package, back to the same config, classes and preprocessing."""
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    model = randomize_(tiny())
+    model.class_names = list("abcde")
+    folder = vit.save_pretrained(model, tmp_path / "hf", format="transformers")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    ref = ViTForImageClassification.from_pretrained(folder, local_files_only=True).eval()
+    assert ref.config.id2label == dict(enumerate("abcde"))
+    processor = ViTImageProcessor.from_pretrained(folder, local_files_only=True)
+    assert list(processor.image_mean) == list(model.preprocess.mean)
+    assert (processor.size["height"], processor.size["width"]) == (32, 32)
+    back = vit.create_model(pretrained=folder).eval()
+    assert back.config == model.config and back.class_names == list("abcde") and back.preprocess == model.preprocess
+    x = images(model)
+    with torch.no_grad():
+        assert max_diff(ref(pixel_values=x).logits, model(x)) <= LOGIT_ATOL
+        assert torch.equal(back(x), model(x))
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (dict(global_pool="avg"), "global_pool='avg', fc_norm=None"), (dict(reg_tokens=4), "reg_tokens=4"),
+    (dict(qk_norm=True), "qk_norm=True"), (dict(init_values=1e-5), "init_values=1e-05"),
+    (dict(distilled=True), "distilled=True"), (dict(num_classes=0), "num_classes=0"),
+])
+def test_transformers_folder_refuses_what_transformers_cannot_express(tmp_path, overrides, says):
+    with pytest.raises(vit.ConfigError, match=f"ViTForImageClassification cannot express {re.escape(says)}"):
+        vit.save_pretrained(tiny(**overrides), tmp_path / "hf", format="transformers")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_timm_folder_loads_in_timm_with_our_logits_and_preprocessing(tmp_path, name):
+    """format="timm": timm builds the model from the folder alone ("local-dir:"), or by name with the file as its
+    pretrained weights; its data config is our preprocessing."""
+    import timm
+    from timm.data import resolve_data_config
+
+    model = randomize_(vit.create_model(name, depth=2, img_size=32, num_classes=5))
+    model.class_names = list("abcde")
+    folder = vit.save_pretrained(model, tmp_path / "timm", format="timm")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    from_folder = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    by_name = timm.create_model(name, pretrained=True, depth=2, img_size=32, num_classes=5,
+                                pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"), num_classes=5)).eval()
+    assert from_folder.pretrained_cfg["label_names"] == list("abcde")
+    data = resolve_data_config({}, model=from_folder)
+    p = model.preprocess
+    assert (tuple(data["input_size"]), tuple(data["mean"]), tuple(data["std"]), data["interpolation"],
+            data["crop_pct"]) == (p.input_size, p.mean, p.std, p.interpolation, p.crop_pct)
+    back = vit.create_model(pretrained=folder).eval()
+    assert back.config == model.config and back.class_names == list("abcde") and back.preprocess == p
+    x = images(model)
+    with torch.no_grad():
+        assert max_diff(from_folder(x), model(x)) <= LOGIT_ATOL
+        assert max_diff(by_name(x), model(x)) <= LOGIT_ATOL
+        assert torch.equal(back(x), model(x))
+
+
+def test_push_to_hub_uploads_timms_folder_and_a_model_card(hub):
+    model = randomize_(tiny())
+    url = vit.push_to_hub(model, "me/tiny", commit_message="first weights", description="A test model.")
+    assert url == "https://hub.test/me/tiny/commit/1" and hub.commits == [("me/tiny", "first weights")]
+    repo = hub.root / "me" / "tiny"
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (repo / "README.md").read_text()
+    assert "library_name: timm" in card and "A test model." in card and '"hf-hub:me/tiny"' in card
+    x = images(model)
+    with torch.no_grad():
+        assert torch.equal(vit.create_model(pretrained=repo).eval()(x), model(x))
+
+
+def test_push_to_hub_that_fails_names_the_repo(hub, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def refuse(self, **kwargs):
+        raise PermissionError("403 Forbidden: no write access")
+
+    monkeypatch.setattr(HfApi, "upload_folder", refuse)
+    with pytest.raises(vit.OutputError, match="cannot push to hf-hub:me/tiny: PermissionError: 403 Forbidden"):
+        vit.push_to_hub(tiny(), "me/tiny")
+    with pytest.raises(vit.ConfigError, match="format 'vit'"):
+        vit.push_to_hub(tiny(), "me/tiny", format="vit")
 
 
 # ---- hub: a real huggingface_hub cache, read offline

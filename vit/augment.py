@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from .errors import ConfigError
 
@@ -96,10 +95,14 @@ def solarize_add(x, add, threshold: int = 128):
 
 
 def autocontrast(x, _=None):
+    from torchvision.transforms.v2 import functional as TF  # here, not at the top: train.py starts without torchvision
+
     return TF.autocontrast(x)
 
 
 def equalize(x, _=None):
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.equalize(x)
 
 

@@ -71,7 +71,9 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
         overrides["distilled"] = True
     if not cfg.pretrained and entry.config.in_chans != data_channels:
         overrides["in_chans"] = data_channels  # e.g. a grey dataset on an RGB variant, trained from scratch
-    return create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)
+    model = create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    return model
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, total_steps: int, warmup: int) -> Scheduler:

@@ -1,41 +1,18 @@
 """Optimizers for training: parameter groups (weight decay, layer-wise lr decay) and timm's optimizers.
 
-timm's Muon orthogonalises each update with Newton-Schulz iterations in bfloat16, whatever the model's
-precision. On a CPU without native bf16 (AVX2 only, e.g. AMD Zen 3) those matrix products run ~100x slower
-than fp32 (about 1 against 168 GFLOP/s on two Zen 3 cores) and a CIFAR-size step spent most of its time in
-them. `Muon` here runs the iterations in `ns_dtype`, chosen by the training precision: bf16 where the model
-trains in bf16 (CUDA, or a CPU with native bf16), fp32 otherwise.
+Muon's Newton-Schulz iterations run in the training precision: bf16 where the model trains in bf16 (CUDA, or a
+CPU with native bf16), fp32 otherwise (vit/muon.py says why). timm is imported where an optimizer is built, so
+that `import vit.train` (and `train.py --help`) starts without it.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 import torch
-from timm.optim import Muon as TimmMuon
-from timm.optim import muon as timm_muon
 
 if TYPE_CHECKING:
     from .recipes import TrainConfig
-
-
-class Muon(TimmMuon):
-    """timm's Muon (Jordan et al., 2024) with the Newton-Schulz computation dtype as an argument."""
-
-    def __init__(self, params, *, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
-        super().__init__(params, **kwargs)
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        # timm's update functions look the function up in their module at each call: swap it for the step.
-        original = timm_muon.zeropower_via_newtonschulz
-        timm_muon.zeropower_via_newtonschulz = functools.partial(original, dtype=self.ns_dtype)
-        try:
-            return super().step(closure)
-        finally:
-            timm_muon.zeropower_via_newtonschulz = original
 
 
 def newton_schulz_dtype(precision: str) -> torch.dtype:
@@ -101,6 +78,8 @@ def build_optimizer(cfg: TrainConfig, model, device: torch.device, precision: st
     if cfg.opt == "sgd":  # the ViT paper's fine-tuning optimizer; weight decay is coupled (L2) here
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
     if cfg.opt == "muon":
+        from .muon import Muon
+
         return Muon(muon_groups(model, groups), ns_dtype=newton_schulz_dtype(precision), lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95,
                     nesterov=True, adjust_lr_fn="match_rms_adamw", betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.opt_eps, **fused)

@@ -8,6 +8,7 @@ changes from the defaults. Unknown fields are an error, in recipes as on the com
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from .augment import check_policy
@@ -131,6 +132,9 @@ class TrainConfig:
                         ("auto", "fp32", "bf16", "fp16"))
     compile: bool = _f(False, "torch.compile the training step (1.03-1.05x on CPU bf16, less memory than eager; "
                        "30-60 s of compiling, and once more for evaluation)")
+    grad_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass instead of keeping "
+                                  "them (timm's set_grad_checkpointing): a third more compute; a ViT-S/16 fp32 run "
+                                  "at batch 32 peaked at 2.1 instead of 3.3 GiB on a CPU")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default, one per core)")
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
@@ -142,6 +146,9 @@ class TrainConfig:
                            "confusion matrix and attention rollouts at the end) in the run folder; needs tensorboard")
     log_dir: str = _f("", "TensorBoard event files in LOG_DIR/RUN instead, RUN the run folder's name (turns "
                       "--tensorboard on; one LOG_DIR holds many runs)")
+    push_to_hub: str = _f("", "at the end, upload best.safetensors to this Hugging Face hub repo (ORG/NAME, created "
+                          "where missing; HF_TOKEN or `hf auth login`) in timm's layout, which timm and vit load "
+                          "('' = off)")
 
     def __post_init__(self):
         for f in fields(self):  # a config read back from last.ckpt is a file's dict: every field's type first
@@ -195,6 +202,9 @@ class TrainConfig:
             check_policy(self.randaug)
         self._check_finetuning()
         check_dataset(self.dataset)
+        if self.push_to_hub and not re.fullmatch(r"(?:[\w.-]+/)?[\w.-]+", self.push_to_hub, re.ASCII):
+            raise ConfigError(f"--push-to-hub {self.push_to_hub!r}: a hub repo name, ORG/NAME (letters, digits, '-', "
+                              "'_' and '.')")
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir ROOT (an ImageFolder tree)")
 

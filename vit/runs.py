@@ -634,3 +634,7 @@ def _check_augment(settings: dict, path: Path, name: str) -> dict:
                               f"eval_shift >= 0")
     return settings
 
+
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are one folder (both exist)."""
+    return a.exists() and b.exists() and os.path.samefile(a, b)

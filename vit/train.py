@@ -42,7 +42,7 @@ from .builders import (base_lr, build_criterion, build_ema, build_mixup, build_m
                        fit_model_to_data)
 from .distill import DistillationLoss, load_teacher
 from .distributed import Dist, all_reduce_sum, collective, elastic_restart, rank0_value, setup_distributed
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, RankLostError, VitError
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError, RankLostError, VitError
 from .eval_views import black, check_shift, predict_logits
 from .metrics import confusion_matrix
 from .model import to_2tuple
@@ -50,11 +50,11 @@ from .optim import build_optimizer
 from .plan import BudgetPlanner, Plan, climb, eval_pass_s, plan_for, sample_batches, step_work
 from .precision import autocast, compiled_training_settings, keep_freed_cpu_memory, resolve_device, resolve_precision
 from .recipes import DEFAULT_RECIPE, RECIPES, RETIRED_FIELDS, Rung, TrainConfig, flag, get_recipe
-from .registry import get_entry
+from .registry import create_model, get_entry
 from .rng import rng_state, seed_per_rank, seed_shared, torch_settings
 from .stopper import Stopper
 from .runs import Checkpoint, State
-from .weights import check_state_dict
+from .weights import check_state_dict, push_to_hub, save_pretrained
 
 if TYPE_CHECKING:
     from timm.data import Mixup
@@ -174,7 +174,7 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
     stop once a budget's plan is made; `overwrite`: a new run deletes the run files it finds."""
     d, device = setup_distributed(cfg.device)
     out = output or resume or runs.default_folder(recipe)
-    copy_from = resume if resume is not None and not same_folder(out, resume) else None
+    copy_from = resume if resume is not None and not runs.same_folder(out, resume) else None
     lock = board = None
     created = runs.outermost_missing(out)  # removed again if the run is refused before it writes anything
     try:
@@ -488,7 +488,7 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
     if d.is_main:
         if best_model is not None and top1 > st.best_top1:
             st.best_top1 = top1
-            save_best(best_model, tr.out / runs.BEST, tr.inputs.data.classes)
+            save_pretrained(best_model, tr.out / runs.BEST, class_names=tr.inputs.data.classes)
         runs.append_metrics(tr.out / runs.METRICS, row)
         if tr.board is not None:
             tr.board.epoch(row, st.train_s + eval_s, confusion)
@@ -505,7 +505,9 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
         use_plan(tr, st)
     save_last(tr, st)
     if d.is_main and (time.perf_counter() - tr.plotted_at > PLOT_EVERY_S or st.epoch == tr.plan.epochs or stop):
-        plot(tr.out)
+        from .plots import plot_curves  # matplotlib only once a run draws
+
+        plot_curves(tr.out / runs.METRICS, tr.out / runs.CURVES)
         tr.plotted_at = time.perf_counter()
     return stop
 
@@ -558,23 +560,23 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
     if weights is not None:
         tr.say(f"evaluate with: python evaluate.py {tr.out / weights} --dataset {shlex.quote(cfg.dataset)}"
                + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""))
+    if cfg.push_to_hub and tr.dist.is_main:
+        push(tr, st)
     return 0
 
 
-def save_best(model, path: Path, classes: list[str]) -> None:
-    from .weights import save_pretrained
-
-    save_pretrained(model, path, class_names=classes)
-
-
-def plot(out: Path) -> None:
-    from .plots import plot_curves
-
-    plot_curves(out / runs.METRICS, out / runs.CURVES)
-
-
-def same_folder(a: Path, b: Path) -> bool:
-    return a.exists() and b.exists() and os.path.samefile(a, b)
+def push(tr: Training, st: State) -> None:
+    """--push-to-hub: best.safetensors to the hub, in timm's layout, which timm and vit load (vit.weights)."""
+    cfg, best = tr.cfg, tr.out / runs.BEST
+    try:
+        url = push_to_hub(create_model(pretrained=best), cfg.push_to_hub,
+                          commit_message=f"{cfg.model} on {cfg.dataset}: val top-1 {st.best_top1:.2f}%",
+                          description=f"`{cfg.model}` trained on `{cfg.dataset}` by vit's train.py (recipe "
+                                      f"{tr.recipe}): best val top-1 {st.best_top1:.2f}%.")
+    except VitError as e:
+        again = f"python -c \"import vit; vit.push_to_hub(vit.create_model(pretrained='{best}'), '{cfg.push_to_hub}')\""
+        raise OutputError(f"{e}. The run itself finished in {tr.out}; push its weights again with: {again}") from e
+    tr.say(f"pushed {runs.BEST} to hf-hub:{cfg.push_to_hub}: {url}")
 
 
 def on_terminal() -> bool:
@@ -590,7 +592,7 @@ def main(argv=None) -> int:
         ckpt = None
         restarted = elastic_restart(args.output)  # first: a restart of --resume A --output B goes on in B
         resume = restarted or (Path(args.resume) if args.resume else None)
-        in_place = resume is not None and (args.output is None or same_folder(Path(args.output), resume))
+        in_place = resume is not None and (args.output is None or runs.same_folder(Path(args.output), resume))
         if args.overwrite and in_place and restarted is None:
             raise ConfigError(f"--overwrite starts a new run, --resume {resume} continues the one there: give one "
                               "of them (or --output NEW to continue that run in a copy)")

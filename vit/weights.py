@@ -1,13 +1,15 @@
-"""Pretrained weights: every format this package reads, and the one it writes.
+"""Pretrained weights: every format this package reads, and the ones it writes.
 
 One module owns weight formats: reading files (never unpickling), detecting the format from the keys, renaming
-to our (timm's) parameter names, packing q/k/v, Flax kernel transposes, resampling position and patch embeddings,
-adapting the stem to another channel count, checking key sets and shapes, safetensors I/O and hub download. It knows no model names: building a model from a name and some
-weights (name -> config -> model -> weights) is `vit.registry.create_model`'s.
+to our (timm's) parameter names and back to transformers', packing q/k/v, Flax kernel transposes, resampling
+position and patch embeddings, adapting the stem to another channel count, checking key sets and shapes,
+safetensors I/O, hub download and upload. It knows no registered model names: building a model from a name and
+some weights (name -> config -> model -> weights) is `vit.registry.create_model`'s.
 
     model = vit.create_model("vit_base_patch16_224", pretrained="model.safetensors", num_classes=10, img_size=96)
     vit.save_pretrained(model, "best.safetensors", class_names=["cat", "dog", ...])
     model = vit.create_model(pretrained="best.safetensors")  # config, preprocessing, class names from the file
+    vit.save_pretrained(model, "for-transformers", format="transformers")  # or "timm": a folder each loads
 """
 
 from __future__ import annotations
@@ -90,12 +92,16 @@ class PretrainedInfo:
     model_args: dict | None = None
 
 
+SAVE_FORMATS = ("vit", "timm", "transformers")
+
+
 def save_pretrained(
     model: VisionTransformer,
     path: str | os.PathLike,
     *,
     class_names: list[str] | None = None,
     preprocess: Preprocess | None = None,
+    format: str = "vit",
 ) -> Path:
     """Write the model's weights as safetensors, with its config, preprocessing and class names as metadata.
 
@@ -103,11 +109,23 @@ def save_pretrained(
     saved with them merged into the weights they adapt. The write is atomic: a temporary
     file in the same folder is fsynced and renamed over `path`, so a crash never leaves a half-written file.
     class_names / preprocess default to the model's own attributes.
+
+    format "timm" or "transformers" writes a folder at `path` instead, laid out as that library's hub repos are,
+    which it loads offline; `create_model(pretrained=path)` reads both. Returns the file or folder written.
+      timm: model.safetensors (timm's names are ours; this package's metadata in it too) and config.json
+        (architecture, model_args, pretrained_cfg with the preprocessing, label_names):
+        `timm.create_model("local-dir:PATH", pretrained=True)`, or `timm.create_model(NAME, pretrained=True,
+        pretrained_cfg_overlay=dict(file="PATH/model.safetensors"))` with NAME's arguments.
+      transformers: `ViTForImageClassification`'s config.json and model.safetensors (its names, q/k/v apart) and
+        `ViTImageProcessor`'s preprocessor_config.json (it resizes to the input size: no crop):
+        `ViTForImageClassification.from_pretrained(PATH)`.
     """
     from safetensors.torch import save as safetensors_bytes
 
     from .finetune import has_lora, merge_lora
 
+    if format not in SAVE_FORMATS:
+        raise ConfigError(f"format {format!r}: one of {', '.join(SAVE_FORMATS)}")
     path = Path(path)
     if has_lora(model):  # LoRA adapters (vit.finetune) merged into plain weights: the file loads without peft
         model = merge_lora(model)
@@ -128,14 +146,100 @@ def save_pretrained(
         metadata["class_names"] = json.dumps([str(c) for c in class_names])
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot write weights to {path}: {e.strerror or e}") from e
     # Serialised in memory, then written by the one atomic writer: a full disk is an OutputError naming the
     # file (safetensors' own writer reports it as a SafetensorError), and no torn file is left.
-    atomic_write(path, lambda f: f.write(safetensors_bytes(tensors, metadata=metadata)))
+    if format == "vit":
+        files = {path: safetensors_bytes(tensors, metadata=metadata)}
+    elif format == "timm":
+        files = {path / "model.safetensors": safetensors_bytes(tensors, metadata=metadata),
+                 path / "config.json": _json_bytes(timm_config(model.config, preprocess, class_names))}
+    else:
+        files = {path / "config.json": _json_bytes(transformers_config(model.config, class_names)),  # checks first
+                 path / "model.safetensors": safetensors_bytes(to_transformers_state_dict(tensors))}
+        if preprocess is not None:
+            files[path / "preprocessor_config.json"] = _json_bytes(transformers_preprocessor_config(preprocess))
+    try:
+        (path if format != "vit" else path.parent).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write weights to {path}: {e.strerror or e}") from e
+    for file, data in files.items():
+        atomic_write(file, lambda f, data=data: f.write(data))
     return path
+
+
+def _json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+# timm's VisionTransformer takes these ViTConfig fields as they are (its model_args); the rest it cannot take
+# (norm_eps, pos_embed "sincos") or are training settings (dropout rates).
+TIMM_MODEL_ARGS = ("img_size", "patch_size", "in_chans", "global_pool", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                   "qkv_bias", "qk_norm", "init_values", "class_token", "reg_tokens", "no_embed_class", "fc_norm",
+                   "dynamic_img_size")
+# The architecture a timm config.json names: any of timm's ViTs would do, as model_args spell out every field.
+TIMM_ARCHITECTURES = {False: "vit_base_patch16_224", True: "deit_base_distilled_patch16_224"}
+
+
+def timm_config(config: ViTConfig, preprocess: Preprocess | None, class_names: list[str] | None) -> dict:
+    """timm's hub config.json for `config`: what timm's "local-dir:PATH" and "hf-hub:REPO" model names read."""
+    unsupported = [f"{name}={getattr(config, name)!r}" for name, plain in (("norm_eps", 1e-6), ("pos_embed", "learn"))
+                   if getattr(config, name) != plain]
+    if unsupported:
+        raise ConfigError(f"timm's VisionTransformer cannot be built with {', '.join(unsupported)}")
+    distilled = isinstance(config, DeiTConfig)
+    C, (H, W) = config.in_chans, to_2tuple(config.img_size)
+    pretrained_cfg = dict(input_size=[C, H, W], num_classes=config.num_classes, first_conv="patch_embed.proj",
+                          classifier=["head", "head_dist"] if distilled else "head",
+                          fixed_input_size=not config.dynamic_img_size)
+    if preprocess is not None:
+        pretrained_cfg.update(mean=list(preprocess.mean), std=list(preprocess.std),
+                              interpolation=preprocess.interpolation, crop_pct=preprocess.crop_pct, crop_mode="center")
+    out = dict(architecture=TIMM_ARCHITECTURES[distilled], num_classes=config.num_classes,
+               num_features=config.embed_dim, global_pool=config.global_pool,
+               model_args={name: getattr(config, name) for name in TIMM_MODEL_ARGS}, pretrained_cfg=pretrained_cfg)
+    if class_names is not None:
+        out["label_names"] = [str(c) for c in class_names]
+    return out
+
+
+def transformers_config(config: ViTConfig, class_names: list[str] | None) -> dict:
+    """transformers' config.json of a `ViTForImageClassification` with `config`'s architecture. It reads the
+    [CLS] token after the final norm through a linear head, with a learned position table over [CLS] and the
+    patches, in plain pre-norm blocks: any other config is a ConfigError naming what differs."""
+    differs = {"distilled": isinstance(config, DeiTConfig), "num_classes": config.num_classes == 0,
+               "global_pool": config.global_pool != "token",
+               "fc_norm": config.fc_norm or (config.fc_norm is None and config.global_pool == "avg"),
+               "class_token": not config.class_token, "reg_tokens": config.reg_tokens != 0,
+               "no_embed_class": config.no_embed_class, "pos_embed": config.pos_embed != "learn",
+               "qk_norm": config.qk_norm, "init_values": bool(config.init_values)}
+    unsupported = [f"{name}={getattr(config, name, True)!r}" for name, differ in differs.items() if differ]
+    if unsupported:
+        raise ConfigError(f"transformers' ViTForImageClassification cannot express {', '.join(unsupported)}")
+    H, W = to_2tuple(config.img_size)
+    names = [str(c) for c in class_names] if class_names is not None else \
+        [f"LABEL_{i}" for i in range(config.num_classes)]  # transformers' own default labels
+    return {
+        "architectures": ["ViTForImageClassification"], "model_type": "vit",
+        "hidden_size": config.embed_dim, "num_hidden_layers": config.depth, "num_attention_heads": config.num_heads,
+        "intermediate_size": int(config.embed_dim * config.mlp_ratio), "hidden_act": "gelu",
+        "layer_norm_eps": config.norm_eps, "qkv_bias": config.qkv_bias,
+        "image_size": H if H == W else [H, W], "patch_size": config.patch_size, "num_channels": config.in_chans,
+        "encoder_stride": config.patch_size, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        "id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)},
+    }
+
+
+# PIL's resampling filter codes (PIL.Image.Resampling), as transformers' image processors store them.
+PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def transformers_preprocessor_config(preprocess: Preprocess) -> dict:
+    """transformers' `ViTImageProcessor` for `preprocess`: resize to the input size, scale to [0, 1], normalise.
+    It has no crop: an image is resized whole where our evaluation crops crop_pct of it."""
+    _, H, W = preprocess.input_size
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": H, "width": W},
+            "resample": PIL_RESAMPLE[preprocess.interpolation], "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": list(preprocess.mean), "image_std": list(preprocess.std)}
 
 
 def _info_from_strings(meta: Mapping[str, object], source: Path) -> PretrainedInfo:
@@ -420,6 +524,19 @@ def _pack_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _unpack_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our fused `blocks.{i}.attn.qkv.*` as separate `attn.{q,k,v}.*`: `_pack_qkv` undone."""
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"(blocks\.\d+\.attn\.)qkv\.(weight|bias)", key)
+        if m is None:
+            out[key] = value
+        else:
+            for name, part in zip("qkv", value.chunk(3, dim=0)):  # rows q;k;v
+                out[f"{m.group(1)}{name}.{m.group(2)}"] = part.contiguous()
+    return out
+
+
 # torchvision.models.VisionTransformer: in_proj is already packed q;k;v like ours. Old torchvision files
 # name the MLP linears linear_1/linear_2 instead of 0/3.
 TORCHVISION_RULES = [
@@ -436,32 +553,55 @@ TORCHVISION_RULES = [
     (r"^heads\.head\.", "head."),
 ]
 
-# transformers ViT and DeiT, after the optional "vit." / "deit." prefix is removed. Hub files use the v4 names
-# (encoder.layer.{i}.attention.attention.query ...); transformers 5 names modules layers.{i}.attention.q_proj
-# in memory (and renames on load). The pooler (tanh dense) and mask token are not used for classification.
+# transformers ViT and DeiT names as hub files hold them (v4, after the "vit." / "deit." prefix) beside ours;
+# "{i}" is a block index, and a name ending in "." names a module's weight and bias. The reader renames by these
+# pairs (TRANSFORMERS_RULES); the writer (`to_transformers_state_dict`) by the first pair for each of our names.
 # DeiTForImageClassificationWithTeacher's two heads are cls_classifier and distillation_classifier.
-TRANSFORMERS_RULES = [
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.distillation_token$", "dist_token"),
-    (r"^cls_classifier\.", "head."),
-    (r"^distillation_classifier\.", "head_dist."),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^embeddings\.mask_token$", None),
-    (r"^pooler\.", None),
-    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"blocks.\1.attn.q."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"blocks.\1.attn.k."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"blocks.\1.attn.v."),
-    (r"^layers\.(\d+)\.attention\.([qkv])_proj\.", r"blocks.\1.attn.\2."),
-    (r"^(?:encoder\.layer\.(\d+)\.attention\.output\.dense|layers\.(\d+)\.attention\.o_proj)\.",
-     r"blocks.\1\2.attn.proj."),
-    (r"^(?:encoder\.layer\.(\d+)\.intermediate\.dense|layers\.(\d+)\.mlp\.fc1)\.", r"blocks.\1\2.mlp.fc1."),
-    (r"^(?:encoder\.layer\.(\d+)\.output\.dense|layers\.(\d+)\.mlp\.fc2)\.", r"blocks.\1\2.mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head."),
+TRANSFORMERS_NAMES = [
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.distillation_token", "dist_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("encoder.layer.{i}.layernorm_before.", "blocks.{i}.norm1."),
+    ("encoder.layer.{i}.attention.attention.query.", "blocks.{i}.attn.q."),
+    ("encoder.layer.{i}.attention.attention.key.", "blocks.{i}.attn.k."),
+    ("encoder.layer.{i}.attention.attention.value.", "blocks.{i}.attn.v."),
+    ("encoder.layer.{i}.attention.output.dense.", "blocks.{i}.attn.proj."),
+    ("encoder.layer.{i}.layernorm_after.", "blocks.{i}.norm2."),
+    ("encoder.layer.{i}.intermediate.dense.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layer.{i}.output.dense.", "blocks.{i}.mlp.fc2."),
+    ("layernorm.", "norm."),
+    ("classifier.", "head."),
+    ("cls_classifier.", "head."),
+    ("distillation_classifier.", "head_dist."),
 ]
+# transformers 5 names the block's modules otherwise in memory (and renames on load): read, never written.
+TRANSFORMERS_5_NAMES = [
+    ("layers.{i}.layernorm_before.", "blocks.{i}.norm1."),
+    ("layers.{i}.attention.q_proj.", "blocks.{i}.attn.q."),
+    ("layers.{i}.attention.k_proj.", "blocks.{i}.attn.k."),
+    ("layers.{i}.attention.v_proj.", "blocks.{i}.attn.v."),
+    ("layers.{i}.attention.o_proj.", "blocks.{i}.attn.proj."),
+    ("layers.{i}.layernorm_after.", "blocks.{i}.norm2."),
+    ("layers.{i}.mlp.fc1.", "blocks.{i}.mlp.fc1."),
+    ("layers.{i}.mlp.fc2.", "blocks.{i}.mlp.fc2."),
+]
+# The pooler (tanh dense) and the mask token are not used for classification.
+TRANSFORMERS_UNUSED = ["embeddings.mask_token", "pooler."]
+
+
+def _name_rule(source: str, target: str | None) -> tuple[str, str | None]:
+    """A `_rename` rule from a pair of names as TRANSFORMERS_NAMES writes them: "{i}" a block index, a trailing
+    "." a prefix (the module's weight and bias), any other name whole."""
+    pattern = "^" + r"(\d+)".join(map(re.escape, source.split("{i}"))) + ("" if source.endswith(".") else "$")
+    return pattern, None if target is None else target.replace("{i}", r"\1")
+
+
+TRANSFORMERS_RULES = ([_name_rule(theirs, ours) for theirs, ours in TRANSFORMERS_NAMES + TRANSFORMERS_5_NAMES]
+                      + [_name_rule(theirs, None) for theirs in TRANSFORMERS_UNUSED])
+# Ours -> transformers': the first pair for each of our names, so the plain classifier's "classifier." for "head.".
+TRANSFORMERS_WRITE_RULES = [_name_rule(ours, theirs) for ours, theirs in
+                            {ours: theirs for theirs, ours in reversed(TRANSFORMERS_NAMES)}.items()]
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -557,6 +697,17 @@ def to_vit_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
         state = _strip_prefix(_strip_prefix(state, "vit."), "deit.")
         return _pack_qkv(_rename(state, TRANSFORMERS_RULES))
     return convert_jax(state)
+
+
+def to_transformers_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our names -> transformers' `ViTForImageClassification` (its hub names): the reader's renaming undone, q/k/v
+    apart, "vit." before all but the classifier. A name the table does not know is a ConfigError."""
+    state = _unpack_qkv(dict(state))
+    unknown = [k for k in state if not any(re.match(pattern, k) for pattern, _ in TRANSFORMERS_WRITE_RULES)]
+    if unknown:
+        raise ConfigError(f"transformers' ViT has no place for {_summary(unknown)}")
+    renamed = _rename(state, TRANSFORMERS_WRITE_RULES)
+    return {(k if k.startswith("classifier.") else "vit." + k): v for k, v in renamed.items()}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -740,6 +891,34 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
     raise CheckpointError(f"hf-hub:{repo_id} has none of {', '.join(HUB_WEIGHT_FILES)}{offline}")
 
 
+def push_to_hub(model: VisionTransformer, repo_id: str, *, format: str = "timm", commit_message: str = "Upload weights",
+                description: str = "", private: bool = False, token: str | None = None) -> str:
+    """Upload `model` to the Hugging Face hub repo `repo_id` (created where missing) as `save_pretrained`'s
+    "timm" or "transformers" folder, with a model card (README.md: `description`, then how to load it). timm's
+    layout, the default, is read by timm (`timm.create_model("hf-hub:REPO", pretrained=True)`) and by this package
+    (`create_model(pretrained="hf-hub:REPO")`). Through huggingface_hub's `HfApi`, with its token (`token`, else
+    HF_TOKEN or `hf auth login`). Returns the commit's URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    loads = {"timm": f'timm.create_model("hf-hub:{repo_id}", pretrained=True)',
+             "transformers": f'transformers.ViTForImageClassification.from_pretrained("{repo_id}")'}
+    if format not in loads:
+        raise ConfigError(f"push_to_hub format {format!r}: one of {', '.join(loads)} (a hub repo is a folder)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(model, Path(tmp) / "upload", format=format)
+        (folder / "README.md").write_text(f"---\nlibrary_name: {format}\ntags: [image-classification, vit]\n---\n\n"
+                                          f"# {repo_id}\n\n{description}\n\n```python\nmodel = {loads[format]}\n```\n")
+        api = HfApi(token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        except Exception as e:  # the hub's answer (no token, no access, a bad name) or none at all (offline)
+            raise OutputError(f"cannot push to hf-hub:{repo_id}: {type(e).__name__}: {e}") from e
+    return str(getattr(commit, "commit_url", commit))
+
+
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HUB_SIDECAR_FILES = ("config.json", "preprocessor_config.json")  # timm's / transformers' metadata
 
@@ -834,7 +1013,7 @@ def _info_from_preprocessor_config(path: Path) -> PretrainedInfo:
         return PretrainedInfo()
     size = cfg["size"]
     H, W = (size["height"], size["width"]) if isinstance(size, dict) else to_2tuple(size)
-    resample = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(cfg.get("resample"), "bilinear")  # PIL codes
+    resample = {code: name for name, code in PIL_RESAMPLE.items()}.get(cfg.get("resample"), "bilinear")
     mean = cfg["image_mean"]
     return PretrainedInfo(preprocess=Preprocess((len(mean), H, W), mean, cfg["image_std"], resample, 1.0))
 
