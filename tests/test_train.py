@@ -790,8 +790,8 @@ def test_flag_values_a_run_cannot_use_name_the_flag(capsys, tmp_path):
                                ("--min-lr", "-0.001", "--min-lr must be >= 0, got -0.001"),
                                ("--val-size", "-1", "--val-size must be >= 0, got -1.0"),
                                ("--val-size", "inf", "--val-size must be a finite number, got inf"),
-                               ("--freeze", "²", "--freeze '²': 'backbone' or a number of blocks >= 1"),
-                               ("--freeze", "9" * 5000, "'backbone' or a number of blocks >= 1")]:
+                               ("--freeze", "²", "--freeze '²': give 'backbone' (the head alone trains) or a block count from 1"),
+                               ("--freeze", "9" * 5000, "give 'backbone' (the head alone trains) or a block count from 1")]:
         assert match in train_fails(capsys, flag, value, "--output", tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

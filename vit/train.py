@@ -304,7 +304,7 @@ def restore(tr: Training, ckpt: Checkpoint | None, copy_from: Path | None = None
 def summary(tr: Training) -> str:
     cfg, data = tr.cfg, tr.inputs.data
     n_params, trainable = sum(p.numel() for p in tr.model.parameters()), finetune.trainable_parameters(tr.model)
-    if not tr.plan.planned:
+    if isinstance(tr.plan, BudgetPlanner) and not tr.plan.planned:
         length = (f"a budget of {budgets.duration(tr.plan.budget.budget_s)} (steps planned after timing the first "
                   f"{budgets.PROBE_SKIP + budgets.PROBE_STEPS}), {tr.plan.steps_per_epoch} steps of {cfg.batch_size} "
                   "an epoch")
