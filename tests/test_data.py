@@ -370,3 +370,36 @@ def test_evaluation_resizes_an_image_of_extreme_aspect_without_blowing_it_up():
     untouched = transforms.file_transforms(pre, train=False)
     untouched.transforms.pop(0)
     torch.testing.assert_close(tf(stripe), untouched(stripe), atol=0.02, rtol=0)
+
+
+def test_an_idx_file_is_read_no_further_than_its_header_says(tmp_path):
+    """A gzipped IDX file that inflates far past its header's shape (a decompression bomb) is refused after
+    shape + 1 bytes are read; a header claiming more than an IDX file may hold is refused before any are."""
+    import gzip
+    import resource
+    import struct
+
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb") as f:
+        f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, 10, 2, 2))
+        for _ in range(64):
+            f.write(bytes(2**24))  # 1 GiB of zeros inflated, ~1 MB on disk
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match="header says shape \\(10, 2, 2\\) but the file holds more than 40 bytes"):
+        data.read_idx(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing inflated whole
+    huge = tmp_path / "huge-idx1-ubyte"
+    huge.write_bytes(struct.pack(">BBBBII", 0, 0, 8, 2, 2**16, 2**16 + 1))
+    with pytest.raises(DataError, match="more than an IDX file here may hold"):
+        data.read_idx(huge)
+
+
+def test_a_cifar_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    """torchvision opens CIFAR's batch files itself: a FIFO among them is refused before it would wait."""
+    import os
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    os.mkfifo(folder / "data_batch_1")
+    with pytest.raises(DataError, match="data_batch_1 is not a regular file"):
+        data.cifar_split("cifar10", tmp_path, "train", download=False)

@@ -137,22 +137,31 @@ def digits_split(split: str = "train") -> TensorData:
     return TensorData(images[idx], labels[idx], [str(i) for i in range(10)])
 
 
+IDX_MAX_BYTES = 2**32  # an IDX array's size as its header states it, before anything past the header is read
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format), gzipped or not: big-endian header, then the array."""
+    """An IDX file (LeCun's MNIST format), gzipped or not: big-endian header, then the array. The header's shape
+    bounds what is read, so a gzip that inflates past it (a decompression bomb) stops there."""
     path = Path(path)
     try:
         with open_regular_file(path) as raw, (gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw) as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+            dims = f.read(4 * head[3])
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(head[3]))
+            if len(dims) < 4 * head[3] or math.prod(shape) > IDX_MAX_BYTES:
+                raise DataError(f"{path}: its header states shape {shape}, more than an IDX file here may hold "
+                                f"({IDX_MAX_BYTES} bytes)")
+            data = f.read(math.prod(shape) + 1)
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read IDX file {path}: {e}") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != math.prod(shape):
-        raise DataError(f"{path}: header says shape {shape} but the file holds {len(data) - offset} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+    if len(data) != math.prod(shape):
+        raise DataError(f"{path}: header says shape {shape} but the file holds "
+                        f"{'more than ' if len(data) > math.prod(shape) else ''}{min(len(data), math.prod(shape))} "
+                        "bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -188,6 +197,10 @@ def cifar_split(name: str, root: str | Path, split: str, *, download: bool) -> T
 
     _check_split(split)
     cls = CIFAR10 if name == "cifar10" else CIFAR100
+    names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    for path in [Path(root) / cls.filename] + [Path(root) / cls.base_folder / n for n in names]:
+        if path.exists() and not path.is_file():  # torchvision would open a FIFO and wait
+            raise DataError(f"{path} is not a regular file (a FIFO, device or folder is not read)")
     try:
         with network_timeout(DOWNLOAD_TIMEOUT_S):
             ds = cls(str(root), train=split == "train", download=download)
