@@ -237,7 +237,7 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-# Fields that last.ckpt files of earlier versions may hold and that no longer change a run: dropped when read.
+# Fields a last.ckpt's saved config may hold that no longer change a run: dropped when it is read.
 RETIRED_FIELDS = ("small_model", "model_min_epochs")
 
 
