@@ -171,14 +171,19 @@ class Budget:
             self.total_steps = max(min(self.total_steps, self.max_steps), done + 1)
         return self.total_steps
 
+    def projected_s(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
+                    every: int = 1, work: Work = equal_steps) -> float:
+        """Seconds of the budget used when the plan's steps and evaluations have run, at these costs."""
+        return used_s + work(done, self.total_steps, self.total_steps) * step_s + \
+            evaluations_between(done, self.total_steps, steps_per_epoch, every) * eval_s
+
     def replan(self, used_s: float, done: int, step_s: float, eval_s: float, steps_per_epoch: int,
                every: int = 1, late_only: bool = False, work: Work = equal_steps) -> str | None:
         """At an epoch boundary: re-plan if the run would end past its budget or well before it; mid-epoch
         (`late_only`): only if past it.
 
         Returns a line saying what changed, or None if the plan holds."""
-        projected = used_s + work(done, self.total_steps, self.total_steps) * step_s + \
-            evaluations_between(done, self.total_steps, steps_per_epoch, every) * eval_s
+        projected = self.projected_s(used_s, done, step_s, eval_s, steps_per_epoch, every, work)
         slack = SLACK * max(projected - used_s, 0.0)
         early = self.early_s() - slack if not late_only else 0.0
         if early <= projected <= self.budget_s + slack or done >= self.total_steps:

@@ -241,9 +241,14 @@ class BudgetPlanner(Plan):
             ("random crops" + (" or moved test views" if shift != cfg.eval_shift else ""), "augment-min-epochs",
              cfg.augment_min_epochs, self.augment["crop_pad"] != cfg.crop_pad),
             ("flips", "hflip-min-epochs", cfg.hflip_min_epochs, self.augment["hflip"] != cfg.hflip)) if off)
-        self.say(f"budget: {per_step * 1e3:.0f} ms a step and ~{self.budget.eval_s:.1f} s an evaluation here: "
-                 f"{total} steps ({total / self.steps_per_epoch:.1f} epochs) fit in "
-                 f"{budgets.duration(self.budget.budget_s)}{cropping}")
+        b, epochs = self.budget, total / self.steps_per_epoch
+        fit = f" fit in {budgets.duration(b.budget_s)}"
+        if total == b.max_steps:  # the ceiling: the rung's longest schedule ends before the budget does
+            end = b.projected_s(self.used_s(), step, per_step, b.eval_s, self.steps_per_epoch, self.every, self.work)
+            fit = (f", {cfg.model}'s longest schedule, end at ~{budgets.duration(end)} of "
+                   f"{budgets.duration(b.budget_s)}")
+        self.say(f"budget: {per_step * 1e3:.0f} ms a step and ~{b.eval_s:.1f} s an evaluation here: "
+                 f"{total} steps ({epochs:.1f} epochs){fit}{cropping}")
         return True
 
     def _plan(self, step: int, per_step: float, eval_s: float) -> int:
