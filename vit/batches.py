@@ -5,6 +5,7 @@ running timm's transforms on images read from disk. Batch order and augmentation
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -103,6 +104,16 @@ MEMORY_ONLY = ("crop_pad", "augment_min_epochs", "hflip_min_epochs", "repeat_aug
 LOADER_ONLY = ("workers",)
 
 
+def loader_workers(workers: int, d: Dist) -> int:
+    """--workers, or for -1: the CPUs this process may use, shared among the ranks on this machine, less one for
+    the rank's own loop (which waits on the device or computes the step itself on a CPU), at least 1, at most 8."""
+    if workers >= 0:
+        return workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
+    return max(1, min(8, cpus // ranks_here - 1))
+
+
 def build_inputs(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, device: torch.device,
                  given: frozenset = frozenset()) -> Inputs:
     normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=tuple(pre.input_size[1:]),
@@ -125,13 +136,13 @@ def build_inputs(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, devic
             erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
         randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
         return Inputs(splits, normalize, erase, randaug, cfg=cfg, dist=d, device=device)
-    pin, local = device.type == "cuda", cfg.batch_size // d.world
+    pin, local, workers = device.type == "cuda", cfg.batch_size // d.world, loader_workers(cfg.workers, d)
     train_transform = transforms.file_transforms(pre, True, hflip=cfg.hflip, randaug=cfg.randaug, reprob=cfg.reprob)
     train_loader, sampler = data.train_loader(splits.train, train_transform, channels=splits.channels,
                                               on_corrupt=cfg.on_corrupt, batch_size=cfg.batch_size,
-                                              workers=cfg.workers, seed=cfg.seed, rank=d.rank, world=d.world,
+                                              workers=workers, seed=cfg.seed, rank=d.rank, world=d.world,
                                               pin_memory=pin)
     val_loader = data.eval_loader(splits.val, transforms.file_transforms(pre, False), channels=splits.channels,
-                                  on_corrupt=cfg.on_corrupt, batch_size=local, workers=cfg.workers, rank=d.rank,
+                                  on_corrupt=cfg.on_corrupt, batch_size=local, workers=workers, rank=d.rank,
                                   world=d.world, pin_memory=pin)
     return Inputs(splits, normalize, None, None, train_loader, sampler, val_loader, cfg, d, device)

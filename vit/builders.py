@@ -58,6 +58,40 @@ def fit_model_to_data(cfg: TrainConfig, recipe: str, given: Collection[str]) -> 
     return TrainConfig.from_dict({**cfg.to_dict(), "model": fits[0]}), line
 
 
+def fit_to_device(cfg: TrainConfig, on_cuda: dict, given: Collection[str], device_type: str) -> tuple[TrainConfig, str | None]:
+    """A new run on a CUDA device takes the recipe's `on_cuda` fields (a larger batch: a small ViT's step at a CPU's
+    batch leaves a GPU idle) and compiles its training step (`torch.compile`: kernels fused for the GPU; on a CPU
+    it measured 1.03-1.05x, less than its minute of compiling gives back in a short run, so it stays opt-in there).
+    Fields given on the command line win; a token count that changes along the run (--patch-drop-end) compiles
+    again at every count, so it keeps eager. Returns the config and the line that says what changed, if any."""
+    if device_type != "cuda":
+        return cfg, None
+    changes = {k: v for k, v in on_cuda.items() if k not in given and getattr(cfg, k) != v}
+    if "compile" not in given and not cfg.compile and cfg.patch_drop_end < 0:
+        changes["compile"] = True
+    if not changes:
+        return cfg, None
+    said = ", ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
+                     for k, v in changes.items())
+    return (TrainConfig.from_dict({**cfg.to_dict(), **changes}),
+            f"cuda: {said} (a GPU's settings; give the flag to choose another)")
+
+
+def scale_lr(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """The learning rate at the run's batch from --lr at --lr-base-size's: lr x (batch / base) for SGD (Goyal et
+    al. 2017), lr x sqrt(batch / base) for Adam-style optimizers, AdamW and Muon (Malladi et al. 2022; timm's
+    train.py picks the same way). The config returned holds the scaled lr and no base, so a resumed run does
+    not scale it again."""
+    if not cfg.lr_base_size or cfg.lr_base_size == cfg.batch_size:
+        return (cfg if not cfg.lr_base_size else TrainConfig.from_dict({**cfg.to_dict(), "lr_base_size": 0})), None
+    rule = cfg.lr_base_scale or ("linear" if cfg.opt == "sgd" else "sqrt")
+    ratio = cfg.batch_size / cfg.lr_base_size
+    lr = cfg.lr * (ratio if rule == "linear" else ratio ** 0.5)
+    line = (f"lr: {lr:.3g} at batch {cfg.batch_size}, from --lr {cfg.lr:g} at --lr-base-size {cfg.lr_base_size} "
+            f"({rule} rule)")
+    return TrainConfig.from_dict({**cfg.to_dict(), "lr": lr, "lr_base_size": 0}), line
+
+
 def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
     entry = get_entry(cfg.model)
     overrides = dict(num_classes=cfg.num_classes or num_classes)

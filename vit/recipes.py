@@ -72,7 +72,8 @@ class TrainConfig:
                         ("auto", "memory", "loader"))
     on_corrupt: str = _f("skip", "unreadable images: skip them (counted in the log) or stop with an error",
                          ("skip", "error"))
-    workers: int = _f(4, "DataLoader worker processes (loader mode)")
+    workers: int = _f(-1, "DataLoader worker processes per rank (loader mode; -1 = the CPUs this process may use, "
+                      "shared among the ranks on this machine, less one for the training loop, at most 8)")
     # ---- augmentation
     crop_pad: int = _f(1, "random-crop padding in pixels (memory mode; 0 = off)")
     augment_min_epochs: float = _f(0.0, "random crops only in a run of at least this many epochs (a short run "
@@ -113,7 +114,11 @@ class TrainConfig:
     opt: str = _f("adamw", "optimizer: AdamW; SGD with momentum (the ViT paper's fine-tuning); Muon for the "
                   "network's weight matrices with AdamW for the rest (timm's, lr matched to AdamW's)",
                   ("adamw", "sgd", "muon"))
-    lr: float = _f(2e-3, "peak learning rate")
+    lr: float = _f(2e-3, "peak learning rate (at --lr-base-size's batch where that is given)")
+    lr_base_size: int = _f(0, "the global batch --lr is meant for: a run at another --batch-size scales the lr by "
+                           "--lr-base-scale (timm's rule; 0 = --lr as given)")
+    lr_base_scale: str = _f("", "how the lr follows the batch: sqrt (Adam-style optimizers: AdamW, Muon) or linear "
+                            "(SGD), '' = by --opt", ("", "sqrt", "linear"))
     min_lr: float = _f(1e-5, "learning rate at the end of the schedule")
     sched: str = _f("cosine", "decay after the warm-up: cosine, or linear to --min-lr (timm's schedulers)",
                     ("cosine", "linear"))
@@ -131,7 +136,8 @@ class TrainConfig:
     precision: str = _f("auto", "auto picks the fastest safe precision for device and model width",
                         ("auto", "fp32", "bf16", "fp16"))
     compile: bool = _f(False, "torch.compile the training step (1.03-1.05x on CPU bf16, less memory than eager; "
-                       "30-60 s of compiling, and once more for evaluation)")
+                       "30-60 s of compiling, and once more for evaluation); a new run on CUDA compiles unless "
+                       "given --no-compile, where the token count stays fixed")
     grad_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass instead of keeping "
                                   "them (timm's set_grad_checkpointing): a third more compute; a ViT-S/16 fp32 run "
                                   "at batch 32 peaked at 2.1 instead of 3.3 GiB on a CPU")
@@ -172,7 +178,7 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("lora_rank", "lora_alpha", "lr", "warmup_lr", "min_lr", "val_size", "warmup_epochs",
                      "augment_min_epochs", "hflip_min_epochs", "weight_decay", "clip_grad", "mixup",
-                     "cutmix", "crop_pad", "eval_shift", "opt_eps", "max_steps", "save_every", "workers", "threads",
+                     "cutmix", "crop_pad", "eval_shift", "opt_eps", "max_steps", "save_every", "threads", "lr_base_size",
                      "img_size", "num_classes", "seed", "split_seed", "steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -183,6 +189,8 @@ class TrainConfig:
         for name in ("seed", "split_seed"):  # torch's generators take 64-bit seeds
             if getattr(self, name) >= 2**63:
                 raise ConfigError(f"--{flag(name)} must be below 2**63, got {getattr(self, name)}")
+        if self.workers < -1:
+            raise ConfigError(f"--workers must be >= 0, or -1 for as many as the CPUs allow, got {self.workers}")
         if self.threads > 4096:
             raise ConfigError(f"--threads {self.threads}: at most 4096 (this machine has {os.cpu_count()} CPUs)")
         if self.repeat_aug > self.batch_size:
@@ -260,6 +268,9 @@ class Recipe:
     overrides: dict
     # A budgeted run's models, smallest first: it trains the largest whose min_epochs fit (vit/plan.py choose_rung)
     ladder: tuple[Rung, ...] = ()
+    # Fields a new run on a CUDA device takes unless given on the command line (a GPU's larger batch; with
+    # lr_base_size set, the lr follows it by the recipe's rule: vit/builders.py scale_lr)
+    on_cuda: dict = field(default_factory=dict)
 
     def config(self, **more) -> TrainConfig:
         return TrainConfig.from_dict({**self.overrides, **more})
@@ -306,14 +317,15 @@ RECIPES = {r.name: r for r in [
         # epochs crops and flips cost an underfitting model 1.6, so both only from 12 planned epochs. Warm-up 0.3
         # epoch and an evaluation every 3rd epoch: a 3-7 epoch run spends its steps training (+0.2 points against
         # 1 epoch and every epoch). Every run behind these figures: benchmarks/LOG.md.
-        dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon", lr=2e-3,
-             min_lr=0.0, warmup_epochs=0.3, eval_every=3, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
+        dict(model="vit_micro_patch7_28", dataset="fashion-mnist", epochs=19, budget="15m", batch_size=256, opt="muon",
+             lr=2e-3, lr_base_size=256, min_lr=0.0, warmup_epochs=0.3, eval_every=3, weight_decay=0.05, label_smoothing=0.1, crop_pad=2,
              augment_min_epochs=12, hflip=0.5, hflip_min_epochs=12),
         # micro from 12 epochs (measured: slim at twice the epochs is ~0.6 points better where micro fits 3-4);
         # micro's 19-epoch schedule is measured, 40 is a guess; tiny (192x12, patch 4, 49 tokens) from 40 epochs
         # and up to 100 follows Lee et al. 2021's 100-epoch small-ViT schedules, with their stochastic depth 0.1.
         ladder=(Rung("vit_slim_patch7_28", 0, 30), Rung("vit_micro_patch7_28", 12, 40),
                 Rung("vit_tiny_patch4_28", 40, 100, dict(drop_path=0.1, patch_drop=0.5))),
+        on_cuda=dict(batch_size=1024),  # lr x2 by the square-root rule; not yet run on a GPU
     ),
     Recipe(
         "cifar10",
@@ -341,7 +353,7 @@ RECIPES = {r.name: r for r in [
         # scores on two. No EMA: its second evaluation an epoch cost a sixth of an fp32 hour for +0.06 points. No
         # Mixup/CutMix. Every run behind these figures: benchmarks/LOG.md.
         dict(model="vit_micro_patch4_32", dataset="cifar10", epochs=25, budget="1h", batch_size=128, opt="muon",
-             lr=2e-3, min_lr=0.0, warmup_epochs=0.5, eval_every=8, eval_hflip=True, eval_shift=1, weight_decay=0.05,
+             lr=2e-3, lr_base_size=128, min_lr=0.0, warmup_epochs=0.5, eval_every=8, eval_hflip=True, eval_shift=1, weight_decay=0.05,
              label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5),
         # slim and micro as measured: micro from 12 epochs, and its 25-epoch schedule (44 overfit from epoch ~26).
         # mini (192 wide, 9 deep: Lee et al. 2021, 93.6% in 100 epochs with Mixup/CutMix and stochastic depth 0.1)
@@ -350,6 +362,8 @@ RECIPES = {r.name: r for r in [
         ladder=(Rung("vit_slim_patch4_32", 0, 30), Rung("vit_micro_patch4_32", 12, 25),
                 Rung("vit_mini_patch4_32", 25, 100, dict(drop_path=0.1, mixup=0.8, cutmix=1.0, patch_drop=0.25)),
                 Rung("vit_small_patch4_32", 100, 300, dict(drop_path=0.1, mixup=0.8, cutmix=1.0, patch_drop=0.0))),
+        # A GPU's batch: 4x, the lr 2x by the square-root rule (Muon and AdamW); not yet run on a GPU
+        on_cuda=dict(batch_size=512),
     ),
     Recipe(
         "imagenet-subset-finetune",
@@ -370,7 +384,7 @@ RECIPES = {r.name: r for r in [
              dataset="folder", data_mode="loader", epochs=10, batch_size=128,
              lr=5e-4, min_lr=1e-6, warmup_epochs=1, weight_decay=0.05, layer_decay=0.65, drop_path=0.1,
              label_smoothing=0.1, hflip=0.5, randaug="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8,
-             cutmix=1.0, ema_decay=0.9998, workers=8),
+             cutmix=1.0, ema_decay=0.9998),
     ),
 ]}
 

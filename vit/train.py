@@ -39,7 +39,7 @@ from . import finetune, runs, tensorboard
 from .batches import Inputs, build_inputs, load_data
 from .budget import Budget, Clock
 from .builders import (base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler,
-                       fit_model_to_data)
+                       fit_model_to_data, fit_to_device, scale_lr)
 from .distill import DistillationLoss, load_teacher
 from .distributed import Dist, all_reduce_sum, collective, elastic_restart, rank0_value, setup_distributed
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError, RankLostError, VitError
@@ -156,7 +156,7 @@ class Training:
     step_lr: float | None = None  # the lr the last step trained with: the console, metrics.jsonl and TensorBoard's
 
     def say(self, *lines) -> None:
-        if self.dist.is_main:
+        if self.dist.is_main and lines:
             print(*lines)
 
     def max_steps_reached(self, st: State) -> bool:
@@ -220,6 +220,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     clock, longest = clock or Clock(), None
     if cfg.budget and ladder:
         cfg, longest = climb(cfg, recipe, ladder, data, d, device, given, clock)
+    cfg, lr_line = scale_lr(cfg)  # the chosen model's lr at the run's batch
     plan = plan_for(cfg, d, len(data.train))
     if isinstance(plan, BudgetPlanner):
         plan.clock = clock
@@ -254,6 +255,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     tr = Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
                   optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup, criterion=criterion,
                   distill=distill, precision=precision, plan=plan, quiet=quiet)
+    tr.say(*filter(None, [lr_line]))
     if isinstance(plan, BudgetPlanner):
         _, _, val = sample_batches(cfg, data, model.preprocess, d, device)
         plan.say, plan.agree = tr.say, lambda n: rank0_value(n, d, device)
@@ -532,14 +534,9 @@ def finish(tr: Training, st: State, stopped: bool) -> int:
     """Say how the run ended and return the exit code: 0, or 128 + N after signal N (as a shell reports it)."""
     signum = tr.stopper.signum
     if stopped:
-        if signum:
-            reason = f"signal {signal.Signals(signum).name}"
-        elif tr.max_steps_reached(st):
-            reason = f"--max-steps {tr.cfg.max_steps}"
-        elif tr.plan_only:
-            reason = "--plan-only, once the plan was made"
-        else:
-            reason = "a signal to another rank"
+        reason = (f"signal {signal.Signals(signum).name}" if signum else
+                  f"--max-steps {tr.cfg.max_steps}" if tr.max_steps_reached(st) else
+                  "--plan-only, once the plan was made" if tr.plan_only else "a signal to another rank")
         more = " --max-steps 0" if reason.startswith("--max-steps") else ""  # the saved config still has it
         launcher = "python" if tr.dist.world == 1 else \
             f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', tr.dist.world)}"
@@ -622,12 +619,14 @@ def main(argv=None) -> int:
             if fixed:  # a length given on the command line replaces the recipe's budget, and its model choice
                 base = {**base, "budget": ""}
         cfg = TrainConfig.from_dict({**base, **given})
-        if resume is None:  # the model follows the data where the recipe's does not take its images as they are
+        device_type = resolve_device(cfg.device).type
+        if resume is None:  # the model follows the data where the recipe's does not take its images as they are...
             cfg, why = fit_model_to_data(cfg, recipe, given)
-            if why and os.environ.get("RANK", "0") == "0":
-                print(why)
+            cfg, how = fit_to_device(cfg, chosen.on_cuda, given, device_type)  # ... and a GPU's batch, the device
+            for line in filter(None, (why, how) if os.environ.get("RANK", "0") == "0" else ()):
+                print(line)
             ladder = () if why else ladder  # the recipe's models do not take these images either
-        if resolve_device(cfg.device).type == "cpu":
+        if device_type == "cpu":
             keep_freed_cpu_memory()  # process-wide: CPU steps stop faulting in fresh pages (vit/precision.py)
         with torch_settings(cfg.device, cfg.threads, cfg.deterministic):
             return run(cfg, recipe, Path(args.output) if args.output else None, resume,
