@@ -16,13 +16,14 @@ def test_a_new_cuda_run_takes_the_recipes_gpu_batch_and_compiles():
     fitted, line = fit_to_device(cfg, RECIPES["cifar10"].on_cuda, set(), "cuda")
     assert fitted.batch_size == 512 and fitted.compile
     assert "--batch-size 512" in line and "--compile" in line
-    assert fit_to_device(cfg, RECIPES["cifar10"].on_cuda, set(), "cpu") == (cfg, None)  # a CPU keeps the recipe
+    on_cpu, line = fit_to_device(cfg, RECIPES["cifar10"].on_cuda, set(), "cpu")  # a CPU keeps the recipe
+    assert line is None and on_cpu.to_dict() == {**cfg.to_dict(), "workers": on_cpu.workers}
 
 
 def test_flags_given_on_the_command_line_win_over_the_gpus_settings():
-    cfg = RECIPES["cifar10"].config(batch_size=64)
-    fitted, line = fit_to_device(cfg, RECIPES["cifar10"].on_cuda, {"batch_size", "compile"}, "cuda")
-    assert (fitted, line) == (cfg, None)  # --batch-size 64 --no-compile
+    cfg = RECIPES["cifar10"].config(batch_size=64, workers=2)
+    fitted, line = fit_to_device(cfg, RECIPES["cifar10"].on_cuda, {"batch_size", "compile", "workers"}, "cuda")
+    assert (fitted, line) == (cfg, None)  # --batch-size 64 --no-compile --workers 2
     changing = RECIPES["cifar10"].config(patch_drop_end=0.2)  # a token count that changes compiles at each
     assert not fit_to_device(changing, {}, set(), "cuda")[0].compile
 
@@ -52,6 +53,15 @@ def test_auto_workers_share_the_cpus_among_the_ranks_on_the_machine(monkeypatch,
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
     assert loader_workers(-1, Dist(rank=0, world=ranks)) == expected
     assert loader_workers(3, Dist(rank=0, world=ranks)) == 3  # a count given is kept
+
+
+def test_a_new_run_saves_the_workers_this_machine_allows(monkeypatch):
+    """--workers -1 is resolved once, for the run's config (a resumed run's streamed epochs keep their layout)."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    fitted, _ = fit_to_device(TrainConfig(), {}, set(), "cpu")
+    assert fitted.workers == 2
 
 
 def test_workers_below_auto_are_refused():

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING, Collection, Iterator
 
 import torch.nn as nn
 
 from . import sources
+from .batches import loader_workers
+from .distributed import Dist
 from .errors import ConfigError
 from .model import to_2tuple
 from .recipes import TrainConfig
@@ -63,18 +66,23 @@ def fit_to_device(cfg: TrainConfig, on_cuda: dict, given: Collection[str], devic
     batch leaves a GPU idle) and compiles its training step (`torch.compile`: kernels fused for the GPU; on a CPU
     it measured 1.03-1.05x, less than its minute of compiling gives back in a short run, so it stays opt-in there).
     Fields given on the command line win; a token count that changes along the run (--patch-drop-end) compiles
-    again at every count, so it keeps eager. Returns the config and the line that says what changed, if any."""
-    if device_type != "cuda":
-        return cfg, None
-    changes = {k: v for k, v in on_cuda.items() if k not in given and getattr(cfg, k) != v}
-    if "compile" not in given and not cfg.compile and cfg.patch_drop_end < 0:
-        changes["compile"] = True
-    if not changes:
+    again at every count, so it keeps eager. On any device, `--workers -1` becomes the count this machine allows,
+    saved with the run: a streamed epoch's layout depends on it, so a resumed run keeps it. Returns the config and
+    the line that says what a GPU changed, if anything."""
+    machine = {}
+    if cfg.workers < 0:
+        machine["workers"] = loader_workers(cfg.workers, Dist(world=int(os.environ.get("WORLD_SIZE", "1"))))
+    changes = {}
+    if device_type == "cuda":
+        changes = {k: v for k, v in on_cuda.items() if k not in given and getattr(cfg, k) != v}
+        if "compile" not in given and not cfg.compile and cfg.patch_drop_end < 0:
+            changes["compile"] = True
+    if not (changes or machine):
         return cfg, None
     said = ", ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
                      for k, v in changes.items())
-    return (TrainConfig.from_dict({**cfg.to_dict(), **changes}),
-            f"cuda: {said} (a GPU's settings; give the flag to choose another)")
+    return (TrainConfig.from_dict({**cfg.to_dict(), **machine, **changes}),
+            f"cuda: {said} (a GPU's settings; give the flag to choose another)" if changes else None)
 
 
 def scale_lr(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
