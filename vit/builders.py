@@ -69,6 +69,8 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
         overrides["patch_drop_rate"] = cfg.patch_drop
     if cfg.distilled:
         overrides["distilled"] = True
+    if cfg.res_start:  # smaller images early in the run: position embeddings resampled to their grid
+        overrides["dynamic_img_size"] = True
     if not cfg.pretrained and entry.config.in_chans != data_channels:
         overrides["in_chans"] = data_channels  # e.g. a grey dataset on an RGB variant, trained from scratch
     model = create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)
