@@ -7,6 +7,7 @@ ends bit-identical to an uninterrupted one.
     python benchmarks/kill_resume.py --kills 2 --epochs 2   # what the test suite runs
     python benchmarks/kill_resume.py --budget 20s --kills 5  # a time-budgeted run (--no-replan)
     python benchmarks/kill_resume.py --elastic --kills 5     # 2 gloo ranks under torchrun --max-restarts 2
+    python benchmarks/kill_resume.py --train-args "--res-start 4" --kills 5  # more train.py flags for every run
 
 The run (`run_args()`): the digits recipe, deterministic fp32 on CPU, 3 epochs of 11 steps with a checkpoint
 after every step (--save-every 1, so kills often land in a checkpoint write), EMA, Mixup and padded-crop
@@ -45,6 +46,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -76,9 +78,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 LENGTH_KEYS = {"budget", "steps", "replan"}
 
 
-def run_args(epochs: int = EPOCHS, budget: str = "") -> list[str]:
-    """train.py's arguments for the run: `epochs` epochs long, or as many steps as fit in `budget`."""
-    return [*RUN_ARGS, "--budget", budget, "--no-replan"] if budget else [*RUN_ARGS, "--epochs", str(epochs)]
+def run_args(epochs: int = EPOCHS, budget: str = "", more: str = "") -> list[str]:
+    """train.py's arguments for the run: `epochs` epochs long, or as many steps as fit in `budget`; `more`, further
+    flags as a shell would split them."""
+    length = ["--budget", budget, "--no-replan"] if budget else ["--epochs", str(epochs)]
+    return [*RUN_ARGS, *shlex.split(more), *length]
 
 
 def train_cmd(out: Path, args: list[str], resume: bool = False, elastic: bool = False) -> list[str]:
@@ -376,6 +380,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", default="", help="a time-budgeted run instead, e.g. 20s (its plan is compared)")
     p.add_argument("--elastic", action="store_true", help="2 ranks under torchrun --max-restarts 2; SIGKILL one "
                    "worker, torchrun restarts the job, train.py resumes by itself")
+    p.add_argument("--train-args", default="", help="more train.py flags for every run, e.g. '--res-start 4'")
     args = p.parse_args(argv)
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kill_resume-"))
@@ -385,7 +390,7 @@ def main(argv=None) -> int:
         shutil.rmtree(work / "reference", ignore_errors=True)
         if args.elastic and args.budget:
             p.error("--elastic runs fixed-length jobs: leave out --budget")
-        ref = reference_run(work / "reference", run_args(args.epochs, args.budget), args.elastic)
+        ref = reference_run(work / "reference", run_args(args.epochs, args.budget, args.train_args), args.elastic)
         print(f"reference run: {ref.seconds:.1f} s (first checkpoint at {ref.first_ckpt_s:.1f} s)", flush=True)
         indices = [args.only] if args.only is not None else range(args.kills)
         results = []

@@ -26,6 +26,8 @@ def test_flags_given_on_the_command_line_win_over_the_gpus_settings():
     assert (fitted, line) == (cfg, None)  # --batch-size 64 --no-compile --workers 2
     changing = RECIPES["cifar10"].config(patch_drop_end=0.2)  # a token count that changes compiles at each
     assert not fit_to_device(changing, {}, set(), "cuda")[0].compile
+    growing = RECIPES["cifar10"].config(res_start=16)  # so do growing images
+    assert not fit_to_device(growing, {}, set(), "cuda")[0].compile
 
 
 @pytest.mark.parametrize("opt, rule, factor", [("adamw", "", 2.0), ("muon", "", 2.0), ("sgd", "", 4.0),

@@ -1,12 +1,17 @@
 """vit/plan.py: which rung of a recipe's ladder a budget trains, for simulated step costs on a slow laptop, this
-CPU and a GPU, and the longest schedule as the budget's ceiling."""
+CPU and a GPU, and the longest schedule as the budget's ceiling; progressive resolution's size schedule and the
+cost a budget plans for it, on a simulated clock."""
 
 import math
+import re
 
 import pytest
 
 from vit import budget as budgets
-from vit.plan import choose_rung, epochs_that_fit, rung_config, step_cost
+from vit.distributed import Dist
+from vit.errors import ConfigError
+from vit.plan import (FIXED_TOKEN_SHARE, UNPLANNED_STEPS, Plan, Resolution, choose_rung, epochs_that_fit, plan_for,
+                      resolution_for, rung_config, step_cost, step_work, warmup_steps)
 from vit.recipes import RECIPES, TrainConfig
 
 CIFAR = RECIPES["cifar10"]
@@ -101,3 +106,146 @@ def test_every_recipe_ladder_takes_one_kind_of_image_and_its_ranges_are_in_order
             check_ladder(recipe.ladder, recipe.name)
             assert [r.min_epochs for r in recipe.ladder] == sorted(r.min_epochs for r in recipe.ladder)
     assert RECIPES["digits"].ladder[0].max_epochs == RECIPES["digits"].overrides["epochs"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Progressive resolution (--res-start): the size schedule, and the cost a budget plans for
+
+
+@pytest.mark.parametrize("start, full, patch, frac", [(4, 8, 2, 0.75), (8, 32, 4, 0.5), (112, 224, 16, 0.75),
+                                                      (16, 32, 4, 1.0), (28, 32, 4, 0.1)])
+@pytest.mark.parametrize("total", [1, 2, 7, 44, 1000])
+def test_the_image_size_grows_in_whole_patches_to_the_full_size(start, full, patch, frac, total):
+    """The line from `start` to `full` rounded down to whole patches: non-decreasing, `start` at the first step,
+    the full size for the last (1 - frac) of the steps at least; `steps` finds where each size begins."""
+    res = Resolution(start, full, patch, frac)
+    sizes = [res.at(s, total) for s in range(total)]
+    assert sizes == sorted(sizes)
+    assert all(s % patch == 0 and start <= s <= full for s in sizes)
+    assert sizes[0] == (start if total > 1 else full) and sizes[-1] == full
+    assert sizes.count(full) >= math.floor((1 - frac) * total)
+    ramp = frac * (total - 1)
+    for s, size in enumerate(sizes):
+        if s < ramp:
+            assert size <= start + (full - start) * s / ramp < size + patch, (s, size)
+    assert res.steps(total) == [(sizes.index(size), size) for size in sorted(set(sizes))]
+
+
+def test_a_plan_not_yet_made_trains_at_the_start_size_and_one_without_res_start_at_the_full_size():
+    res = Resolution(4, 8, 2, 0.75)
+    assert Plan(22, UNPLANNED_STEPS, resolution=res).img_size_at(10**6) == 4
+    assert Plan(22, 44, resolution=res).img_size_at(43) == 8
+    assert Plan(22, 44).img_size_at(0) is None
+    assert resolution_for(TrainConfig()) is None
+    assert resolution_for(TrainConfig(res_start=4, res_end_frac=0.5)) == Resolution(4, 8, 2, 0.5)
+    assert resolution_for(TrainConfig(res_start=8, img_size=16)) == Resolution(8, 16, 2, 0.75)
+
+
+@pytest.mark.parametrize("fields, says", [
+    (dict(res_start=3), "--res-start 3 must be a multiple of vit_nano_patch2_8's patch (2 px)"),
+    (dict(res_start=8), "and smaller than the full size (8 px)"),
+    (dict(res_start=16, img_size=12), "smaller than the full size (12 px)"),
+])
+def test_a_start_size_the_model_cannot_take_is_refused(fields, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        resolution_for(TrainConfig(**fields))
+
+
+DIGITS_TRAIN = 1438  # digits' training images: 22 steps of 64 an epoch
+P, N = 1, 16  # vit_nano_patch2_8's [CLS] and patches at 8 px
+
+
+def tokens(size: int, rate: float = 0.0) -> float:
+    """The planner's cost model of a step: its tokens, and the fixed share (vit/plan.py FIXED_TOKEN_SHARE)."""
+    return P + N * (size / 8) ** 2 * (1 - rate) + FIXED_TOKEN_SHARE * (N + P)
+
+
+def digits_config(**fields) -> TrainConfig:
+    return TrainConfig(batch_size=64, warmup_epochs=0.5, **fields)
+
+
+@pytest.mark.parametrize("fields", [dict(res_start=4), dict(res_start=2, res_end_frac=0.4),
+                                    dict(res_start=4, patch_drop=0.5, patch_drop_end=0.25)])
+def test_the_work_of_a_stretch_of_steps_is_their_tokens_one_by_one(fields):
+    """step_work's sum by pieces against each step's tokens (at the plan's size and drop rate), in full-size
+    steps at the mean drop rate; the steps before the full size cost less than a full-size step each."""
+    cfg = digits_config(**fields)
+    plan = plan_for(cfg, Dist(), DIGITS_TRAIN)
+    work = step_work(cfg, plan, P, N)
+    end = cfg.patch_drop if cfg.patch_drop_end < 0 else cfg.patch_drop_end
+    unit = tokens(8, (cfg.patch_drop + end) / 2)
+    for total in (3, 44, 301):
+        at = Plan(22, total, warmup_steps(cfg, 22, total), patch_drop=plan.patch_drop, resolution=plan.resolution)
+        each = [tokens(at.img_size_at(s), at.patch_drop_at(s)) / unit for s in range(total)]
+        for start, stop in [(0, total), (0, 1), (total // 3, total), (total // 2, total - 1), (5, 5)]:
+            if start <= stop <= total:
+                assert work(start, stop, total) == pytest.approx(sum(each[start:stop]), rel=1e-9), (total, start, stop)
+        if cfg.patch_drop_end < 0:
+            assert work(0, total, total) < total
+            first_full = plan.resolution.steps(total)[-1][0]
+            assert work(first_full, total, total) == pytest.approx(total - first_full)
+
+
+class FakeClock:
+    """The budget's clock, moved by the simulated steps and evaluations."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def elapsed(self) -> float:
+        return self.t
+
+
+def simulate(cfg: TrainConfig, full_step_s: float, eval_s: float, slower_from: int = 10**9) -> tuple:
+    """A budgeted run as the training loop drives its planner, on a machine whose step costs `full_step_s` at the
+    full size and in proportion to its tokens at a smaller one (the planner's own cost model), 1.5x from step
+    `slower_from`. Returns (planner, seconds used, steps taken, the sizes trained at, the lines it said)."""
+    plan = plan_for(cfg, Dist(), DIGITS_TRAIN)
+    clock, said, sizes = FakeClock(), [], []
+    plan.clock, plan.say, plan.eval_pass_s = clock, said.append, lambda: eval_s
+    plan.work = step_work(cfg, plan, P, N)
+    plan.start(0)
+    step = epoch = 0
+    while epoch < plan.epochs:
+        batch, epoch_s = 0, 0.0
+        while batch < plan.epoch_end(epoch):
+            size = plan.img_size_at(step) or 8
+            sizes.append(size)
+            step_s = full_step_s * tokens(size) / tokens(8) * (1.5 if step >= slower_from else 1.0)
+            clock.t += step_s
+            epoch_s += step_s
+            step, batch = step + 1, batch + 1
+            plan.after_step(step, batch, step_s)
+        evaluating = plan.evaluates_after(epoch)
+        clock.t += eval_s if evaluating else 0.0
+        epoch += 1
+        plan.after_epoch(step, batch, epoch_s, eval_s if evaluating else None)
+    return plan, clock.t, step, sizes, said
+
+
+def test_a_budget_plans_more_steps_of_growing_images_and_ends_inside_it():
+    """The first steps are timed at 4 px: the planner converts them to a full-size step's cost (what the run
+    measures at 8 px), plans more steps than a run at the full size throughout, trains each at its plan's size,
+    and ends inside its budget without a re-plan."""
+    full, progressive = (simulate(digits_config(budget="60s", **fields), 0.05, 0.2)
+                         for fields in ({}, dict(res_start=4)))
+    plan, used, steps, sizes, said = progressive
+    assert plan.budget.step_s == pytest.approx(0.05, rel=1e-9)
+    first6, first8 = sizes.index(6) + 1, sizes.index(8) + 1
+    assert said[0].startswith("budget: 50 ms a step") and said[0].endswith(
+        f"; images 4 px from step 1, 6 px from step {first6}, 8 px from step {first8}"), said
+    assert sizes[:budgets.PROBE_SKIP + budgets.PROBE_STEPS] == [4] * (budgets.PROBE_SKIP + budgets.PROBE_STEPS)
+    assert sizes[-1] == 8 and sizes == sorted(sizes) and set(sizes) == {4, 6, 8}
+    assert steps == plan.total_steps > full[2] * 1.3 and not plan.budget.replans
+    for used_s in (used, full[1]):
+        assert 0.95 * 60 <= used_s <= 60
+
+
+def test_a_progressive_run_that_slows_down_replans_and_still_ends_inside_its_budget():
+    """Every step 1.5x dearer from step 300: the planner cuts the plan back, the sizes follow the new length, and
+    the run still ends inside its budget."""
+    plan, used, steps, sizes, _ = simulate(digits_config(budget="60s", res_start=4), 0.05, 0.2, slower_from=300)
+    assert plan.budget.replans and plan.budget.replans[0]["reason"] == "slower"
+    assert steps == plan.total_steps and used <= 60 * 1.01
+    assert sizes[-1] == 8 and sizes[plan.budget.replans[-1]["step"]:] == [
+        plan.img_size_at(s) for s in range(plan.budget.replans[-1]["step"], steps)]

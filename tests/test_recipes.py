@@ -1,9 +1,14 @@
 """vit.recipes: every recipe builds a valid TrainConfig and documents its command, hardware and measurement;
 every hyperparameter is a train.py flag."""
 
+import re
+
+import pytest
+
 import vit
 from vit import train
 from vit.data import digits_split
+from vit.errors import ConfigError
 from vit.recipes import RECIPES, TrainConfig
 
 
@@ -21,3 +26,15 @@ def test_recipes_are_valid_and_documented():
 def test_digits_recipe_states_the_split_it_trains_on():
     train_split, val_split = digits_split("train"), digits_split("val")
     assert f"{len(train_split):,} train / {len(val_split)} held-out" in RECIPES["digits"].doc
+
+
+@pytest.mark.parametrize("fields, says", [
+    (dict(res_start=-2), "--res-start must be >= 0, got -2"),
+    (dict(res_end_frac=0.0), "--res-end-frac must be in (0, 1], got 0.0"),
+    (dict(res_end_frac=1.5), "--res-end-frac must be in (0, 1], got 1.5"),
+    (dict(res_start=4, compile=True), "--res-start with --compile: the image size changes along the run"),
+])
+def test_progressive_resolution_flags_a_run_cannot_use_are_refused(fields, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        TrainConfig(**fields)
+    TrainConfig(**{**fields, "res_start": 0, "res_end_frac": 1.0})  # without --res-start, and at the range's end

@@ -51,6 +51,20 @@ def ckpt(out: Path) -> dict:
     return torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
 
 
+def stopped_and_resumed(args: list[str], out: Path, steps: int) -> dict:
+    """last.ckpt of a run of `args` into `out` stopped after `steps` steps (--max-steps) and resumed to its end."""
+    assert train.main(args + ["--output", str(out), "--max-steps", str(steps)]) == 0
+    assert train.main(["--resume", str(out), "--max-steps", "0"]) == 0
+    return ckpt(out)
+
+
+def assert_same_weights(a: dict, b: dict, steps: int) -> None:
+    """Two last.ckpt dicts end at `steps` with bit-identical weights."""
+    assert a["state"]["step"] == b["state"]["step"] == steps
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def train_fails(capsys, *argv, code=2) -> str:
     """train.py with `argv` (one epoch of 6 steps unless they say otherwise) must end with exit `code`, a
     message and no traceback; returns what it printed on stderr."""
@@ -200,6 +214,8 @@ def test_memory_mode_random_erasing_reaches_the_batches(tmp_path):
     (["--data-mode", "loader"], "--data-mode loader reads image files from a folder"),
     (["--folder", "--crop-pad", "2"], "--crop-pad has no effect when the images are read through the DataLoader"),
     (["--folder", "--repeat-aug", "2"], "--repeat-aug has no effect"),
+    (["--folder", "--res-start", "16"], "--res-start 16 resizes batches held in memory; images read through the "
+                                        "DataLoader (--data-mode loader) train at one size"),
     (["--randaug", "augmix-m5"], "in-memory data takes RandAugment policies"),
     (["--randaug", "rand-m9-q2"], "unknown part 'q2'"),
 ])
@@ -327,14 +343,8 @@ def test_finetuning_and_distillation_resume_exactly(trained_run, tmp_path, flags
     as never stopped."""
     flags = [str(trained_run.out / "best.safetensors") if f == "TRAINED" else f for f in flags]
     args = FAST + ["--epochs", "1", "--batch-size", "256", "--deterministic", *flags]
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert train.main(args + ["--output", str(full)]) == 0
-    assert train.main(args + ["--output", str(cut), "--max-steps", "2"]) == 0
-    assert train.main(["--resume", str(cut), "--max-steps", "0"]) == 0
-    a, b = ckpt(full), ckpt(cut)
-    assert a["state"]["step"] == b["state"]["step"] == 5
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert train.main(args + ["--output", str(tmp_path / "full")]) == 0
+    assert_same_weights(ckpt(tmp_path / "full"), stopped_and_resumed(args, tmp_path / "cut", 2), 5)
 
 
 def test_loader_path_interrupted_and_resumed_equals_uninterrupted(tmp_path):
@@ -429,6 +439,40 @@ def test_patch_drop_end_moves_the_kept_tokens_along_the_plan(tmp_path, monkeypat
     for s, n in enumerate(tokens):
         assert abs(n - (1 + 16 * (0.25 + 0.5 * s / (total - 1)))) <= 1, (s, n)
     assert set(seen[False]) == {17}
+
+
+def test_res_start_grows_the_training_images_and_resumes_exactly(tmp_path, capsys, monkeypatch):
+    """--res-start 4 on digits (8 px, patches of 2), 2 epochs of 22 steps: the training images are 4 px for 17
+    steps, 6 px for 16 and 8 px for the last 11 (a quarter), said where they change and recorded in
+    metrics.jsonl; evaluation sees 8 px, and evaluate.py scores best.safetensors at 8 px as the run did. Stopped
+    at step 30 and resumed, the run ends with the weights of one never stopped."""
+    seen = {True: [], False: []}  # the side of the images the model takes, by training mode
+    step = train.train_step
+
+    def watching(tr, st, x, y):
+        if not st.step:
+            tr.model.patch_embed.register_forward_pre_hook(
+                lambda m, args: seen[tr.model.training].append(args[0].shape[-1]))
+        return step(tr, st, x, y)
+
+    monkeypatch.setattr(train, "train_step", watching)
+    args = FAST + ["--epochs", "2", "--deterministic", "--res-start", "4", "--crop-pad", "1", "--reprob", "0.25"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert train.main(args + ["--output", str(full)]) == 0
+    out = capsys.readouterr().out
+    assert seen[True] == [4] * 17 + [6] * 16 + [8] * 11 and set(seen[False]) == {8}
+    assert all(f"images: {n}x{n} px from step {s}" in out for n, s in ((4, 1), (6, 18), (8, 34))), out
+    assert [r["img_size"] for r in rows(full)] == [6, 8]
+    assert_same_weights(ckpt(full), stopped_and_resumed(args, cut, 30), 44)
+    assert rows(full) == [{**r, "elapsed_s": s["elapsed_s"], "images_per_s": s["images_per_s"]}
+                          for r, s in zip(rows(cut), rows(full))]
+
+    from vit.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(full / "best.safetensors"), "--dataset", "digits", "--output", str(tmp_path / "eval"),
+                          "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert 100 * report["top1"] == pytest.approx(max(r["val_top1"] for r in rows(full)), abs=1e-9)
 
 
 def test_a_budget_shorter_than_the_warm_up_still_decays_the_learning_rate_to_its_end(tmp_path):

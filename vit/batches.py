@@ -50,8 +50,8 @@ def load_data(cfg: TrainConfig, d: Dist, model_img_size: int, model_chans: int) 
 
 @dataclass
 class Inputs:
-    """Where batches come from: tensors on the device (cropped, flipped, normalised and erased there), or
-    DataLoader workers (timm's transforms) for images read from disk."""
+    """Where batches come from: tensors on the device (cropped, flipped, resized to the step's size, normalised and
+    erased there), or DataLoader workers (timm's transforms) for images read from disk."""
 
     data: Data
     normalize: data.Normalize
@@ -63,22 +63,29 @@ class Inputs:
     cfg: TrainConfig | None = None
     dist: Dist = Dist()
     device: torch.device = torch.device("cpu")
+    size_at: Callable[[int], int | None] | None = None  # in memory: a step's image side (None: the model's)
+    size: int | None = None  # the side of the last batch made, to say when it changes
 
     def train_batches(self, epoch: int, start: int, end: int, steps_per_epoch: int, augment: dict) -> Iterator[tuple]:
         """(x, y, images skipped) for batches start..end-1 of `epoch`: this rank's share, augmented (crop padding
-        and flip probability from `augment`) and normalised on the device; x and y are None for a batch of
-        unreadable images only."""
+        and flip probability from `augment`), resized to the step's `size_at` and normalised on the device; x and y
+        are None for a batch of unreadable images only."""
         cfg, d = self.cfg, self.dist
         if start >= end:
             return
         if self.train_loader is None:
             perm = data.epoch_permutation(len(self.data.train), cfg.seed, epoch)
             for b in range(start, end):
+                step = epoch * steps_per_epoch + b  # every batch in memory is a step
                 x, y = data.memory_batch(self.data.train, perm, b, batch_size=cfg.batch_size, rank=d.rank,
-                                         world=d.world, gen=data.step_generator(cfg.seed, epoch * steps_per_epoch + b),
+                                         world=d.world, gen=data.step_generator(cfg.seed, step),
                                          pad=augment["crop_pad"], hflip=augment["hflip"], randaug=self.randaug,
                                          repeats=cfg.repeat_aug)
-                x = self.normalize(x)
+                size = self.size_at(step) if self.size_at is not None else None
+                if size != self.size and d.is_main:
+                    print(f"images: {size}x{size} px from step {step + 1}")
+                self.size = size
+                x = self.normalize(x, size)
                 yield (self.erase(x) if self.erase is not None else x), y, 0
             return
         self.train_sampler.set_epoch(epoch, start)
@@ -115,7 +122,8 @@ def loader_workers(workers: int, d: Dist) -> int:
 
 
 def build_inputs(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, device: torch.device,
-                 given: frozenset = frozenset()) -> Inputs:
+                 given: frozenset = frozenset(), size_at: Callable[[int], int | None] | None = None) -> Inputs:
+    """The run's batches. `size_at(step)`: the training images' side at a step (vit/plan.py Plan.img_size_at)."""
     normalize = data.Normalize(pre.mean, pre.std, channels=pre.input_size[0], size=tuple(pre.input_size[1:]),
                                device=device)
     in_memory = isinstance(splits.train, data.TensorData)
@@ -124,6 +132,9 @@ def build_inputs(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, devic
         mode = "in memory" if in_memory else "through the DataLoader (--data-mode loader)"
         raise ConfigError(f"{', '.join('--' + flag(n) for n in sorted(idle))} has no effect when the images are "
                           f"read {mode}; leave it out, or choose the other --data-mode")
+    if cfg.res_start and not in_memory:
+        raise ConfigError(f"--res-start {cfg.res_start} resizes batches held in memory; images read through the "
+                          "DataLoader (--data-mode loader) train at one size: leave it out, or use --data-mode memory")
     if in_memory:
         side = min(splits.train.images.shape[-2:])
         if cfg.crop_pad > side:  # a crop shifted past the whole image: only padding left
@@ -135,7 +146,7 @@ def build_inputs(cfg: TrainConfig, splits: Data, pre: Preprocess, d: Dist, devic
 
             erase = RandomErasing(cfg.reprob, mode="pixel", device=device)
         randaug = RandAugment.parse(cfg.randaug) if cfg.randaug else None
-        return Inputs(splits, normalize, erase, randaug, cfg=cfg, dist=d, device=device)
+        return Inputs(splits, normalize, erase, randaug, cfg=cfg, dist=d, device=device, size_at=size_at)
     pin, local, workers = device.type == "cuda", cfg.batch_size // d.world, loader_workers(cfg.workers, d)
     train_transform = transforms.file_transforms(pre, True, hflip=cfg.hflip, randaug=cfg.randaug, reprob=cfg.reprob)
     train_loader, sampler = data.train_loader(splits.train, train_transform, channels=splits.channels,

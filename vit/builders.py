@@ -66,7 +66,7 @@ def fit_to_device(cfg: TrainConfig, on_cuda: dict, given: Collection[str], devic
     batch leaves a GPU idle) and compiles its training step (`torch.compile`: kernels fused for the GPU; on a CPU
     it measured 1.03-1.05x, less than its minute of compiling gives back in a short run, so it stays opt-in there).
     Fields given on the command line win; a token count that changes along the run (--patch-drop-end) compiles
-    again at every count, so it keeps eager. On any device, `--workers -1` becomes the count this machine allows,
+    again at every count (as do --res-start's image sizes), so it keeps eager. On any device, `--workers -1` becomes the count this machine allows,
     saved with the run: a streamed epoch's layout depends on it, so a resumed run keeps it. Returns the config and
     the line that says what a GPU changed, if anything."""
     machine = {}
@@ -75,7 +75,7 @@ def fit_to_device(cfg: TrainConfig, on_cuda: dict, given: Collection[str], devic
     changes = {}
     if device_type == "cuda":
         changes = {k: v for k, v in on_cuda.items() if k not in given and getattr(cfg, k) != v}
-        if "compile" not in given and not cfg.compile and cfg.patch_drop_end < 0:
+        if "compile" not in given and not cfg.compile and cfg.patch_drop_end < 0 and not cfg.res_start:
             changes["compile"] = True
     if not (changes or machine):
         return cfg, None
@@ -111,6 +111,8 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
         overrides["patch_drop_rate"] = cfg.patch_drop
     if cfg.distilled:
         overrides["distilled"] = True
+    if cfg.res_start:  # smaller images early in the run: position embeddings resampled to their grid
+        overrides["dynamic_img_size"] = True
     if not cfg.pretrained and entry.config.in_chans != data_channels:
         overrides["in_chans"] = data_channels  # e.g. a grey dataset on an RGB variant, trained from scratch
     model = create_model(cfg.model, pretrained=cfg.pretrained or False, **overrides)

@@ -524,21 +524,23 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int, hflip: flo
 
 
 class Normalize:
-    """uint8 (B, C, H, W) -> float, scaled to [0, 1], grey expanded to the model's channels, normalised."""
+    """uint8 (B, C, H, W) -> float, scaled to [0, 1], grey expanded to the model's channels, resized (to the model's
+    size, or a training step's `size` x `size`: --res-start), normalised."""
 
     def __init__(self, mean, std, *, channels: int, size: tuple[int, int], device: torch.device):
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.channels, self.size = channels, tuple(size)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
         x = x.float().div_(255.0)
         if x.shape[1] != self.channels:
             if x.shape[1] != 1:
                 raise DataError(f"images have {x.shape[1]} channels but the model takes {self.channels}")
             x = x.expand(-1, self.channels, -1, -1)
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        target = self.size if size is None else (size, size)
+        if tuple(x.shape[-2:]) != target:
+            x = F.interpolate(x, size=target, mode="bilinear", antialias=True, align_corners=False)
         return (x - self.mean) / self.std
 
 

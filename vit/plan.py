@@ -8,7 +8,7 @@ and re-plans when the machine's speed changes. The loop calls both the same way,
     plan.start(step)                       once, before the first step of this process
     plan.after_step(step, batch, step_s)   after every optimizer step: True when the length changed
     plan.after_epoch(step, ...)            after an epoch's evaluation: True when the length changed
-    plan.total_steps, plan.epoch_end(e), plan.evaluates_after(e), plan.patch_drop_at(step)
+    plan.total_steps, plan.epoch_end(e), plan.evaluates_after(e), plan.patch_drop_at(step), plan.img_size_at(step)
 
 and where the length changed rebuilds its learning-rate schedule for it (vit/train.py `use_plan`). Which model
 a budget trains is chosen before the run is built: `choose_model` times a few steps of each candidate.
@@ -16,6 +16,7 @@ a budget trains is chosen before the run is built: `choose_model` times a few st
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -30,6 +31,7 @@ from .builders import build_model
 from .distributed import Dist, rank0_value
 from .errors import ConfigError
 from .flops import count_flops
+from .model import to_2tuple
 from .optim import build_optimizer
 from .precision import autocast, resolve_precision
 from .recipes import Rung, TrainConfig
@@ -53,6 +55,53 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> in
     return min(round(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """Progressive resolution (FFCV's and fast.ai's progressive resizing): a plan's training images grow in a line
+    from `start` pixels at its first step to `full` at `end_frac` of it and stay there, each size rounded down to
+    whole patches, so that a run trains at a few sizes, the early ones cheap. Evaluation is at `full`."""
+
+    start: int
+    full: int
+    patch: int
+    end_frac: float
+
+    def at(self, step: int, total: int) -> int:
+        """The image side at `step` (0-based) of a plan `total` steps long: non-decreasing in `step`, a multiple of
+        the patch, `full` from step end_frac x (total - 1) on (a plan not yet made, UNPLANNED_STEPS long: `start`)."""
+        ramp = self.end_frac * (total - 1)
+        if step >= ramp:
+            return self.full
+        return int(self.start + (self.full - self.start) * step / ramp) // self.patch * self.patch
+
+    def steps(self, total: int) -> list[tuple[int, int]]:
+        """(first step, size) of each size a plan `total` steps long trains at, in order (found with `at`)."""
+        found = []
+        for size in range(self.start, self.full + 1, self.patch):
+            first = bisect.bisect_left(range(total), size, key=lambda s: self.at(s, total))
+            if first < total and (not found or first > found[-1][0]):
+                found.append((first, self.at(first, total)))
+        return found
+
+    def describe(self, total: int) -> str:
+        return "; images " + ", ".join(f"{size} px from step {first + 1}" for first, size in self.steps(total))
+
+
+def resolution_for(cfg: TrainConfig) -> Resolution | None:
+    """--res-start's schedule, from cfg.model's patch and the full size (--img-size or the model's); None without."""
+    if not cfg.res_start:
+        return None
+    model = get_entry(cfg.model).config
+    (h, w), (ph, pw) = to_2tuple(cfg.img_size or model.img_size), to_2tuple(model.patch_size)
+    if h != w or ph != pw:
+        raise ConfigError(f"--res-start grows square images of square patches; {cfg.model} takes {h}x{w} images in "
+                          f"{ph}x{pw} patches")
+    if cfg.res_start % ph or cfg.res_start >= h:
+        raise ConfigError(f"--res-start {cfg.res_start} must be a multiple of {cfg.model}'s patch ({ph} px) and "
+                          f"smaller than the full size ({h} px)")
+    return Resolution(cfg.res_start, h, ph, cfg.res_end_frac)
+
+
 @dataclass
 class Plan:
     """The run's length in steps, fixed up front: the schedule spans it and the loop ends with it.
@@ -67,6 +116,7 @@ class Plan:
     warmup: int = 0
     every: int = 1
     patch_drop: tuple[float, float] = (0.0, -1.0)  # --patch-drop, --patch-drop-end (-1: constant)
+    resolution: Resolution | None = None  # --res-start's growing images (None: the full size throughout)
 
     @property
     def planned(self) -> bool:
@@ -100,6 +150,11 @@ class Plan:
         along = min((step - self.warmup) / max(total - 1 - self.warmup, 1), 1.0)
         return start + (end - start) * along
 
+    def img_size_at(self, step: int) -> int | None:
+        """The training images' side at `step`, from --res-start's schedule over this plan's length (a re-plan moves
+        it); None where every step trains at the full size."""
+        return None if self.resolution is None else self.resolution.at(step, self.total_steps)
+
     # The loop's calls: a fixed plan never changes.
     def start(self, step: int) -> None:
         pass
@@ -124,7 +179,7 @@ def plan_for(cfg: TrainConfig, d: Dist, n_train: int) -> Plan:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
     total = UNPLANNED_STEPS if cfg.budget else cfg.steps or cfg.epochs * spe
     common = dict(warmup=warmup_steps(cfg, spe, total), every=cfg.eval_every,
-                  patch_drop=(cfg.patch_drop, cfg.patch_drop_end))
+                  patch_drop=(cfg.patch_drop, cfg.patch_drop_end), resolution=resolution_for(cfg))
     if not cfg.budget:
         plan = Plan(spe, total, **common)
         plan.augment = augment_for(cfg, plan)
@@ -154,24 +209,31 @@ def eval_passes(cfg: TrainConfig, shift: int) -> int:
 
 
 def step_work(cfg: TrainConfig, plan: Plan, prefix_tokens: int, patches: int) -> budgets.Work:
-    """What steps [start, stop) of a plan cost, for the budget, in steps at the mean token count: their number,
-    or where --patch-drop-end moves the count along the plan, their tokens (and the fixed share)."""
-    if cfg.patch_drop_end < 0:
+    """What steps [start, stop) of a plan cost, for the budget, in full-size steps at the mean token count: their
+    number, or where --patch-drop-end or --res-start change the count along the plan, their tokens (and the fixed
+    share; `patches`: a full-size image's)."""
+    res = plan.resolution
+    if cfg.patch_drop_end < 0 and res is None:
         return budgets.equal_steps
     P, N = prefix_tokens, patches
 
-    def tokens(rate: float) -> float:
-        return P + N * (1.0 - rate) + FIXED_TOKEN_SHARE * (N + P)
+    def tokens(rate: float, size: int | None) -> float:
+        kept = N if size is None else N * size * size / (res.full * res.full)  # the grid of a smaller image
+        return P + kept * (1.0 - rate) + FIXED_TOKEN_SHARE * (N + P)
 
-    mean = tokens((cfg.patch_drop + cfg.patch_drop_end) / 2)
+    unit = tokens((cfg.patch_drop + (cfg.patch_drop if cfg.patch_drop_end < 0 else cfg.patch_drop_end)) / 2, None)
 
     def work(start: int, stop: int, total: int) -> float:
         warmup = warmup_steps(cfg, plan.steps_per_epoch, total)
-        flat = max(0, min(stop, warmup + 1) - start)  # at --patch-drop
-        first = max(start, warmup + 1)  # then a line: the steps' mean is their middle one's
-        at = Plan(plan.steps_per_epoch, total, warmup, patch_drop=plan.patch_drop)
-        line = max(0, stop - first) * tokens(at.patch_drop_at((first + stop - 1) / 2))
-        return (flat * tokens(cfg.patch_drop) + line) / mean
+        at = Plan(plan.steps_per_epoch, total, warmup, patch_drop=plan.patch_drop, resolution=res)
+        # pieces of one image size each, their drop rate flat (through the warm-up) or a line: the mean is the
+        # middle step's
+        cuts = {start, stop, min(max(warmup + 1, start), stop)}
+        if res is not None:
+            cuts |= {first for first, _ in res.steps(total) if start < first < stop}
+        cuts = sorted(cuts)
+        return sum((b - a) * tokens(at.patch_drop_at((a + b - 1) / 2), at.img_size_at(a))
+                   for a, b in zip(cuts, cuts[1:])) / unit
     return work
 
 
@@ -247,8 +309,9 @@ class BudgetPlanner(Plan):
             end = b.projected_s(self.used_s(), step, per_step, b.eval_s, self.steps_per_epoch, self.every, self.work)
             fit = (f", {cfg.model}'s longest schedule, end at ~{budgets.duration(end)} of "
                    f"{budgets.duration(b.budget_s)}")
+        sizes = "" if self.resolution is None else self.resolution.describe(total)  # a step's cost is a full-size one's
         self.say(f"budget: {per_step * 1e3:.0f} ms a step and ~{b.eval_s:.1f} s an evaluation here: "
-                 f"{total} steps ({epochs:.1f} epochs){fit}{cropping}")
+                 f"{total} steps ({epochs:.1f} epochs){fit}{cropping}{sizes}")
         return True
 
     def _plan(self, step: int, per_step: float, eval_s: float) -> int:

@@ -39,6 +39,12 @@ class TrainConfig:
     patch_drop_end: float = _f(-1.0, "the fraction dropped at the plan's last step, moving linearly from "
                                "--patch-drop at its first: cheap steps early, the evaluated token count nearer "
                                "at the end (-1 = --patch-drop throughout)")
+    res_start: int = _f(0, "training image size in pixels at the first step, growing in a line to the full size "
+                        "(--img-size or the model's) by --res-end-frac of the steps, rounded down to whole patches: "
+                        "cheap steps early (progressive resizing; memory mode; evaluation at the full size; "
+                        "0 = the full size throughout)")
+    res_end_frac: float = _f(0.75, "the share of the planned steps after which --res-start's run trains at the full "
+                             "size")
     distilled: bool = _f(False, "give the model DeiT's distillation token and second head, a student for --teacher "
                          "(the deit_*_distilled models have them)")
     # ---- fine-tuning and distillation (vit/finetune.py, vit/distill.py)
@@ -179,7 +185,7 @@ class TrainConfig:
         for name in ("lora_rank", "lora_alpha", "lr", "warmup_lr", "min_lr", "val_size", "warmup_epochs",
                      "augment_min_epochs", "hflip_min_epochs", "weight_decay", "clip_grad", "mixup",
                      "cutmix", "crop_pad", "eval_shift", "opt_eps", "max_steps", "save_every", "threads", "lr_base_size",
-                     "img_size", "num_classes", "seed", "split_seed", "steps"):
+                     "img_size", "num_classes", "seed", "split_seed", "steps", "res_start"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "ema_decay", "layer_decay", "drop_path",
@@ -204,6 +210,11 @@ class TrainConfig:
         if self.patch_drop_end >= 0 and self.compile:
             raise ConfigError("--patch-drop-end with --compile: the token count changes along the run, and a "
                               "compiled step compiles again for each count; give one of them")
+        if not 0.0 < self.res_end_frac <= 1.0:
+            raise ConfigError(f"--res-end-frac must be in (0, 1], got {self.res_end_frac}")
+        if self.res_start and self.compile:
+            raise ConfigError("--res-start with --compile: the image size changes along the run, and a compiled "
+                              "step compiles again for each size; give one of them")
         if self.budget:
             parse_budget(self.budget)
         if self.randaug:

@@ -234,7 +234,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
         finetune.freeze(model, cfg.freeze)
     if cfg.lora_rank:
         finetune.add_lora(model, cfg.lora_rank, cfg.lora_alpha)
-    inputs = build_inputs(cfg, data, model.preprocess, d, device, given)
+    inputs = build_inputs(cfg, data, model.preprocess, d, device, given, plan.img_size_at)
     precision = resolve_precision(cfg.precision, device, model.embed_dim, training=True)
     optimizer = build_optimizer(cfg, model, device, precision)
     scheduler = build_scheduler(cfg, optimizer, plan.total_steps, plan.warmup)
@@ -484,6 +484,8 @@ def finish_epoch(tr: Training, st: State, stop: bool) -> bool:
                 best_model, top1 = tr.ema.module, row["ema_val_top1"]
     if st.skipped:
         row["skipped_images"] = st.skipped
+    if tr.inputs.size is not None:  # --res-start: the side of the epoch's last images
+        row["img_size"] = tr.inputs.size
     eval_s = time.perf_counter() - t0
     st.elapsed_s += eval_s
     row["elapsed_s"] = st.elapsed_s
