@@ -1,6 +1,8 @@
 """vit.recipes: every recipe builds a valid TrainConfig and documents its command, hardware and measurement;
 every hyperparameter is a train.py flag."""
 
+import pytest
+
 import vit
 from vit import train
 from vit.data import digits_split
@@ -21,3 +23,12 @@ def test_recipes_are_valid_and_documented():
 def test_digits_recipe_states_the_split_it_trains_on():
     train_split, val_split = digits_split("train"), digits_split("val")
     assert f"{len(train_split):,} train / {len(val_split)} held-out" in RECIPES["digits"].doc
+
+
+def test_stem_values_and_a_conv_stem_that_timms_hub_layout_cannot_hold():
+    assert TrainConfig(stem="conv").stem == "conv" and TrainConfig().stem == ""  # '' keeps the model's own
+    with pytest.raises(vit.ConfigError, match="--stem 'convs' is not one of , patch, conv"):
+        TrainConfig(stem="convs")
+    with pytest.raises(vit.ConfigError, match="--push-to-hub uploads timm's layout, and timm's VisionTransformer has "
+                                              "no conv stem: give one of --push-to-hub and --stem conv"):
+        TrainConfig(stem="conv", push_to_hub="me/model")

@@ -67,6 +67,8 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
         overrides["drop_path_rate"] = cfg.drop_path
     if cfg.patch_drop:
         overrides["patch_drop_rate"] = cfg.patch_drop
+    if cfg.stem:
+        overrides["stem"] = cfg.stem
     if cfg.distilled:
         overrides["distilled"] = True
     if not cfg.pretrained and entry.config.in_chans != data_channels:

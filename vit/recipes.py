@@ -39,6 +39,8 @@ class TrainConfig:
     patch_drop_end: float = _f(-1.0, "the fraction dropped at the plan's last step, moving linearly from "
                                "--patch-drop at its first: cheap steps early, the evaluated token count nearer "
                                "at the end (-1 = --patch-drop throughout)")
+    stem: str = _f("", "patch embedding: patch (one patchify conv) or conv (3x3 convolutions with BatchNorm and ReLU "
+                   "first, Xiao et al., 2021), the same token grid ('' = the model's own)", ("", "patch", "conv"))
     distilled: bool = _f(False, "give the model DeiT's distillation token and second head, a student for --teacher "
                          "(the deit_*_distilled models have them)")
     # ---- fine-tuning and distillation (vit/finetune.py, vit/distill.py)
@@ -205,6 +207,9 @@ class TrainConfig:
         if self.push_to_hub and not re.fullmatch(r"(?:[\w.-]+/)?[\w.-]+", self.push_to_hub, re.ASCII):
             raise ConfigError(f"--push-to-hub {self.push_to_hub!r}: a hub repo name, ORG/NAME (letters, digits, '-', "
                               "'_' and '.')")
+        if self.push_to_hub and self.stem == "conv":
+            raise ConfigError("--push-to-hub uploads timm's layout, and timm's VisionTransformer has no conv stem: "
+                              "give one of --push-to-hub and --stem conv")
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir ROOT (an ImageFolder tree)")
 
