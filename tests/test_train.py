@@ -158,12 +158,14 @@ def test_the_default_model_follows_the_images(tmp_path, capsys):
             "patch that divides 20x20: vit_micro_patch4_32, vit_mini_patch4_32, vit_nano_patch4_32") in err, err
 
 
-def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path):
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path, stem):
     root, _ = tiny_cifar10
     out = tmp_path / "run"
     assert train.main(FAST + ["--recipe", "cifar10", "--data-dir", str(root), "--batch-size", "10", "--epochs", "1",
-                              "--img-size", "16", "--output", str(out)]) == 0
+                              "--img-size", "16", "--output", str(out), "--stem", stem]) == 0
     assert "val_top1" in rows(out)[0] and (out / "best.safetensors").is_file()
+    assert vit.create_model(pretrained=str(out / "best.safetensors")).config.stem == stem
 
 
 def test_finetune_recipe_from_local_weights(tmp_path):
