@@ -81,6 +81,27 @@ def test_freeze_keeps_the_frozen_part_as_loaded(trained_run, tmp_path, spec, fro
         assert torch.equal(value, loaded[key]) == frozen(key), key
 
 
+@pytest.mark.parametrize("how", ["backbone", "1", "lora"])
+def test_a_frozen_conv_stem_keeps_its_batchnorm_statistics(how):
+    """--freeze and LoRA freeze the embeddings, a conv stem's too: in training it normalises with the statistics
+    it was loaded with and leaves them as they are, while an unfrozen stem updates them."""
+    model = vit.create_model("vit_nano_patch4_32", stem="conv", depth=2)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model.train()(x)  # unfrozen: the statistics move
+    before = {k: v.clone() for k, v in model.state_dict().items() if ".bn." in k}
+    assert before["patch_embed.backbone.0.bn.running_mean"].any()
+    if how == "lora":
+        finetune.add_lora(model, rank=2)
+    else:
+        finetune.freeze(model, how)
+    model.train()
+    model(x).sum().backward()
+    assert not model.patch_embed.backbone.training
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_finetuning_flags_that_do_not_fit(capsys):
     assert "--lora-rank with --freeze" in train_fails(capsys, "--lora-rank", "4", "--freeze", "backbone")
     assert "--lora-alpha needs --lora-rank" in train_fails(capsys, "--lora-alpha", "16")

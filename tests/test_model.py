@@ -10,7 +10,7 @@ from einops import rearrange
 from timm.layers import resample_abs_pos_embed
 
 import vit
-from vit.model import sincos_pos_embed_2d
+from vit.model import ConvStem, PatchEmbed, conv_stem_plan, sincos_pos_embed_2d, to_2tuple
 from vit.rollout import attention_maps
 
 torch.backends.mkldnn.deterministic = True
@@ -133,6 +133,100 @@ def test_dynamic_img_size(name):
     assert out.shape == (2, model.num_classes or model.embed_dim) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_conv_stem_gives_the_patch_stems_token_grid(name):
+    """At the registered image size and at other sizes the patch size divides, the conv stem's tokens lie on the
+    patchify stem's grid. Both stems at width 16: the grid depends on the patch size alone."""
+    cfg = vit.get_entry(name).config
+    p, (H, W) = cfg.patch_size, to_2tuple(cfg.img_size)
+    stems = {stem: PatchEmbed(img_size=cfg.img_size, patch_size=p, in_chans=cfg.in_chans, embed_dim=16,
+                              strict_img_size=False, stem=stem).eval() for stem in ("patch", "conv")}
+    assert stems["conv"].grid_size == stems["patch"].grid_size == (H // p, W // p)
+    layers, k = conv_stem_plan(p, 16)
+    assert math.prod(stride for stride, _ in layers) * k == p
+    with torch.no_grad():
+        for h, w in [(H, W), (p, 2 * p), (3 * p, p)]:
+            x = torch.randn(1, cfg.in_chans, h, w)
+            assert stems["conv"](x).shape == stems["patch"](x).shape == (1, h // p, w // p, 16)
+
+
+@pytest.mark.parametrize("name", sized_twins_slow(ALL_MODELS))
+def test_conv_stem_forward_backward(name):
+    """The conv-stem model at capped size: the patch model's token count at the model's size and a dynamic one,
+    its parameters counted by the config, and a gradient for every one of them."""
+    overrides = dict(capped_overrides(name), dynamic_img_size=True)
+    conv, patch = vit.create_model(name, stem="conv", **overrides), vit.create_model(name, **overrides)
+    assert isinstance(conv.patch_embed.backbone, ConvStem) and isinstance(patch.patch_embed.backbone, torch.nn.Identity)
+    assert conv.config.num_params() == sum(p.numel() for p in conv.parameters())
+    p = conv.config.patch_size
+    for size in (None, (3 * p, 5 * p)):
+        x = make_input(conv, size=size)
+        assert conv.forward_features(x).shape == patch.forward_features(x).shape
+    conv(make_input(conv)).logsumexp(-1).mean().backward()
+    for pname, param in conv.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"{pname} received no gradient"
+
+
+def timm_conv_stem_twin(model):
+    """timm's VisionTransformer with our conv stem built from timm's own layers: a `HybridEmbed` whose backbone is
+    timm's `ConvNormAct` (3x3, BatchNorm, ReLU) for each of the stem's convs, its projection kernel = stride."""
+    from functools import partial
+
+    from timm.layers import ConvNormAct, HybridEmbed
+
+    c = model.config
+    layers, k = conv_stem_plan(c.patch_size, c.embed_dim)
+    widths = [c.in_chans] + [width for _, width in layers]
+    backbone = torch.nn.Sequential(*[ConvNormAct(a, b, kernel_size=3, stride=stride, bias=False)
+                                     for (stride, _), a, b in zip(layers, widths, widths[1:])])
+    return timm_twin(model, patch_size=k, embed_layer=partial(HybridEmbed, backbone=backbone))
+
+
+@pytest.mark.parametrize("name", ["vit_micro_patch4_32", "vit_slim_patch7_28", "vit_small_patch16_224",
+                                  "vit_large_patch14_224"])
+def test_conv_stem_parity_with_timms_hybrid_embed(name):
+    """State dicts load both ways with strict=True (timm's names: patch_embed.backbone.{i}.conv/bn, then
+    patch_embed.proj), and the logits agree in eval mode (running statistics) and in training (batch ones)."""
+    ours = vit.create_model(name, stem="conv", **capped_overrides(name))
+    x = make_input(ours)
+    with torch.no_grad():
+        ours(x)  # training mode: the running statistics move from their start
+    ref = timm_conv_stem_twin(ours)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    with torch.no_grad():
+        assert (ours.eval()(x) - ref.eval()(x)).abs().max() <= 1e-5
+        assert (ours.train()(x) - ref.train()(x)).abs().max() <= 1e-5
+
+
+def test_conv_stem_batchnorm_init_modes_and_a_frozen_stem():
+    """BatchNorm starts at weight 1, bias 0; training updates its running statistics, eval mode normalises with
+    them (an image's logits do not depend on its batch) and leaves them; a stem with no trainable parameter stays
+    in eval mode when the model trains, so its statistics stay as they were."""
+    model = vit.create_model("vit_micro_patch4_32", stem="conv", depth=1)
+    assert [n for n, _ in model.named_parameters() if n.startswith("patch_embed.")] == [
+        "patch_embed.backbone.0.conv.weight", "patch_embed.backbone.0.bn.weight", "patch_embed.backbone.0.bn.bias",
+        "patch_embed.backbone.1.conv.weight", "patch_embed.backbone.1.bn.weight", "patch_embed.backbone.1.bn.bias",
+        "patch_embed.proj.weight", "patch_embed.proj.bias"]
+    bn = model.patch_embed.backbone[0].bn
+    assert torch.equal(bn.weight, torch.ones(24)) and torch.equal(bn.bias, torch.zeros(24))
+    x = make_input(model, batch=4)
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(x)[:1], model(x[:1]), rtol=0, atol=1e-5)
+        assert not bn.running_mean.any() and int(bn.num_batches_tracked) == 0
+        model.train()
+        model(x)
+        assert bn.running_mean.any() and int(bn.num_batches_tracked) == 1
+        stats = {k: v.clone() for k, v in model.state_dict().items() if ".bn." in k}
+        model.patch_embed.requires_grad_(False)
+        model.train()
+        assert not model.patch_embed.backbone.training and model.blocks.training
+        model(x)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+
+
 # ---- parity with timm, both directions
 
 
@@ -204,7 +298,7 @@ def test_option_parity_with_timm(case):
 
 def test_num_params_counts_every_parameter():
     for kw in [{}, dict(distilled=True), dict(reg_tokens=4), dict(reg_tokens=2, no_embed_class=True),
-               dict(num_classes=0, distilled=True), dict(class_token=False, global_pool="avg")]:
+               dict(num_classes=0, distilled=True), dict(class_token=False, global_pool="avg"), dict(stem="conv")]:
         model = vit.create_model("vit_nano_patch4_32", depth=2, **kw)
         assert model.config.num_params() == sum(p.numel() for p in model.parameters()), kw
 
@@ -315,9 +409,10 @@ def test_no_weight_decay_names_real_parameters():
     assert distilled.no_weight_decay() == {"pos_embed", "cls_token", "dist_token"}
 
 
+@pytest.mark.parametrize("stem", ["patch", "conv"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(dtype):
-    model = vit.create_model("vit_tiny_patch4_32", depth=2).eval()
+def test_autocast(dtype, stem):
+    model = vit.create_model("vit_tiny_patch4_32", depth=2, stem=stem).eval()
     x = make_input(model)
     with torch.no_grad():
         ref = model(x)
@@ -357,6 +452,8 @@ def test_config_round_trip_and_unknown_field():
     ({"mlp_ratio": 1e308}, r"mlp_ratio must be a positive finite number \(MLP width .* up to 2147483647\), got 1e\+308"),
     ({"embed_dim": 2**40}, r"embed_dim must be a positive integer up to 2147483647, got 1099511627776"),
     ({"qkv_bias": "no"}, r"qkv_bias must be True or False, got 'no'"),
+    ({"stem": "convs"}, r"stem must be 'patch' \(one patchify conv\) or 'conv' \(3x3 convolutions first, .*\), "
+                        r"got 'convs'"),
 ])
 def test_bad_config_values(kwargs, match):
     with pytest.raises(vit.ConfigError, match=match) as e:
@@ -381,18 +478,20 @@ def nano(**overrides):
     (lambda: torch.randn(1, 8, 8), r"\(B, C, H, W\)"),
     (lambda: torch.randn(2, 1, 8, 8, device="meta"), r"input is on meta but the model is on cpu"),
 ], ids=["image-size", "channels", "uint8", "float64", "bfloat16-no-autocast", "rank-3", "device"])
-def test_bad_inputs(make_input, match):
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_bad_inputs(make_input, match, stem):
     with pytest.raises(vit.InputError, match=match) as e:
-        nano()(make_input())
+        nano(stem=stem)(make_input())
     assert isinstance(e.value, ValueError)  # for callers that don't know vit
 
 
-def test_dynamic_size_input_not_divisible_names_the_patch_size():
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_dynamic_size_input_not_divisible_names_the_patch_size(stem):
     with pytest.raises(vit.InputError, match=r"image size 9x8 is not divisible by patch size \(2, 2\)"):
-        nano(dynamic_img_size=True)(torch.randn(1, 1, 9, 8))
+        nano(dynamic_img_size=True, stem=stem)(torch.randn(1, 1, 9, 8))
     for H, W in [(0, 0), (0, 8), (8, 0)]:
         with pytest.raises(vit.InputError, match=rf"image size {H}x{W} holds no patch"):
-            nano(dynamic_img_size=True)(torch.randn(1, 1, H, W))
+            nano(dynamic_img_size=True, stem=stem)(torch.randn(1, 1, H, W))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -402,7 +501,8 @@ def test_float64_under_autocast_is_named(dtype):
         nano()(torch.randn(2, 1, 8, 8, dtype=torch.float64))
 
 
-def test_empty_batch_gives_empty_logits():
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_empty_batch_gives_empty_logits(stem):
     """Documented: an empty batch is not an error for the model (as for every torch module); it gives (0, K)."""
     with torch.no_grad():
-        assert nano()(torch.randn(0, 1, 8, 8)).shape == (0, 10)
+        assert nano(stem=stem)(torch.randn(0, 1, 8, 8)).shape == (0, 10)

@@ -38,3 +38,12 @@ def test_progressive_resolution_flags_a_run_cannot_use_are_refused(fields, says)
     with pytest.raises(ConfigError, match=re.escape(says)):
         TrainConfig(**fields)
     TrainConfig(**{**fields, "res_start": 0, "res_end_frac": 1.0})  # without --res-start, and at the range's end
+
+
+def test_stem_values_and_a_conv_stem_that_timms_hub_layout_cannot_hold():
+    assert TrainConfig(stem="conv").stem == "conv" and TrainConfig().stem == ""  # '' keeps the model's own
+    with pytest.raises(vit.ConfigError, match="--stem 'convs' is not one of , patch, conv"):
+        TrainConfig(stem="convs")
+    with pytest.raises(vit.ConfigError, match="--push-to-hub uploads timm's layout, and timm's VisionTransformer has "
+                                              "no conv stem: give one of --push-to-hub and --stem conv"):
+        TrainConfig(stem="conv", push_to_hub="me/model")

@@ -6,8 +6,12 @@ The per-model tests generated from the registry (forward, backward, timm parity)
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import vit
+from vit.deit import build_from_config
+from vit.flops import stem_flops
 from vit.registry import model_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -61,6 +65,31 @@ def test_count_flops_takes_a_config_or_a_model():
     assert vit.count_flops(model, 16) == vit.count_flops(model.config, 16)
     with pytest.raises(TypeError, match="count_flops takes a ViTConfig or a VisionTransformer, got str"):
         vit.count_flops("vit_nano_patch2_8")
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+@pytest.mark.parametrize("name", ["vit_slim_patch4_32", "vit_micro_patch4_32", "vit_slim_patch7_28",
+                                  "vit_tiny_patch16_224"])
+def test_count_flops_counts_what_torchs_flop_counter_counts(name, stem):
+    """The stem's convolutions and the whole forward, at the model's size and a dynamic one, against torch's
+    FlopCounterMode on the real forward pass: the model built without `vit.kernels` (reference ops), attention
+    by SDPA's math backend, whose matrix products the counter sees."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = vit.get_entry(name).config.replace(stem=stem, depth=1, dynamic_img_size=True)
+    model = build_from_config(config).eval()
+    p = config.patch_size
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        for size in (vit.model.to_2tuple(config.img_size), (3 * p, 5 * p)):
+            x = torch.randn(1, config.in_chans, *size)
+            with FlopCounterMode(display=False) as counted_stem:
+                model.patch_embed(x)
+            with FlopCounterMode(display=False) as counted:
+                model(x)
+            assert stem_flops(config, *size) == counted_stem.get_total_flops() > 0
+            assert vit.count_flops(config, size) == counted.get_total_flops()
+    if stem == "conv":  # more than the patchify conv's
+        assert stem_flops(config, 32, 32) > stem_flops(config.replace(stem="patch"), 32, 32)
 
 
 def test_readme_model_table_is_current():

@@ -172,12 +172,14 @@ def test_the_default_model_follows_the_images(tmp_path, capsys):
             "patch that divides 20x20: vit_micro_patch4_32, vit_mini_patch4_32, vit_nano_patch4_32") in err, err
 
 
-def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path):
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_cifar10_recipe_trains_on_torchvisions_files(tiny_cifar10, tmp_path, stem):
     root, _ = tiny_cifar10
     out = tmp_path / "run"
     assert train.main(FAST + ["--recipe", "cifar10", "--data-dir", str(root), "--batch-size", "10", "--epochs", "1",
-                              "--img-size", "16", "--output", str(out)]) == 0
+                              "--img-size", "16", "--output", str(out), "--stem", stem]) == 0
     assert "val_top1" in rows(out)[0] and (out / "best.safetensors").is_file()
+    assert vit.create_model(pretrained=str(out / "best.safetensors")).config.stem == stem
 
 
 def test_finetune_recipe_from_local_weights(tmp_path):
@@ -198,6 +200,28 @@ def test_finetune_recipe_from_local_weights(tmp_path):
     trained = dict(model.named_parameters())
     assert not torch.equal(trained["head.weight"][:3], src.head.weight[:3])  # a new head, trained
     assert "ema_val_top1" in rows(out)[0]
+
+
+def test_a_conv_stem_run_saves_files_that_rebuild_it(tmp_path):
+    """--stem conv on digits with EMA: the run trains the conv stem (its BatchNorm statistics move, and the EMA
+    copy's follow), last.ckpt and best.safetensors say stem "conv", and evaluate.py's loader (a run folder, a
+    last.ckpt) and create_model(NAME, pretrained=...) rebuild models with the saved logits."""
+    from vit.evaluate import load_model
+
+    out = tmp_path / "conv"
+    assert train.main(FAST + ["--stem", "conv", "--epochs", "1", "--steps", "2", "--ema-decay", "0.9",
+                              "--output", str(out)]) == 0
+    saved, key = ckpt(out), "patch_embed.backbone.0.bn.running_mean"
+    assert saved["config"]["stem"] == saved["model_config"]["stem"] == "conv"
+    assert saved["model"][key].any() and saved["ema"][key].any() and not torch.equal(saved["model"][key],
+                                                                                      saved["ema"][key])
+    last = vit.VisionTransformer(vit.ViTConfig.from_dict(saved["model_config"]))
+    last.load_state_dict(saved["model"])
+    best = vit.create_model("vit_nano_patch2_8", pretrained=str(out / "best.safetensors")).eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert best.config.stem == "conv" and torch.equal(load_model(str(out)).eval()(x), best(x))
+        torch.testing.assert_close(load_model(str(out / "last.ckpt")).eval()(x), last.eval()(x), rtol=0, atol=1e-5)
 
 
 def test_memory_mode_random_erasing_reaches_the_batches(tmp_path):
@@ -1127,6 +1151,20 @@ def test_ddp_two_gloo_processes_equal_one_process(opt, tmp_path):
     assert train.main(args + ["--seed", "1", "--output", str(tmp_path / "other")]) == 0
     other = ckpt(tmp_path / "other")["model"]
     assert max((v - other[k]).abs().max() for k, v in one.items()) > 1e-3
+
+
+def test_wrap_ddp_makes_batchnorm_sync_on_cuda_only(monkeypatch):
+    """SyncBatchNorm runs on GPUs: a conv stem's BatchNorms become SyncBatchNorm for CUDA, with the same parameters
+    and state-dict names; on CPU (gloo) they stay. DDP itself stands in here: it needs a process group."""
+    from vit.distributed import wrap_ddp
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, device_ids: module)
+    for device, kind in (("cpu", torch.nn.BatchNorm2d), ("cuda", torch.nn.SyncBatchNorm)):
+        model = vit.create_model("vit_nano_patch4_32", stem="conv", depth=1)
+        names, weight = list(model.state_dict()), model.patch_embed.backbone[0].bn.weight
+        wrapped = wrap_ddp(model, torch.device(device))
+        bn = wrapped.patch_embed.backbone[0].bn
+        assert type(bn) is kind and bn.weight is weight and list(wrapped.state_dict()) == names
 
 
 @pytest.mark.slow

@@ -188,6 +188,50 @@ def test_a_config_claiming_far_more_than_the_file_holds_is_refused_before_buildi
     assert vit.create_model(pretrained=good).config.depth == 1
 
 
+def conv_stem_model():
+    """A conv-stem tiny whose BatchNorm statistics have moved from their start (one training-mode forward)."""
+    model = tiny(stem="conv").train()
+    with torch.no_grad():
+        model(images(model, batch=4, seed=1))
+    return model.eval()
+
+
+def test_conv_stem_round_trips_with_its_batchnorm_statistics(tmp_path):
+    """save_pretrained's file holds the conv stem's weights and running statistics: built from the file alone or
+    under its registered name (whose config has the patchify stem: the file's stem is built), the logits are
+    the saved model's. An RGB conv stem serves a gray model as the patchify stem does."""
+    model = conv_stem_model()
+    path = vit.save_pretrained(model, tmp_path / "conv.safetensors")
+    x = images(model)
+    for loaded in (vit.create_model(pretrained=path), vit.create_model("vit_tiny_patch4_32", pretrained=path, depth=2)):
+        assert loaded.config == model.config and loaded.config.stem == "conv"
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(x), model(x))
+    assert model.patch_embed.backbone[0].bn.running_var.ne(1).any()  # the statistics compared are not the initial ones
+    gray = vit.create_model("vit_tiny_patch4_32", pretrained=path, depth=2, in_chans=1).eval()
+    g = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert max_diff(gray(g), model(g.repeat(1, 3, 1, 1))) <= LOGIT_ATOL
+
+
+def test_conv_stem_weights_fit_only_a_conv_stem_of_their_patch_size(tmp_path):
+    conv = vit.save_pretrained(conv_stem_model(), tmp_path / "conv.safetensors")
+    patch = vit.save_pretrained(tiny(), tmp_path / "patch.safetensors")
+    with pytest.raises(vit.ConfigError, match=r"the checkpoint's conv stem \(2 convs, a 1x1 projection\) is not the "
+                                              r"one of patch_size 8 \(3 convs, a 1x1 projection\): a conv stem is not "
+                                              r"resampled to another patch size"):
+        vit.create_model("vit_tiny_patch4_32", pretrained=conv, depth=2, patch_size=8, img_size=64)
+    with pytest.raises(vit.CheckpointError, match=r"has a patchify stem \(stem='patch'\) and the model a conv stem"):
+        vit.create_model("vit_tiny_patch4_32", pretrained=patch, depth=2, stem="conv")
+    with pytest.raises(vit.CheckpointError, match=r"has a conv stem \(stem='conv'\) and the model a patchify stem"):
+        vit.create_model(pretrained=conv, stem="patch")
+    with pytest.raises(vit.ConfigError, match=r"timm's VisionTransformer cannot be built with stem='conv'"):
+        vit.save_pretrained(conv_stem_model(), tmp_path / "timm", format="timm")
+    assert not (tmp_path / "timm").exists()
+
+
 # ---- reference implementations: torchvision, transformers, timm's JAX loader
 
 
@@ -664,6 +708,7 @@ def test_transformers_folder_loads_in_transformers_with_our_logits(tmp_path):
     (dict(global_pool="avg"), "global_pool='avg', fc_norm=None"), (dict(reg_tokens=4), "reg_tokens=4"),
     (dict(qk_norm=True), "qk_norm=True"), (dict(init_values=1e-5), "init_values=1e-05"),
     (dict(distilled=True), "distilled=True"), (dict(num_classes=0), "num_classes=0"),
+    (dict(stem="conv"), "stem='conv'"),
 ])
 def test_transformers_folder_refuses_what_transformers_cannot_express(tmp_path, overrides, says):
     with pytest.raises(vit.ConfigError, match=f"ViTForImageClassification cannot express {re.escape(says)}"):

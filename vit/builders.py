@@ -109,6 +109,8 @@ def build_model(cfg: TrainConfig, num_classes: int, data_channels: int):
         overrides["drop_path_rate"] = cfg.drop_path
     if cfg.patch_drop:
         overrides["patch_drop_rate"] = cfg.patch_drop
+    if cfg.stem:
+        overrides["stem"] = cfg.stem
     if cfg.distilled:
         overrides["distilled"] = True
     if cfg.res_start:  # smaller images early in the run: position embeddings resampled to their grid

@@ -1,9 +1,9 @@
 """Distributed training: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them a run is one process.
 
 `Dist` says which rank this process is; `setup_distributed` joins the process group (NCCL on CUDA, gloo on CPU),
-`all_reduce_sum` adds a tensor over ranks, and `rank0_value` gives every rank rank 0's number (timings differ
-between ranks; a plan made from them must not). `elastic_restart` lets a worker that torchrun restarted continue
-its run from last.ckpt.
+`wrap_ddp` wraps the model in DistributedDataParallel (SyncBatchNorm on CUDA), `all_reduce_sum` adds a tensor over
+ranks, and `rank0_value` gives every rank rank 0's number (timings differ between ranks; a plan made from them must
+not). `elastic_restart` lets a worker that torchrun restarted continue its run from last.ckpt.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from . import runs
 from .errors import RankLostError, VitError
@@ -45,6 +46,17 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **restart_store(rank, world))
     return Dist(rank, world, local_rank), device
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel. On CUDA its BatchNorm layers (a conv stem's) become SyncBatchNorm first, in
+    place and on the same parameters and buffers (the optimizer and EMA copy built before stay valid, the state
+    dict's names too): each normalises with the global batch's statistics, as one process would. SyncBatchNorm
+    runs on GPUs only: on CPU (gloo) each rank normalises with its own share of the batch, and DDP's buffer
+    broadcast gives every rank rank 0's running statistics at each forward."""
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def restart_store(rank: int, world: int) -> dict:

@@ -7,7 +7,9 @@
     plain = merge_lora(model)  # a copy with the adapters merged into plain weights (save_pretrained does this)
 
 Frozen parameters keep requires_grad=False, so the optimizer never sees them and autograd computes no
-gradient for them (nor, for a linear probe, through the backbone at all).
+gradient for them (nor, for a linear probe, through the backbone at all). The patch embedding, a conv stem
+(`ViTConfig.stem="conv"`) included, is part of the embeddings: frozen, a conv stem also keeps its BatchNorm
+statistics and normalises with them in training (`vit.model.ConvStem` stays in eval mode).
 """
 
 from __future__ import annotations

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .model import ViTConfig, VisionTransformer, to_2tuple
+from .model import ViTConfig, VisionTransformer, conv_stem_plan, to_2tuple
+
+
+def stem_flops(config: ViTConfig, H: int, W: int) -> int:
+    """The patch embedding's forward FLOPs for one H x W image (a multiply-add counts 2): the patchify conv, or
+    the conv stem's 3x3 convolutions (padding 1: each output side is the input side over the stride, rounded up)
+    and its projection. BatchNorm and ReLU are not counted."""
+    p, C = config.patch_size, config.embed_dim
+    n = (H // p) * (W // p)
+    if config.stem == "patch":
+        return 2 * n * C * config.in_chans * p * p
+    layers, k = conv_stem_plan(p, C)
+    flops, c_in = 0, config.in_chans
+    for stride, width in layers:
+        H, W = -(-H // stride), -(-W // stride)
+        flops += 2 * H * W * width * c_in * 9
+        c_in = width
+    return flops + 2 * n * C * c_in * k * k
 
 
 def count_flops(config: ViTConfig | VisionTransformer, img_size: int | Sequence[int] | None = None) -> int:
-    """Forward FLOPs for one image (a multiply-add counts 2), matrix products only; norms etc. are noise.
+    """Forward FLOPs for one image (a multiply-add counts 2), matrix products and convolutions only; norms etc.
+    are noise.
 
     config: a model's config, or the model itself. A training step costs about 3x the forward (the backward
     pass computes two products per forward one).
@@ -22,7 +40,6 @@ def count_flops(config: ViTConfig | VisionTransformer, img_size: int | Sequence[
     n = (H // p) * (W // p)
     N = n + config.num_prefix_tokens
     hidden = int(C * config.mlp_ratio)
-    stem = 2 * n * C * config.in_chans * p * p
     block = 2 * N * (3 * C * C + C * C + 2 * C * hidden) + 2 * 2 * N * N * C  # linears, then q@k^T and attn@v
     head = 2 * C * config.num_classes * (1 + getattr(config, "distilled", False))  # DeiT's second head
-    return stem + config.depth * block + head
+    return stem_flops(config, H, W) + config.depth * block + head

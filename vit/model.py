@@ -42,6 +42,25 @@ def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
     return x
 
 
+def conv_stem_plan(patch_size: int, embed_dim: int) -> tuple[list[tuple[int, int]], int]:
+    """The conv stem for a patch size (Xiao et al., 2021, "Early convolutions help transformers see better"):
+    its 3x3 convolutions as (stride, output channels), and the kernel = stride of the projection after them.
+
+    A stride-2 conv for each factor 2 of the patch size, then a stride-1 conv where a factor is left over (or where
+    there is no factor 2: patch 7); the projection covers that leftover factor (1x1 where the convs reach the
+    patch grid). Widths start at embed_dim / 8 (a multiple of 8) and double with each stride-2 conv, up to
+    embed_dim: at width 192 and patch 16, the paper's 24, 48, 96, 192 and a 1x1 projection.
+    """
+    twos, rest = 0, patch_size
+    while rest % 2 == 0:
+        twos, rest = twos + 1, rest // 2
+    start = min(embed_dim, max(8, 8 * round(embed_dim / 64)))
+    layers = [(2, min(start * 2**i, embed_dim)) for i in range(twos)]
+    if rest > 1 or not layers:
+        layers.append((1, layers[-1][1] if layers else start))
+    return layers, rest
+
+
 # Configurations above this many parameters are refused before they are built (ViT-H/14 has 0.63e9, ViT-G/14
 # 1.8e9): a size read from a file must not exhaust memory. The environment variable VIT_MAX_PARAMS raises it.
 MAX_PARAMS = 4_000_000_000
@@ -51,7 +70,7 @@ MAX_SIZE = 2**31 - 1  # any one size (width, depth, image side, ...): torch's in
 @dataclass(frozen=True)
 class ViTConfig:
     """Everything that defines the architecture. Field names are timm's `VisionTransformer` arguments (and
-    norm_eps, the eps of its norm_layer)."""
+    norm_eps, the eps of its norm_layer; stem, which patch embedding)."""
 
     img_size: int | tuple[int, int] = 224
     patch_size: int = 16
@@ -78,6 +97,7 @@ class ViTConfig:
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly from 0 to this at the last block
     patch_drop_rate: float = 0.0  # training only: drop this fraction of patch tokens per image (PatchDropout)
     norm_eps: float = 1e-6  # every LayerNorm's epsilon: timm's and JAX's 1e-6; transformers' configs say 1e-12
+    stem: str = "patch"  # "patch": one conv, kernel = stride = patch (the paper's); "conv": 3x3 convs first
 
     def __post_init__(self):
         def fail(name, rule):
@@ -89,6 +109,8 @@ class ViTConfig:
             raise ConfigError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
         if self.pos_embed not in ("learn", "sincos"):
             fail("pos_embed", "'learn' or 'sincos'")
+        if self.stem not in ("patch", "conv"):
+            fail("stem", "'patch' (one patchify conv) or 'conv' (3x3 convolutions first, Xiao et al., 2021)")
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             if not _is_int(getattr(self, name)) or not 1 <= getattr(self, name) <= MAX_SIZE:
                 fail(name, f"a positive integer up to {MAX_SIZE}")
@@ -141,7 +163,12 @@ class ViTConfig:
         tokens = (H // p) * (W // p) + (0 if self.no_embed_class else prefix) + prefix  # position rows, then tokens
         block = 4 * C * C + 2 * C * hidden + 9 * C + hidden
         head = (C + 1) * self.num_classes
-        return self.depth * block + tokens * C + (self.in_chans * p * p + 3) * C + head
+        stem = (self.in_chans * p * p + 1) * C  # the patchify conv
+        if self.stem == "conv":  # 3x3 convs without bias, each with a BatchNorm's weight and bias, then `proj`
+            layers, k = conv_stem_plan(p, C)
+            widths = [self.in_chans] + [width for _, width in layers]
+            stem = sum(9 * a * b + 2 * b for a, b in zip(widths, widths[1:])) + (widths[-1] * k * k + 1) * C
+        return self.depth * block + tokens * C + stem + 2 * C + head  # 2 C: the final norm
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
@@ -188,10 +215,43 @@ def sincos_pos_embed_2d(grid_size: Sequence[int], dim: int, temperature: float =
 # Layers
 
 
-class PatchEmbed(nn.Module):
-    """Image to patch tokens (paper eq. 1, x_p E): a conv with kernel = stride = patch size."""
+class ConvNormAct(nn.Module):
+    """relu(bn(conv(x))): a 3x3 conv (no bias: the norm shifts), BatchNorm and ReLU, named as timm's `ConvNormAct`."""
 
-    def __init__(self, *, img_size, patch_size, in_chans: int, embed_dim: int, strict_img_size: bool = True):
+    def __init__(self, *, in_chans: int, out_chans: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class ConvStem(nn.Sequential):
+    """The convolutions of a conv stem (`conv_stem_plan`), as timm's `ConvStem` inside its `HybridEmbed` (whose
+    `backbone` it is): (B, in_chans, H, W) -> (B, width, H / s, W / s), s the product of the strides.
+
+    A stem none of whose parameters trains (a frozen embedding, LoRA, a linear probe) stays in eval mode when the
+    model trains: it normalises with the BatchNorm statistics it was loaded with and leaves them as they are.
+    """
+
+    def __init__(self, *, in_chans: int, layers: Sequence[tuple[int, int]]):
+        widths = [in_chans] + [width for _, width in layers]
+        super().__init__(*[ConvNormAct(in_chans=a, out_chans=b, stride=stride)
+                           for (stride, _), a, b in zip(layers, widths, widths[1:])])
+
+    def train(self, mode: bool = True) -> "ConvStem":
+        return super().train(mode and any(p.requires_grad for p in self.parameters()))
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens (paper eq. 1, x_p E). stem "patch": `proj`, a conv with kernel = stride = patch size.
+    stem "conv": `backbone`, 3x3 convs with BatchNorm and ReLU (`ConvStem`), then `proj`, a conv with kernel =
+    stride = the factor of the patch size they leave (1x1 where they reach the patch grid). Both give the (h, w)
+    grid of H / patch x W / patch tokens for every image size the patch size divides."""
+
+    def __init__(self, *, img_size, patch_size, in_chans: int, embed_dim: int, strict_img_size: bool = True,
+                 stem: str = "patch"):
         super().__init__()
         self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(patch_size)
         if any(s % p for s, p in zip(self.img_size, self.patch_size)):
@@ -200,7 +260,14 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.in_chans = in_chans
         self.strict_img_size = strict_img_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        if stem == "conv":
+            if self.patch_size[0] != self.patch_size[1]:
+                raise ConfigError(f"stem='conv' takes a square patch, got patch_size {self.patch_size}")
+            layers, k = conv_stem_plan(self.patch_size[0], embed_dim)
+            self.backbone, proj_in, kernel = ConvStem(in_chans=in_chans, layers=layers), layers[-1][1], (k, k)
+        else:  # no parameters: the state-dict names of the patchify stem stay timm's
+            self.backbone, proj_in, kernel = nn.Identity(), in_chans, self.patch_size
+        self.proj = nn.Conv2d(proj_in, embed_dim, kernel_size=kernel, stride=kernel)
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
@@ -229,7 +296,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.proj(x).permute(0, 2, 3, 1)  # (B, in_chans, H, W) -> (B, h, w, C)
+        return self.proj(self.backbone(x)).permute(0, 2, 3, 1)  # (B, in_chans, H, W) -> (B, h, w, C)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -372,7 +439,7 @@ class VisionTransformer(nn.Module):
         self.patch_drop_rate = cfg.patch_drop_rate  # a trainer may change it between steps (a schedule)
 
         self.patch_embed = PatchEmbed(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
-                                      embed_dim=cfg.embed_dim, strict_img_size=not cfg.dynamic_img_size)
+                                      embed_dim=cfg.embed_dim, strict_img_size=not cfg.dynamic_img_size, stem=cfg.stem)
         D = cfg.embed_dim
         self._add_prefix_tokens(cfg)
         embed_len = self.patch_embed.num_patches + (0 if cfg.no_embed_class else self.num_prefix_tokens)
@@ -409,7 +476,8 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """timm's default ViT init: trunc-normal(0.02) linears and position embeddings, tiny [CLS]."""
+        """timm's default ViT init: trunc-normal(0.02) linears and position embeddings, tiny [CLS]. Convolutions
+        keep torch's init (as timm's patchify conv); the conv stem's BatchNorms start at weight 1, bias 0."""
         if self.config.pos_embed == "sincos":
             pe = sincos_pos_embed_2d(self.patch_embed.grid_size, self.embed_dim)
             if not self.no_embed_class:
@@ -425,6 +493,10 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+                m.reset_running_stats()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -413,7 +413,8 @@ def rung_config(cfg: TrainConfig, rung: Rung, given: frozenset = frozenset()) ->
 
 def step_cost(cfg: TrainConfig) -> float:
     """A training step's cost relative to other models', for an estimate: forward FLOPs at the tokens kept."""
-    return count_flops(get_entry(cfg.model).config) * (1.0 - cfg.patch_drop)
+    config = get_entry(cfg.model).config
+    return count_flops(config.replace(stem=cfg.stem or config.stem)) * (1.0 - cfg.patch_drop)
 
 
 def check_ladder(ladder: tuple[Rung, ...], where: str) -> None:

@@ -45,6 +45,8 @@ class TrainConfig:
                         "0 = the full size throughout)")
     res_end_frac: float = _f(0.75, "the share of the planned steps after which --res-start's run trains at the full "
                              "size")
+    stem: str = _f("", "patch embedding: patch (one patchify conv) or conv (3x3 convolutions with BatchNorm and ReLU "
+                   "first, Xiao et al., 2021), the same token grid ('' = the model's own)", ("", "patch", "conv"))
     distilled: bool = _f(False, "give the model DeiT's distillation token and second head, a student for --teacher "
                          "(the deit_*_distilled models have them)")
     # ---- fine-tuning and distillation (vit/finetune.py, vit/distill.py)
@@ -224,6 +226,9 @@ class TrainConfig:
         if self.push_to_hub and not re.fullmatch(r"(?:[\w.-]+/)?[\w.-]+", self.push_to_hub, re.ASCII):
             raise ConfigError(f"--push-to-hub {self.push_to_hub!r}: a hub repo name, ORG/NAME (letters, digits, '-', "
                               "'_' and '.')")
+        if self.push_to_hub and self.stem == "conv":
+            raise ConfigError("--push-to-hub uploads timm's layout, and timm's VisionTransformer has no conv stem: "
+                              "give one of --push-to-hub and --stem conv")
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir ROOT (an ImageFolder tree)")
 

@@ -173,9 +173,9 @@ def create_model(name: str | None = None, pretrained: bool | str = False, *, att
     file path for other weights (read by `vit.weights`, with position embeddings and head adapted to the
     overrides). The architecture comes from the registered `name`, else from the weights' metadata
     (save_pretrained, train.py checkpoints, a timm or transformers config.json), so for such files the name
-    may be left out. Weights that carry a config also give the class count, unless num_classes is overridden:
-    their trained head is kept, and a CheckpointError names the head tensors they lack (with num_classes given, a
-    new head is initialised instead). Preprocessing and class names come with the weights.
+    may be left out. Weights that carry a config also give the stem (`ViTConfig.stem`), and the class count unless
+    num_classes is overridden: their trained head is kept, and a CheckpointError names the head tensors they lack
+    (with num_classes given, a new head is initialised instead). Preprocessing and class names come with the weights.
     attn_kernel, mlp_kernel: how the blocks compute attention and the MLP (`vit.kernels` policy names).
     """
     # Unknown keywords first (timm's create_model(model_name=...) too): before the name or the weights are looked up,
@@ -217,6 +217,8 @@ def _create_pretrained(name: str | None, entry: ModelEntry | None, source: bool 
         base = entry.config
         if info.config is not None and "num_classes" not in overrides:
             base = base.replace(num_classes=info.config.num_classes)
+        if info.config is not None:  # weights of one stem do not convert to the other: the file's is built
+            base = base.replace(stem=info.config.stem)
     config = with_overrides(base, overrides)
     try:
         model = build_from_config(config)

@@ -41,7 +41,7 @@ from .budget import Budget, Clock
 from .builders import (base_lr, build_criterion, build_ema, build_mixup, build_model, build_scheduler,
                        fit_model_to_data, fit_to_device, scale_lr)
 from .distill import DistillationLoss, load_teacher
-from .distributed import Dist, all_reduce_sum, collective, elastic_restart, rank0_value, setup_distributed
+from .distributed import Dist, all_reduce_sum, collective, elastic_restart, rank0_value, setup_distributed, wrap_ddp
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError, RankLostError, VitError
 from .eval_views import black, check_shift, predict_logits
 from .metrics import confusion_matrix
@@ -249,7 +249,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
             model.set_distilled_training()
     net = model
     if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = wrap_ddp(model, device)
     if cfg.compile:
         net = torch.compile(net)
     tr = Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,

@@ -182,8 +182,8 @@ TIMM_ARCHITECTURES = {False: "vit_base_patch16_224", True: "deit_base_distilled_
 
 def timm_config(config: ViTConfig, preprocess: Preprocess | None, class_names: list[str] | None) -> dict:
     """timm's hub config.json for `config`: what timm's "local-dir:PATH" and "hf-hub:REPO" model names read."""
-    unsupported = [f"{name}={getattr(config, name)!r}" for name, plain in (("norm_eps", 1e-6), ("pos_embed", "learn"))
-                   if getattr(config, name) != plain]
+    unsupported = [f"{name}={getattr(config, name)!r}" for name, plain in
+                   (("norm_eps", 1e-6), ("pos_embed", "learn"), ("stem", "patch")) if getattr(config, name) != plain]
     if unsupported:
         raise ConfigError(f"timm's VisionTransformer cannot be built with {', '.join(unsupported)}")
     distilled = isinstance(config, DeiTConfig)
@@ -211,7 +211,7 @@ def transformers_config(config: ViTConfig, class_names: list[str] | None) -> dic
                "fc_norm": config.fc_norm or (config.fc_norm is None and config.global_pool == "avg"),
                "class_token": not config.class_token, "reg_tokens": config.reg_tokens != 0,
                "no_embed_class": config.no_embed_class, "pos_embed": config.pos_embed != "learn",
-               "qk_norm": config.qk_norm, "init_values": bool(config.init_values)}
+               "qk_norm": config.qk_norm, "init_values": bool(config.init_values), "stem": config.stem != "patch"}
     unsupported = [f"{name}={getattr(config, name, True)!r}" for name, differ in differs.items() if differ]
     if unsupported:
         raise ConfigError(f"transformers' ViTForImageClassification cannot express {', '.join(unsupported)}")
@@ -751,6 +751,39 @@ def resample_patch_embed(
     return resampled.reshape(*weight.shape[:2], *new_size).to(weight.dtype)
 
 
+CONV_STEM_FIRST = "patch_embed.backbone.0.conv.weight"  # the first conv of a conv stem (ViTConfig.stem="conv")
+
+
+def _stem_layout(state: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, ...] | None]:
+    """A conv stem's conv count and its projection's kernel size (None without one), from a state dict in our
+    names."""
+    convs = {k.split(".")[2] for k in state if k.startswith("patch_embed.backbone.") and k.endswith(".conv.weight")}
+    proj = state.get("patch_embed.proj.weight")
+    return len(convs), tuple(proj.shape[-2:]) if proj is not None else None
+
+
+def _adapt_conv_stem(state: dict[str, torch.Tensor], model: VisionTransformer) -> None:
+    """Fit conv-stem weights to the model's conv stem, in place: its first conv to the model's input channels.
+    Weights of the other stem are a CheckpointError; a conv stem for another patch size a ConfigError (its convs
+    and strides are the patch size's, and nothing resamples them as FlexiViT resamples a patchify kernel)."""
+    target = model.state_dict()
+    if CONV_STEM_FIRST not in state and "patch_embed.proj.weight" not in state:
+        return  # no stem at all: check_state_dict names the missing keys
+    kinds = {True: "a conv stem (stem='conv')", False: "a patchify stem (stem='patch')"}
+    if (CONV_STEM_FIRST in state) != (CONV_STEM_FIRST in target):
+        raise CheckpointError(f"the checkpoint has {kinds[CONV_STEM_FIRST in state]} and the model "
+                              f"{kinds[CONV_STEM_FIRST in target]}: build the model with the checkpoint's stem")
+    (convs, kernel), (want_convs, want_kernel) = _stem_layout(state), _stem_layout(target)
+    if kernel is not None and (convs, kernel) != (want_convs, want_kernel):  # without a projection: a missing key
+        raise ConfigError(f"the checkpoint's conv stem ({convs} convs, a {'x'.join(map(str, kernel))} projection) is "
+                          f"not the one of patch_size {model.config.patch_size} ({want_convs} convs, a "
+                          f"{'x'.join(map(str, want_kernel))} projection): a conv stem is not resampled to another "
+                          "patch size; build the model with the checkpoint's patch_size")
+    first = state[CONV_STEM_FIRST]
+    if first.ndim == 4 and first.shape[1] != target[CONV_STEM_FIRST].shape[1]:
+        state[CONV_STEM_FIRST] = adapt_input_chans(first, target[CONV_STEM_FIRST].shape[1])
+
+
 def adapt_state_dict(
     state: dict[str, torch.Tensor], model: VisionTransformer, source_grid: tuple[int, int] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -761,10 +794,13 @@ def adapt_state_dict(
     state = dict(state)
     target = model.state_dict()
 
-    # Patch embedding: channel count first (RGB -> gray etc.), then kernel size (FlexiViT resampling).
+    # Patch embedding: channel count first (RGB -> gray etc.), then kernel size (FlexiViT resampling); a conv
+    # stem's first conv takes the channel count, and its kernels stay as they are.
     proj = state.get("patch_embed.proj.weight")
     want = target["patch_embed.proj.weight"].shape  # (C, in_chans, ph, pw)
-    if proj is not None and proj.ndim == 4 and proj.shape != want:
+    if CONV_STEM_FIRST in target or CONV_STEM_FIRST in state:
+        _adapt_conv_stem(state, model)
+    elif proj is not None and proj.ndim == 4 and proj.shape != want:
         proj = adapt_input_chans(proj, want[1])
         state["patch_embed.proj.weight"] = resample_patch_embed(proj, want[-2:])
 
