@@ -17,7 +17,7 @@ from .batches import loader_workers
 from .distributed import Dist
 from .errors import ConfigError
 from .model import to_2tuple
-from .recipes import TrainConfig
+from .recipes import TrainConfig, flag
 from .registry import create_model, get_entry, list_models, models_for_images
 
 if TYPE_CHECKING:
@@ -61,14 +61,15 @@ def fit_model_to_data(cfg: TrainConfig, recipe: str, given: Collection[str]) -> 
     return TrainConfig.from_dict({**cfg.to_dict(), "model": fits[0]}), line
 
 
-def fit_to_device(cfg: TrainConfig, on_cuda: dict, given: Collection[str], device_type: str) -> tuple[TrainConfig, str | None]:
+def fit_to_device(cfg: TrainConfig, on_cuda: dict, given: Collection[str],
+                  device_type: str) -> tuple[TrainConfig, str | None]:
     """A new run on a CUDA device takes the recipe's `on_cuda` fields (a larger batch: a small ViT's step at a CPU's
     batch leaves a GPU idle) and compiles its training step (`torch.compile`: kernels fused for the GPU; on a CPU
     it measured 1.03-1.05x, less than its minute of compiling gives back in a short run, so it stays opt-in there).
-    Fields given on the command line win; a token count that changes along the run (--patch-drop-end) compiles
-    again at every count (as do --res-start's image sizes), so it keeps eager. On any device, `--workers -1` becomes the count this machine allows,
-    saved with the run: a streamed epoch's layout depends on it, so a resumed run keeps it. Returns the config and
-    the line that says what a GPU changed, if anything."""
+    Fields given on the command line win; a token count or image size that changes along the run (--patch-drop-end,
+    --res-start) compiles again at every value, so it keeps eager. On any device, `--workers -1` becomes the count
+    this machine allows, saved with the run: a streamed epoch's layout depends on it, so a resumed run keeps it.
+    Returns the config and the line that says what a GPU changed, if anything."""
     machine = {}
     if cfg.workers < 0:
         machine["workers"] = loader_workers(cfg.workers, Dist(world=int(os.environ.get("WORLD_SIZE", "1"))))
@@ -79,8 +80,7 @@ def fit_to_device(cfg: TrainConfig, on_cuda: dict, given: Collection[str], devic
             changes["compile"] = True
     if not (changes or machine):
         return cfg, None
-    said = ", ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
-                     for k, v in changes.items())
+    said = ", ".join(f"--{flag(k)}" + ("" if isinstance(v, bool) else f" {v}") for k, v in changes.items())
     return (TrainConfig.from_dict({**cfg.to_dict(), **machine, **changes}),
             f"cuda: {said} (a GPU's settings; give the flag to choose another)" if changes else None)
 
@@ -89,14 +89,14 @@ def scale_lr(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
     """The learning rate at the run's batch from --lr at --lr-base-size's: lr x (batch / base) for SGD (Goyal et
     al. 2017), lr x sqrt(batch / base) for Adam-style optimizers, AdamW and Muon (Malladi et al. 2022; timm's
     train.py picks the same way). The config returned holds the scaled lr and no base, so a resumed run does
-    not scale it again."""
-    if not cfg.lr_base_size or cfg.lr_base_size == cfg.batch_size:
-        return (cfg if not cfg.lr_base_size else TrainConfig.from_dict({**cfg.to_dict(), "lr_base_size": 0})), None
+    not scale it again; the line says what changed (None at the base's own batch)."""
+    if not cfg.lr_base_size:
+        return cfg, None
     rule = cfg.lr_base_scale or ("linear" if cfg.opt == "sgd" else "sqrt")
     ratio = cfg.batch_size / cfg.lr_base_size
     lr = cfg.lr * (ratio if rule == "linear" else ratio ** 0.5)
-    line = (f"lr: {lr:.3g} at batch {cfg.batch_size}, from --lr {cfg.lr:g} at --lr-base-size {cfg.lr_base_size} "
-            f"({rule} rule)")
+    line = None if ratio == 1 else (f"lr: {lr:.3g} at batch {cfg.batch_size}, from --lr {cfg.lr:g} at "
+                                    f"--lr-base-size {cfg.lr_base_size} ({rule} rule)")
     return TrainConfig.from_dict({**cfg.to_dict(), "lr": lr, "lr_base_size": 0}), line
 
 

@@ -156,7 +156,7 @@ class Training:
     step_lr: float | None = None  # the lr the last step trained with: the console, metrics.jsonl and TensorBoard's
 
     def say(self, *lines) -> None:
-        if self.dist.is_main and lines:
+        if self.dist.is_main:
             print(*lines)
 
     def max_steps_reached(self, st: State) -> bool:
@@ -255,7 +255,8 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     tr = Training(cfg=cfg, recipe=recipe, dist=d, device=device, out=out, inputs=inputs, model=model, net=net,
                   optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, mixup=mixup, criterion=criterion,
                   distill=distill, precision=precision, plan=plan, quiet=quiet)
-    tr.say(*filter(None, [lr_line]))
+    if lr_line:
+        tr.say(lr_line)
     if isinstance(plan, BudgetPlanner):
         _, _, val = sample_batches(cfg, data, model.preprocess, d, device)
         plan.say, plan.agree = tr.say, lambda n: rank0_value(n, d, device)
