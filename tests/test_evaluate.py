@@ -286,6 +286,26 @@ def test_weights_without_their_head_are_refused(weight_files, capsys, tmp_path):
         in err
 
 
+def test_a_bare_state_dict_without_the_models_head_is_refused(capsys, tmp_path):
+    """Weights without a config, named with --model: a file lacking the head, or holding another class count's,
+    would be scored with a fresh head; both are refused, naming the file and the tensors. With its head it loads."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in vit.create_model(NANO).state_dict().items()}
+    cases = {"headless": {k: v for k, v in state.items() if not k.startswith("head.")},
+             "other": {**state, "head.weight": torch.zeros(3, 64), "head.bias": torch.zeros(3)}}
+    for name, tensors in cases.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))  # no metadata: a bare state dict
+        err = evaluate_fails(capsys, tmp_path / f"{name}.safetensors", "--model", NANO, "--dataset", "digits")
+        assert f"{tmp_path / name}.safetensors has " in err and "for a 10-class head" in err, err
+    assert "has no head.weight, no head.bias" in evaluate_fails(capsys, tmp_path / "headless.safetensors", "--model",
+                                                                NANO, "--dataset", "digits")
+    save_file(state, str(tmp_path / "whole.safetensors"))
+    report = evaluate([str(tmp_path / "whole.safetensors"), "--model", NANO, "--dataset", "digits", "--output",
+                       str(tmp_path / "out"), "--device", "cpu", "--no-progress", "--workers", "0"])
+    assert report["num_images"] == 359
+
+
 def test_data_classes_differ_from_the_checkpoint(weight_files, capsys, tmp_path):
     root = digit_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=2)
     err = evaluate_fails(capsys, weight_files["good"], "--data-dir", root, "--output", tmp_path / "out")

@@ -119,6 +119,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Model
 
 
+def check_trained_head(path: Path, model) -> None:
+    """Weights without a model config, named with --model, must hold the model's head in its shape: create_model
+    keeps a fresh head where such a file has none (a backbone to fine-tune), and scored, it would pass for a trained
+    one at ~1/K accuracy. Reads the file again: only on this path, whose files carry no metadata to ask."""
+    from .weights import HEAD_KEYS, read_pretrained, to_vit_state_dict
+
+    state, info = read_pretrained(path)
+    if info.config is not None:  # create_model held the file to the head its config describes
+        return
+    state, target = to_vit_state_dict(state), model.state_dict()
+    wrong = [f"no {k}" if k not in state else f"{k} of shape {tuple(state[k].shape)}, not {tuple(target[k].shape)}"
+             for k in HEAD_KEYS if k in target and (k not in state or state[k].shape != target[k].shape)]
+    if wrong:
+        raise CheckpointError(f"{path} has {', '.join(wrong)} for a {model.num_classes}-class head: scored with a "
+                              "freshly initialised head it would pass for a trained classifier. Evaluate a "
+                              "classifier's weights, or train this backbone's head first (train.py --pretrained)")
+
+
 def load_model(checkpoint: str, model_name: str | None = None):
     """A model with weights, `.preprocess` and (where the file has them) `.class_names`, from CHECKPOINT."""
     from .registry import create_model, get_entry, list_models, preprocess_for
@@ -148,6 +166,8 @@ def load_model(checkpoint: str, model_name: str | None = None):
                               "and not hf-hub:ORG/REPO" + (f" (did you mean {', '.join(close)}?)" if close else ""))
     if model.num_classes == 0:
         raise CheckpointError(f"{checkpoint} has no classifier head (num_classes=0): nothing to evaluate")
+    if path.is_file() and model_name is not None:
+        check_trained_head(path, model)
     if model.class_names is None and model.num_classes == IMAGENET_CLASSES:
         # ImageNet-1k heads (timm, torchvision, HF) come without names: use the WordNet ids that name the
         # folders of an ImageNet val tree, in the standard sorted order.
