@@ -249,3 +249,47 @@ def test_a_progressive_run_that_slows_down_replans_and_still_ends_inside_its_bud
     assert steps == plan.total_steps and used <= 60 * 1.01
     assert sizes[-1] == 8 and sizes[plan.budget.replans[-1]["step"]:] == [
         plan.img_size_at(s) for s in range(plan.budget.replans[-1]["step"], steps)]
+
+
+@pytest.mark.parametrize("fields", [{}, dict(res_start=4), dict(res_start=2, res_end_frac=0.4),
+                                    dict(patch_drop=0.5, patch_drop_end=0.0), dict(res_start=4, patch_drop=0.25)])
+def test_a_rungs_mean_step_counts_its_growing_images_and_changing_drop_rate(fields):
+    """mean_step_share against the steps' tokens one by one over a plan, each against the full-size step at
+    --patch-drop that a rung is timed at: 1 for a run whose steps are all alike, below it where images grow, above
+    it where fewer tokens are dropped along the plan."""
+    from vit.plan import mean_step_share
+
+    cfg = digits_config(**fields)
+    for epochs in (1, 3.5, 30):
+        total = round(epochs * 22)
+        at = Plan(22, total, warmup_steps(cfg, 22, total), patch_drop=(cfg.patch_drop, cfg.patch_drop_end),
+                  resolution=resolution_for(cfg))
+        each = [tokens(at.img_size_at(s) or 8, at.patch_drop_at(s)) for s in range(total)]
+        share = mean_step_share(cfg, 22, epochs)
+        assert share == pytest.approx(sum(each) / total / tokens(8, cfg.patch_drop), rel=1e-9)
+        if not fields:
+            assert share == 1.0
+        elif "patch_drop_end" in fields:  # fewer tokens dropped along the plan: dearer than the timed step
+            assert share > 1.0
+        else:
+            assert share < 1.0
+
+
+def test_growing_images_let_a_budget_reach_a_larger_rung():
+    """A machine where an hour holds under mini's 25 epochs at the full size throughout, and over them where the
+    images grow from 16 px over the first half (the steps' tokens summed one by one): mini is chosen then."""
+    speed, mini = 0.17, CIFAR.ladder[2]
+    cfg = TrainConfig.from_dict({**CIFAR.overrides, "budget": "1h", "res_start": 16, "res_end_frac": 0.5})
+    c = rung_config(cfg, mini)
+    step_s, pass_s = fake_timing(speed, [])(c)
+    total = mini.min_epochs * SPE
+    at = Plan(SPE, total, warmup_steps(c, SPE, total), patch_drop=(c.patch_drop, -1.0), resolution=resolution_for(c))
+    cost = [1 + 64 * (at.img_size_at(s) / 32) ** 2 * (1 - c.patch_drop) + FIXED_TOKEN_SHARE * 65 for s in range(total)]
+    share = sum(cost) / total / cost[-1]
+
+    def fit(step: float) -> float:
+        return epochs_that_fit(3600.0, 0.0, step, pass_s * 6, SPE, c.eval_every)
+    assert fit(step_s) < mini.min_epochs <= fit(step_s * share)
+    assert choose("1h", speed).model == "vit_micro_patch4_32"
+    assert choose_rung(cfg, CIFAR.ladder, fake_timing(speed, []), SPE, used_s=lambda: 0.0,
+                       say=lambda *a: None) == mini

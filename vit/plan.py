@@ -17,6 +17,7 @@ a budget trains is chosen before the run is built: `choose_model` times a few st
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -34,7 +35,7 @@ from .flops import count_flops
 from .model import to_2tuple
 from .optim import build_optimizer
 from .precision import autocast, resolve_precision
-from .recipes import Rung, TrainConfig
+from .recipes import Rung, TrainConfig, flag
 from .registry import get_entry
 from .rng import rng_state, set_rng_state
 
@@ -208,6 +209,16 @@ def eval_passes(cfg: TrainConfig, shift: int) -> int:
     return (2 if cfg.ema_decay else 1) * (2 if cfg.eval_hflip else 1) * (3 if shift else 1)
 
 
+def step_tokens(prefix: int, patches: int, drop: float, area: float = 1.0) -> float:
+    """What a step costs in the planner's model: its tokens (the prefix and the patches kept of an image `area`
+    times the full one) and the fixed share."""
+    return prefix + patches * area * (1.0 - drop) + FIXED_TOKEN_SHARE * (patches + prefix)
+
+
+def mean_drop(cfg: TrainConfig) -> float:
+    return (cfg.patch_drop + (cfg.patch_drop if cfg.patch_drop_end < 0 else cfg.patch_drop_end)) / 2
+
+
 def step_work(cfg: TrainConfig, plan: Plan, prefix_tokens: int, patches: int) -> budgets.Work:
     """What steps [start, stop) of a plan cost, for the budget, in full-size steps at the mean token count: their
     number, or where --patch-drop-end or --res-start change the count along the plan, their tokens (and the fixed
@@ -218,10 +229,9 @@ def step_work(cfg: TrainConfig, plan: Plan, prefix_tokens: int, patches: int) ->
     P, N = prefix_tokens, patches
 
     def tokens(rate: float, size: int | None) -> float:
-        kept = N if size is None else N * size * size / (res.full * res.full)  # the grid of a smaller image
-        return P + kept * (1.0 - rate) + FIXED_TOKEN_SHARE * (N + P)
+        return step_tokens(P, N, rate, 1.0 if size is None else size * size / (res.full * res.full))
 
-    unit = tokens((cfg.patch_drop + (cfg.patch_drop if cfg.patch_drop_end < 0 else cfg.patch_drop_end)) / 2, None)
+    unit = tokens(mean_drop(cfg), None)
 
     def work(start: int, stop: int, total: int) -> float:
         warmup = warmup_steps(cfg, plan.steps_per_epoch, total)
@@ -359,11 +369,13 @@ def choose_rung(cfg: TrainConfig, ladder: tuple[Rung, ...], time_model: Callable
     The estimate only rules out: a small model's step is not all matrix products (Muon's orthogonalisation,
     the data, the loss), so FLOPs overstate what a larger one costs against it (micro 2.2x slim's FLOPs took
     2.0x its time on the AVX-512 BF16 CPU); a rung is timed unless even a third of its estimated cost leaves
-    its minimum out of reach."""
+    its minimum out of reach. Where --res-start or --patch-drop-end make steps cheaper along a plan, a rung's
+    timed step counts at its mean cost over a plan of its minimum epochs (mean_step_share)."""
     budget_s = budgets.parse_budget(cfg.budget)
 
-    def epochs(rung: Rung, step_s: float, pass_s: float) -> float:
+    def epochs(rung: Rung, step_s: float, pass_s: float) -> float:  # step_s: a full-size step at --patch-drop
         c = rung_config(cfg, rung)
+        step_s *= mean_step_share(c, steps_per_epoch, max(rung.min_epochs, 1.0))
         return epochs_that_fit(budget_s, used_s(), step_s, pass_s * eval_passes(c, c.eval_shift), steps_per_epoch,
                                c.eval_every)
 
@@ -387,14 +399,21 @@ def choose_rung(cfg: TrainConfig, ladder: tuple[Rung, ...], time_model: Callable
 
 def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data: Data, d: Dist, device: torch.device,
           given: frozenset, clock: Clock) -> tuple[TrainConfig, float | None]:
-    """The config of the ladder's rung this budget trains, and that rung's longest schedule in epochs: the rung
-    of a --model given on the command line (None where the ladder has no such model), else the largest whose
-    minimum epochs fit (vit/plan.py choose_rung, which times the models here)."""
+    """The config of the ladder's rung this run trains, with the fields that follow its model, and that rung's
+    longest schedule in epochs: the rung of a --model given on the command line or of a fixed-length run's model
+    (the config as it is, and None, where the ladder has no such model), else the largest whose minimum epochs
+    fit the budget (vit/plan.py choose_rung, which times the models here)."""
     check_ladder(ladder, f"recipe {recipe}")
     say = print if d.is_main else (lambda *a: None)
-    if "model" in given:
+    if "model" in given or not cfg.budget:
         rung = next((r for r in ladder if r.model == cfg.model), None)
-        return cfg, rung.max_epochs if rung is not None else None
+        if rung is None:
+            return cfg, None
+        follow = {k: v for k, v in rung.overrides.items() if k not in given}
+        if follow:
+            say(f"recipe {recipe}'s settings for {rung.model}: " + ", ".join(
+                f"--{flag(k)} {v}" for k, v in follow.items()))
+        return rung_config(cfg, rung, given), rung.max_epochs
     spe = len(data.train) // cfg.batch_size
     if spe < 1:
         return cfg, None  # plan_for says why
@@ -409,6 +428,18 @@ def rung_config(cfg: TrainConfig, rung: Rung, given: frozenset = frozenset()) ->
     """`cfg` with the rung's model and the fields that follow it, except those given on the command line."""
     follow = {k: v for k, v in rung.overrides.items() if k not in given}
     return TrainConfig.from_dict({**cfg.to_dict(), **follow, "model": rung.model})
+
+
+def mean_step_share(cfg: TrainConfig, steps_per_epoch: int, epochs: float) -> float:
+    """A step's mean cost over a plan `epochs` long, against the full-size step at --patch-drop that time_model
+    times: below 1 where --res-start or a lower --patch-drop-end makes steps cheaper along the plan."""
+    total = max(round(epochs * steps_per_epoch), 1)
+    plan = Plan(steps_per_epoch, total, warmup_steps(cfg, steps_per_epoch, total),
+                patch_drop=(cfg.patch_drop, cfg.patch_drop_end), resolution=resolution_for(cfg))
+    config = get_entry(cfg.model).config.replace(**({"img_size": cfg.img_size} if cfg.img_size else {}))
+    P, N = config.num_prefix_tokens, math.prod(to_2tuple(config.img_size)) // math.prod(to_2tuple(config.patch_size))
+    work = step_work(cfg, plan, P, N)
+    return work(0, total, total) / total * step_tokens(P, N, mean_drop(cfg)) / step_tokens(P, N, cfg.patch_drop)
 
 
 def step_cost(cfg: TrainConfig) -> float:
