@@ -196,10 +196,11 @@ class FakeClock:
         return self.t
 
 
-def simulate(cfg: TrainConfig, full_step_s: float, eval_s: float, slower_from: int = 10**9) -> tuple:
+def simulate(cfg: TrainConfig, full_step_s: float, eval_s: float, slower_from: int = 10**9, factor: float = 1.5) -> tuple:
     """A budgeted run as the training loop drives its planner, on a machine whose step costs `full_step_s` at the
     full size and in proportion to its tokens at a smaller one (the planner's own cost model), 1.5x from step
-    `slower_from`. Returns (planner, seconds used, steps taken, the sizes trained at, the lines it said)."""
+    `slower_from` (`factor` times; under 1: faster). Returns (planner, seconds used, steps taken, the sizes trained at,
+    the lines it said)."""
     plan = plan_for(cfg, Dist(), DIGITS_TRAIN)
     clock, said, sizes = FakeClock(), [], []
     plan.clock, plan.say, plan.eval_pass_s = clock, said.append, lambda: eval_s
@@ -211,7 +212,7 @@ def simulate(cfg: TrainConfig, full_step_s: float, eval_s: float, slower_from: i
         while batch < plan.epoch_end(epoch):
             size = plan.img_size_at(step) or 8
             sizes.append(size)
-            step_s = full_step_s * tokens(size) / tokens(8) * (1.5 if step >= slower_from else 1.0)
+            step_s = full_step_s * tokens(size) / tokens(8) * (factor if step >= slower_from else 1.0)
             clock.t += step_s
             epoch_s += step_s
             step, batch = step + 1, batch + 1
@@ -249,6 +250,20 @@ def test_a_progressive_run_that_slows_down_replans_and_still_ends_inside_its_bud
     assert steps == plan.total_steps and used <= 60 * 1.01
     assert sizes[-1] == 8 and sizes[plan.budget.replans[-1]["step"]:] == [
         plan.img_size_at(s) for s in range(plan.budget.replans[-1]["step"], steps)]
+
+
+def test_a_progressive_run_that_speeds_up_lengthens_its_plan_without_stepping_the_size_back():
+    """Every step at 0.6x from just after the switch to 4 px: re-plans lengthen the run, and the sizes keep the
+    first plan's ramp, so they never go back down (laid over each new length, 4 px would turn back to 2); every
+    step trains at the size its plan says, and the run ends inside its budget."""
+    cfg = digits_config(budget="60s", res_start=2)
+    first, *_, base_sizes, _ = simulate(cfg, 0.05, 0.2)
+    plan, used, steps, sizes, _ = simulate(cfg, 0.05, 0.2, slower_from=base_sizes.index(4) + 1, factor=0.6)
+    assert plan.budget.replans[0]["reason"] == "faster" and plan.total_steps > first.total_steps
+    assert plan.ramp_steps == plan.budget.ramp_steps == first.total_steps
+    assert sizes == sorted(sizes) and set(sizes) == {2, 4, 6, 8}
+    assert sizes == [plan.img_size_at(s) for s in range(steps)]
+    assert steps == plan.total_steps and 0.9 * 60 <= used <= 60
 
 
 @pytest.mark.parametrize("fields", [{}, dict(res_start=4), dict(res_start=2, res_end_frac=0.4),

@@ -499,6 +499,38 @@ def test_res_start_grows_the_training_images_and_resumes_exactly(tmp_path, capsy
     assert 100 * report["top1"] == pytest.approx(max(r["val_top1"] for r in rows(full)), abs=1e-9)
 
 
+def test_a_budgeted_run_resumes_its_sizes_over_the_saved_ramp(tmp_path, monkeypatch):
+    """A budget's sizes grow over its shortest plan so far (budget.ramp_steps in last.ckpt): a run stopped after its
+    plan, its saved ramp set to half the plan (as an earlier, shorter plan would have left it), resumes training
+    each step at the size that ramp gives, full from mid-plan on (its own plan's ramp would reach 8 px at its end)."""
+    from vit.plan import Resolution
+
+    seen, now = [], []  # (step, the side of the images the model takes) of each training step
+    step = train.train_step
+
+    def watching(tr, st, x, y):
+        if not now:
+            tr.model.patch_embed.register_forward_pre_hook(
+                lambda m, args: seen.append((now[-1], args[0].shape[-1])) if tr.model.training else None)
+        now.append(st.step)
+        return step(tr, st, x, y)
+
+    out = tmp_path / "run"
+    args = FAST + ["--budget", "6s", "--no-replan", "--res-start", "4", "--res-end-frac", "1.0", "--deterministic"]
+    assert train.main(args + ["--plan-only", "--output", str(out)]) == 0
+    saved = ckpt(out)
+    total, done = saved["budget"]["total_steps"], saved["state"]["step"]
+    assert saved["budget"]["ramp_steps"] == total
+    saved["budget"]["ramp_steps"] = total // 2
+    torch.save(saved, out / "last.ckpt")
+    monkeypatch.setattr(train, "train_step", watching)
+    assert train.main(["--resume", str(out)]) == 0
+    res = Resolution(4, 8, 2, 1.0)
+    assert [s for s, _ in seen] == list(range(done, total))
+    assert [size for _, size in seen] == [res.at(s, total // 2) for s in range(done, total)]
+    assert ckpt(out)["budget"]["ramp_steps"] == total // 2
+
+
 def test_a_budget_shorter_than_the_warm_up_still_decays_the_learning_rate_to_its_end(tmp_path):
     """A plan shorter than --warmup-epochs ends its warm-up a step before the plan's end, as a run given that many
     --steps does; the cosine then runs to min_lr (without this the run would end mid-warm-up)."""

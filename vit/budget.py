@@ -145,6 +145,7 @@ class Budget:
     replans: list = field(default_factory=list)  # {"step", "total_steps", "step_s", "reason"}
     decided: dict = field(default_factory=dict)  # settings fixed by the first plan's length (e.g. crop_pad)
     max_steps: int = 0  # the model's longest schedule: no plan goes past it (0 = the budget alone)
+    ramp_steps: int = 0  # the shortest plan so far, over which --res-start's sizes grow (vit/plan.py Plan.ramp)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Budget":

@@ -118,6 +118,7 @@ class Plan:
     every: int = 1
     patch_drop: tuple[float, float] = (0.0, -1.0)  # --patch-drop, --patch-drop-end (-1: constant)
     resolution: Resolution | None = None  # --res-start's growing images (None: the full size throughout)
+    ramp_steps: int = 0  # the plan length the sizes grow over (0: this plan's; a budget's shortest so far)
 
     @property
     def planned(self) -> bool:
@@ -151,10 +152,17 @@ class Plan:
         along = min((step - self.warmup) / max(total - 1 - self.warmup, 1), 1.0)
         return start + (end - start) * along
 
+    def ramp(self, total: int | None = None) -> int:
+        """The length --res-start's sizes grow over, for a plan `total` steps long (this one's by default): the
+        plan's own, or a budget's shortest plan so far where that is shorter, so that a re-plan that lengthens the
+        run leaves the sizes where they were and one that shortens it only moves them up."""
+        total = self.total_steps if total is None else total
+        return min(total, self.ramp_steps or total)
+
     def img_size_at(self, step: int) -> int | None:
-        """The training images' side at `step`, from --res-start's schedule over this plan's length (a re-plan moves
-        it); None where every step trains at the full size."""
-        return None if self.resolution is None else self.resolution.at(step, self.total_steps)
+        """The training images' side at `step`, from --res-start's schedule over the plan's ramp; None where every
+        step trains at the full size."""
+        return None if self.resolution is None else self.resolution.at(step, self.ramp())
 
     # The loop's calls: a fixed plan never changes.
     def start(self, step: int) -> None:
@@ -235,12 +243,13 @@ def step_work(cfg: TrainConfig, plan: Plan, prefix_tokens: int, patches: int) ->
 
     def work(start: int, stop: int, total: int) -> float:
         warmup = warmup_steps(cfg, plan.steps_per_epoch, total)
-        at = Plan(plan.steps_per_epoch, total, warmup, patch_drop=plan.patch_drop, resolution=res)
+        at = Plan(plan.steps_per_epoch, total, warmup, patch_drop=plan.patch_drop, resolution=res,
+                  ramp_steps=plan.ramp(total))
         # pieces of one image size each, their drop rate flat (through the warm-up) or a line: the mean is the
         # middle step's
         cuts = {start, stop, min(max(warmup + 1, start), stop)}
         if res is not None:
-            cuts |= {first for first, _ in res.steps(total) if start < first < stop}
+            cuts |= {first for first, _ in res.steps(at.ramp()) if start < first < stop}
         cuts = sorted(cuts)
         return sum((b - a) * tokens(at.patch_drop_at((a + b - 1) / 2), at.img_size_at(a))
                    for a, b in zip(cuts, cuts[1:])) / unit
@@ -319,7 +328,7 @@ class BudgetPlanner(Plan):
             end = b.projected_s(self.used_s(), step, per_step, b.eval_s, self.steps_per_epoch, self.every, self.work)
             fit = (f", {cfg.model}'s longest schedule, end at ~{budgets.duration(end)} of "
                    f"{budgets.duration(b.budget_s)}")
-        sizes = "" if self.resolution is None else self.resolution.describe(total)  # a step's cost is a full-size one's
+        sizes = "" if self.resolution is None else self.resolution.describe(self.ramp())  # the cost: a full-size step's
         self.say(f"budget: {per_step * 1e3:.0f} ms a step and ~{b.eval_s:.1f} s an evaluation here: "
                  f"{total} steps ({epochs:.1f} epochs){fit}{cropping}{sizes}")
         return True
@@ -343,6 +352,7 @@ class BudgetPlanner(Plan):
         """The new length after `done` steps. A plan too short for the warm-up, still under way, shortens it as
         a run of that length would have it (from here on: the steps taken keep their learning rates)."""
         self.budget.total_steps = self.total_steps = total
+        self.budget.ramp_steps = self.ramp_steps = self.ramp(total)
         warmup = warmup_steps(self.cfg, self.steps_per_epoch, total)
         if done < self.warmup and warmup != self.warmup:
             self.warmup = max(warmup, done)

@@ -609,7 +609,8 @@ def _budget(obj: Mapping, path: Path) -> dict | None:
     if saved is None:
         return None
     kinds = {"budget_s": (int, float), "total_steps": int, "step_s": (int, float), "eval_s": (int, float),
-             "spent_s": (int, float), "replans": list, "decided": dict, "max_steps": int}
+             "spent_s": (int, float), "replans": list, "decided": dict, "max_steps": int,
+             "ramp_steps": int}
     if not isinstance(saved, dict) or set(saved) - set(kinds) or "budget_s" not in saved:
         raise CheckpointError(f"{path}: the 'budget' entry is not a budget plan")
     for key, kind in kinds.items():

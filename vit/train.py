@@ -288,8 +288,8 @@ def restore(tr: Training, ckpt: Checkpoint | None, copy_from: Path | None = None
             if isinstance(tr.plan, BudgetPlanner) and ckpt.budget is not None:
                 tr.plan.budget = budget = Budget.from_dict(ckpt.budget)
                 if budget.total_steps:  # the saved plan; the scheduler came back with its length
-                    tr.plan.total_steps, tr.plan.augment = budget.total_steps, budget.decided
-                    tr.plan.warmup = tr.scheduler.warmup_t
+                    tr.plan.total_steps, tr.plan.ramp_steps = budget.total_steps, budget.ramp_steps
+                    tr.plan.augment, tr.plan.warmup = budget.decided, tr.scheduler.warmup_t
         except (VitError, RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{tr.out / runs.LAST} cannot be resumed with this run's settings (a flag that "
                                   f"changes the model or optimizer, such as --model or --img-size?): {e}") from e
