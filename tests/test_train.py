@@ -647,6 +647,24 @@ def test_a_run_that_chose_a_rung_resumes_exactly(tmp_path, capsys, monkeypatch):
         assert torch.equal(v, done["model"][k]), k
 
 
+def test_a_model_given_takes_the_fields_of_its_rung_except_those_given(tmp_path, capsys, monkeypatch):
+    """--model naming a rung of the recipe's ladder trains it with the fields that follow it, in a fixed-length
+    run and in a budgeted one; a field given on the command line wins, and a model off the ladder takes none."""
+    make_idx_dir(tmp_path / "idx", n_train=40, n_test=8)
+    recipe = ladder_recipe(monkeypatch, ("vit_slim_patch7_28", 0, 10),
+                           ("vit_micro_patch7_28", 10, 20, dict(label_smoothing=0.2, drop_path=0.1)))
+    args = FAST + ["--recipe", recipe, "--data-dir", str(tmp_path / "idx"), "--batch-size", "8", "--drop-path", "0.05"]
+    for name, more in (("fixed", ["--steps", "1"]), ("budget", ["--budget", "3s"])):
+        out = tmp_path / name
+        assert train.main(args + more + ["--model", "vit_micro_patch7_28", "--output", str(out)]) == 0
+        assert "recipe ladder's settings for vit_micro_patch7_28: --label-smoothing 0.2\n" in capsys.readouterr().out
+        saved = ckpt(out)["config"]
+        assert (saved["model"], saved["label_smoothing"], saved["drop_path"]) == ("vit_micro_patch7_28", 0.2, 0.05)
+    assert train.main(args + ["--steps", "1", "--model", "vit_tiny_patch4_28", "--output", str(tmp_path / "off")]) == 0
+    assert "settings for" not in capsys.readouterr().out
+    assert ckpt(tmp_path / "off")["config"]["label_smoothing"] == 0.1
+
+
 def test_a_ladder_of_models_that_take_other_images_is_refused(capsys, tmp_path, monkeypatch):
     recipe = ladder_recipe(monkeypatch, ("vit_nano_patch2_8", 0, 2), ("vit_micro_patch7_28", 1, 2), budget="1m",
                            dataset="digits")

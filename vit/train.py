@@ -218,7 +218,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     check_shift(cfg.eval_shift, to_2tuple(model_img))
     data = load_data(cfg, d, model_img if isinstance(model_img, int) else model_img[0], entry.config.in_chans)
     clock, longest = clock or Clock(), None
-    if cfg.budget and ladder:
+    if ladder:
         cfg, longest = climb(cfg, recipe, ladder, data, d, device, given, clock)
     cfg, lr_line = scale_lr(cfg)  # the chosen model's lr at the run's batch
     plan = plan_for(cfg, d, len(data.train))
