@@ -293,7 +293,7 @@ def test_a_rungs_mean_step_counts_its_growing_images_and_changing_drop_rate(fiel
 def test_growing_images_let_a_budget_reach_a_larger_rung():
     """A machine where an hour holds under mini's 25 epochs at the full size throughout, and over them where the
     images grow from 16 px over the first half (the steps' tokens summed one by one): mini is chosen then."""
-    speed, mini = 0.17, CIFAR.ladder[2]
+    speed, mini = 0.24, CIFAR.ladder[2]
     cfg = TrainConfig.from_dict({**CIFAR.overrides, "budget": "1h", "res_start": 16, "res_end_frac": 0.5})
     c = rung_config(cfg, mini)
     step_s, pass_s = fake_timing(speed, [])(c)
