@@ -357,10 +357,9 @@ RECIPES = {r.name: r for r in [
         Measured: 81.19% val top-1 in 59.5-59.6 min, mean of seeds 0-2 (81.24 / 81.38 / 80.96%, std 0.21);
             with --budget 30m 77.10% in 29.27 min (seed 0; too short for crops, so scored on the image and its
             mirror). Minutes from launch to the last evaluation.
-        Hardware: 2-core AMD EPYC with AVX-512 BF16 (bf16): mini fits 14-17 of its 25 epochs, so micro, for its
+        Hardware: 2-core AMD EPYC with AVX-512 BF16 (bf16): mini fits 14 of its 25 epochs, so micro, for its
             longest schedule, 25 epochs: the run ends early.
-        Measured: 81.22% val top-1 in 57.3 min (seed 0). mini for its 25 epochs (--model vit_mini_patch4_32
-            --epochs 25, no budget): 82.48% in 86.7 min (seed 0), what a budget of ~1.5 h trains.
+        Measured: 81.22% val top-1 in 57.3 min (seed 0).
         """,
         # Token dropping (PatchDropout, half the patches) halves a step's cost; at equal wall time it beat all
         # tokens by 3.9 points, and dropping 75% lost. Muon: timm's, on the weight matrices; lr 2e-3 (3e-3 lost
@@ -380,12 +379,9 @@ RECIPES = {r.name: r for r in [
         # mini (192 wide, 9 deep) from 25 epochs, measured: with drop path 0.1 and the recipe's other fields its 25
         # epochs reach 82.48% against micro's longest schedule's 81.22% (AVX-512 BF16 CPU, seed 0, the same day);
         # its 100 from Lee et al. 2021 (93.6% in 100 epochs). small (384x12: DeiT's 300-epoch schedule, drop path
-        # 0.1, Mixup/CutMix) from 100 epochs: from the literature, not measured here. The conv stem (Xiao et al.
-        # 2021) for micro and mini: micro's hour with it reached 82.50% against the patchify stem's 81.22% (seed 0,
-        # the same day), its step ~1.2x; mini's 25 epochs were measured with the patchify stem. A rung's field, so a
-        # run from --pretrained weights (no ladder) keeps their stem; slim, measured on the Zen 3 CPU, keeps its.
-        ladder=(Rung("vit_slim_patch4_32", 0, 30), Rung("vit_micro_patch4_32", 12, 25, dict(stem="conv")),
-                Rung("vit_mini_patch4_32", 25, 100, dict(drop_path=0.1, stem="conv")),
+        # 0.1, Mixup/CutMix) from 100 epochs: from the literature, not measured here.
+        ladder=(Rung("vit_slim_patch4_32", 0, 30), Rung("vit_micro_patch4_32", 12, 25),
+                Rung("vit_mini_patch4_32", 25, 100, dict(drop_path=0.1)),
                 Rung("vit_small_patch4_32", 100, 300, dict(drop_path=0.1, mixup=0.8, cutmix=1.0, patch_drop=0.0))),
         # A GPU's batch: 4x, the lr 2x by the square-root rule (Muon and AdamW); not yet run on a GPU
         on_cuda=dict(batch_size=512),
