@@ -196,7 +196,8 @@ class FakeClock:
         return self.t
 
 
-def simulate(cfg: TrainConfig, full_step_s: float, eval_s: float, slower_from: int = 10**9, factor: float = 1.5) -> tuple:
+def simulate(cfg: TrainConfig, full_step_s: float, eval_s: float, slower_from: int = 10**9,
+             factor: float = 1.5) -> tuple:
     """A budgeted run as the training loop drives its planner, on a machine whose step costs `full_step_s` at the
     full size and in proportion to its tokens at a smaller one (the planner's own cost model), 1.5x from step
     `slower_from` (`factor` times; under 1: faster). Returns (planner, seconds used, steps taken, the sizes trained at,
