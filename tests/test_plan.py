@@ -161,7 +161,7 @@ def tokens(size: int, rate: float = 0.0) -> float:
 
 
 def digits_config(**fields) -> TrainConfig:
-    return TrainConfig(batch_size=64, warmup_epochs=0.5, **fields)
+    return TrainConfig(**{"batch_size": 64, "warmup_epochs": 0.5, **fields})
 
 
 @pytest.mark.parametrize("fields", [dict(res_start=4), dict(res_start=2, res_end_frac=0.4),
@@ -309,3 +309,19 @@ def test_growing_images_let_a_budget_reach_a_larger_rung():
     assert choose("1h", speed).model == "vit_micro_patch4_32"
     assert choose_rung(cfg, CIFAR.ladder, fake_timing(speed, []), SPE, used_s=lambda: 0.0,
                        say=lambda *a: None) == mini
+
+
+@pytest.mark.parametrize("factor", [0.6, 1.6])
+def test_a_plan_shorter_than_its_warm_up_ends_the_warm_up_a_step_before_its_end_through_every_replan(factor):
+    """--warmup-epochs longer than the plan: wherever the machine's speed changes, the re-planned run still ends
+    its warm-up a step before its end, as a run of that many --steps does. The first plan here is 45 steps, so a
+    faster machine re-plans at the second epoch's end, step 44: exactly where the warm-up's peak step is due."""
+    cfg = digits_config(budget="3s", warmup_epochs=100)
+    first = simulate(cfg, 0.05, 0.2)[0]
+    assert (first.total_steps, first.warmup) == (45, 44)
+    at_peak = 0
+    for slower_from in range(budgets.PROBE_SKIP + budgets.PROBE_STEPS + 1, first.total_steps):
+        plan, *_ = simulate(cfg, 0.05, 0.2, slower_from=slower_from, factor=factor)
+        assert plan.warmup == plan.total_steps - 1, (slower_from, plan.budget.replans)
+        at_peak += any(r["step"] == first.warmup for r in plan.budget.replans)
+    assert at_peak if factor < 1 else True

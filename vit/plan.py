@@ -349,12 +349,13 @@ class BudgetPlanner(Plan):
         return True
 
     def _set_total(self, total: int, done: int) -> None:
-        """The new length after `done` steps. A plan too short for the warm-up, still under way, shortens it as
-        a run of that length would have it (from here on: the steps taken keep their learning rates)."""
+        """The new length after `done` steps. A plan too short for the warm-up, still under way, takes the warm-up
+        a run of that length would have (from here on: the steps taken keep their learning rates). The warm-up is
+        under way until its last step, the one at the peak rate (step `warmup`), has been taken."""
         self.budget.total_steps = self.total_steps = total
         self.budget.ramp_steps = self.ramp_steps = self.ramp(total)
         warmup = warmup_steps(self.cfg, self.steps_per_epoch, total)
-        if done < self.warmup and warmup != self.warmup:
+        if done <= self.warmup and warmup != self.warmup:
             self.warmup = max(warmup, done)
 
 
