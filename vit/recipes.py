@@ -360,8 +360,9 @@ RECIPES = {r.name: r for r in [
             mirror). Minutes from launch to the last evaluation.
         Hardware: 2-core AMD EPYC with AVX-512 BF16 (bf16): mini fits 14-17 of its 25 epochs, so micro, for its
             longest schedule, 25 epochs: the run ends early.
-        Measured: 81.22% val top-1 in 57.3 min (seed 0). mini for its 25 epochs (--model vit_mini_patch4_32
-            --epochs 25, no budget): 82.48% in 86.7 min (seed 0).
+        Measured: 81.93% val top-1 in 55.6-57.3 min, mean of seeds 0-2 (81.22 / 82.70 / 81.88%, std 0.74).
+            mini for its 25 epochs (--model vit_mini_patch4_32 --epochs 25, no budget): 82.48% in 86.7 min
+            (seed 0).
         """,
         # Token dropping (PatchDropout, half the patches) halves a step's cost; at equal wall time it beat all
         # tokens by 3.9 points, and dropping 75% lost. Muon: timm's, on the weight matrices; lr 2e-3 (3e-3 lost
@@ -379,10 +380,12 @@ RECIPES = {r.name: r for r in [
              label_smoothing=0.1, crop_pad=2, augment_min_epochs=12, hflip=0.5, patch_drop=0.5),
         # slim and micro as measured: micro from 12 epochs, and its 25-epoch schedule (44 overfit from epoch ~26).
         # mini (192 wide, 9 deep) from 25 epochs, measured: with drop path 0.1 and the recipe's other fields its 25
-        # epochs reach 82.48% against micro's longest schedule's 81.22% (AVX-512 BF16 CPU, seed 0, the same day);
-        # its 100 from Lee et al. 2021 (93.6% in 100 epochs). small (384x12: DeiT's 300-epoch schedule, drop path
+        # epochs reach 82.48% (one seed) against micro's longest schedule's 81.93% (AVX-512 BF16 CPU, mean of three
+        # seeds, std 0.74: one seed of mini is not separated from them); its 100 from Lee et al. 2021 (93.6% in 100
+        # epochs). small (384x12: DeiT's 300-epoch schedule, drop path
         # 0.1, Mixup/CutMix) from 100 epochs: from the literature, not measured here. The conv stem (--stem conv)
-        # gave micro's hour 82.50 and 81.00% (seeds 0, 1), its step ~1.2x: not separated from the seeds' spread.
+        # gave micro's hour 82.50 and 81.00% (seeds 0, 1) against the patchify stem's 81.22 and 82.70% at the same
+        # seeds, its step ~1.2x: no gain.
         ladder=(Rung("vit_slim_patch4_32", 0, 30), Rung("vit_micro_patch4_32", 12, 25),
                 Rung("vit_mini_patch4_32", 25, 100, dict(drop_path=0.1)),
                 Rung("vit_small_patch4_32", 100, 300, dict(drop_path=0.1, mixup=0.8, cutmix=1.0, patch_drop=0.0))),
