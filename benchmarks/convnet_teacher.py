@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import throughput  # noqa: E402  (benchmarks/: the machine's description)
 from vit import data  # noqa: E402
 from vit.precision import autocast, cpu_has_bf16  # noqa: E402
 from vit.sources import load_dataset  # noqa: E402
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     widths = tuple(int(w) for w in args.widths.split(","))
     model = ConvNet(widths, len(train.classes), chans).to(device).to(memory_format=torch.channels_last)
     params = sum(t.numel() for t in model.parameters())
+    machine = throughput.machine_description(device)
     flops = forward_flops(model, size, chans)
 
     spe = len(train.labels) // args.batch_size
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         opt, lambda s: (s + 1) / max(warmup, 1) if s < warmup else max(total - s, 0) / max(total - warmup, 1))
     print(f"convnet {widths} ({params / 1e6:.2f}M params, {flops / 1e9:.3f} GFLOPs a {size}px image) on "
           f"{args.dataset}: {len(train.labels)} train / {len(val.labels)} val; {args.epochs} epochs x {spe} steps of "
-          f"{args.batch_size}; {device.type} {precision}; {platform.processor() or platform.machine()}")
+          f"{args.batch_size}; {device.type} {precision}; {machine['cpu']}, {machine['cores']} cores")
     rows, train_s, step = [], 0.0, 0
     for epoch in range(args.epochs):
         perm = data.epoch_permutation(len(train.labels), args.seed, epoch)
@@ -166,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{rows[-1]['val_top1']:.2f}% |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(args=vars(args), precision=precision, device=device.type,
-                                                  processor=platform.processor(), torch=torch.__version__,
+        Path(args.out).write_text(json.dumps(dict(args=vars(args), precision=precision, machine=machine,
                                                   params=params, gflops=flops / 1e9, wall_s=wall, epochs=rows),
                                              indent=1) + "\n")
     if args.save:
