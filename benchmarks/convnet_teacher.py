@@ -33,10 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (benchmarks/: the machine's description)
 from vit import data  # noqa: E402
 from vit.precision import autocast, cpu_has_bf16  # noqa: E402
+from vit.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from vit.sources import load_dataset  # noqa: E402
-
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's per-channel pixel statistics
-
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False) -> list[nn.Module]:
     layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)] + ([nn.MaxPool2d(2)] if pool else [])
@@ -118,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(train, data.TensorData):
         raise SystemExit(f"--dataset {args.dataset}: this benchmark trains on images held in memory")
     size, chans = train.images.shape[-1], train.images.shape[1]
-    normalize = data.Normalize(MEAN if chans == 3 else (0.5,), STD if chans == 3 else (0.5,), channels=chans,
-                               size=(size, size), device=device)
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if chans == 3 else ((0.5,), (0.5,))
+    normalize = data.Normalize(mean, std, channels=chans, size=(size, size), device=device)
     widths = tuple(int(w) for w in args.widths.split(","))
     model = ConvNet(widths, len(train.classes), chans).to(device).to(memory_format=torch.channels_last)
     params = sum(t.numel() for t in model.parameters())

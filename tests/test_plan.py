@@ -324,4 +324,4 @@ def test_a_plan_shorter_than_its_warm_up_ends_the_warm_up_a_step_before_its_end_
         plan, *_ = simulate(cfg, 0.05, 0.2, slower_from=slower_from, factor=factor)
         assert plan.warmup == plan.total_steps - 1, (slower_from, plan.budget.replans)
         at_peak += any(r["step"] == first.warmup for r in plan.budget.replans)
-    assert at_peak if factor < 1 else True
+    assert factor > 1 or at_peak  # a faster machine re-planned at the peak step at least once

@@ -382,8 +382,8 @@ RECIPES = {r.name: r for r in [
         # mini (192 wide, 9 deep) from 25 epochs, measured: with drop path 0.1 and the recipe's other fields its 25
         # epochs reach 82.48% (one seed) against micro's longest schedule's 81.93% (AVX-512 BF16 CPU, mean of three
         # seeds, std 0.74: one seed of mini is not separated from them); its 100 from Lee et al. 2021 (93.6% in 100
-        # epochs). small (384x12: DeiT's 300-epoch schedule, drop path
-        # 0.1, Mixup/CutMix) from 100 epochs: from the literature, not measured here. The conv stem (--stem conv)
+        # epochs). small (384x12: DeiT's 300-epoch schedule, drop path 0.1, Mixup/CutMix) from 100 epochs: from the
+        # literature, not measured here. The conv stem (--stem conv)
         # gave micro's hour 82.50 and 81.00% (seeds 0, 1) against the patchify stem's 81.22 and 82.70% at the same
         # seeds, its step ~1.2x: no gain.
         ladder=(Rung("vit_slim_patch4_32", 0, 30), Rung("vit_micro_patch4_32", 12, 25),
