@@ -5,8 +5,9 @@
     student.set_distilled_training()  # a distilled student returns (cls, dist) logits while training
     loss = loss_fn(student(x), y, x)
 
-The teacher is any model this package loads (a checkpoint, a folder, hf-hub:ORG/REPO) or a timm model with its
-pretrained weights (a convnet, as DeiT's RegNetY-16GF). It runs in evaluation mode without gradients, in the
+The teacher is any model this package loads (a checkpoint, a folder, hf-hub:ORG/REPO), a small convnet trained on
+the student's data (vit/convnet.py's file), or a timm model with its pretrained weights (a convnet, as DeiT's
+RegNetY-16GF). It runs in evaluation mode without gradients, in the
 precision of the step around it (under its autocast), on the inputs the student sees, Mixup included,
 converted to the teacher's own normalisation, channel count and image size where they differ. A distilled
 student (`vit.deit.VisionTransformerDistilled`: create_model(NAME, distilled=True)) learns the teacher through
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .convnet import is_convnet_file, load_convnet
 from .errors import CheckpointError, ConfigError
 from .preprocess import Preprocess
 
@@ -55,9 +57,9 @@ def load_teacher(source: str, student: nn.Module, device: torch.device,
                  timm_pretrained: bool = False) -> tuple[nn.Module, TeacherView]:
     """The teacher (frozen, in evaluation mode, on `device`) and the view of the student's inputs it takes.
 
-    source: weights this package loads (a file, a folder, hf-hub:ORG/REPO), or with timm_pretrained a timm
-    model name (hf-hub: names too) created by timm with its pretrained weights. Its classes must be the
-    student's: by count, and by name where both carry names (`check_same_classes`).
+    source: weights this package loads (a file, a folder, hf-hub:ORG/REPO; a vit.convnet file), or with
+    timm_pretrained a timm model name (hf-hub: names too) created by timm with its pretrained weights. Its
+    classes must be the student's: by count, and by name where both carry names (`check_same_classes`).
     """
     if timm_pretrained:
         import timm
@@ -71,6 +73,9 @@ def load_teacher(source: str, student: nn.Module, device: torch.device,
             raise CheckpointError(f"--teacher {source!r}: timm cannot fetch its pretrained weights: {e}") from e
         cfg = resolve_data_config({}, model=teacher)
         preprocess = Preprocess(cfg["input_size"], cfg["mean"], cfg["std"], cfg["interpolation"], cfg["crop_pct"])
+    elif is_convnet_file(source):  # a convnet trained on the student's data (vit/convnet.py)
+        teacher = load_convnet(source)
+        preprocess = teacher.preprocess
     else:
         from .registry import create_model
 
