@@ -1,5 +1,6 @@
 """vit.distill: DeiT's loss against a hand computation, which head learns from what, the teacher's view of
-the student's inputs, and train.py --teacher end to end on digits with a teacher trained there first."""
+the student's inputs, train.py --teacher end to end on digits with a teacher trained there first, and a run
+that trains its own convnet teacher first (--teacher-widths): its resume, its minutes in the budget, its flags."""
 
 import math
 
@@ -10,9 +11,12 @@ import torch.nn as nn
 import vit
 from vit import data
 from vit import train
+from vit import runs
+from vit.convnet import TeacherSchedule, load_convnet
 from vit.distill import DistillationLoss, TeacherView
 
-from test_train import FAST, ckpt, rows, train_fails
+from conftest import make_folder, make_idx_dir
+from test_train import FAST, assert_same_weights, ckpt, ladder_recipe, rows, stopped_and_resumed, train_fails
 
 
 class LinearTeacher(nn.Module):
@@ -139,3 +143,76 @@ def test_a_teacher_for_other_classes_is_refused_by_name(trained_run, tmp_path, c
     assert "names the student's classes in another order" in train_fails(capsys, "--teacher", shuffled)
     check_same_classes("t", None, list("ab"))
     check_same_classes("t", list("ab"), list("ab"))
+
+
+def test_a_run_trains_its_convnet_teacher_first_and_resumes_exactly_with_it(tmp_path, capsys):
+    """--teacher-widths: the run trains the convnet on its training split, keeps it in the run folder with its
+    schedule, classes and preprocessing, and distils from it; stopped and resumed, it reads the teacher back instead
+    of training it again and ends with the weights of the run that was never stopped, whose teacher is the same."""
+    args = [*FAST, "--epochs", "2", "--teacher-widths", "16,32", "--teacher-epochs", "3", "--distilled"]
+    stopped = stopped_and_resumed(args, tmp_path / "stopped", 25)  # digits: 22 steps of 64 an epoch
+    printed = capsys.readouterr().out
+    assert printed.count("teacher: training a convnet 16,32") == 1
+    assert "teacher: the convnet 16,32 trained earlier in this run" in printed
+    assert f"distilling from the convnet 16,32 trained first ({tmp_path / 'stopped' / runs.TEACHER}) (hard)" in printed
+    assert train.main(args + ["--output", str(tmp_path / "whole")]) == 0
+    assert_same_weights(stopped, ckpt(tmp_path / "whole"), 44)
+    files = [tmp_path / run / runs.TEACHER for run in ("stopped", "whole")]
+    teacher, again = load_convnet(files[0]), load_convnet(files[1])
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in teacher.state_dict().items())
+    assert teacher.widths == (16, 32) and teacher.schedule == TeacherSchedule(epochs=3, seed=0)
+    assert teacher.class_names == [str(i) for i in range(10)] and teacher.preprocess.input_size == (1, 8, 8)
+    assert teacher.preprocess.mean == vit.create_model("vit_nano_patch2_8").preprocess.mean
+
+
+def test_a_budget_prices_a_rungs_teacher_before_choosing_it(tmp_path, capsys, monkeypatch):
+    """A rung whose fields train a teacher first is chosen only where its minimum epochs fit what the teacher
+    leaves: with a cheap teacher the larger rung trains, after its teacher; where the teacher would take 19 of the
+    budget's 20 minutes, the smaller rung, which has none, trains and no teacher is trained (the runs stop once
+    planned: --plan-only)."""
+    from vit.teacher import TeacherCost
+
+    make_idx_dir(tmp_path / "idx", n_train=400, n_test=20)
+    args = FAST + ["--data-dir", str(tmp_path / "idx"), "--batch-size", "8", "--plan-only"]
+    recipe = ladder_recipe(monkeypatch, ("vit_slim_patch7_28", 0, 1000),
+                           ("vit_micro_patch7_28", 100, 1000, dict(teacher_widths="8,16", teacher_epochs=2,
+                                                                    teacher_share=0.95)), budget="20m")
+    assert train.main(args + ["--recipe", recipe, "--output", str(tmp_path / "cheap")]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher: training a convnet 8,16" in printed and "for 2 epochs" in printed
+    assert "training vit_micro_patch7_28" in printed
+    assert (tmp_path / "cheap" / runs.TEACHER).is_file()
+
+    monkeypatch.setattr(TeacherCost, "_time", lambda self, cfg: (570.0, 0.0))  # 2 epochs: 19 minutes
+    assert train.main(args + ["--recipe", recipe, "--output", str(tmp_path / "dear")]) == 0
+    printed = capsys.readouterr().out
+    assert "training vit_slim_patch7_28" in printed and "teacher:" not in printed
+    assert not (tmp_path / "dear" / runs.TEACHER).exists()
+
+
+def test_a_teachers_epochs_are_what_fits_its_share_of_the_budget(monkeypatch):
+    from vit.recipes import TrainConfig
+    from vit.teacher import TeacherCost
+
+    monkeypatch.setattr(TeacherCost, "_time", lambda self, cfg: (20.0, 0.001))
+    cost = TeacherCost(None, torch.device("cpu"))
+    config = dict(teacher_widths="8,16", teacher_epochs=10, batch_size=100)
+    assert cost.epochs(TrainConfig(**config)) == 10  # no budget: as given
+    assert cost.epochs(TrainConfig(**config, budget="10m")) == 4  # 0.15 x 600 s = 90 s: 4 epochs of 20 s
+    assert cost.cost(TrainConfig(**config, budget="10m")) == (80.0, pytest.approx(0.1))
+    assert cost.epochs(TrainConfig(**config, budget="1h")) == 10  # 27 fit: at most --teacher-epochs
+    assert cost.epochs(TrainConfig(**config, budget="1m")) == 1  # none fits: one all the same
+    assert cost.cost(TrainConfig(batch_size=100, budget="1m")) == (0.0, 0.0)
+
+
+def test_teacher_flags_that_do_not_fit(tmp_path, capsys):
+    assert "comma-separated block widths of at least 2" in train_fails(capsys, "--teacher-widths", "16,x")
+    assert "comma-separated block widths of at least 2" in train_fails(capsys, "--teacher-widths", "16,1")
+    assert "a run distils from one teacher" in train_fails(capsys, "--teacher-widths", "16", "--teacher",
+                                                           tmp_path / "t.safetensors")
+    assert "--teacher-epochs must be >= 1" in train_fails(capsys, "--teacher-widths", "16", "--teacher-epochs", "0")
+    assert "--distill needs --teacher SOURCE or --teacher-widths" in train_fails(capsys, "--distill", "hard")
+    folder = make_folder(tmp_path / "tree", per_class=4, size=8, mode="L")
+    assert "trains its convnet on images held in memory" in train_fails(
+        capsys, "--dataset", "folder", "--data-dir", folder, "--data-mode", "loader", "--val-size", "3",
+        "--teacher-widths", "16", "--output", tmp_path / "out")

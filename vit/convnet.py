@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +62,7 @@ class ConvNet(nn.Module):
         self.head = nn.Linear(c, num_classes)
         self.preprocess: Preprocess | None = None
         self.class_names: list[str] | None = None
+        self.schedule: TeacherSchedule | None = None  # how it was trained, where that is known
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).amax(dim=(2, 3)))  # (B, C, h, w) -> (B, C) -> (B, classes)
@@ -106,10 +107,8 @@ def train_convnet(model: ConvNet, train: data.TensorData, val: data.TensorData |
     flip averaged in where `val` is given, seconds), each also passed to `on_epoch`. The data order and the
     augmentation follow (schedule.seed, step) alone, as the ViT runs' do."""
     s = schedule
-    spe = len(train.labels) // s.batch_size
-    if spe < 1:
-        raise ConfigError(f"the convnet's batch of {s.batch_size} is larger than the {len(train.labels)} training "
-                          "images")
+    batch = min(s.batch_size, len(train.labels))  # a split smaller than a batch trains on the whole of it
+    spe = len(train.labels) // batch
     total, warmup = spe * s.epochs, round(s.warmup_epochs * spe)
     decay, no_decay = ([q for q in model.parameters() if (q.ndim > 1) == wd] for wd in (True, False))
     opt = torch.optim.SGD([dict(params=decay, weight_decay=s.weight_decay), dict(params=no_decay, weight_decay=0)],
@@ -122,7 +121,7 @@ def train_convnet(model: ConvNet, train: data.TensorData, val: data.TensorData |
         perm = data.epoch_permutation(len(train.labels), s.seed, epoch)
         t0, loss_sum = time.perf_counter(), 0.0
         for b in range(spe):
-            x, y = data.memory_batch(train, perm, b, batch_size=s.batch_size, rank=0, world=1,
+            x, y = data.memory_batch(train, perm, b, batch_size=batch, rank=0, world=1,
                                      gen=data.step_generator(s.seed, step), pad=s.crop_pad, hflip=s.hflip)
             x = normalize(x.to(device)).contiguous(memory_format=torch.channels_last)
             with autocast(precision, device):
@@ -134,7 +133,7 @@ def train_convnet(model: ConvNet, train: data.TensorData, val: data.TensorData |
             loss_sum += loss.item()
             step += 1
         epoch_s = time.perf_counter() - t0
-        row = dict(epoch=epoch + 1, train_loss=loss_sum / spe, epoch_s=epoch_s, img_s=spe * s.batch_size / epoch_s)
+        row = dict(epoch=epoch + 1, train_loss=loss_sum / spe, epoch_s=epoch_s, img_s=spe * batch / epoch_s)
         if val is not None:
             row["val_top1"] = evaluate_convnet(model, val, normalize, precision, device)
         rows.append(row)
@@ -164,8 +163,9 @@ def evaluate_convnet(model: ConvNet, val: data.TensorData, normalize: data.Norma
 
 def save_convnet(model: ConvNet, path: str | os.PathLike, *, preprocess: Preprocess | None = None,
                  class_names: list[str] | None = None) -> Path:
-    """Write the weights as safetensors with the widths, class names and preprocessing in the header (atomically:
-    a kill never leaves a torn file). preprocess and class_names default to the model's own."""
+    """Write the weights as safetensors with the widths, class names, preprocessing and (where known) training
+    schedule in the header, atomically: a kill never leaves a torn file. preprocess and class_names default to
+    the model's own."""
     from safetensors.torch import save as safetensors_bytes
 
     preprocess = preprocess or model.preprocess
@@ -179,6 +179,8 @@ def save_convnet(model: ConvNet, path: str | os.PathLike, *, preprocess: Preproc
                 in_chans=str(model.in_chans), preprocess=json.dumps(preprocess.to_dict()))
     if class_names is not None:
         meta["class_names"] = json.dumps([str(c) for c in class_names])
+    if model.schedule is not None:
+        meta["schedule"] = json.dumps(asdict(model.schedule))
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = safetensors_bytes(tensors, metadata=meta)
     path = Path(path)
@@ -218,6 +220,9 @@ def load_convnet(path: str | os.PathLike) -> ConvNet:
         model = ConvNet(widths=widths, num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"]))
         model.preprocess = Preprocess.from_dict(json.loads(meta["preprocess"]))
         model.class_names = json.loads(meta["class_names"]) if "class_names" in meta else None
+        if "schedule" in meta:
+            known = {f.name for f in fields(TeacherSchedule)}
+            model.schedule = TeacherSchedule(**{k: v for k, v in json.loads(meta["schedule"]).items() if k in known})
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: its convnet header is incomplete or malformed ({e!r})") from e
     except ConfigError as e:
@@ -227,3 +232,45 @@ def load_convnet(path: str | os.PathLike) -> ConvNet:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: its tensors do not fit a convnet of widths {widths}: {e}") from e
     return model.eval()
+
+
+def parse_widths(text: str, flag: str = "--teacher-widths") -> tuple[int, ...]:
+    """'32,128,128' -> (32, 128, 128): block widths of at least 2, comma-separated."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts) or any(int(p) < 2 for p in parts):
+        raise ConfigError(f"{flag} {text!r}: comma-separated block widths of at least 2, e.g. 32,128,128")
+    return tuple(int(p) for p in parts)
+
+
+def time_convnet(model: ConvNet, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str,
+                 steps: int = 3) -> tuple[float, float]:
+    """(seconds a training step, seconds a forward pass without gradients) of a copy of `model` on the normalised
+    batch `x`, after a step to warm up: what a budget needs to price a teacher before it trains one."""
+    import copy
+
+    net = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
+    x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+
+    def step():
+        with autocast(precision, device):
+            loss = F.cross_entropy(net(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    step().item()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss.item()  # the device has finished
+    train_s = (time.perf_counter() - t0) / steps
+    net.eval()
+    with torch.no_grad(), autocast(precision, device):
+        net(x).float().sum().item()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = net(x)
+        out.float().sum().item()
+    return train_s, (time.perf_counter() - t0) / steps

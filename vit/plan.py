@@ -38,6 +38,7 @@ from .precision import autocast, resolve_precision
 from .recipes import Rung, TrainConfig, flag
 from .registry import get_entry
 from .rng import rng_state, set_rng_state
+from .teacher import TeacherCost
 
 if TYPE_CHECKING:
     from .batches import Data
@@ -371,7 +372,8 @@ ESTIMATE_SLACK = 3.0  # a larger rung is timed unless 1/3 of its FLOP-scaled cos
 
 def choose_rung(cfg: TrainConfig, ladder: tuple[Rung, ...], time_model: Callable[[TrainConfig], tuple],
                 steps_per_epoch: int, used_s: Callable[[], float], agree: Callable[[int], int] = int,
-                say: Callable[..., None] = print) -> Rung:
+                say: Callable[..., None] = print,
+                teacher_cost: Callable[[TrainConfig], tuple[float, float]] = lambda c: (0.0, 0.0)) -> Rung:
     """The largest rung of `ladder` (smallest first) whose min_epochs fit the budget: the smallest is timed by
     `time_model(cfg)` -> (seconds a step, seconds an evaluation pass), the larger ones estimated from it by
     their FLOPs and kept tokens, and a larger one that the estimate does not rule out is timed before it is
@@ -381,14 +383,17 @@ def choose_rung(cfg: TrainConfig, ladder: tuple[Rung, ...], time_model: Callable
     the data, the loss), so FLOPs overstate what a larger one costs against it (micro 2.2x slim's FLOPs took
     2.0x its time on the AVX-512 BF16 CPU); a rung is timed unless even a third of its estimated cost leaves
     its minimum out of reach. Where --res-start or --patch-drop-end make steps cheaper along a plan, a rung's
-    timed step counts at its mean cost over a plan of its minimum epochs (mean_step_share)."""
+    timed step counts at its mean cost over a plan of its minimum epochs (mean_step_share). A rung whose fields
+    train a teacher first (--teacher-widths) has `teacher_cost(config)` -> (seconds the teacher takes, seconds its
+    forward pass adds to a step) taken from what is left and added to each step."""
     budget_s = budgets.parse_budget(cfg.budget)
 
     def epochs(rung: Rung, step_s: float, pass_s: float) -> float:  # step_s: a full-size step at --patch-drop
         c = rung_config(cfg, rung)
-        step_s *= mean_step_share(c, steps_per_epoch, max(rung.min_epochs, 1.0))
-        return epochs_that_fit(budget_s, used_s(), step_s, pass_s * eval_passes(c, c.eval_shift), steps_per_epoch,
-                               c.eval_every)
+        teacher_s, forward_s = teacher_cost(c)
+        step_s = step_s * mean_step_share(c, steps_per_epoch, max(rung.min_epochs, 1.0)) + forward_s
+        return epochs_that_fit(budget_s, used_s() + teacher_s, step_s, pass_s * eval_passes(c, c.eval_shift),
+                               steps_per_epoch, c.eval_every)
 
     if len(ladder) == 1:
         return ladder[0]
@@ -409,7 +414,7 @@ def choose_rung(cfg: TrainConfig, ladder: tuple[Rung, ...], time_model: Callable
 
 
 def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data: Data, d: Dist, device: torch.device,
-          given: frozenset, clock: Clock) -> tuple[TrainConfig, float | None]:
+          given: frozenset, clock: Clock, teacher: TeacherCost | None = None) -> tuple[TrainConfig, float | None]:
     """The config of the ladder's rung this run trains, with the fields that follow its model, and that rung's
     longest schedule in epochs: the rung of a --model given on the command line or of a fixed-length run's model
     (the config as it is, and None, where the ladder has no such model), else the largest whose minimum epochs
@@ -429,7 +434,8 @@ def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data: Data, d
     if spe < 1:
         return cfg, None  # plan_for says why
     rung = choose_rung(cfg, ladder, lambda c: time_model(c, data, d, device), spe, used_s=clock.elapsed,
-                       agree=lambda n: rank0_value(n, d, device), say=say)
+                       agree=lambda n: rank0_value(n, d, device), say=say,
+                       teacher_cost=(teacher or TeacherCost(data, device)).cost)
     say(f"budget: training {rung.model}, the largest of recipe {recipe}'s models whose {rung.min_epochs:g} "
         f"epochs fit, for at most {rung.max_epochs:g} epochs")
     return rung_config(cfg, rung, given), rung.max_epochs

@@ -6,6 +6,9 @@
       last.ckpt          everything needed to continue the run: `Checkpoint`, saved with torch.save and
                          read back with torch.load(weights_only=True)
       best.safetensors   the best model so far (vit.save_pretrained: weights, config, preprocessing, classes)
+      teacher.safetensors  --teacher-widths: the convnet the run trained first and distils from (vit.convnet),
+                         its schedule in its header; not a run file: a run killed before its first last.ckpt
+                         starts again there and reuses it where the header is its own
       metrics.jsonl      one JSON object per finished epoch
       curves.png         metrics.jsonl drawn (vit.plots)
       events.out.tfevents.*  TensorBoard's event files (vit.tensorboard), where --log-dir does not move them
@@ -43,6 +46,7 @@ from .errors import CheckpointError, OutputError
 LOCK = ".lock"
 LAST = "last.ckpt"
 BEST = "best.safetensors"
+TEACHER = "teacher.safetensors"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 EVENTS = "events.out.tfevents.*"  # the names torch's SummaryWriter gives its files
@@ -341,9 +345,10 @@ def run_files(out: Path) -> list[str]:
 
 def copy_run(source: Path, out: Path) -> list[str]:
     """Copy the run files of `source` into `out` (held with `lock_output`, holding none of its own) so the run
-    continues in `out` and `source` is only read; returns the names copied. last.ckpt is moved into place last
-    (`staged_files`): a kill during the copy leaves `out` holding no run, and the same command starts again."""
-    names = run_files(source)
+    continues in `out` and `source` is only read; returns the names copied (the run's teacher too, where it has
+    one). last.ckpt is moved into place last (`staged_files`): a kill during the copy leaves `out` holding no run,
+    and the same command starts again."""
+    names = run_files(source) + ([TEACHER] if (source / TEACHER).is_file() else [])
     with _reading_lock(source), staged_files(out, LAST) as staging:
         for name in names:
             try:

@@ -53,6 +53,7 @@ from .recipes import DEFAULT_RECIPE, RECIPES, RETIRED_FIELDS, Rung, TrainConfig,
 from .registry import create_model, get_entry
 from .rng import rng_state, seed_per_rank, seed_shared, torch_settings
 from .stopper import Stopper
+from .teacher import TeacherCost, fit_teacher
 from .runs import Checkpoint, State
 from .weights import check_state_dict, push_to_hub, save_pretrained
 
@@ -218,8 +219,13 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     check_shift(cfg.eval_shift, to_2tuple(model_img))
     data = load_data(cfg, d, model_img if isinstance(model_img, int) else model_img[0], entry.config.in_chans)
     clock, longest = clock or Clock(), None
+    teacher_cost = TeacherCost(data, device)  # a --teacher-widths convnet's minutes, priced before the model is chosen
     if ladder:
-        cfg, longest = climb(cfg, recipe, ladder, data, d, device, given, clock)
+        cfg, longest = climb(cfg, recipe, ladder, data, d, device, given, clock, teacher_cost)
+    teacher_source = cfg.teacher
+    if cfg.teacher_widths:  # trained now: its minutes count, as the budget's clock runs from launch
+        teacher_source = fit_teacher(cfg, data, d, device, out, teacher_cost)
+        seed_shared(cfg.seed)  # the student starts as it would without the teacher's training before it
     cfg, lr_line = scale_lr(cfg)  # the chosen model's lr at the run's batch
     plan = plan_for(cfg, d, len(data.train))
     if isinstance(plan, BudgetPlanner):
@@ -242,8 +248,8 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
     ema = build_ema(cfg, model)
     mixup = build_mixup(cfg, model.num_classes)
     criterion, distill = build_criterion(cfg, mixup), None
-    if cfg.teacher:
-        teacher, view = load_teacher(cfg.teacher, model, device, cfg.teacher_pretrained)
+    if teacher_source:
+        teacher, view = load_teacher(teacher_source, model, device, cfg.teacher_pretrained)
         distill = DistillationLoss(criterion, teacher, view, cfg.distill or "hard", cfg.distill_alpha, cfg.distill_tau)
         if hasattr(model, "set_distilled_training"):  # a distilled student returns (cls, dist) logits while training
             model.set_distilled_training()
@@ -317,7 +323,8 @@ def summary(tr: Training) -> str:
         length += f"; {trainable:,} parameters trained" + (f" (LoRA rank {cfg.lora_rank})" if cfg.lora_rank else
                                                          f" (--freeze {cfg.freeze})" if cfg.freeze else "")
     if tr.distill is not None:
-        length += f"; distilling from {cfg.teacher} ({tr.distill.kind})"
+        teacher = cfg.teacher or f"the convnet {cfg.teacher_widths} trained first ({tr.out / runs.TEACHER})"
+        length += f"; distilling from {teacher} ({tr.distill.kind})"
     return (f"{cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.dataset}: {len(data.train)} train / "
             f"{len(data.val)} val images, {len(data.classes)} classes; {length}; {tr.device.type} {tr.precision}, "
             f"{tr.dist.world} process(es); output {tr.out}")
