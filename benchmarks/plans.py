@@ -3,7 +3,8 @@ and when that run would end, for budgets of 15 min, 1 h, 4 h and 12 h.
 
 Each row runs `python train.py --recipe R --budget B --plan-only --quiet` in a fresh process and a fresh run
 folder: the run loads its data, times its ladder's models on real batches, builds the chosen one, times its
-first steps and stops once its steps are planned (tens of seconds). The table reads the run's own lines.
+first steps and stops once its steps are planned (tens of seconds; minutes where the chosen model's rung trains
+a teacher first, which it does before planning). The table reads the run's own lines.
 Timings are this machine's at that moment: run it with nothing else going.
 
     python benchmarks/plans.py                                   # every budgeted recipe, four budgets
@@ -34,6 +35,7 @@ LINES = {  # what each row takes from train.py's output
     "steps": re.compile(r"here: (\d+) steps \(([\d.]+) epochs\)"),
     "step_ms": re.compile(r"budget: (\d+) ms a step and"),
     "end": re.compile(r"end at ~([\d.]+) (s|min) of"),
+    "teacher": re.compile(r"teacher: training a convnet (\S+) .* for (\d+) epochs"),
 }
 
 
@@ -48,11 +50,13 @@ def plan(recipe: str, budget: str, extra: list[str]) -> dict:
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out}")
     row = dict(recipe=recipe, budget=budget, command=" ".join(cmd[1:]), wall_s=round(wall, 1),
-               lines=[line for line in out.splitlines() if line.startswith("budget:")])
-    model, steps, step_ms, end = (LINES[k].search(out) for k in ("model", "steps", "step_ms", "end"))
+               lines=[line for line in out.splitlines() if line.startswith(("budget:", "teacher: training"))])
+    model, steps, step_ms, end, teacher = (LINES[k].search(out) for k in ("model", "steps", "step_ms", "end",
+                                                                         "teacher"))
     row.update(model=model[1] if model else None, steps=int(steps[1]), epochs=float(steps[2]),
                step_ms=int(step_ms[1]),
-               ends_min=(float(end[1]) / (60 if end[2] == "s" else 1)) if end else None)  # None: the whole budget
+               ends_min=(float(end[1]) / (60 if end[2] == "s" else 1)) if end else None,  # None: the whole budget
+               teacher=f"convnet {teacher[1]}, {teacher[2]} epochs" if teacher else None)
     return row
 
 
@@ -66,11 +70,11 @@ def main() -> None:
     args = p.parse_args()
     load = os.getloadavg()[0]
     rows = [plan(r, b, args.extra) for r in args.recipes.split(",") for b in args.budgets.split(",")]
-    print(f"{'recipe':<14} {'budget':>6}  {'model':<22} {'epochs':>7} {'ms/step':>8}  ends")
+    print(f"{'recipe':<14} {'budget':>6}  {'model':<22} {'epochs':>7} {'ms/step':>8}  {'teacher':<28} ends")
     for r in rows:
         ends = f"~{r['ends_min']:.1f} min (longest schedule)" if r["ends_min"] is not None else "at the budget"
         print(f"{r['recipe']:<14} {r['budget']:>6}  {r['model'] or '?':<22} {r['epochs']:>7.1f} {r['step_ms']:>8}  "
-              f"{ends}")
+              f"{r['teacher'] or '-':<28} {ends}")
     if args.out:
         import torch
         info = dict(cpu=platform.processor() or platform.machine(), torch=torch.__version__,

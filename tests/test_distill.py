@@ -12,7 +12,7 @@ import vit
 from vit import data
 from vit import train
 from vit import runs
-from vit.convnet import TeacherSchedule, load_convnet
+from vit.convnet import ConvNet, TeacherSchedule, load_convnet, save_convnet
 from vit.distill import DistillationLoss, TeacherView
 
 from conftest import make_folder, make_idx_dir
@@ -216,3 +216,15 @@ def test_teacher_flags_that_do_not_fit(tmp_path, capsys):
     assert "trains its convnet on images held in memory" in train_fails(
         capsys, "--dataset", "folder", "--data-dir", folder, "--data-mode", "loader", "--val-size", "3",
         "--teacher-widths", "16", "--output", tmp_path / "out")
+
+
+def test_a_teacher_given_replaces_the_rungs_own(tmp_path, capsys, monkeypatch):
+    """A rung that trains its own teacher distils from the one given on the command line instead (--plan-only)."""
+    make_idx_dir(tmp_path / "idx", n_train=40, n_test=20)
+    teacher = save_convnet(ConvNet(widths=(8,), num_classes=10, in_chans=1), tmp_path / "t.safetensors",
+                           preprocess=vit.Preprocess((1, 28, 28), (0.5,), (0.5,), "bilinear", 1.0))
+    recipe = ladder_recipe(monkeypatch, ("vit_slim_patch7_28", 0, 1000, dict(teacher_widths="8,16")), budget="20m")
+    assert train.main(FAST + ["--data-dir", str(tmp_path / "idx"), "--batch-size", "8", "--plan-only", "--recipe",
+                              recipe, "--teacher", str(teacher), "--output", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert f"distilling from {teacher} (hard)" in printed and "teacher: training" not in printed

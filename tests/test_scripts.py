@@ -115,3 +115,19 @@ def test_convnet_teacher_learns_digits_and_saves_a_teacher(tmp_path):
     p = net.preprocess
     normalize = data.Normalize(p.mean, p.std, channels=p.input_size[0], size=p.input_size[1:], device="cpu")
     assert evaluate_convnet(net, val, normalize, "fp32", torch.device("cpu")) == report["epochs"][-1]["val_top1"]
+
+
+def test_plans_reads_the_model_epochs_and_teacher_of_a_plan(tmp_path):
+    """benchmarks/plans.py on the digits recipe (plan-only runs of train.py): its longest schedule, 30 epochs of
+    nano, ends early and trains no teacher; the same with a rung's teacher given on the command line reads the
+    teacher's widths and epochs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plans", ROOT / "benchmarks" / "plans.py")
+    plans = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plans)
+    row = plans.plan("digits", "10m", ["--device", "cpu"])
+    assert (row["model"], row["epochs"], row["teacher"]) == ("vit_nano_patch2_8", 30.0, None)
+    assert row["ends_min"] is not None and row["ends_min"] < 10
+    row = plans.plan("digits", "10m", ["--device", "cpu", "--teacher-widths", "8,16", "--teacher-epochs", "2"])
+    assert row["teacher"] == "convnet 8,16, 2 epochs" and row["model"] == "vit_nano_patch2_8"

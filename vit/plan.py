@@ -425,7 +425,7 @@ def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data: Data, d
         rung = next((r for r in ladder if r.model == cfg.model), None)
         if rung is None:
             return cfg, None
-        follow = {k: v for k, v in rung.overrides.items() if k not in given}
+        follow = rung_fields(rung, given)
         if follow:
             say(f"recipe {recipe}'s settings for {rung.model}: " + ", ".join(
                 f"--{flag(k)} {v}" for k, v in follow.items()))
@@ -443,8 +443,13 @@ def climb(cfg: TrainConfig, recipe: str, ladder: tuple[Rung, ...], data: Data, d
 
 def rung_config(cfg: TrainConfig, rung: Rung, given: frozenset = frozenset()) -> TrainConfig:
     """`cfg` with the rung's model and the fields that follow it, except those given on the command line."""
-    follow = {k: v for k, v in rung.overrides.items() if k not in given}
-    return TrainConfig.from_dict({**cfg.to_dict(), **follow, "model": rung.model})
+    return TrainConfig.from_dict({**cfg.to_dict(), **rung_fields(rung, given), "model": rung.model})
+
+
+def rung_fields(rung: Rung, given: frozenset) -> dict:
+    """The rung's fields but those given on the command line; a --teacher given replaces the rung's own teacher."""
+    return {k: v for k, v in rung.overrides.items()
+            if k not in given and not (k == "teacher_widths" and "teacher" in given)}
 
 
 def mean_step_share(cfg: TrainConfig, steps_per_epoch: int, epochs: float) -> float:
