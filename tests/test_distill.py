@@ -163,6 +163,12 @@ def test_a_run_trains_its_convnet_teacher_first_and_resumes_exactly_with_it(tmp_
     assert teacher.widths == (16, 32) and teacher.schedule == TeacherSchedule(epochs=3, seed=0)
     assert teacher.class_names == [str(i) for i in range(10)] and teacher.preprocess.input_size == (1, 8, 8)
     assert teacher.preprocess.mean == vit.create_model("vit_nano_patch2_8").preprocess.mean
+    # resumed into another folder, the run takes its teacher along instead of training another
+    assert train.main(args + ["--output", str(tmp_path / "first"), "--max-steps", "25"]) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", str(tmp_path / "first"), "--output", str(tmp_path / "moved"), "--max-steps", "0"]) == 0
+    assert "teacher: the convnet 16,32 trained earlier in this run" in capsys.readouterr().out
+    assert_same_weights(stopped, ckpt(tmp_path / "moved"), 44)
 
 
 def test_a_budget_prices_a_rungs_teacher_before_choosing_it(tmp_path, capsys, monkeypatch):

@@ -20,6 +20,7 @@ it loads from the file alone, without unpickling.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -246,8 +247,6 @@ def time_convnet(model: ConvNet, x: torch.Tensor, y: torch.Tensor, device: torch
                  steps: int = 3) -> tuple[float, float]:
     """(seconds a training step, seconds a forward pass without gradients) of a copy of `model` on the normalised
     batch `x`, after a step to warm up: what a budget needs to price a teacher before it trains one."""
-    import copy
-
     net = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
     x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)

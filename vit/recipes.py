@@ -377,8 +377,8 @@ RECIPES = {r.name: r for r in [
         Hardware: 2-core AMD EPYC with AVX-512 BF16 (bf16): mini fits 14-17 of its 25 epochs, so micro, distilled
             from a 0.5M-parameter convnet the run trains first (10 epochs, 87.0-87.5%, 5.5-7.7 min): ~20 epochs.
         Measured: seed 1, 82.76% val top-1 in 59.0 min; seed 0 (the teacher trained apart, the same steps): 82.94%
-            in 59.7 min. Without the teacher (micro for its longest schedule, 25 epochs; commit 29a081a): 81.93% in
-            55.6-57.3 min, mean of seeds 0-2 (81.22 / 82.70 / 81.88%, std 0.74). mini for its 25 epochs (--model
+            in 59.7 min. Without a teacher (--teacher-widths '' --no-distilled: micro for its longest schedule, 25
+            epochs, ending early): 81.93% in 55.6-57.3 min, mean of seeds 0-2 (81.22 / 82.70 / 81.88%, std 0.74). mini for its 25 epochs (--model
             vit_mini_patch4_32 --epochs 25, no budget, no teacher): 82.48% in 86.7 min (seed 0).
         """,
         # Token dropping (PatchDropout, half the patches) halves a step's cost; at equal wall time it beat all

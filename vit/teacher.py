@@ -104,21 +104,22 @@ def kept_teacher(cfg: TrainConfig, splits: Data, out: Path) -> Path | None:
 
 
 def fit_teacher(cfg: TrainConfig, splits: Data, d: Dist, device: torch.device, out: Path, cost: TeacherCost,
-                say: Callable[[str], None] = print) -> str:
-    """The run's teacher file: the one the run folder holds (`kept_teacher`), else a convnet trained now for
-    `cost.epochs(cfg)` epochs, scored once on the validation split and saved there (rank 0 trains it; the
+                kept_in: Path | None = None, say: Callable[[str], None] = print) -> str:
+    """The run's teacher file: the one the run holds (`kept_teacher`: in `kept_in`, the folder a resumed run is
+    copied from, which restore copies it out of, or in the run folder `out`), else a convnet trained now for
+    `cost.epochs(cfg)` epochs, scored once on the validation split and saved in `out` (rank 0 trains it; the
     others wait, then read it)."""
-    path = out / runs.TEACHER
-    widths = parse_widths(cfg.teacher_widths)
-    name = ",".join(map(str, widths))
+    name = ",".join(map(str, parse_widths(cfg.teacher_widths)))
+    kept = next(filter(None, (kept_teacher(cfg, splits, folder) for folder in (kept_in, out) if folder)), None)
+    if kept is not None:
+        if d.is_main:
+            say(f"teacher: the convnet {name} trained earlier in this run ({kept})")
+        return str(kept)
     if d.is_main:
-        if kept_teacher(cfg, splits, out) is not None:
-            say(f"teacher: the convnet {name} trained earlier in this run ({path})")
-        else:
-            _train(cfg, splits, device, path, widths, name, cost.epochs(cfg), say)
+        _train(cfg, splits, device, out / runs.TEACHER, parse_widths(cfg.teacher_widths), name, cost.epochs(cfg), say)
     if d.world > 1:
         dist.barrier()
-    return str(path)
+    return str(out / runs.TEACHER)
 
 
 def _train(cfg: TrainConfig, splits: Data, device: torch.device, path: Path, widths: tuple[int, ...], name: str,

@@ -183,7 +183,8 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
             tensorboard.require()
         if d.is_main:
             lock = runs.lock_output(out, resume is not None and copy_from is None, overwrite, copy_from)
-        tr = set_up(cfg, recipe, d, device, out, quiet, given, ladder if ckpt is None else (), clock or Clock())
+        tr = set_up(cfg, recipe, d, device, out, quiet, given, ladder if ckpt is None else (), clock or Clock(),
+                    copy_from)
         tr.plan_only = plan_only
         st = restore(tr, ckpt, copy_from)
         tr.say(summary(tr))
@@ -209,10 +210,12 @@ def run(cfg: TrainConfig, recipe: str, output: Path | None, resume: Path | None,
 
 
 def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Path, quiet: bool,
-           given: frozenset = frozenset(), ladder: tuple[Rung, ...] = (), clock: Clock | None = None) -> Training:
+           given: frozenset = frozenset(), ladder: tuple[Rung, ...] = (), clock: Clock | None = None,
+           copy_from: Path | None = None) -> Training:
     """Data, the run's length (a budget's planner), the model (with a budget and a `ladder` of models, the
-    largest whose minimum epochs fit, for at most its longest schedule), optimizer, schedule, EMA, Mixup and
-    loss: each built once, the same on every rank."""
+    largest whose minimum epochs fit, for at most its longest schedule), the teacher (`copy_from`: where a resumed
+    run's is, before restore copies it), optimizer, schedule, EMA, Mixup and loss: each built once, the same on
+    every rank."""
     seed_shared(cfg.seed)
     entry = get_entry(cfg.model)
     model_img = cfg.img_size or entry.config.img_size
@@ -224,7 +227,7 @@ def set_up(cfg: TrainConfig, recipe: str, d: Dist, device: torch.device, out: Pa
         cfg, longest = climb(cfg, recipe, ladder, data, d, device, given, clock, teacher_cost)
     teacher_source = cfg.teacher
     if cfg.teacher_widths:  # trained now: its minutes count, as the budget's clock runs from launch
-        teacher_source = fit_teacher(cfg, data, d, device, out, teacher_cost)
+        teacher_source = fit_teacher(cfg, data, d, device, out, teacher_cost, kept_in=copy_from)
         seed_shared(cfg.seed)  # the student starts as it would without the teacher's training before it
     cfg, lr_line = scale_lr(cfg)  # the chosen model's lr at the run's batch
     plan = plan_for(cfg, d, len(data.train))
