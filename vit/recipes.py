@@ -341,8 +341,8 @@ RECIPES = {r.name: r for r in [
         Hardware: 2-core AMD EPYC with AVX-512 BF16 (bf16): slim again (micro fits 10.8-11.8 epochs), 17.4-18.2
             epochs with crops and flips.
         Measured: 91.89% test top-1 in 14.7 min, mean of seeds 0-2 (91.79 / 91.73 / 92.14%, std 0.22); with
-            --budget 7.5m (slim, 8.7-8.9 epochs, no crops or flips) 90.30% in 7.3-7.4 min, mean of seeds 0-1
-            (90.40 / 90.20%).
+            --budget 7.5m (slim, 8.5-8.9 epochs, no crops or flips) 90.44% in 7.3-7.4 min, mean of seeds 0-2
+            (90.40 / 90.20 / 90.73%, std 0.27).
         """,
         # Patch 7 (16 tokens) costs a third of patch 4 and learns faster per epoch. Muon: 3 epochs of it reach what
         # 18 of AdamW do; batch 256 learns as fast per epoch as 128 and halves the share of Muon's fixed per-step
