@@ -109,17 +109,25 @@ def fit_teacher(cfg: TrainConfig, splits: Data, d: Dist, device: torch.device, o
     copied from, which restore copies it out of, or in the run folder `out`), else a convnet trained now for
     `cost.epochs(cfg)` epochs, scored once on the validation split and saved in `out` (rank 0 trains it; the
     others wait, then read it)."""
-    name = ",".join(map(str, parse_widths(cfg.teacher_widths)))
-    kept = next(filter(None, (kept_teacher(cfg, splits, folder) for folder in (kept_in, out) if folder)), None)
-    if kept is not None:
-        if d.is_main:
-            say(f"teacher: the convnet {name} trained earlier in this run ({kept})")
-        return str(kept)
-    if d.is_main:
-        _train(cfg, splits, device, out / runs.TEACHER, parse_widths(cfg.teacher_widths), name, cost.epochs(cfg), say)
+    widths = parse_widths(cfg.teacher_widths)
+    name = ",".join(map(str, widths))
+    folders = [folder for folder in (kept_in, out) if folder]
+    path = None
+    if d.is_main:  # rank 0 decides; the others look once it has, so every rank passes the barrier
+        path = _held(cfg, splits, folders)
+        if path is not None:
+            say(f"teacher: the convnet {name} trained earlier in this run ({path})")
+        else:
+            path = out / runs.TEACHER
+            _train(cfg, splits, device, path, widths, name, cost.epochs(cfg), say)
     if d.world > 1:
         dist.barrier()
-    return str(out / runs.TEACHER)
+    return str(path or _held(cfg, splits, folders))
+
+
+def _held(cfg: TrainConfig, splits: Data, folders: list[Path]) -> Path | None:
+    """The first of `folders` that holds this run's teacher (`kept_teacher`), else None."""
+    return next(filter(None, (kept_teacher(cfg, splits, folder) for folder in folders)), None)
 
 
 def _train(cfg: TrainConfig, splits: Data, device: torch.device, path: Path, widths: tuple[int, ...], name: str,
